@@ -1,0 +1,39 @@
+# Taskbeam: `make up` runs the stack, `make test` runs the tests. `make help` lists all.
+COMPOSE ?= docker compose
+N ?= 1
+HTTP_PORT ?= $(shell sed -n 's/^HTTP_PORT=//p' .env 2>/dev/null | tail -n1)
+
+.DEFAULT_GOAL := help
+.PHONY: help env up down logs ps scale test unit
+
+help: ## Show the targets and what they do
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+env: ## Create .env from .env.example with fresh random secrets (kept if it exists)
+	@if [ ! -f .env ]; then \
+	  sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')/" \
+	      -e "s/^REDIS_PASSWORD=.*/REDIS_PASSWORD=$$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
+	      .env.example > .env && chmod 600 .env && echo "Created .env with fresh secrets"; \
+	fi
+
+up: env ## Build and start the stack, wait until every service is healthy, print the URL
+	$(COMPOSE) up -d --build --wait
+	@echo "Taskbeam is up: http://localhost:$(or $(HTTP_PORT),8080)"
+
+down: ## Stop the stack (keeps the Redis volume; add -v by hand to drop it)
+	$(COMPOSE) down
+
+logs: ## Follow the logs of every service
+	$(COMPOSE) logs -f --tail=100
+
+ps: ## Show the services and their health
+	$(COMPOSE) ps
+
+scale: env ## Run N worker replicas, e.g. `make scale N=3`
+	$(COMPOSE) up -d --wait --scale worker=$(N)
+
+unit: ## Run only the unit tests (no Docker needed)
+	tests/run.sh unit
+
+test: ## Run unit tests, then integration tests on a throwaway stack (own project and port)
+	tests/run.sh

@@ -1,0 +1,1 @@
+"""Taskbeam: long-running background jobs with live progress in the browser."""

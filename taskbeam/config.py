@@ -1,0 +1,119 @@
+"""Settings read once from the environment and validated at start-up.
+
+Every variable is documented in ``.env.example``. A bad value stops the process
+with one clear line instead of failing later on the first request or task.
+Run ``python -m taskbeam.config`` to check the current environment.
+"""
+import os
+import sys
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+# Values shipped in .env.example; refused so a copied example never runs as is.
+PLACEHOLDER_SECRETS = {"", "change-me", "changeme", "secret", "dev", "please-change-me"}
+MIN_SECRET_LENGTH = 32
+
+
+class ConfigError(ValueError):
+    """An environment variable is missing or has an unusable value."""
+
+
+def _int(env, name, default, low, high):
+    raw = env.get(name, "").strip()
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _redis_url(env):
+    url = env.get("REDIS_URL", "").strip()
+    if not url:
+        raise ConfigError("REDIS_URL is required, e.g. redis://:PASSWORD@redis:6379/0")
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ConfigError("REDIS_URL must look like redis://:PASSWORD@HOST:6379/0 (or rediss://)")
+    return url
+
+
+def _secret_key(env):
+    key = env.get("SECRET_KEY", "").strip()
+    if key.lower() in PLACEHOLDER_SECRETS or len(key) < MIN_SECRET_LENGTH:
+        raise ConfigError(
+            "SECRET_KEY is missing, a placeholder or shorter than "
+            f"{MIN_SECRET_LENGTH} characters; `make up` writes a random one to .env, "
+            "or run: python3 -c 'import secrets; print(secrets.token_hex(32))'"
+        )
+    return key
+
+
+def _origins(env):
+    origins = []
+    for item in env.get("ALLOWED_ORIGINS", "").split(","):
+        item = item.strip().rstrip("/")
+        if not item:
+            continue
+        parts = urlsplit(item)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+            raise ConfigError(f"ALLOWED_ORIGINS entry {item!r} must be scheme://host[:port]")
+        origins.append(item)
+    return tuple(origins)
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str
+    secret_key: str | None
+    namespace: str
+    allowed_origins: tuple
+    progress_coalesce_ms: int
+    event_log_maxlen: int
+    task_retention_s: int
+    task_time_limit_s: int
+    max_redeliveries: int
+    rate_limit_per_minute: int
+
+    @property
+    def socketio_channel(self):
+        # Pub/Sub channels ignore the Redis DB number: name ours per deployment.
+        return f"{self.namespace}:socketio"
+
+
+def load(env=None, *, need_secret=True):
+    """Read and validate settings; ``need_secret`` is False for the worker."""
+    env = os.environ if env is None else env
+    namespace = env.get("TASKBEAM_NAMESPACE", "taskbeam").strip()
+    if not namespace.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError("TASKBEAM_NAMESPACE may hold only letters, digits, '-' and '_'")
+    return Settings(
+        redis_url=_redis_url(env),
+        secret_key=_secret_key(env) if need_secret else None,
+        namespace=namespace,
+        allowed_origins=_origins(env),
+        progress_coalesce_ms=_int(env, "PROGRESS_COALESCE_MS", 100, 0, 60_000),
+        event_log_maxlen=_int(env, "EVENT_LOG_MAXLEN", 10_000, 100, 1_000_000),
+        task_retention_s=_int(env, "TASK_RETENTION_S", 86_400, 60, 30 * 86_400),
+        task_time_limit_s=_int(env, "TASK_TIME_LIMIT_S", 3_600, 10, 7 * 86_400),
+        max_redeliveries=_int(env, "TASK_MAX_REDELIVERIES", 3, 0, 100),
+        rate_limit_per_minute=_int(env, "RATE_LIMIT_PER_MINUTE", 120, 60, 100_000),
+    )
+
+
+def load_or_exit(**kwargs):
+    """``load`` for process start-up: a bad setting ends the process with its message."""
+    try:
+        return load(**kwargs)
+    except ConfigError as exc:
+        sys.stderr.write(f"taskbeam: configuration error: {exc}\n")
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    role = sys.argv[1] if len(sys.argv) > 1 else "web"
+    load_or_exit(need_secret=(role == "web"))
+    print(f"taskbeam: configuration for {role} is valid")

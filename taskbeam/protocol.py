@@ -1,0 +1,62 @@
+"""Names and shapes shared by web and worker, defined once (see CONTRACT.md).
+
+Pure functions only: no Redis, no Flask, no Celery, so both sides import it
+cheaply and the unit tests cover it without a broker.
+"""
+from datetime import datetime, timezone
+
+QUEUED, RUNNING, RETRYING = "queued", "running", "retrying"
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+STATES = (QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELLED)
+TERMINAL_STATES = frozenset((SUCCEEDED, FAILED, CANCELLED))
+
+TASK_UPDATE_EVENT = "task_update"
+
+
+def task_room(task_id):
+    """The Socket.IO room whose members receive one task's events."""
+    return f"task:{task_id}"
+
+
+def iso_utc(ts):
+    """Unix seconds → ISO 8601 UTC with a trailing Z, as the contract says."""
+    stamp = datetime.fromtimestamp(ts, tz=timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+def percent(done, total):
+    """Progress in percent, clamped to 0..100 and rounded to 0.1."""
+    if total <= 0:
+        return 100.0
+    return round(min(max(done / total, 0.0), 1.0) * 100.0, 1)
+
+
+class Coalescer:
+    """Decides which progress reports become events.
+
+    Two consecutive events with the same state and progress below 100 are at
+    least ``window_s`` apart; a state change or 100 % always passes. ``clock`` is
+    injected so the rule is testable without waiting.
+    """
+
+    def __init__(self, window_s, clock):
+        self.window_s = window_s
+        self.clock = clock
+        self._last_at = None
+        self._last_state = None
+
+    def admit(self, state, progress):
+        now = self.clock()
+        due = (
+            self._last_at is None
+            or state != self._last_state
+            or progress >= 100
+            or now - self._last_at >= self.window_s
+        )
+        if due:
+            self._last_at, self._last_state = now, state
+        return due
+
+    def note(self, state):
+        """Record an event sent outside ``admit`` (e.g. a framework state change)."""
+        self._last_at, self._last_state = self.clock(), state

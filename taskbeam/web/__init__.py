@@ -1,0 +1,108 @@
+"""The web process: REST API and Socket.IO, behind Nginx, under Gunicorn+gevent.
+
+Gunicorn runs ``taskbeam.web:create_app()`` in one gevent-websocket worker per
+container; more browsers means more ``web`` containers, not more workers.
+"""
+import logging
+import secrets
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import redis
+from flask import Flask, request, session
+from flask_socketio import SocketIO
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .. import config
+from ..broker import make_celery
+from ..emitter import Emitter
+from ..store import TaskStore
+from .queue import QueueWatch, WatchedRedisManager
+
+MAX_BODY_BYTES = 1024 * 1024
+PING_INTERVAL_S, PING_TIMEOUT_S = 25, 20
+
+socketio = SocketIO()
+
+
+@dataclass
+class Services:
+    """What the request handlers use, built once per process."""
+
+    settings: config.Settings
+    redis: redis.Redis
+    store: TaskStore
+    emitter: Emitter
+    celery: object
+    queue_watch: QueueWatch
+
+
+def own_origin():
+    """``scheme://host[:port]`` of the current request as the browser sees it."""
+    return f"{request.scheme}://{request.host}"
+
+
+def origin_allowed(origin, settings, own):
+    """True if ``origin`` may talk to us: our own origin or one in ALLOWED_ORIGINS."""
+    origin = (origin or "").rstrip("/")
+    parts = urlsplit(origin)
+    return bool(parts.scheme and parts.netloc) and (
+        origin == own or origin in settings.allowed_origins)
+
+
+def create_app(settings=None):
+    """The Flask app with Socket.IO bound; ``settings`` default to the environment."""
+    settings = settings or config.load_or_exit()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    app = Flask(__name__, static_folder=None)
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        SESSION_COOKIE_NAME="taskbeam_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=30 * 86_400,
+    )
+    # Nginx is the one proxy in front: trust its X-Forwarded-For/-Proto only.
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)
+
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True,
+                                  socket_timeout=5, socket_connect_timeout=3,
+                                  health_check_interval=30)
+    manager = WatchedRedisManager(settings.redis_url, channel=settings.socketio_channel)
+
+    def socket_origin_allowed(origin, environ):
+        own = f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', '')}"
+        forwarded = environ.get("HTTP_X_FORWARDED_PROTO")
+        if forwarded:
+            own = f"{forwarded.split(',')[0].strip()}://{environ.get('HTTP_HOST', '')}"
+        return origin_allowed(origin, settings, own)
+
+    socketio.init_app(
+        app,
+        client_manager=manager,
+        async_mode="gevent",
+        cors_allowed_origins=socket_origin_allowed,
+        ping_interval=PING_INTERVAL_S,
+        ping_timeout=PING_TIMEOUT_S,
+        max_http_buffer_size=64 * 1024,
+    )
+    store = TaskStore(client, settings)
+    watch = QueueWatch(socketio, manager)
+    app.extensions["taskbeam"] = Services(
+        settings=settings, redis=client, store=store, emitter=Emitter(store, socketio),
+        celery=make_celery(settings), queue_watch=watch)
+
+    @app.before_request
+    def ensure_owner():
+        # The signed session cookie is the owner of every task it creates.
+        if "owner" not in session:
+            session["owner"] = secrets.token_urlsafe(16)
+            session.permanent = True
+
+    from . import api, sockets  # noqa: F401  (sockets registers its handlers on import)
+    app.register_blueprint(api.bp)
+    api.register_error_handlers(app)
+    watch.start()
+    return app

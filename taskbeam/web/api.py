@@ -1,0 +1,205 @@
+"""REST endpoints of CONTRACT.md. Every error is the contract's JSON shape."""
+import json
+import logging
+import time
+
+from flask import Blueprint, current_app, jsonify, request, session, url_for
+from redis.exceptions import RedisError
+from werkzeug.exceptions import HTTPException
+
+from .. import jobs, protocol
+from ..store import TaskFinished
+from . import origin_allowed, own_origin
+from .openapi import openapi_document
+
+log = logging.getLogger(__name__)
+bp = Blueprint("api", __name__)
+
+STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
+# snake_case codes for the HTTP errors Werkzeug raises on its own.
+HTTP_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found",
+              405: "method_not_allowed", 413: "payload_too_large",
+              415: "unsupported_media_type", 429: "rate_limited"}
+
+
+class ApiError(Exception):
+    def __init__(self, status, code, message, headers=None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def error_response(status, code, message, headers=None):
+    response = jsonify(error={"code": code, "message": message})
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def services():
+    return current_app.extensions["taskbeam"]
+
+
+def not_found():
+    return ApiError(404, "not_found", "No such task.")
+
+
+def owned_record(task_id):
+    rec = services().store.owned_record(task_id, session.get("owner"))
+    if rec is None:
+        raise not_found()
+    return rec
+
+
+def json_body(allow_empty=False):
+    """The request body as a JSON object; enforces content type and syntax."""
+    raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    if allow_empty and not raw.strip():
+        return {}
+    if request.mimetype != "application/json":
+        raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "The body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "The body must be a JSON object.")
+    return body
+
+
+def check_rate(owner):
+    """Fixed one-minute window per session on task creation."""
+    svc = services()
+    limit = svc.settings.rate_limit_per_minute
+    now = int(time.time())
+    key = f"{svc.settings.namespace}:rate:{owner}:{now // 60}"
+    pipe = svc.redis.pipeline(transaction=True)
+    pipe.incr(key)
+    pipe.expire(key, 120)
+    count = pipe.execute()[0]
+    if count > limit:
+        raise ApiError(429, "rate_limited", f"At most {limit} tasks per minute.",
+                       {"Retry-After": str(60 - now % 60)})
+
+
+@bp.before_app_request
+def refuse_foreign_origin():
+    origin = request.headers.get("Origin")
+    if origin is not None and not origin_allowed(origin, services().settings, own_origin()):
+        raise ApiError(403, "forbidden_origin", "This origin is not allowed.")
+
+
+@bp.post("/api/tasks")
+def create_task():
+    body = json_body()
+    kind, params = body.get("kind"), body.get("params", {})
+    unknown = sorted(set(body) - {"kind", "params"})
+    if unknown:
+        raise ApiError(400, "invalid_params", f"{unknown[0]}: unknown field")
+    job = jobs.JOBS.get(kind) if isinstance(kind, str) else None
+    if job is None:
+        raise ApiError(400, "invalid_params",
+                       f"kind: must be one of {', '.join(sorted(jobs.JOBS))}")
+    try:
+        params = job.validate(params)
+    except jobs.ParamError as exc:
+        field = exc.field if exc.field == "params" else f"params.{exc.field}"
+        raise ApiError(400, "invalid_params", f"{field}: {exc.reason}") from None
+    owner = session["owner"]
+    check_rate(owner)
+    svc = services()
+    snapshot = svc.store.create(kind=kind, owner=owner, params=params)
+    try:
+        svc.celery.send_task(job.celery_name, args=[snapshot["id"], params],
+                             task_id=snapshot["id"])
+    except Exception:
+        log.exception("could not enqueue task %s", snapshot["id"])
+        svc.store.delete(snapshot["id"], owner)
+        raise ApiError(503, "unavailable", "The task queue is unavailable; try again.")
+    response = jsonify(snapshot)
+    response.status_code = 202
+    response.headers["Location"] = url_for("api.get_task", task_id=snapshot["id"])
+    return response
+
+
+@bp.get("/api/tasks")
+def list_tasks():
+    return {"tasks": services().store.list_for_owner(session["owner"])}
+
+
+@bp.get("/api/tasks/<task_id>")
+def get_task(task_id):
+    return services().store.snapshot_of(owned_record(task_id))
+
+
+@bp.get("/api/tasks/<task_id>/events")
+def task_events(task_id):
+    owned_record(task_id)
+    raw = request.args.get("after", "0")
+    if not raw.isdigit() or len(raw) > 18:
+        raise ApiError(400, "invalid_params", "after: must be an integer >= 0")
+    return {"events": services().store.events_after(task_id, int(raw))}
+
+
+@bp.post("/api/tasks/<task_id>/cancel")
+def cancel_task(task_id):
+    json_body(allow_empty=True)
+    rec = owned_record(task_id)
+    svc = services()
+    if rec["state"] in protocol.TERMINAL_STATES:
+        raise ApiError(409, "already_finished", f"The task already {rec['state']}.")
+    svc.store.request_cancel(task_id)
+    if rec["state"] == protocol.QUEUED:
+        # Not started: end it here; a worker that picks it up later finds it terminal.
+        svc.celery.control.revoke(task_id)
+        try:
+            svc.emitter.emit(task_id, state=protocol.CANCELLED, message="Cancelled")
+        except TaskFinished:
+            pass  # a worker finished or cancelled it first
+    # Running: the worker stops at its next progress report and emits `cancelled`.
+    response = jsonify(svc.store.snapshot_of(svc.store.record(task_id)))
+    response.status_code = 202
+    return response
+
+
+@bp.get("/api/openapi.json")
+def openapi():
+    return openapi_document()
+
+
+@bp.get("/healthz")
+def healthz():
+    return {"status": "ok"}
+
+
+@bp.get("/readyz")
+def readyz():
+    svc = services()
+    try:
+        svc.redis.ping()
+    except RedisError:
+        raise ApiError(503, "unavailable", "Redis is unreachable.")
+    if not svc.queue_watch.healthy:
+        raise ApiError(503, "unavailable", "The message-queue listener is not receiving.")
+    return {"status": "ready"}
+
+
+def register_error_handlers(app):
+    @app.errorhandler(ApiError)
+    def api_error(exc):
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc):
+        code = HTTP_CODES.get(exc.code, "http_error")
+        return error_response(exc.code, code, exc.description or exc.name)
+
+    @app.errorhandler(RedisError)
+    def redis_error(exc):
+        log.warning("Redis error: %s", exc)
+        return error_response(503, "unavailable", "Storage is unavailable; try again.")
+
+    @app.errorhandler(Exception)
+    def internal_error(exc):
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "Something went wrong on our side.")

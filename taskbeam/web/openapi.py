@@ -1,0 +1,105 @@
+"""The OpenAPI 3 document served at ``/api/openapi.json``, built from the job registry."""
+from .. import jobs, protocol
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _error_responses(*statuses):
+    return {str(s): {"description": "Error", "content": {"application/json": {"schema": _ERROR}}}
+            for s in statuses}
+
+
+def _json(schema):
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+PARAM_SCHEMAS = {
+    "simulate": {
+        "type": "object", "additionalProperties": False,
+        "properties": {
+            "steps": {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 20},
+            "step_ms": {"type": "integer", "minimum": 0, "maximum": 60_000, "default": 250},
+            "fail_at": {"type": "integer", "minimum": 1, "maximum": 10_000,
+                        "description": "Fail at this step (1..steps)."},
+        },
+    },
+}
+
+
+def openapi_document():
+    task_id = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    snapshot = {"$ref": "#/components/schemas/Snapshot"}
+    create_variants = [
+        {"type": "object", "required": ["kind"], "additionalProperties": False,
+         "properties": {"kind": {"const": kind}, "params": PARAM_SCHEMAS[kind]}}
+        for kind in sorted(jobs.JOBS) if kind in PARAM_SCHEMAS
+    ]
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "Taskbeam", "version": "1"},
+        "paths": {
+            "/api/tasks": {
+                "post": {
+                    "summary": "Start a task",
+                    "requestBody": {"required": True, **_json({"oneOf": create_variants})},
+                    "responses": {"202": {"description": "Accepted", **_json(snapshot)},
+                                  **_error_responses(400, 403, 413, 415, 429, 503)},
+                },
+                "get": {
+                    "summary": "The session's tasks, newest first",
+                    "responses": {"200": {"description": "OK", **_json({
+                        "type": "object",
+                        "properties": {"tasks": {"type": "array", "items": snapshot}}})}},
+                },
+            },
+            "/api/tasks/{task_id}": {"get": {
+                "summary": "One task's snapshot", "parameters": [task_id],
+                "responses": {"200": {"description": "OK", **_json(snapshot)},
+                              **_error_responses(404)}}},
+            "/api/tasks/{task_id}/events": {"get": {
+                "summary": "Stored events after a seq", "parameters": [
+                    task_id, {"name": "after", "in": "query",
+                              "schema": {"type": "integer", "minimum": 0, "default": 0}}],
+                "responses": {"200": {"description": "OK", **_json({
+                    "type": "object", "properties": {"events": {
+                        "type": "array", "items": {"$ref": "#/components/schemas/Event"}}}})},
+                    **_error_responses(400, 404)}}},
+            "/api/tasks/{task_id}/cancel": {"post": {
+                "summary": "Cancel a task", "parameters": [task_id],
+                "responses": {"202": {"description": "Accepted", **_json(snapshot)},
+                              **_error_responses(404, 409, 415)}}},
+            "/healthz": {"get": {"summary": "Liveness",
+                                 "responses": {"200": {"description": "OK"}}}},
+            "/readyz": {"get": {"summary": "Readiness",
+                                "responses": {"200": {"description": "OK"},
+                                              **_error_responses(503)}}},
+        },
+        "components": {"schemas": {
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                "type": "object", "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+            "Snapshot": {"type": "object",
+                         "required": ["id", "kind", "state", "progress", "message", "seq",
+                                      "created_at", "updated_at"],
+                         "properties": {
+                             "id": {"type": "string"}, "kind": {"type": "string"},
+                             "state": {"type": "string", "enum": list(protocol.STATES)},
+                             "progress": {"type": "number", "minimum": 0, "maximum": 100},
+                             "message": {"type": "string"}, "seq": {"type": "integer"},
+                             "created_at": {"type": "string", "format": "date-time"},
+                             "updated_at": {"type": "string", "format": "date-time"},
+                             "worker": {"type": "string",
+                                        "description": "Host name of the worker that ran it."},
+                             "result": {"type": "object"},
+                             "error": {"type": "object", "properties": {
+                                 "code": {"type": "string"}, "message": {"type": "string"}}}}},
+            "Event": {"type": "object",
+                      "required": ["task_id", "seq", "state", "progress", "message", "ts"],
+                      "properties": {
+                          "task_id": {"type": "string"}, "seq": {"type": "integer"},
+                          "state": {"type": "string", "enum": list(protocol.STATES)},
+                          "progress": {"type": "number"}, "message": {"type": "string"},
+                          "ts": {"type": "number"}, "result": {"type": "object"},
+                          "error": {"type": "object"}}},
+        }},
+    }

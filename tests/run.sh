@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The test command behind `make test`: unit tests, then the integration tests
+# against a Compose project of its own (own name, own port, own secrets), which
+# is removed afterwards, also when a test or the start-up fails.
+#   tests/run.sh          unit + integration
+#   tests/run.sh unit     unit tests only
+set -o errexit -o nounset -o pipefail
+cd "$(dirname "$0")/.."
+
+venv=${TASKBEAM_TEST_VENV:-.venv}
+if [ ! -x "$venv/bin/pytest" ] || [ pyproject.toml -nt "$venv/.installed" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q -e '.[test]'
+  touch "$venv/.installed"
+fi
+
+"$venv/bin/pytest" tests/unit -q
+[ "${1:-all}" = unit ] && exit 0
+
+work=$(mktemp -d)
+export COMPOSE_PROJECT_NAME=${TEST_PROJECT:-taskbeam-test}
+export TEST_HTTP_PORT=${TEST_HTTP_PORT:-18080}
+# An env file of its own: the user's .env (port, secrets, replicas) is never read.
+export COMPOSE_ENV_FILES=$work/test.env
+sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')/" \
+    -e "s/^REDIS_PASSWORD=.*/REDIS_PASSWORD=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
+    -e "s/^HTTP_PORT=.*/HTTP_PORT=$TEST_HTTP_PORT/" \
+    -e "s/^WORKER_REPLICAS=.*/WORKER_REPLICAS=3/" \
+    .env.example > "$COMPOSE_ENV_FILES"
+
+cleanup() {
+  status=$?
+  if [ "$status" != 0 ]; then
+    docker compose logs --no-color --tail=200 > "$work/stack.log" 2>&1 || true
+    mkdir -p tests/artifacts && cp "$work/stack.log" tests/artifacts/stack.log || true
+    echo "stack logs saved to tests/artifacts/stack.log" >&2
+  fi
+  docker compose down -v --remove-orphans --timeout 10 >/dev/null 2>&1 || true
+  rm -rf "$work"
+  exit "$status"
+}
+trap cleanup EXIT INT TERM
+
+docker compose config -q
+docker compose up -d --build --wait --scale worker=3
+TASKBEAM_URL=http://127.0.0.1:$TEST_HTTP_PORT "$venv/bin/pytest" tests/integration -q

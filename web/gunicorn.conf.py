@@ -1,0 +1,15 @@
+# Gunicorn settings for the web role; values from the environment where tunable.
+import os
+
+bind = "0.0.0.0:8000"
+# One worker per container: Gunicorn cannot route a Socket.IO session back to the
+# worker that holds it, so scale with more `web` containers instead.
+workers = 1
+# Required with gevent-websocket installed; plain `-k gevent` fails WebSockets.
+worker_class = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
+# Gunicorn's default of 1000 would cap connected browsers per container.
+worker_connections = int(os.environ.get("WEB_MAX_CONNECTIONS", "10000"))
+graceful_timeout = 10
+keepalive = 75
+errorlog = "-"
+loglevel = "info"

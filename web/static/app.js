@@ -1,0 +1,129 @@
+// Taskbeam page: starts tasks over REST, follows them over Socket.IO.
+// Every task keeps the last seq applied; events at or below it are duplicates,
+// a jump above it is a gap, answered by resubscribing with that seq.
+"use strict";
+
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const tasks = new Map(); // id -> {snapshot, el}
+const list = document.getElementById("tasks");
+const indicator = document.getElementById("connection");
+const formError = document.getElementById("form-error");
+
+// Connected only after the first API answer: that response sets the session
+// cookie the Socket.IO handshake must carry to be bound to its owner.
+const socket = io({ transports: ["websocket", "polling"], autoConnect: false });
+
+function setConnection(state, text) {
+  indicator.dataset.state = state;
+  indicator.textContent = text;
+}
+
+async function api(method, path, body) {
+  const init = { method, credentials: "same-origin", headers: {} };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    throw new Error((data.error && data.error.message) || `HTTP ${response.status}`);
+  }
+  return data;
+}
+
+function render(task) {
+  const s = task.snapshot;
+  const el = task.el;
+  el.dataset.state = s.state;
+  el.querySelector(".kind").textContent = s.kind;
+  el.querySelector(".state").textContent = s.state;
+  const bar = el.querySelector(".bar");
+  bar.setAttribute("aria-valuenow", String(Math.round(s.progress)));
+  bar.setAttribute("aria-label", `${s.kind} progress`);
+  el.querySelector(".fill").style.width = `${s.progress}%`;
+  const text = s.state === "failed" && s.error ? s.error.message : s.message;
+  el.querySelector(".message").textContent = text;
+  el.querySelector(".cancel").hidden = TERMINAL.has(s.state);
+  const link = el.querySelector(".download");
+  const url = s.state === "succeeded" && s.result && s.result.download_url;
+  link.hidden = !url;
+  if (url) link.href = url;
+  document.getElementById("empty").hidden = tasks.size > 0;
+}
+
+function track(snapshot, atTop) {
+  let task = tasks.get(snapshot.id);
+  if (!task) {
+    const el = document.getElementById("task-template").content.firstElementChild.cloneNode(true);
+    el.querySelector(".cancel").addEventListener("click", () => cancel(snapshot.id));
+    task = { snapshot, el };
+    tasks.set(snapshot.id, task);
+    if (atTop) list.prepend(el); else list.append(el);
+  } else if (snapshot.seq >= task.snapshot.seq) {
+    task.snapshot = snapshot;
+  }
+  render(task);
+  if (!TERMINAL.has(task.snapshot.state)) subscribe(snapshot.id);
+}
+
+function apply(event) {
+  const task = tasks.get(event.task_id);
+  if (!task || event.seq <= task.snapshot.seq) return; // unknown or duplicate
+  if (event.seq > task.snapshot.seq + 1) {             // gap: fetch what we missed
+    subscribe(event.task_id);
+    return;
+  }
+  const s = task.snapshot;
+  Object.assign(s, { seq: event.seq, state: event.state, progress: event.progress,
+                     message: event.message });
+  if (event.result) s.result = event.result;
+  if (event.error) s.error = event.error;
+  render(task);
+}
+
+function subscribe(id) {
+  const task = tasks.get(id);
+  if (!task || !socket.connected) return;
+  socket.emit("subscribe", { task_id: id, after: task.snapshot.seq }, (ack) => {
+    if (!ack || !ack.ok) return;
+    ack.missed.forEach(apply);
+  });
+}
+
+async function cancel(id) {
+  try {
+    track(await api("POST", `/api/tasks/${encodeURIComponent(id)}/cancel`, {}), false);
+  } catch (err) {
+    formError.textContent = err.message;
+  }
+}
+
+document.getElementById("simulate-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  formError.textContent = "";
+  const form = new FormData(e.target);
+  try {
+    const snapshot = await api("POST", "/api/tasks", {
+      kind: "simulate",
+      params: { steps: Number(form.get("steps")), step_ms: Number(form.get("step_ms")) },
+    });
+    track(snapshot, true);
+  } catch (err) {
+    formError.textContent = err.message;
+  }
+});
+
+socket.on("connect", () => {
+  setConnection("connected", "Connected");
+  tasks.forEach((task, id) => { if (!TERMINAL.has(task.snapshot.state)) subscribe(id); });
+});
+socket.on("disconnect", () => setConnection("reconnecting", "Reconnecting…"));
+socket.io.on("reconnect_attempt", () => setConnection("reconnecting", "Reconnecting…"));
+socket.io.on("reconnect_failed", () => setConnection("offline", "Offline"));
+socket.on("task_update", apply);
+
+api("GET", "/api/tasks")
+  .then((data) => data.tasks.forEach((snapshot) => track(snapshot, false)))
+  .catch((err) => { formError.textContent = err.message; })
+  .finally(() => socket.connect());
