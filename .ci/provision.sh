@@ -69,6 +69,7 @@ build_standins() {
     local root=$state/rootfs
     rm -rf "$root"
     debootstrap --variant=minbase bookworm "$root" "$(debian_mirror)" >"$state/debootstrap.log" 2>&1
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
     tar --numeric-owner -C "$root" -c . |
       docker import --change 'CMD ["bash"]' - taskbeam-standin/debian:bookworm >/dev/null
     rm -rf "$root"

@@ -27,6 +27,8 @@ sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n
     -e "s/^HTTP_PORT=.*/HTTP_PORT=$TEST_HTTP_PORT/" \
     -e "s/^WORKER_REPLICAS=.*/WORKER_REPLICAS=3/" \
     .env.example > "$COMPOSE_ENV_FILES"
+# Keep the base images the user's own stack builds from (a mirror, or offline stand-ins).
+[ -f .env ] && grep -E '^(PYTHON|REDIS|NGINX)_IMAGE=' .env >> "$COMPOSE_ENV_FILES" || true
 
 cleanup() {
   status=$?

@@ -1,0 +1,187 @@
+"""Fixtures for tests against the running stack, reached only through Nginx.
+
+`tests/run.sh` starts a Compose project of its own and sets TASKBEAM_URL,
+COMPOSE_PROJECT_NAME and COMPOSE_ENV_FILES, so `docker compose` here talks to
+that project and never to a stack the user has running.
+"""
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+import socketio
+
+BASE_URL = os.environ.get("TASKBEAM_URL", "http://127.0.0.1:18080")
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def compose(*args, check=True, timeout=120):
+    """Run `docker compose ARGS` for the test project; returns stdout."""
+    done = subprocess.run(["docker", "compose", *args], capture_output=True, text=True,
+                          timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"docker compose {' '.join(args)} failed: {done.stderr}")
+    return done.stdout
+
+
+def docker(*args, timeout=60):
+    """Run `docker ARGS`; returns stdout."""
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True,
+                          timeout=timeout).stdout
+
+
+def wait_until(predicate, timeout, interval=0.1, what="condition"):
+    """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_ready(timeout=90):
+    def ready():
+        try:
+            return requests.get(f"{BASE_URL}/readyz", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+    wait_until(ready, timeout, interval=0.5, what="/readyz to answer 200")
+
+
+class Api:
+    """One browser-like session: a cookie jar, JSON helpers, the same Origin as the page."""
+
+    def __init__(self):
+        self.http = requests.Session()
+        self.http.get(f"{BASE_URL}/api/tasks", timeout=10)  # sets the session cookie
+
+    def request(self, method, path, **kwargs):
+        kwargs.setdefault("timeout", 10)
+        return self.http.request(method, f"{BASE_URL}{path}", **kwargs)
+
+    def create(self, kind="simulate", **params):
+        response = self.request("POST", "/api/tasks", json={"kind": kind, "params": params})
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def snapshot(self, task_id):
+        response = self.request("GET", f"/api/tasks/{task_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def cookie_header(self):
+        return "; ".join(f"{c.name}={c.value}" for c in self.http.cookies)
+
+
+class Watcher:
+    """A real Socket.IO client (WebSocket transport) that records task events per task.
+
+    ``follow`` subscribes and keeps every event from the ack's ``missed`` and
+    from live ``task_update`` messages, dropping duplicates by seq as the contract
+    tells clients to; on reconnect it resubscribes with the last seq it kept.
+    """
+
+    def __init__(self, api, reconnect=True):
+        self.api = api
+        self.events = {}        # task_id -> {seq: event}
+        self.duplicates = 0
+        self.lock = threading.Condition()
+        self.sio = socketio.Client(reconnection=reconnect, reconnection_delay=0.2,
+                                   reconnection_delay_max=1)
+        self.sio.on("task_update", self._on_event)
+        self.sio.on("connect", self._on_connect)
+        self.connects = 0
+
+    def connect(self):
+        self.sio.connect(BASE_URL, transports=["websocket"], wait_timeout=10,
+                         headers={"Cookie": self.api.cookie_header()})
+        return self
+
+    def close(self):
+        self.sio.disconnect()
+
+    def _on_connect(self):
+        with self.lock:
+            self.connects += 1
+            followed = list(self.events)
+        if self.connects > 1:
+            for task_id in followed:
+                threading.Thread(target=self._resubscribe, args=(task_id,), daemon=True).start()
+
+    def _resubscribe(self, task_id):
+        try:
+            self.subscribe(task_id, self.last_seq(task_id))
+        except Exception:  # connection dropped again: the next connect retries
+            pass
+
+    def _keep(self, event):
+        with self.lock:
+            seen = self.events.setdefault(event["task_id"], {})
+            if event["seq"] in seen:
+                self.duplicates += 1
+            else:
+                seen[event["seq"]] = event
+            self.lock.notify_all()
+
+    def _on_event(self, event):
+        self._keep(event)
+
+    def subscribe(self, task_id, after=0):
+        with self.lock:
+            self.events.setdefault(task_id, {})
+        ack = self.sio.call("subscribe", {"task_id": task_id, "after": after}, timeout=10)
+        if ack.get("ok"):
+            for event in ack["missed"]:
+                self._keep(event)
+        return ack
+
+    def follow(self, task_id):
+        ack = self.subscribe(task_id)
+        assert ack["ok"], ack
+        return ack
+
+    def last_seq(self, task_id):
+        with self.lock:
+            return max(self.events.get(task_id) or {0: None})
+
+    def history(self, task_id):
+        with self.lock:
+            seen = self.events.get(task_id, {})
+            return [seen[s] for s in sorted(seen)]
+
+    def wait_terminal(self, task_ids, timeout=60):
+        def finished():
+            return all(any(e["state"] in TERMINAL for e in self.history(t)) for t in task_ids)
+        wait_until(finished, timeout, what=f"terminal events of {len(task_ids)} tasks")
+
+
+def assert_gapless_single_terminal(history, state="succeeded"):
+    """The contract's delivery guarantee, for one task's recorded events."""
+    seqs = [e["seq"] for e in history]
+    assert seqs == list(range(1, len(seqs) + 1)), f"gap or disorder in seqs {seqs}"
+    terminal = [e for e in history if e["state"] in TERMINAL]
+    assert len(terminal) == 1, f"expected one terminal event, got {terminal}"
+    assert history[-1]["state"] == state, history[-1]
+    if state == "succeeded":
+        assert history[-1]["progress"] == 100
+
+
+@pytest.fixture
+def api():
+    """A fresh session (task owner) talking to the stack through Nginx."""
+    session = Api()
+    yield session
+    session.http.close()
+
+
+@pytest.fixture
+def watcher(api):
+    """A connected Socket.IO client bound to ``api``'s session."""
+    w = Watcher(api).connect()
+    yield w
+    w.close()
