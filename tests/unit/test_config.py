@@ -1,0 +1,109 @@
+"""Unit tests for environment validation in taskbeam.config."""
+import pytest
+
+from taskbeam import config
+
+SECRET = "x" * config.MIN_SECRET_LENGTH
+
+
+def env(**overrides):
+    base = {"REDIS_URL": "redis://:pw@redis:6379/0", "SECRET_KEY": SECRET}
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def test_load_with_defaults():
+    settings = config.load(env())
+    assert settings.redis_url == "redis://:pw@redis:6379/0"
+    assert settings.secret_key == SECRET
+    assert settings.namespace == "taskbeam"
+    assert settings.allowed_origins == ()
+    assert settings.progress_coalesce_ms == 100
+    assert settings.event_log_maxlen == 10_000
+    assert settings.task_retention_s == 86_400
+    assert settings.task_time_limit_s == 3_600
+    assert settings.max_redeliveries == 3
+    assert settings.rate_limit_per_minute == 120
+
+
+def test_rediss_scheme_accepted():
+    assert config.load(env(REDIS_URL="rediss://redis:6380/1")).redis_url.startswith("rediss://")
+
+
+def test_missing_redis_url():
+    with pytest.raises(config.ConfigError, match="REDIS_URL is required"):
+        config.load(env(REDIS_URL=None))
+
+
+@pytest.mark.parametrize("url", ["http://redis:6379/0", "redis://", "localhost:6379"])
+def test_bad_redis_url(url):
+    with pytest.raises(config.ConfigError, match="REDIS_URL must look like"):
+        config.load(env(REDIS_URL=url))
+
+
+@pytest.mark.parametrize("key", [None, "", "change-me", "CHANGE-ME", "short-but-random-9f2c"])
+def test_bad_secret_key_refused(key):
+    with pytest.raises(config.ConfigError, match="SECRET_KEY"):
+        config.load(env(SECRET_KEY=key))
+
+
+def test_worker_does_not_need_secret():
+    settings = config.load(env(SECRET_KEY=None), need_secret=False)
+    assert settings.secret_key is None
+
+
+def test_non_integer_refused():
+    with pytest.raises(config.ConfigError, match="EVENT_LOG_MAXLEN must be an integer"):
+        config.load(env(EVENT_LOG_MAXLEN="ten"))
+
+
+@pytest.mark.parametrize("name, value", [
+    ("RATE_LIMIT_PER_MINUTE", "10"),
+    ("PROGRESS_COALESCE_MS", "-1"),
+    ("TASK_MAX_REDELIVERIES", "101"),
+])
+def test_out_of_range_integer_refused(name, value):
+    with pytest.raises(config.ConfigError, match=f"{name} must be between"):
+        config.load(env(**{name: value}))
+
+
+def test_integer_overrides_and_blank_means_default():
+    settings = config.load(env(RATE_LIMIT_PER_MINUTE=" 60 ", TASK_RETENTION_S=""))
+    assert settings.rate_limit_per_minute == 60
+    assert settings.task_retention_s == 86_400
+
+
+def test_allowed_origins_parsed():
+    settings = config.load(env(ALLOWED_ORIGINS=" https://a.example/, http://b.example:8080 ,,"))
+    assert settings.allowed_origins == ("https://a.example", "http://b.example:8080")
+
+
+@pytest.mark.parametrize("origin", ["a.example", "ftp://a.example", "https://a.example/app"])
+def test_bad_allowed_origin_refused(origin):
+    with pytest.raises(config.ConfigError, match="ALLOWED_ORIGINS"):
+        config.load(env(ALLOWED_ORIGINS=origin))
+
+
+@pytest.mark.parametrize("namespace", ["", "has space", "a:b", "a/b"])
+def test_bad_namespace_refused(namespace):
+    with pytest.raises(config.ConfigError, match="TASKBEAM_NAMESPACE"):
+        config.load(env(TASKBEAM_NAMESPACE=namespace))
+
+
+def test_socketio_channel_contains_namespace():
+    settings = config.load(env(TASKBEAM_NAMESPACE="prod-eu_1"))
+    assert settings.namespace == "prod-eu_1"
+    assert "prod-eu_1" in settings.socketio_channel
+
+
+def test_load_or_exit_exits_with_one_line(capsys):
+    with pytest.raises(SystemExit) as exc_info:
+        config.load_or_exit(env={})
+    assert exc_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("taskbeam: configuration error: REDIS_URL is required")
+    assert err.count("\n") == 1 and err.endswith("\n")
+
+
+def test_load_or_exit_returns_settings():
+    assert config.load_or_exit(env=env()).secret_key == SECRET

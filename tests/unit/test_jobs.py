@@ -1,0 +1,87 @@
+"""Unit tests for the simulate job kind and its parameter validation."""
+import pytest
+
+from taskbeam import jobs, progress
+
+
+def test_simulate_is_registered():
+    assert jobs.JOBS["simulate"].celery_name == "taskbeam.simulate"
+
+
+def test_simulate_params_defaults():
+    assert jobs.simulate_params({}) == {"steps": 20, "step_ms": 250}
+
+
+def test_simulate_params_keeps_valid_values():
+    clean = jobs.simulate_params({"steps": 5, "step_ms": 0, "fail_at": 5})
+    assert clean == {"steps": 5, "step_ms": 0, "fail_at": 5}
+
+
+def test_fail_at_none_is_absent():
+    assert "fail_at" not in jobs.simulate_params({"fail_at": None})
+
+
+@pytest.mark.parametrize("value", [True, 5.0, "5", None, [5]])
+def test_steps_must_be_an_integer(value):
+    with pytest.raises(jobs.ParamError) as exc_info:
+        jobs.simulate_params({"steps": value})
+    assert exc_info.value.field == "steps"
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"steps": 0}, "steps"),
+    ({"steps": 10_001}, "steps"),
+    ({"step_ms": -1}, "step_ms"),
+    ({"step_ms": 60_001}, "step_ms"),
+    ({"fail_at": 0}, "fail_at"),
+])
+def test_out_of_range(params, field):
+    with pytest.raises(jobs.ParamError) as exc_info:
+        jobs.simulate_params(params)
+    assert exc_info.value.field == field
+
+
+def test_fail_at_must_not_exceed_steps():
+    with pytest.raises(jobs.ParamError) as exc_info:
+        jobs.simulate_params({"steps": 3, "fail_at": 4})
+    assert exc_info.value.field == "fail_at"
+
+
+def test_unknown_field_is_named():
+    with pytest.raises(jobs.ParamError) as exc_info:
+        jobs.simulate_params({"steps": 3, "colour": "red"})
+    assert exc_info.value.field == "colour"
+    assert "colour" in str(exc_info.value)
+
+
+@pytest.mark.parametrize("params", [[], "steps=3", None, 3])
+def test_params_must_be_an_object(params):
+    with pytest.raises(jobs.ParamError) as exc_info:
+        jobs.simulate_params(params)
+    assert exc_info.value.field == "params"
+
+
+def run_simulate(params):
+    updates, sleeps = [], []
+    with progress.reporting_to(lambda *args: updates.append(args)):
+        try:
+            result = jobs.simulate(params, sleep=sleeps.append)
+        except progress.JobError as exc:
+            result = exc
+    return result, updates, sleeps
+
+
+def test_simulate_reports_every_step():
+    result, updates, sleeps = run_simulate({"steps": 3, "step_ms": 250})
+    assert result == {"steps": 3}
+    assert [(d, t) for d, t, _ in updates] == [(1, 3), (2, 3), (3, 3)]
+    assert updates[-1][2] == "Step 3 of 3"
+    assert sleeps == [0.25, 0.25, 0.25]
+
+
+def test_simulate_fails_at_requested_step():
+    error, updates, _ = run_simulate({"steps": 5, "step_ms": 0, "fail_at": 3})
+    assert isinstance(error, progress.JobError)
+    assert error.code == "simulated_failure"
+    assert "3" in error.message
+    assert [d for d, _, _ in updates] == [1, 2]
