@@ -14,6 +14,7 @@ running task. A cancel request surfaces as :class:`Cancelled` raised from
 """
 import contextlib
 import contextvars
+import math
 import numbers
 
 MAX_MESSAGE_LENGTH = 500
@@ -43,13 +44,15 @@ def update(done, total, message=""):
     """Report that ``done`` of ``total`` units are finished.
 
     :param done: units finished so far (number >= 0).
-    :param total: units in all (number > 0); progress is ``done / total``.
+    :param total: units in all (number >= 0); progress is ``done / total``, and
+                  100 % when ``total`` is 0 (nothing to do).
     :param message: short human text shown beside the bar.
     :raises Cancelled: the task should stop now.
     """
     for name, value in (("done", done), ("total", total)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0:
-            raise ValueError(f"progress.update: {name} must be a number >= 0, got {value!r}")
+        if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                or not math.isfinite(value) or value < 0):
+            raise ValueError(f"progress.update: {name} must be a finite number >= 0, got {value!r}")
     reporter = _reporter.get()
     if reporter is None:
         raise RuntimeError("progress.update() called outside a Taskbeam job")
