@@ -5,6 +5,7 @@ Keys (``ns`` is TASKBEAM_NAMESPACE):
 - ``ns:task:<id>``          hash, the snapshot plus owner, params, attempts, cancel flag
 - ``ns:task:<id>:events``   stream, one entry per event, entry id ``<seq>-0``
 - ``ns:owner:<owner>``      sorted set of the owner's task ids by creation time
+- ``ns:leases``             sorted set of running task ids by lease expiry (Redis clock)
 
 Both task keys expire ``TASK_RETENTION_S`` after the terminal event. Every event
 is written here *before* it is published, so a subscriber that missed the live
@@ -45,6 +46,32 @@ return {seq, event, f[7] or '0'}
 """
 
 
+# Leases use Redis's clock, so workers on hosts with skewed clocks agree.
+_CLAIM_RUN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if expiry and tonumber(expiry) > now then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return 1
+"""
+
+_RENEW_LEASE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+return redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
+"""
+
+# Takes expired leases out of the set in one step, so exactly one reaper gets each.
+_REAP = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+if #ids > 0 then redis.call('ZREM', KEYS[1], unpack(ids)) end
+return ids
+"""
+
+
 class TaskGone(LookupError):
     """The task does not exist (never created, or expired)."""
 
@@ -79,6 +106,10 @@ class TaskStore:
         self.maxlen = settings.event_log_maxlen
         self.retention_s = settings.task_retention_s
         self._append = redis.register_script(_APPEND)
+        self._claim_run = redis.register_script(_CLAIM_RUN)
+        self._renew_lease = redis.register_script(_RENEW_LEASE)
+        self._reap = redis.register_script(_REAP)
+        self.leases_key = f"{self.ns}:leases"
 
     def task_key(self, task_id):
         return f"{self.ns}:task:{task_id}"
@@ -184,6 +215,20 @@ class TaskStore:
     def count_attempt(self, task_id):
         """Count one more start of the task; returns how many starts there were."""
         return int(self.redis.hincrby(self.task_key(task_id), "attempts", 1))
+
+    def claim_run(self, task_id, lease_s):
+        """Take the run lease of a task; False if a live run already holds it."""
+        return bool(self._claim_run(keys=[self.leases_key], args=[task_id, lease_s]))
+
+    def renew_lease(self, task_id, lease_s):
+        self._renew_lease(keys=[self.leases_key], args=[task_id, lease_s])
+
+    def release_lease(self, task_id):
+        self.redis.zrem(self.leases_key, task_id)
+
+    def reap_expired_leases(self, limit=100):
+        """Ids of runs whose worker stopped renewing; each is returned to one caller only."""
+        return self._reap(keys=[self.leases_key], args=[limit])
 
     @staticmethod
     def snapshot_of(rec):

@@ -4,12 +4,21 @@ Runs every registered job as a Celery task and emits its state changes
 (``running``, ``retrying``, and exactly one terminal event), so a job only
 reports progress. Events go out through Flask-SocketIO's external emitter: a
 ``SocketIO(message_queue=...)`` with no Flask app and no app context.
+
+A run holds a lease in Redis that it renews while it works. When a worker dies
+(SIGKILL, OOM, a host gone, a scale-down that outlasts the grace period), its
+leases expire and any live worker sends the task again: it runs elsewhere
+within about ``LEASE_S + REAP_INTERVAL_S`` seconds instead of waiting for the
+broker's visibility timeout, which must stay longer than the task time limit.
 """
+import json
 import logging
 import socket
+import threading
 import time
 
 import redis
+from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 from flask_socketio import SocketIO
 
@@ -29,6 +38,8 @@ emitter = Emitter(store, SocketIO(message_queue=settings.redis_url,
                                   channel=settings.socketio_channel))
 # Container host names are unique per replica: the snapshot's `worker` field.
 WORKER_NAME = socket.gethostname()
+LEASE_S = 10.0
+REAP_INTERVAL_S = 2.0
 
 
 def _error(code, message):
@@ -36,69 +47,137 @@ def _error(code, message):
             "error": {"code": code, "message": message}}
 
 
-def run(job, task_id, params):
-    """Run one delivery of a task, from its first state change to its terminal event."""
-    coalescer = protocol.Coalescer(settings.progress_coalesce_ms / 1000, time.monotonic)
+class TaskRun:
+    """One delivery of a task, from its first state change to its terminal event."""
 
-    def emit(**patch):
-        event, cancel = emitter.emit(task_id, **patch)
-        coalescer.note(event["state"])
+    def __init__(self, job, task_id, params):
+        self.job, self.task_id, self.params = job, task_id, params
+        self.coalescer = protocol.Coalescer(settings.progress_coalesce_ms / 1000,
+                                            time.monotonic)
+
+    def emit(self, **patch):
+        """Persist and publish an event; True if the owner asked to cancel."""
+        event, cancel = emitter.emit(self.task_id, **patch)
+        self.coalescer.note(event["state"])
         return cancel
 
-    def report(done, total, message):
+    def report(self, done, total, message):
+        """Where the job's ``progress.update`` calls land."""
         pct = protocol.percent(done, total)
-        if coalescer.admit(protocol.RUNNING, pct):
-            _, cancel = emitter.emit(task_id, state=protocol.RUNNING, progress=pct,
+        if self.coalescer.admit(protocol.RUNNING, pct):
+            _, cancel = emitter.emit(self.task_id, state=protocol.RUNNING, progress=pct,
                                      message=message)
             if cancel:
                 raise progress.Cancelled()
 
-    try:
-        attempt = store.count_attempt(task_id)
+    def __call__(self):
+        if not store.claim_run(self.task_id, LEASE_S):
+            # A duplicate delivery (e.g. the broker restoring a message) of a task
+            # that a live worker is running: that run owns it.
+            log.info("task %s already runs elsewhere; dropping this delivery", self.task_id)
+            return
+        try:
+            with _renewing_lease(self.task_id):
+                self._run()
+        except (TaskFinished, TaskGone) as exc:
+            # Cancelled while queued, finished by an earlier delivery, or expired.
+            log.info("task %s: nothing to do (%s)", self.task_id, exc)
+        finally:
+            store.release_lease(self.task_id)
+
+    def _run(self):
+        attempt = store.count_attempt(self.task_id)
         if attempt > settings.max_redeliveries + 1:
-            emit(**_error("too_many_redeliveries",
-                          f"Gave up after {attempt - 1} deliveries; the worker kept dying."))
+            self.emit(**_error("too_many_redeliveries",
+                               f"Gave up after {attempt - 1} runs; its worker kept dying."))
             return
         if attempt > 1:
-            emit(state=protocol.RETRYING, progress=0,
-                 message=f"Worker lost; running again (attempt {attempt})")
-        if emit(state=protocol.RUNNING, message="Running", worker=WORKER_NAME):
-            emit(state=protocol.CANCELLED, message="Cancelled")
+            self.emit(state=protocol.RETRYING, progress=0,
+                      message=f"Worker lost; running again (attempt {attempt})")
+        if self.emit(state=protocol.RUNNING, message="Running", worker=WORKER_NAME):
+            self.emit(state=protocol.CANCELLED, message="Cancelled")
             return
-        outcome = _execute(job, params, report)
-        emit(**outcome)
-    except (TaskFinished, TaskGone) as exc:
-        # Cancelled while queued, finished by an earlier delivery, or expired.
-        log.info("task %s: nothing to do (%s)", task_id, exc)
+        self.emit(**self._execute())
+
+    def _execute(self):
+        """Run the job's function; return the terminal event's fields."""
+        try:
+            params = self.job.validate(self.params)
+            with progress.reporting_to(self.report):
+                result = self.job.func(params)
+        except progress.Cancelled:
+            return {"state": protocol.CANCELLED, "message": "Cancelled"}
+        except jobs.ParamError as exc:
+            return _error("invalid_params", str(exc))
+        except progress.JobError as exc:
+            return _error(exc.code, exc.message)
+        except SoftTimeLimitExceeded:
+            return _error("time_limit",
+                          f"Stopped after the {settings.task_time_limit_s}s time limit.")
+        except (TaskFinished, TaskGone):
+            raise
+        except Exception:
+            log.exception("job %s failed", self.job.kind)
+            return _error("internal_error", "The task failed unexpectedly.")
+        return {"state": protocol.SUCCEEDED, "progress": 100, "message": "Done",
+                "result": result if result is not None else {}}
 
 
-def _execute(job, params, report):
-    """Run the job's function; return the terminal event's fields."""
-    try:
-        params = job.validate(params)
-        with progress.reporting_to(report):
-            result = job.func(params)
-    except progress.Cancelled:
-        return {"state": protocol.CANCELLED, "message": "Cancelled"}
-    except jobs.ParamError as exc:
-        return _error("invalid_params", str(exc))
-    except progress.JobError as exc:
-        return _error(exc.code, exc.message)
-    except SoftTimeLimitExceeded:
-        return _error("time_limit", f"Stopped after the {settings.task_time_limit_s}s time limit.")
-    except (TaskFinished, TaskGone):
-        raise
-    except Exception:
-        log.exception("job %s failed", job.kind)
-        return _error("internal_error", "The task failed unexpectedly.")
-    return {"state": protocol.SUCCEEDED, "progress": 100, "message": "Done",
-            "result": result if result is not None else {}}
+class _renewing_lease:
+    """Renews the task's lease from a thread while the job runs."""
+
+    def __init__(self, task_id):
+        self.task_id = task_id
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._renew, daemon=True,
+                                       name=f"lease-{task_id}")
+
+    def _renew(self):
+        while not self.stop.wait(LEASE_S / 4):
+            try:
+                store.renew_lease(self.task_id, LEASE_S)
+            except redis.RedisError as exc:  # keep trying; the lease has slack
+                log.warning("could not renew lease of %s: %s", self.task_id, exc)
+
+    def __enter__(self):
+        self.thread.start()
+
+    def __exit__(self, *exc_info):
+        self.stop.set()
+        self.thread.join()
+
+
+def requeue_orphans():
+    """Send again every task whose run lease expired (its worker is gone)."""
+    for task_id in store.reap_expired_leases():
+        rec = store.record(task_id)
+        job = jobs.JOBS.get(rec.get("kind")) if rec else None
+        if job is None or rec["state"] in protocol.TERMINAL_STATES:
+            continue
+        log.warning("task %s lost its worker; sending it again", task_id)
+        celery.send_task(job.celery_name, args=[task_id, json.loads(rec["params"])],
+                         task_id=task_id)
+
+
+def _reap_forever():
+    while True:
+        time.sleep(REAP_INTERVAL_S)
+        try:
+            requeue_orphans()
+        except Exception:  # Redis down or a bad record: try again next round
+            log.exception("requeueing orphaned tasks failed")
+
+
+@signals.worker_ready.connect
+def _start_reaper(**_):
+    # In the worker's main process, which outlives the pool's child processes.
+    threading.Thread(target=_reap_forever, daemon=True, name="reaper").start()
 
 
 def _register(job):
     @celery.task(name=job.celery_name)
     def run_job(task_id, params):
-        run(job, task_id, params)
+        TaskRun(job, task_id, params)()
 
     return run_job
 

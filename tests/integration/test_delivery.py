@@ -1,0 +1,103 @@
+"""The delivery guarantee: replay by seq, isolation, and faults mid-task."""
+import threading
+
+from conftest import (Api, Watcher, assert_gapless_single_terminal, compose, docker,
+                      wait_ready, wait_until)
+
+
+def test_late_subscriber_gets_the_whole_history_or_the_tail(api, watcher):
+    task = api.create(steps=5, step_ms=20)
+    wait_until(lambda: api.snapshot(task["id"])["state"] == "succeeded", 30, what="success")
+    ack = watcher.subscribe(task["id"], after=0)
+    assert ack["ok"] and ack["task"]["state"] == "succeeded"
+    assert_gapless_single_terminal(ack["missed"])
+    assert ack["task"]["seq"] == ack["missed"][-1]["seq"]
+    k = 3
+    tail = watcher.subscribe(task["id"], after=k)["missed"]
+    assert [e["seq"] for e in tail] == list(range(k + 1, ack["task"]["seq"] + 1))
+
+
+def test_disconnect_mid_task_then_resubscribe_gives_a_gapless_union(api):
+    task = api.create(steps=30, step_ms=100)
+    first = Watcher(api, reconnect=False).connect()
+    first.follow(task["id"])
+    wait_until(lambda: first.last_seq(task["id"]) >= 4, 30, what="a few events")
+    first.close()
+    seen = first.history(task["id"])
+    second = Watcher(api).connect()
+    try:
+        wait_until(lambda: api.snapshot(task["id"])["seq"] > seen[-1]["seq"] + 2, 30,
+                   what="events while disconnected")
+        for event in seen:
+            second._keep(event)
+        second.subscribe(task["id"], after=seen[-1]["seq"])
+        second.wait_terminal([task["id"]])
+        assert_gapless_single_terminal(second.history(task["id"]))
+    finally:
+        second.close()
+
+
+def test_thirty_concurrent_sessions_see_only_their_own_tasks():
+    sessions = [Api() for _ in range(30)]
+    watchers = [Watcher(s).connect() for s in sessions]
+    try:
+        tasks = [s.create(steps=5, step_ms=100) for s in sessions]
+        errors = []
+
+        def follow(w, own, foreign):
+            try:
+                w.follow(own["id"])
+                assert w.subscribe(foreign["id"])["error"]["code"] == "not_found"
+                w.wait_terminal([own["id"]], timeout=90)
+            except Exception as exc:  # reported below, with the session's index
+                errors.append(exc)
+
+        threads = [threading.Thread(target=follow, args=(w, t, tasks[(i + 1) % 30]))
+                   for i, (w, t) in enumerate(zip(watchers, tasks))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        for w, task in zip(watchers, tasks):
+            assert set(w.events) <= {task["id"], tasks[(tasks.index(task) + 1) % 30]["id"]}
+            assert all(not seen for tid, seen in w.events.items() if tid != task["id"]), \
+                "a session received another session's events"
+            assert_gapless_single_terminal(w.history(task["id"]))
+    finally:
+        for w in watchers:
+            w.close()
+        for s in sessions:
+            s.http.close()
+
+
+def test_web_restart_mid_task_keeps_clients_gapless(api, watcher):
+    tasks = [api.create(steps=40, step_ms=500) for _ in range(3)]
+    for task in tasks:
+        watcher.follow(task["id"])
+    wait_until(lambda: all(watcher.last_seq(t["id"]) >= 3 for t in tasks), 30,
+               what="tasks under way")
+    compose("restart", "web", timeout=120)
+    wait_ready()
+    watcher.wait_terminal([t["id"] for t in tasks], timeout=90)
+    assert watcher.connects >= 2, "the client should have reconnected"
+    for task in tasks:
+        assert_gapless_single_terminal(watcher.history(task["id"]))
+
+
+def test_sigkill_of_the_worker_running_a_task_retries_it_elsewhere(api, watcher):
+    task = api.create(steps=30, step_ms=300)
+    watcher.follow(task["id"])
+    worker = wait_until(lambda: api.snapshot(task["id"]).get("worker"), 30,
+                        what="the task to start on a worker")
+    wait_until(lambda: watcher.last_seq(task["id"]) >= 4, 30, what="progress")
+    try:
+        docker("kill", "--signal", "KILL", worker)  # the host name is the container id
+        watcher.wait_terminal([task["id"]], timeout=90)
+        history = watcher.history(task["id"])
+        assert_gapless_single_terminal(history)
+        states = [e["state"] for e in history]
+        assert "retrying" in states and states.index("retrying") < states.index("succeeded")
+        assert api.snapshot(task["id"])["worker"] != worker
+    finally:
+        compose("up", "-d", "--wait", "--scale", "worker=3", timeout=180)
