@@ -4,7 +4,7 @@ N ?= 1
 HTTP_PORT ?= $(shell sed -n 's/^HTTP_PORT=//p' .env 2>/dev/null | tail -n1)
 
 .DEFAULT_GOAL := help
-.PHONY: help env up down logs ps scale test unit
+.PHONY: help env up down logs ps scale test unit bench
 
 help: ## Show the targets and what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,3 +37,7 @@ unit: ## Run only the unit tests (no Docker needed)
 
 test: ## Run unit tests, then integration tests on a throwaway stack (own project and port)
 	tests/run.sh
+
+bench: ## Benchmark the running stack (after `make up`); JSON under tests/bench/results/
+	@mkdir -p tests/bench/results
+	$(COMPOSE) exec -T worker python - < tests/bench/persist_overhead.py | tee tests/bench/results/persist.json

@@ -47,7 +47,10 @@ class QueueWatch:
     def __init__(self, sio, manager):
         self.sio = sio
         self.manager = manager
-        self.healthy = False
+
+    @property
+    def healthy(self):
+        return self.manager.heard_within(self.stale_after_s)
 
     def start(self):
         server = self.sio.server
@@ -57,16 +60,17 @@ class QueueWatch:
         self.sio.start_background_task(self._run)
 
     def _run(self):
+        was_healthy = False
         while True:
             self.manager.publish_heartbeat()
             self.sio.sleep(self.interval_s)
-            healthy = self.manager.heard_within(self.stale_after_s)
-            if self.healthy and not healthy:
+            healthy = self.healthy
+            if was_healthy and not healthy:
                 log.error("message-queue listener is silent; disconnecting clients")
                 self._disconnect_all()
-            elif healthy and not self.healthy:
+            elif healthy and not was_healthy:
                 log.info("message-queue listener is receiving")
-            self.healthy = healthy
+            was_healthy = healthy
 
     def _disconnect_all(self):
         for sid, _eio_sid in list(self.manager.get_participants("/", None)):

@@ -2,7 +2,8 @@
 import logging
 
 from flask import current_app, request, session
-from flask_socketio import join_room, leave_room
+from flask_socketio import ConnectionRefusedError, join_room, leave_room
+from redis.exceptions import RedisError
 
 from .. import protocol
 from . import socketio
@@ -13,8 +14,12 @@ MAX_TASK_ID_LENGTH = 64
 MAX_SUBSCRIPTIONS = 200
 
 
+def _services():
+    return current_app.extensions["taskbeam"]
+
+
 def _store():
-    return current_app.extensions["taskbeam"].store
+    return _services().store
 
 
 def _error(code, message):
@@ -30,9 +35,12 @@ def _task_id(data):
 
 @socketio.on("connect")
 def on_connect(auth=None):
-    # The handshake carried the session cookie: bind this socket to its owner.
+    # Live events could not reach this socket while the listener is deaf; refuse,
+    # and the client retries until this process (or another replica) can serve it.
+    if not _services().queue_watch.healthy:
+        raise ConnectionRefusedError("unavailable: the message queue is not reachable")
+    # The handshake carried the session cookie (read via `session`): the owner.
     session["subscriptions"] = set()
-    return True
 
 
 @socketio.on("subscribe")
@@ -70,5 +78,8 @@ def on_unsubscribe(data=None):
 
 @socketio.on_error_default
 def on_error(exc):
+    if isinstance(exc, RedisError):
+        log.warning("socket handler: Redis error: %s", exc)
+        return _error("unavailable", "Storage is unavailable; subscribe again shortly.")
     log.exception("socket handler failed for %s", request.sid)
     return _error("internal_error", "Something went wrong on our side.")

@@ -1,7 +1,9 @@
 """The delivery guarantee: replay by seq, isolation, and faults mid-task."""
 import threading
 
-from conftest import (Api, Watcher, assert_gapless_single_terminal, compose, docker,
+import requests
+
+from conftest import (BASE_URL, Api, Watcher, assert_gapless_single_terminal, compose, docker,
                       wait_ready, wait_until)
 
 
@@ -101,3 +103,46 @@ def test_sigkill_of_the_worker_running_a_task_retries_it_elsewhere(api, watcher)
         assert api.snapshot(task["id"])["worker"] != worker
     finally:
         compose("up", "-d", "--wait", "--scale", "worker=3", timeout=180)
+
+
+def test_redis_restart_mid_task_loses_no_event_and_readyz_reports_it(api, watcher):
+    tasks = [api.create(steps=30, step_ms=400) for _ in range(3)]
+    for task in tasks:
+        watcher.follow(task["id"])
+    wait_until(lambda: all(watcher.last_seq(t["id"]) >= 3 for t in tasks), 30,
+               what="tasks under way")
+    compose("stop", "redis", timeout=60)
+    try:
+        wait_until(lambda: readyz_status() == 503, 20, interval=0.5,
+                   what="/readyz to turn 503 while Redis is down")
+    finally:
+        compose("start", "redis", timeout=60)
+    wait_ready()
+    watcher.wait_terminal([t["id"] for t in tasks], timeout=120)
+    for task in tasks:
+        # Events persisted before the stop came back from the AOF; none is missing.
+        assert_gapless_single_terminal(watcher.history(task["id"]))
+        stored = api.request("GET", f"/api/tasks/{task['id']}/events?after=0").json()["events"]
+        assert [e["seq"] for e in stored] == [e["seq"] for e in watcher.history(task["id"])]
+
+
+def test_scaling_workers_down_mid_task_hands_running_tasks_over(api, watcher):
+    tasks = [api.create(steps=40, step_ms=500) for _ in range(6)]
+    for task in tasks:
+        watcher.follow(task["id"])
+    wait_until(lambda: all(api.snapshot(t["id"])["state"] == "running" for t in tasks), 60,
+               what="all tasks running")
+    try:
+        compose("up", "-d", "--wait", "--scale", "worker=1", timeout=180)
+        watcher.wait_terminal([t["id"] for t in tasks], timeout=150)
+        for task in tasks:
+            assert_gapless_single_terminal(watcher.history(task["id"]))
+    finally:
+        compose("up", "-d", "--wait", "--scale", "worker=3", timeout=180)
+
+
+def readyz_status():
+    try:
+        return requests.get(f"{BASE_URL}/readyz", timeout=3).status_code
+    except requests.RequestException:
+        return None

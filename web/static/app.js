@@ -86,8 +86,8 @@ function subscribe(id) {
   const task = tasks.get(id);
   if (!task || !socket.connected) return;
   socket.emit("subscribe", { task_id: id, after: task.snapshot.seq }, (ack) => {
-    if (!ack || !ack.ok) return;
-    ack.missed.forEach(apply);
+    if (ack && ack.ok) ack.missed.forEach(apply);
+    else if (ack && ack.error.code === "unavailable") setTimeout(() => subscribe(id), 1000);
   });
 }
 
@@ -119,6 +119,11 @@ socket.on("connect", () => {
   tasks.forEach((task, id) => { if (!TERMINAL.has(task.snapshot.state)) subscribe(id); });
 });
 socket.on("disconnect", () => setConnection("reconnecting", "Reconnecting…"));
+// A refusal by the server (e.g. it lost Redis) stops automatic reconnection: retry.
+socket.on("connect_error", () => {
+  setConnection("reconnecting", "Reconnecting…");
+  if (!socket.active) setTimeout(() => socket.connect(), 1000);
+});
 socket.io.on("reconnect_attempt", () => setConnection("reconnecting", "Reconnecting…"));
 socket.io.on("reconnect_failed", () => setConnection("offline", "Offline"));
 socket.on("task_update", apply);
