@@ -2,6 +2,8 @@
 # by the compose `command`. PYTHON_IMAGE can point at a mirror or a local stand-in.
 ARG PYTHON_IMAGE=python:3.12-slim
 FROM ${PYTHON_IMAGE}
+# Optional extras from pyproject.toml, e.g. PIP_EXTRAS=postgres for PostgreSQL exports.
+ARG PIP_EXTRAS=""
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -18,8 +20,11 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 
 COPY taskbeam ./taskbeam
 RUN pip install --no-deps . \
+ && if [ -n "$PIP_EXTRAS" ]; then pip install ".[$PIP_EXTRAS]"; fi \
  && groupadd --system --gid 10001 taskbeam \
- && useradd --system --uid 10001 --gid taskbeam --home-dir /app --shell /usr/sbin/nologin taskbeam
+ && useradd --system --uid 10001 --gid taskbeam --home-dir /app --shell /usr/sbin/nologin taskbeam \
+ && mkdir -p /data/exports /data/demo \
+ && chown taskbeam:taskbeam /data/exports /data/demo
 COPY web/start.sh web/gunicorn.conf.py ./web/
 COPY worker/start.sh worker/healthcheck.sh ./worker/
 

@@ -4,6 +4,7 @@ Every variable is documented in ``.env.example``. A bad value stops the process
 with one clear line instead of failing later on the first request or task.
 Run ``python -m taskbeam.config`` to check the current environment.
 """
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -52,6 +53,15 @@ def _secret_key(env):
     return key
 
 
+def _names(env, name, default):
+    raw = env.get(name, "").strip()
+    names = tuple(n.strip() for n in raw.split(",") if n.strip()) if raw else default
+    for n in names:
+        if not n.replace("_", "").isalnum():
+            raise ConfigError(f"{name}: {n!r} is not a plain column/table name")
+    return names
+
+
 def _origins(env):
     origins = []
     for item in env.get("ALLOWED_ORIGINS", "").split(","):
@@ -77,6 +87,12 @@ class Settings:
     task_time_limit_s: int
     max_redeliveries: int
     rate_limit_per_minute: int
+    database_url: str
+    export_dir: str
+    export_ttl_s: int
+    export_table: str
+    export_columns: tuple
+    export_date_column: str
 
     @property
     def socketio_channel(self):
@@ -97,11 +113,36 @@ def load(env=None, *, need_secret=True):
         allowed_origins=_origins(env),
         progress_coalesce_ms=_int(env, "PROGRESS_COALESCE_MS", 100, 0, 60_000),
         event_log_maxlen=_int(env, "EVENT_LOG_MAXLEN", 10_000, 100, 1_000_000),
-        task_retention_s=_int(env, "TASK_RETENTION_S", 86_400, 60, 30 * 86_400),
+        task_retention_s=_int(env, "TASK_RETENTION_S", 604_800, 60, 90 * 86_400),
         task_time_limit_s=_int(env, "TASK_TIME_LIMIT_S", 3_600, 10, 7 * 86_400),
         max_redeliveries=_int(env, "TASK_MAX_REDELIVERIES", 3, 0, 100),
         rate_limit_per_minute=_int(env, "RATE_LIMIT_PER_MINUTE", 120, 60, 100_000),
+        database_url=_database_url(env),
+        export_dir=env.get("EXPORT_DIR", "").strip() or "/data/exports",
+        export_ttl_s=_int(env, "EXPORT_TTL", 86_400, 10, 30 * 86_400),
+        export_table=_names(env, "EXPORT_TABLE", ("orders",))[0],
+        export_columns=_names(env, "EXPORT_COLUMNS", DEMO_COLUMNS),
+        export_date_column=_names(env, "EXPORT_DATE_COLUMN", ("order_date",))[0],
     )
+
+
+# The demo dataset's table (see taskbeam/demo_data.py), exported by default.
+DEFAULT_DATABASE_URL = "sqlite:////data/demo/orders.sqlite3"
+DEMO_COLUMNS = ("id", "order_date", "customer", "product", "region", "quantity", "amount")
+
+
+def _database_url(env):
+    url = env.get("DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL
+    if "://" not in url:
+        raise ConfigError("DATABASE_URL must be an SQLAlchemy URL, e.g. "
+                          "postgresql+psycopg://user:password@host/db")
+    return url
+
+
+@functools.lru_cache(maxsize=1)
+def current(need_secret=False):
+    """The process's settings, loaded once (for job code, which gets no arguments)."""
+    return load_or_exit(need_secret=need_secret)
 
 
 def load_or_exit(**kwargs):

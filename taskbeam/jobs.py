@@ -2,8 +2,9 @@
 
 To add your own kind: write a function that takes the validated params dict,
 calls :func:`taskbeam.progress.update` as it goes and returns a JSON-able result;
-register it with ``@job("kind", validate=...)``. The worker runs it as a Celery
-task and emits every state change itself.
+register it with ``@job("kind", validate=...)``, where ``validate(params,
+settings=None)`` returns clean params or raises :class:`ParamError`. The worker
+runs it as a Celery task and emits every state change itself.
 """
 import numbers
 import time
@@ -66,7 +67,7 @@ def integer(params, name, low, high, default=None):
     return int(value)
 
 
-def simulate_params(params):
+def simulate_params(params, settings=None):
     check_fields(params, {"steps", "step_ms", "fail_at"})
     steps = integer(params, "steps", 1, 10_000, default=20)
     step_ms = integer(params, "step_ms", 0, 60_000, default=250)
@@ -86,3 +87,7 @@ def simulate(params, sleep=time.sleep):
             raise progress.JobError("simulated_failure", f"Simulated failure at step {step}")
         progress.update(step, steps, f"Step {step} of {steps}")
     return {"steps": steps}
+
+
+# Registers the `export` kind; imported last because it builds on the helpers above.
+from . import export  # noqa: E402,F401

@@ -20,6 +20,7 @@ import numbers
 MAX_MESSAGE_LENGTH = 500
 
 _reporter = contextvars.ContextVar("taskbeam_reporter", default=None)
+_task_id = contextvars.ContextVar("taskbeam_task_id", default=None)
 
 
 class Cancelled(Exception):
@@ -59,14 +60,23 @@ def update(done, total, message=""):
     reporter(done, total, str(message)[:MAX_MESSAGE_LENGTH])
 
 
+def current_task_id():
+    """The id of the task being run (e.g. to name its output files)."""
+    task_id = _task_id.get()
+    if task_id is None:
+        raise RuntimeError("progress.current_task_id() called outside a Taskbeam job")
+    return task_id
+
+
 @contextlib.contextmanager
-def reporting_to(callback):
+def reporting_to(callback, task_id=None):
     """Route :func:`update` calls to ``callback(done, total, message)`` in this block.
 
     The worker uses it around every job; unit tests use it to capture progress.
     """
-    token = _reporter.set(callback)
+    token, id_token = _reporter.set(callback), _task_id.set(task_id)
     try:
         yield callback
     finally:
         _reporter.reset(token)
+        _task_id.reset(id_token)

@@ -22,14 +22,14 @@ from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 from flask_socketio import SocketIO
 
-from . import config, jobs, progress, protocol
+from . import config, export, jobs, progress, protocol
 from .broker import make_celery
 from .emitter import Emitter
 from .store import TaskFinished, TaskGone, TaskStore
 
 log = logging.getLogger(__name__)
 
-settings = config.load_or_exit(need_secret=False)
+settings = config.current()
 celery = make_celery(settings)
 store = TaskStore(redis.Redis.from_url(settings.redis_url, decode_responses=True,
                                        socket_timeout=5, socket_connect_timeout=3,
@@ -40,6 +40,7 @@ emitter = Emitter(store, SocketIO(message_queue=settings.redis_url,
 WORKER_NAME = socket.gethostname()
 LEASE_S = 10.0
 REAP_INTERVAL_S = 2.0
+EXPORT_SWEEP_ROUNDS = 5  # expired exports are removed every 10 s
 
 
 def _error(code, message):
@@ -103,7 +104,7 @@ class TaskRun:
         """Run the job's function; return the terminal event's fields."""
         try:
             params = self.job.validate(self.params)
-            with progress.reporting_to(self.report):
+            with progress.reporting_to(self.report, task_id=self.task_id):
                 result = self.job.func(params)
         except progress.Cancelled:
             return {"state": protocol.CANCELLED, "message": "Cancelled"}
@@ -159,19 +160,23 @@ def requeue_orphans():
                          task_id=task_id)
 
 
-def _reap_forever():
+def _housekeeping_forever():
+    rounds = 0
     while True:
         time.sleep(REAP_INTERVAL_S)
+        rounds += 1
         try:
             requeue_orphans()
+            if rounds % EXPORT_SWEEP_ROUNDS == 0:
+                export.remove_expired_exports(settings)
         except Exception:  # Redis down or a bad record: try again next round
-            log.exception("requeueing orphaned tasks failed")
+            log.exception("housekeeping failed")
 
 
 @signals.worker_ready.connect
-def _start_reaper(**_):
+def _start_housekeeping(**_):
     # In the worker's main process, which outlives the pool's child processes.
-    threading.Thread(target=_reap_forever, daemon=True, name="reaper").start()
+    threading.Thread(target=_housekeeping_forever, daemon=True, name="housekeeping").start()
 
 
 def _register(job):

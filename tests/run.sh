@@ -20,12 +20,16 @@ fi
 work=$(mktemp -d)
 export COMPOSE_PROJECT_NAME=${TEST_PROJECT:-taskbeam-test}
 export TEST_HTTP_PORT=${TEST_HTTP_PORT:-18080}
+# Short enough for the expiry test to watch an export expire.
+export TEST_EXPORT_TTL=${TEST_EXPORT_TTL:-45}
 # An env file of its own: the user's .env (port, secrets, replicas) is never read.
 export COMPOSE_ENV_FILES=$work/test.env
 sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')/" \
     -e "s/^REDIS_PASSWORD=.*/REDIS_PASSWORD=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
     -e "s/^HTTP_PORT=.*/HTTP_PORT=$TEST_HTTP_PORT/" \
     -e "s/^WORKER_REPLICAS=.*/WORKER_REPLICAS=3/" \
+    -e "s/^IMAGE_TAG=.*/IMAGE_TAG=test/" \
+    -e "s/^EXPORT_TTL=.*/EXPORT_TTL=$TEST_EXPORT_TTL/" \
     .env.example > "$COMPOSE_ENV_FILES"
 # Keep the base images the user's own stack builds from (a mirror, or offline stand-ins).
 [ -f .env ] && grep -E '^(PYTHON|REDIS|NGINX)_IMAGE=' .env >> "$COMPOSE_ENV_FILES" || true

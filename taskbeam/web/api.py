@@ -3,11 +3,13 @@ import json
 import logging
 import time
 
-from flask import Blueprint, current_app, jsonify, request, session, url_for
+from datetime import datetime
+
+from flask import Blueprint, Response, current_app, jsonify, request, session, url_for
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
-from .. import jobs, protocol
+from .. import export, jobs, protocol
 from ..store import TaskFinished
 from . import origin_allowed, own_origin
 from .openapi import openapi_document
@@ -101,7 +103,7 @@ def create_task():
         raise ApiError(400, "invalid_params",
                        f"kind: must be one of {', '.join(sorted(jobs.JOBS))}")
     try:
-        params = job.validate(params)
+        params = job.validate(params, services().settings)
     except jobs.ParamError as exc:
         field = exc.field if exc.field == "params" else f"params.{exc.field}"
         raise ApiError(400, "invalid_params", f"{field}: {exc.reason}") from None
@@ -162,9 +164,28 @@ def cancel_task(task_id):
     return response
 
 
+@bp.get("/api/tasks/<task_id>/download")
+def download(task_id):
+    """The export file, served by Nginx: this only checks the owner and the expiry."""
+    snap = services().store.snapshot_of(owned_record(task_id))
+    result = snap.get("result") or {}
+    fmt = next((f for f in export.FORMATS if result.get("filename", "").endswith(f".{f}")), None)
+    if snap["kind"] != "export" or fmt is None:
+        raise not_found()
+    expires_at = datetime.fromisoformat(result["expires_at"].replace("Z", "+00:00"))
+    if expires_at.timestamp() <= time.time():
+        raise ApiError(410, "expired", "This export has expired; run it again.")
+    response = Response(status=200, mimetype=None)
+    response.headers["Content-Type"] = export.FORMATS[fmt]
+    response.headers["Content-Disposition"] = f'attachment; filename="{result["filename"]}"'
+    # An internal Nginx location; the path is built from the checked task id only.
+    response.headers["X-Accel-Redirect"] = f"/_exports/{task_id}.{fmt}"
+    return response
+
+
 @bp.get("/api/openapi.json")
 def openapi():
-    return openapi_document()
+    return openapi_document(services().settings)
 
 
 @bp.get("/healthz")

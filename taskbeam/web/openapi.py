@@ -1,5 +1,5 @@
 """The OpenAPI 3 document served at ``/api/openapi.json``, built from the job registry."""
-from .. import jobs, protocol
+from .. import config, export, jobs, protocol
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -13,26 +13,47 @@ def _json(schema):
     return {"content": {"application/json": {"schema": schema}}}
 
 
-PARAM_SCHEMAS = {
-    "simulate": {
+def param_schemas(settings):
+    return {"simulate": SIMULATE_PARAMS, "export": export_params_schema(settings)}
+
+
+def export_params_schema(settings):
+    date = {"type": "string", "format": "date"}
+    return {
         "type": "object", "additionalProperties": False,
+        "description": "Defaults export every row and column of the table as CSV.",
         "properties": {
-            "steps": {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 20},
-            "step_ms": {"type": "integer", "minimum": 0, "maximum": 60_000, "default": 250},
-            "fail_at": {"type": "integer", "minimum": 1, "maximum": 10_000,
-                        "description": "Fail at this step (1..steps)."},
+            "date_from": {**date, "description": f"First {settings.export_date_column} (inclusive)."},
+            "date_to": {**date, "description": f"Last {settings.export_date_column} (inclusive)."},
+            "columns": {"type": "array", "minItems": 1, "uniqueItems": True,
+                        "items": {"type": "string", "enum": list(settings.export_columns)},
+                        "default": list(settings.export_columns)},
+            "format": {"type": "string", "enum": list(export.FORMATS), "default": "csv"},
+            "limit": {"type": "integer", "minimum": 1, "maximum": export.MAX_LIMIT},
         },
+    }
+
+
+SIMULATE_PARAMS = {
+    "type": "object", "additionalProperties": False,
+    "properties": {
+        "steps": {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 20},
+        "step_ms": {"type": "integer", "minimum": 0, "maximum": 60_000, "default": 250},
+        "fail_at": {"type": "integer", "minimum": 1, "maximum": 10_000,
+                    "description": "Fail at this step (1..steps)."},
     },
 }
 
 
-def openapi_document():
+def openapi_document(settings=None):
+    settings = settings or config.current()
+    schemas = param_schemas(settings)
     task_id = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
     snapshot = {"$ref": "#/components/schemas/Snapshot"}
     create_variants = [
         {"type": "object", "required": ["kind"], "additionalProperties": False,
-         "properties": {"kind": {"const": kind}, "params": PARAM_SCHEMAS[kind]}}
-        for kind in sorted(jobs.JOBS) if kind in PARAM_SCHEMAS
+         "properties": {"kind": {"type": "string", "enum": [kind]}, "params": schemas[kind]}}
+        for kind in sorted(jobs.JOBS) if kind in schemas
     ]
     return {
         "openapi": "3.0.3",
@@ -64,6 +85,11 @@ def openapi_document():
                     "type": "object", "properties": {"events": {
                         "type": "array", "items": {"$ref": "#/components/schemas/Event"}}}})},
                     **_error_responses(400, 404)}}},
+            "/api/tasks/{task_id}/download": {"get": {
+                "summary": "Download a finished export (served by Nginx)",
+                "parameters": [task_id],
+                "responses": {"200": {"description": "The file, as an attachment"},
+                              **_error_responses(404, 410)}}},
             "/api/tasks/{task_id}/cancel": {"post": {
                 "summary": "Cancel a task", "parameters": [task_id],
                 "responses": {"202": {"description": "Accepted", **_json(snapshot)},

@@ -20,7 +20,9 @@ def test_load_with_defaults():
     assert settings.allowed_origins == ()
     assert settings.progress_coalesce_ms == 100
     assert settings.event_log_maxlen == 10_000
-    assert settings.task_retention_s == 86_400
+    assert settings.task_retention_s == 7 * 86_400
+    assert settings.export_ttl_s == 86_400
+    assert settings.database_url == config.DEFAULT_DATABASE_URL
     assert settings.task_time_limit_s == 3_600
     assert settings.max_redeliveries == 3
     assert settings.rate_limit_per_minute == 120
@@ -70,7 +72,9 @@ def test_out_of_range_integer_refused(name, value):
 def test_integer_overrides_and_blank_means_default():
     settings = config.load(env(RATE_LIMIT_PER_MINUTE=" 60 ", TASK_RETENTION_S=""))
     assert settings.rate_limit_per_minute == 60
-    assert settings.task_retention_s == 86_400
+    assert settings.task_retention_s == 7 * 86_400
+    assert settings.export_ttl_s == 86_400
+    assert settings.database_url == config.DEFAULT_DATABASE_URL
 
 
 def test_allowed_origins_parsed():

@@ -1,7 +1,13 @@
 """Unit tests for the OpenAPI document served at /api/openapi.json."""
 import json
 
-from taskbeam.web.openapi import openapi_document
+from taskbeam import config
+from taskbeam.web import openapi
+
+
+def openapi_document():
+    return openapi.openapi_document(config.load({"REDIS_URL": "redis://redis:6379/0"},
+                                                need_secret=False))
 
 
 def test_openapi_version():
@@ -14,12 +20,14 @@ def test_task_paths_present():
     assert "get" in paths["/api/tasks/{task_id}"]
     assert "get" in paths["/api/tasks/{task_id}/events"]
     assert "post" in paths["/api/tasks/{task_id}/cancel"]
+    assert "get" in paths["/api/tasks/{task_id}/download"]
 
 
 def test_create_body_lists_simulate():
     body = openapi_document()["paths"]["/api/tasks"]["post"]["requestBody"]
     variants = body["content"]["application/json"]["schema"]["oneOf"]
-    assert {"const": "simulate"} in [v["properties"]["kind"] for v in variants]
+    kinds = [v["properties"]["kind"]["enum"] for v in variants]
+    assert ["simulate"] in kinds and ["export"] in kinds
 
 
 def test_json_serialisable():
