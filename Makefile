@@ -41,3 +41,4 @@ test: ## Run unit tests, then integration tests on a throwaway stack (own projec
 bench: ## Benchmark the running stack (after `make up`); JSON under tests/bench/results/
 	@mkdir -p tests/bench/results
 	$(COMPOSE) exec -T worker python - < tests/bench/persist_overhead.py | tee tests/bench/results/persist.json
+	$(COMPOSE) exec -T worker python - < tests/bench/export_bench.py | tee tests/bench/results/export.json

@@ -21,7 +21,7 @@ work=$(mktemp -d)
 export COMPOSE_PROJECT_NAME=${TEST_PROJECT:-taskbeam-test}
 export TEST_HTTP_PORT=${TEST_HTTP_PORT:-18080}
 # Short enough for the expiry test to watch an export expire.
-export TEST_EXPORT_TTL=${TEST_EXPORT_TTL:-45}
+export TEST_EXPORT_TTL=${TEST_EXPORT_TTL:-20}
 # An env file of its own: the user's .env (port, secrets, replicas) is never read.
 export COMPOSE_ENV_FILES=$work/test.env
 sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')/" \
