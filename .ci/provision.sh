@@ -21,11 +21,24 @@ debian_mirror() {
   printf '%s\n' "$uri"
 }
 
+apt_updated=0
+apt_install() {
+  [ "$apt_updated" = 1 ] || { apt-get update -qq; apt_updated=1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
 install_engine() {
   if command -v dockerd >/dev/null && command -v debootstrap >/dev/null; then return; fi
   log "installing docker.io and debootstrap"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null
+  apt_install docker.io debootstrap
+}
+
+# Debian's Chromium for the browser tests (driven by Playwright, which must not
+# download a browser of its own).
+install_browser() {
+  if [ -x /usr/bin/chromium ]; then return; fi
+  log "installing chromium"
+  apt_install chromium
 }
 
 # Debian 12 ships only Compose v1; trixie's docker-compose (v2) is a static Go plugin.
@@ -93,6 +106,7 @@ build_standins() {
 }
 
 install_engine
+install_browser
 install_compose_v2
 start_engine
 if [ "${TASKBEAM_STANDINS:-auto}" = always ] || ! timeout 20 docker pull -q redis:7-alpine >/dev/null 2>&1; then

@@ -17,6 +17,11 @@ fi
 "$venv/bin/pytest" tests/unit -q
 [ "${1:-all}" = unit ] && exit 0
 
+if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
+  echo "The browser tests need Chromium: apt-get install chromium (or set CHROMIUM=/path)." >&2
+  exit 2
+fi
+
 work=$(mktemp -d)
 export COMPOSE_PROJECT_NAME=${TEST_PROJECT:-taskbeam-test}
 export TEST_HTTP_PORT=${TEST_HTTP_PORT:-18080}

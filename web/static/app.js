@@ -32,6 +32,15 @@ async function api(method, path, body) {
   return data;
 }
 
+function describe(s) {
+  if (s.state === "failed" && s.error) return s.error.message;
+  if (s.state === "succeeded" && s.result && s.result.rows !== undefined) {
+    const mb = (s.result.bytes / 1e6).toFixed(1);
+    return `Exported ${s.result.rows.toLocaleString("en")} rows (${mb} MB)`;
+  }
+  return s.message;
+}
+
 function render(task) {
   const s = task.snapshot;
   const el = task.el;
@@ -42,8 +51,7 @@ function render(task) {
   bar.setAttribute("aria-valuenow", String(Math.round(s.progress)));
   bar.setAttribute("aria-label", `${s.kind} progress`);
   el.querySelector(".fill").style.width = `${s.progress}%`;
-  const text = s.state === "failed" && s.error ? s.error.message : s.message;
-  el.querySelector(".message").textContent = text;
+  el.querySelector(".message").textContent = describe(s);
   el.querySelector(".cancel").hidden = TERMINAL.has(s.state);
   const link = el.querySelector(".download");
   const url = s.state === "succeeded" && s.result && s.result.download_url;
@@ -59,6 +67,7 @@ function track(snapshot, atTop) {
     el.querySelector(".cancel").addEventListener("click", () => cancel(snapshot.id));
     task = { snapshot, el };
     tasks.set(snapshot.id, task);
+    render(task); // before insertion: the bar never shows 0 for a task under way
     if (atTop) list.prepend(el); else list.append(el);
   } else if (snapshot.seq >= task.snapshot.seq) {
     task.snapshot = snapshot;
@@ -99,20 +108,27 @@ async function cancel(id) {
   }
 }
 
-document.getElementById("simulate-form").addEventListener("submit", async (e) => {
-  e.preventDefault();
-  formError.textContent = "";
-  const form = new FormData(e.target);
-  try {
-    const snapshot = await api("POST", "/api/tasks", {
-      kind: "simulate",
-      params: { steps: Number(form.get("steps")), step_ms: Number(form.get("step_ms")) },
-    });
-    track(snapshot, true);
-  } catch (err) {
-    formError.textContent = err.message;
-  }
+function onSubmit(formId, kind, paramsOf) {
+  document.getElementById(formId).addEventListener("submit", async (e) => {
+    e.preventDefault();
+    formError.textContent = "";
+    try {
+      track(await api("POST", "/api/tasks", { kind, params: paramsOf(new FormData(e.target)) }), true);
+    } catch (err) {
+      formError.textContent = err.message;
+    }
+  });
+}
+
+onSubmit("export-form", "export", (form) => {
+  const params = { format: form.get("format") };
+  if (form.get("date_from")) params.date_from = form.get("date_from");
+  if (form.get("date_to")) params.date_to = form.get("date_to");
+  return params;
 });
+onSubmit("simulate-form", "simulate", (form) => ({
+  steps: Number(form.get("steps")), step_ms: Number(form.get("step_ms")),
+}));
 
 socket.on("connect", () => {
   setConnection("connected", "Connected");
