@@ -9,11 +9,18 @@ HTTP_PORT ?= $(shell sed -n 's/^HTTP_PORT=//p' .env 2>/dev/null | tail -n1)
 help: ## Show the targets and what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+# Written by .ci/provision.sh on a host without a registry: the stand-in base images.
+OFFLINE_IMAGES ?= /var/cache/taskbeam-provision/images.env
+
 env: ## Create .env from .env.example with fresh random secrets (kept if it exists)
 	@if [ ! -f .env ]; then \
 	  sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')/" \
 	      -e "s/^REDIS_PASSWORD=.*/REDIS_PASSWORD=$$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
 	      .env.example > .env && chmod 600 .env && echo "Created .env with fresh secrets"; \
+	  if [ -s "$(OFFLINE_IMAGES)" ]; then \
+	    grep -v -E '^(PYTHON|REDIS|NGINX)_IMAGE=' .env > .env.tmp && cat "$(OFFLINE_IMAGES)" >> .env.tmp \
+	      && mv .env.tmp .env && echo "Using the offline base images of $(OFFLINE_IMAGES)"; \
+	  fi; \
 	fi
 
 up: env ## Build and start the stack, wait until every service is healthy, print the URL

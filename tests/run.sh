@@ -25,7 +25,8 @@ fi
 work=$(mktemp -d)
 export COMPOSE_PROJECT_NAME=${TEST_PROJECT:-taskbeam-test}
 export TEST_HTTP_PORT=${TEST_HTTP_PORT:-18080}
-# Short enough for the expiry test to watch an export expire.
+# Short enough for the expiry test to watch an export expire; the redelivery cap
+# and time limit are lowered likewise so their tests see them bite.
 export TEST_EXPORT_TTL=${TEST_EXPORT_TTL:-20}
 # An env file of its own: the user's .env (port, secrets, replicas) is never read.
 export COMPOSE_ENV_FILES=$work/test.env
@@ -35,6 +36,8 @@ sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n
     -e "s/^WORKER_REPLICAS=.*/WORKER_REPLICAS=3/" \
     -e "s/^IMAGE_TAG=.*/IMAGE_TAG=test/" \
     -e "s/^EXPORT_TTL=.*/EXPORT_TTL=$TEST_EXPORT_TTL/" \
+    -e "s/^TASK_MAX_REDELIVERIES=.*/TASK_MAX_REDELIVERIES=1/" \
+    -e "s/^TASK_TIME_LIMIT_S=.*/TASK_TIME_LIMIT_S=30/" \
     .env.example > "$COMPOSE_ENV_FILES"
 # Keep the base images the user's own stack builds from (a mirror, or offline stand-ins).
 [ -f .env ] && grep -E '^(PYTHON|REDIS|NGINX)_IMAGE=' .env >> "$COMPOSE_ENV_FILES" || true

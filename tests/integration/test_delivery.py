@@ -146,3 +146,58 @@ def readyz_status():
         return requests.get(f"{BASE_URL}/readyz", timeout=3).status_code
     except requests.RequestException:
         return None
+
+
+def test_a_task_whose_workers_keep_dying_ends_failed_past_the_redelivery_cap(api, watcher):
+    # The test stack allows one redelivery (TASK_MAX_REDELIVERIES=1): two deaths end it.
+    task = api.create(steps=100, step_ms=300)
+    watcher.follow(task["id"])
+    killed = []
+    try:
+        for attempt in (1, 2):
+            worker = wait_until(lambda: (w := api.snapshot(task["id"]).get("worker"))
+                                and w not in killed and w, 60,
+                                what=f"run {attempt} to start on a live worker")
+            wait_until(lambda: api.snapshot(task["id"])["progress"] > 0, 30, what="progress")
+            docker("kill", "--signal", "KILL", worker)
+            killed.append(worker)
+        watcher.wait_terminal([task["id"]], timeout=90)
+        history = watcher.history(task["id"])
+        assert_gapless_single_terminal(history, state="failed")
+        assert history[-1]["error"]["code"] == "too_many_redeliveries"
+        assert [e["state"] for e in history].count("retrying") == 1
+    finally:
+        compose("up", "-d", "--wait", "--scale", "worker=3", timeout=180)
+
+
+def test_a_task_over_its_time_limit_ends_failed(api, watcher):
+    # The test stack's TASK_TIME_LIMIT_S is 30: the soft limit stops the job at 25 s.
+    task = api.create(steps=60, step_ms=1000)
+    watcher.follow(task["id"])
+    watcher.wait_terminal([task["id"]], timeout=60)
+    history = watcher.history(task["id"])
+    assert_gapless_single_terminal(history, state="failed")
+    assert history[-1]["error"]["code"] == "time_limit"
+
+
+def test_cancelling_a_queued_task_ends_it_at_once(api, watcher):
+    # 3 workers x 4 slots: twelve long tasks fill them, the thirteenth waits in the queue.
+    fillers = [api.create(steps=100, step_ms=200) for _ in range(12)]
+    try:
+        wait_until(lambda: all(api.snapshot(t["id"])["state"] == "running" for t in fillers),
+                   60, what="every worker slot busy")
+        queued = api.create(steps=1, step_ms=0)
+        watcher.follow(queued["id"])
+        assert api.snapshot(queued["id"])["state"] == "queued"
+        response = api.request("POST", f"/api/tasks/{queued['id']}/cancel", json={})
+        assert response.status_code == 202 and response.json()["state"] == "cancelled"
+        watcher.wait_terminal([queued["id"]], timeout=10)
+        history = watcher.history(queued["id"])
+        assert [e["state"] for e in history] == ["queued", "cancelled"]
+    finally:
+        for t in fillers:
+            api.request("POST", f"/api/tasks/{t['id']}/cancel", json={})
+    # The revoked message never runs: once the slots free up, it stays as it was.
+    wait_until(lambda: all(api.snapshot(t["id"])["state"] == "cancelled" for t in fillers), 30,
+               what="the fillers to stop")
+    assert [e["state"] for e in watcher.history(queued["id"])] == ["queued", "cancelled"]
