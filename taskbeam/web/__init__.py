@@ -86,7 +86,8 @@ def create_app(settings=None):
         cors_allowed_origins=socket_origin_allowed,
         ping_interval=PING_INTERVAL_S,
         ping_timeout=PING_TIMEOUT_S,
-        max_http_buffer_size=64 * 1024,
+        # Same bound as HTTP bodies: larger messages close the connection.
+        max_http_buffer_size=MAX_BODY_BYTES,
     )
     store = TaskStore(client, settings)
     watch = QueueWatch(socketio, manager)

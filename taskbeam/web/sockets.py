@@ -76,6 +76,11 @@ def on_unsubscribe(data=None):
     return {"ok": True}
 
 
+@socketio.on("*")
+def on_unknown_event(event, data=None):
+    return _error("unknown_event", f"Unknown event {str(event)[:40]!r}; use subscribe or unsubscribe.")
+
+
 @socketio.on_error_default
 def on_error(exc):
     if isinstance(exc, RedisError):

@@ -44,13 +44,15 @@ def wait_until(predicate, timeout, interval=0.1, what="condition"):
         time.sleep(interval)
 
 
+def is_ready():
+    try:
+        return requests.get(f"{BASE_URL}/readyz", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 def wait_ready(timeout=90):
-    def ready():
-        try:
-            return requests.get(f"{BASE_URL}/readyz", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-    wait_until(ready, timeout, interval=0.5, what="/readyz to answer 200")
+    wait_until(is_ready, timeout, interval=0.5, what="/readyz to answer 200")
 
 
 class Api:
@@ -86,8 +88,9 @@ class Watcher:
     tells clients to; on reconnect it resubscribes with the last seq it kept.
     """
 
-    def __init__(self, api, reconnect=True):
+    def __init__(self, api, reconnect=True, url=BASE_URL):
         self.api = api
+        self.url = url
         self.events = {}        # task_id -> {seq: event}
         self.duplicates = 0
         self.lock = threading.Condition()
@@ -96,17 +99,22 @@ class Watcher:
         self.sio.on("task_update", self._on_event)
         self.sio.on("connect", self._on_connect)
         self.connects = 0
+        self.websockets = []
 
     def connect(self):
-        self.sio.connect(BASE_URL, transports=["websocket"], wait_timeout=10,
+        self.sio.connect(self.url, transports=["websocket"], wait_timeout=10,
                          headers={"Cookie": self.api.cookie_header()})
         return self
 
     def close(self):
         self.sio.disconnect()
+        # After a drop by the server the client leaves its WebSocket for the GC to close.
+        for ws in self.websockets:
+            ws.shutdown()
 
     def _on_connect(self):
         with self.lock:
+            self.websockets.append(self.sio.eio.ws)
             self.connects += 1
             followed = list(self.events)
         if self.connects > 1:
@@ -160,6 +168,12 @@ class Watcher:
         wait_until(finished, timeout, what=f"terminal events of {len(task_ids)} tasks")
 
 
+def gaps(history):
+    """How many seqs are missing between 1 and the last seq seen."""
+    seqs = {e["seq"] for e in history}
+    return (max(seqs) - len(seqs)) if seqs else 0
+
+
 def assert_gapless_single_terminal(history, state="succeeded"):
     """The contract's delivery guarantee, for one task's recorded events."""
     seqs = [e["seq"] for e in history]
@@ -185,3 +199,17 @@ def watcher(api):
     w = Watcher(api).connect()
     yield w
     w.close()
+
+
+CHAOS_ROWS = []  # filled by test_chaos.py, printed at the end of the run
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not CHAOS_ROWS:
+        return
+    header = ("fault", "tasks", "terminal", "gaps", "dups dropped", "recovery s")
+    terminalreporter.section("chaos")
+    terminalreporter.write_line(f"{header[0]:<20}" + "".join(f"{h:>14}" for h in header[1:]))
+    for row in CHAOS_ROWS:
+        terminalreporter.write_line(f"{row['fault']:<20}"
+                                    + "".join(f"{row[h]!s:>14}" for h in header[1:]))
