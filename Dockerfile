@@ -26,6 +26,6 @@ RUN pip install --no-deps . \
  && mkdir -p /data/exports /data/demo \
  && chown taskbeam:taskbeam /data/exports /data/demo
 COPY web/start.sh web/gunicorn.conf.py ./web/
-COPY worker/start.sh worker/healthcheck.sh ./worker/
+COPY worker/start.sh worker/healthcheck.sh worker/flower.sh ./worker/
 
 USER taskbeam

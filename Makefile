@@ -4,7 +4,7 @@ N ?= 1
 HTTP_PORT ?= $(shell sed -n 's/^HTTP_PORT=//p' .env 2>/dev/null | tail -n1)
 
 .DEFAULT_GOAL := help
-.PHONY: help env up down logs ps scale test unit bench
+.PHONY: help env up down logs ps scale test unit bench soak
 
 help: ## Show the targets and what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -16,6 +16,7 @@ env: ## Create .env from .env.example with fresh random secrets (kept if it exis
 	@if [ ! -f .env ]; then \
 	  sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')/" \
 	      -e "s/^REDIS_PASSWORD=.*/REDIS_PASSWORD=$$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
+	      -e "s/^FLOWER_PASSWORD=.*/FLOWER_PASSWORD=$$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')/" \
 	      .env.example > .env && chmod 600 .env && echo "Created .env with fresh secrets"; \
 	  if [ -s "$(OFFLINE_IMAGES)" ]; then \
 	    grep -v -E '^(PYTHON|REDIS|NGINX)_IMAGE=' .env > .env.tmp && cat "$(OFFLINE_IMAGES)" >> .env.tmp \
@@ -49,3 +50,7 @@ bench: ## Benchmark the running stack (after `make up`); JSON under tests/bench/
 	@mkdir -p tests/bench/results
 	$(COMPOSE) exec -T worker python - < tests/bench/persist_overhead.py | tee tests/bench/results/persist.json
 	$(COMPOSE) exec -T worker python - < tests/bench/export_bench.py | tee tests/bench/results/export.json
+
+soak: ## Soak the running stack: 1,000 idle sockets + 50 tasks for 3 minutes (after `make up`)
+	@tests/run.sh venv
+	.venv/bin/python tests/bench/soak.py --url http://127.0.0.1:$(or $(HTTP_PORT),8080)

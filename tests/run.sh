@@ -4,6 +4,7 @@
 # is removed afterwards, also when a test or the start-up fails.
 #   tests/run.sh          unit + integration
 #   tests/run.sh unit     unit tests only
+#   tests/run.sh venv     only create the host virtualenv with the test tools
 set -o errexit -o nounset -o pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,7 @@ if [ ! -x "$venv/bin/pytest" ] || [ pyproject.toml -nt "$venv/.installed" ]; the
   "$venv/bin/pip" install -q -e '.[test]'
   touch "$venv/.installed"
 fi
+[ "${1:-all}" = venv ] && exit 0
 
 "$venv/bin/pytest" tests/unit -q
 [ "${1:-all}" = unit ] && exit 0
@@ -32,6 +34,7 @@ export TEST_EXPORT_TTL=${TEST_EXPORT_TTL:-20}
 export COMPOSE_ENV_FILES=$work/test.env
 sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')/" \
     -e "s/^REDIS_PASSWORD=.*/REDIS_PASSWORD=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
+    -e "s/^FLOWER_PASSWORD=.*/FLOWER_PASSWORD=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')/" \
     -e "s/^HTTP_PORT=.*/HTTP_PORT=$TEST_HTTP_PORT/" \
     -e "s/^WORKER_REPLICAS=.*/WORKER_REPLICAS=3/" \
     -e "s/^IMAGE_TAG=.*/IMAGE_TAG=test/" \
@@ -50,7 +53,10 @@ cleanup() {
     mkdir -p tests/artifacts && cp "$work/stack.log" tests/artifacts/stack.log || true
     echo "stack logs saved to tests/artifacts/stack.log" >&2
   fi
-  docker compose down -v --remove-orphans --timeout 10 >/dev/null 2>&1 || true
+  docker compose --profile monitoring down -v --remove-orphans --timeout 10 >/dev/null 2>&1 || true
+  REDIS_URL=redis://unused docker compose -p "$COMPOSE_PROJECT_NAME-remote" -f worker/compose.yml \
+    down -v --timeout 10 \
+    >/dev/null 2>&1 || true
   rm -rf "$work"
   exit "$status"
 }

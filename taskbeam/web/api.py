@@ -188,6 +188,13 @@ def openapi():
     return openapi_document(services().settings)
 
 
+@bp.get("/metrics")
+def metrics():
+    manager = services().queue_watch.manager
+    return Response(manager.metrics.render(manager),
+                    content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
 @bp.get("/healthz")
 def healthz():
     return {"status": "ok"}

@@ -10,6 +10,8 @@ import time
 
 import socketio
 
+from .metrics import Metrics, is_task_update
+
 log = logging.getLogger(__name__)
 
 HEARTBEAT_METHOD = "taskbeam_heartbeat"
@@ -19,6 +21,19 @@ class WatchedRedisManager(socketio.RedisManager):
     """A ``RedisManager`` that timestamps every message its listener receives."""
 
     last_heard = 0.0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.metrics = Metrics()
+
+    def _handle_emit(self, message):
+        # Every task event this process forwards passes here, from any emitter.
+        super()._handle_emit(message)
+        if is_task_update(message):
+            room = message.get("room")
+            recipients = sum(1 for _ in self.get_participants(message.get("namespace") or "/",
+                                                              room)) if room else 0
+            self.metrics.event_received(message["data"][0], recipients)
 
     def _listen(self):
         for message in super()._listen():

@@ -63,7 +63,9 @@ def on_subscribe(data=None):
     join_room(protocol.task_room(task_id))
     subscriptions.add(task_id)
     snapshot = store.snapshot_of(store.record(task_id) or rec)
-    return {"ok": True, "task": snapshot, "missed": store.events_after(task_id, after)}
+    missed = store.events_after(task_id, after)
+    _services().queue_watch.manager.metrics.replayed(len(missed))
+    return {"ok": True, "task": snapshot, "missed": missed}
 
 
 @socketio.on("unsubscribe")

@@ -1,0 +1,67 @@
+"""Prometheus text-format metrics of one web process (`GET /metrics`, not proxied
+by Nginx: scrape each `web` container on the Compose network, port 8000)."""
+import threading
+import time
+
+from .. import protocol
+
+
+class Metrics:
+    """Counters updated by the message-queue listener and the socket handlers."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.events_received = 0      # task events this process got from the queue
+        self.events_delivered = 0     # ... times the sockets they were sent to
+        self.replays_served = 0       # events sent in subscribe acks (`missed`)
+        self.subscribes = 0
+        self.lag_sum = 0.0            # emitter clock → this listener, seconds
+        self.lag_last = 0.0
+
+    def event_received(self, event, recipients):
+        lag = max(time.time() - float(event.get("ts", time.time())), 0.0)
+        with self.lock:
+            self.events_received += 1
+            self.events_delivered += recipients
+            self.lag_sum += lag
+            self.lag_last = lag
+
+    def replayed(self, count):
+        with self.lock:
+            self.subscribes += 1
+            self.replays_served += count
+
+    def render(self, manager):
+        rooms = manager.rooms.get("/", {})
+        connected = len(rooms.get(None, {}))
+        subscriptions = sum(len(members) for name, members in rooms.items()
+                            if isinstance(name, str) and name.startswith("task:"))
+        with self.lock:
+            rows = [
+                ("taskbeam_connected_clients", "gauge", "Sockets connected to this process.",
+                 connected),
+                ("taskbeam_subscriptions", "gauge", "Task subscriptions held by those sockets.",
+                 subscriptions),
+                ("taskbeam_events_received_total", "counter",
+                 "Task events received from the message queue.", self.events_received),
+                ("taskbeam_events_delivered_total", "counter",
+                 "Task events sent to sockets (one per recipient).", self.events_delivered),
+                ("taskbeam_subscribes_total", "counter", "Successful subscribe requests.",
+                 self.subscribes),
+                ("taskbeam_replays_served_total", "counter",
+                 "Stored events sent in subscribe acks.", self.replays_served),
+                ("taskbeam_mq_lag_seconds_sum", "counter",
+                 "Sum of emit-to-receive delays of task events.", round(self.lag_sum, 6)),
+                ("taskbeam_mq_lag_seconds_last", "gauge",
+                 "Emit-to-receive delay of the latest task event.", round(self.lag_last, 6)),
+            ]
+        lines = []
+        for name, kind, text, value in rows:
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        return "\n".join(lines) + "\n"
+
+
+def is_task_update(message):
+    return (message.get("event") == protocol.TASK_UPDATE_EVENT
+            and isinstance(message.get("data"), list) and message["data"]
+            and isinstance(message["data"][0], dict))
