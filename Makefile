@@ -46,10 +46,11 @@ unit: ## Run only the unit tests (no Docker needed)
 test: ## Run unit tests, then integration tests on a throwaway stack (own project and port)
 	tests/run.sh
 
-bench: ## Benchmark the running stack (after `make up`); JSON under tests/bench/results/
-	@mkdir -p tests/bench/results
-	$(COMPOSE) exec -T worker python - < tests/bench/persist_overhead.py | tee tests/bench/results/persist.json
-	$(COMPOSE) exec -T worker python - < tests/bench/export_bench.py | tee tests/bench/results/export.json
+bench: ## Benchmark the running stack (after `make up`): table, JSON and PNG in tests/bench/results/
+	@tests/run.sh venv
+	.venv/bin/python tests/bench/bench.py --url http://127.0.0.1:$(or $(HTTP_PORT),8080)
+	$(COMPOSE) exec -T worker python - < tests/bench/persist_overhead.py > tests/bench/results/persist.json
+	@cat tests/bench/results/persist.json
 
 soak: ## Soak the running stack: 1,000 idle sockets + 50 tasks for 3 minutes (after `make up`)
 	@tests/run.sh venv

@@ -89,3 +89,15 @@ class Client:
             await self.ws.close()
         if self.reader is not None:
             await self.reader
+
+
+def owner_of(cookie):
+    """The owner id inside a Flask session cookie (signed, not encrypted)."""
+    import base64
+    import zlib
+
+    payload = cookie.split("=", 1)[1]
+    compressed = payload.startswith(".")
+    data = payload.lstrip(".").split(".")[0]
+    raw = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+    return json.loads(zlib.decompress(raw) if compressed else raw)["owner"]

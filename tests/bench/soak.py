@@ -9,25 +9,14 @@ import argparse
 import asyncio
 import json
 import resource
-import subprocess
 import time
 from pathlib import Path
 
 from sioclient import Client, create_task, session_cookie
+from stack import rss_kb
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def rss_kb(service):
-    """Total RSS (KB) of the processes of a compose service's containers."""
-    total = 0
-    for container in subprocess.run(["docker", "compose", "ps", "-q", service],
-                                     capture_output=True, text=True, check=True).stdout.split():
-        top = subprocess.run(["docker", "top", container, "-o", "rss"], capture_output=True,
-                             text=True, check=True).stdout.split()[1:]
-        total += sum(int(x) for x in top)
-    return total
 
 
 def slope_kb_per_min(samples):

@@ -1,0 +1,242 @@
+"""`make bench`: delivery figures of the running stack, through Nginx on loopback.
+
+- latency: one client, events emitted on the worker's real emit path (persist,
+  then publish), emit→receive time from the event's own `ts`;
+- fan-in: N clients each subscribed to its own task, at rising event rates: the
+  highest delivered events/s with p99 < 100 ms and no loss, CPU per service and
+  web CPU µs per delivered event;
+- connections: idle clients held by one web process and its RSS per connection;
+- push vs 1-s polling for a 60-s task: requests and bytes;
+- export rows/s and peak RSS (tests/bench/export_bench.py).
+Prints a table, writes tests/bench/results/bench.json and a PNG plot.
+    python tests/bench/bench.py [--url URL] [--smoke]
+"""
+import argparse
+import asyncio
+import json
+import resource
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from sioclient import Client, create_task, owner_of, session_cookie
+from stack import compose, cpu_seconds, rss_kb
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def percentile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
+
+
+class Driver:
+    """The event source inside a worker container (tests/bench/emit_driver.py)."""
+
+    def __init__(self, owner, tasks):
+        script = (HERE / "emit_driver.py").read_text()
+        self.proc = subprocess.Popen(
+            ["docker", "compose", "exec", "-T", "worker", "python", "-c", script, owner,
+             str(tasks)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.task_ids = json.loads(self.proc.stdout.readline())["task_ids"]
+
+    def run(self, rate, seconds):
+        self.proc.stdin.write(f"{rate} {seconds}\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        self.proc.wait(60)
+
+
+class Recorder:
+    def __init__(self):
+        self.latencies, self.seqs = [], {}
+
+    def on_event(self, name, data):
+        if name == "task_update" and data["message"] == "bench":
+            self.latencies.append((time.time() - data["ts"]) * 1000)
+            self.seqs.setdefault(data["task_id"], set()).add(data["seq"])
+
+    def reset(self):
+        self.latencies, self.seqs = [], {}
+
+
+async def connect_all(url, cookie, count, on_event=None, batch=200):
+    clients = []
+    for start in range(0, count, batch):
+        clients += await asyncio.gather(*(Client(url, cookie, on_event).connect()
+                                          for _ in range(min(batch, count - start))))
+    return clients
+
+
+async def subscribe_each(clients, task_ids):
+    acks = await asyncio.gather(*(c.call("subscribe", {"task_id": t, "after": 0})
+                                  for c, t in zip(clients, task_ids)))
+    assert all(a["ok"] for a in acks), [a for a in acks if not a["ok"]][:1]
+
+
+async def latency(url, cookie, owner, events):
+    recorder = Recorder()
+    driver = await asyncio.to_thread(Driver, owner, 1)
+    client = (await connect_all(url, cookie, 1, recorder.on_event))[0]
+    await subscribe_each([client], driver.task_ids)
+    rate = 200
+    await asyncio.to_thread(driver.run, rate, events / rate)
+    await asyncio.sleep(1)
+    await client.close()
+    await asyncio.to_thread(driver.close)
+    lat = recorder.latencies
+    return {"events": len(lat), "p50_ms": round(percentile(lat, 0.5), 3),
+            "p99_ms": round(percentile(lat, 0.99), 3), "max_ms": round(max(lat), 3),
+            "cdf_ms": sorted(lat)[:: max(1, len(lat) // 200)]}
+
+
+async def fan_in(url, cookie, owner, clients_count, rates, seconds):
+    recorder = Recorder()
+    driver = await asyncio.to_thread(Driver, owner, clients_count)
+    clients = await connect_all(url, cookie, clients_count, recorder.on_event)
+    await subscribe_each(clients, driver.task_ids)
+    steps = []
+    for rate in rates:
+        recorder.reset()
+        cpu_before = {s: await asyncio.to_thread(cpu_seconds, s)
+                      for s in ("web", "worker", "redis", "nginx")}
+        sent = await asyncio.to_thread(driver.run, rate, seconds)
+        await asyncio.sleep(1.5)  # let the last events arrive
+        cpu = {s: round(await asyncio.to_thread(cpu_seconds, s) - cpu_before[s], 3)
+               for s in cpu_before}
+        delivered = sum(len(s) for s in recorder.seqs.values())
+        step = {"offered_per_s": rate, "emitted": sent["emitted"],
+                "emitted_per_s": round(sent["emitted"] / sent["seconds"]),
+                "delivered": delivered, "delivered_per_s": round(delivered / sent["seconds"]),
+                "lost": sent["emitted"] - delivered,
+                "p50_ms": round(percentile(recorder.latencies, 0.5) or 0, 2),
+                "p99_ms": round(percentile(recorder.latencies, 0.99) or 0, 2),
+                "cpu_s": cpu,
+                "web_cpu_us_per_event": round(cpu["web"] / max(delivered, 1) * 1e6, 1)}
+        steps.append(step)
+        print(f"  fan-in {rate:>6}/s: delivered {step['delivered_per_s']:>6}/s "
+              f"p99 {step['p99_ms']:>8} ms lost {step['lost']} "
+              f"web {step['web_cpu_us_per_event']} µs/event", flush=True)
+        if step["p99_ms"] >= 100 or step["lost"]:
+            break
+    await asyncio.gather(*(c.close() for c in clients))
+    await asyncio.to_thread(driver.close)
+    good = [s for s in steps if s["p99_ms"] < 100 and not s["lost"]]
+    return {"clients": clients_count, "seconds_per_step": seconds, "steps": steps,
+            "max_delivered_per_s_p99_under_100ms": max((s["delivered_per_s"] for s in good),
+                                                      default=0)}
+
+
+async def connections(url, cookie, levels):
+    base = await asyncio.to_thread(rss_kb, "web")
+    held, rows = [], []
+    for level in levels:
+        held += await connect_all(url, cookie, level - len(held))
+        await asyncio.sleep(2)
+        rss = await asyncio.to_thread(rss_kb, "web")
+        rows.append({"clients": level, "web_rss_mb": round(rss / 1024, 1),
+                     "kb_per_client": round((rss - base) / level, 1)})
+        print(f"  {level:>6} idle clients: web RSS {rows[-1]['web_rss_mb']} MB, "
+              f"{rows[-1]['kb_per_client']} KB/client", flush=True)
+    await asyncio.gather(*(c.close() for c in held))
+    return {"web_rss_idle_mb": round(base / 1024, 1), "levels": rows}
+
+
+async def push_vs_poll(url, cookie, seconds):
+    """The same task watched by one socket and by 1-s polling: requests and bytes."""
+    task = await asyncio.to_thread(create_task, url, cookie, steps=seconds, step_ms=1000)
+    push_bytes = [0]
+
+    def count(name, data):
+        push_bytes[0] += len(json.dumps([name, data])) + 6  # "42" prefix + frame header
+
+    client = (await connect_all(url, cookie, 1, count))[0]
+    ack = await client.call("subscribe", {"task_id": task["id"], "after": 0})
+    push_bytes[0] += len(json.dumps(ack)) + 8
+    polls, poll_bytes = 0, 0
+    while True:
+        request = urllib.request.Request(f"{url}/api/tasks/{task['id']}",
+                                         headers={"Cookie": cookie})
+        response = await asyncio.to_thread(urllib.request.urlopen, request, timeout=10)
+        body = response.read()
+        polls += 1
+        poll_bytes += len(body) + sum(len(k) + len(v) + 4 for k, v in response.headers.items())
+        poll_bytes += 120 + len(cookie)  # request line and headers
+        if json.loads(body)["state"] in ("succeeded", "failed", "cancelled"):
+            break
+        await asyncio.sleep(1)
+    await client.close()
+    return {"task_seconds": seconds,
+            "push": {"requests": 1, "bytes": push_bytes[0] + 600},  # + upgrade handshake
+            "poll": {"requests": polls, "bytes": poll_bytes}}
+
+
+def plot(result, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    cdf = result["latency"]["cdf_ms"]
+    left.plot(cdf, [i / len(cdf) for i in range(len(cdf))])
+    left.set(title="Single client: emit → receive", xlabel="ms", ylabel="fraction")
+    steps = result["fan_in"]["steps"]
+    right.plot([s["offered_per_s"] for s in steps], [s["delivered_per_s"] for s in steps], "o-")
+    right.set(title=f"{result['fan_in']['clients']} clients: throughput",
+              xlabel="offered events/s", ylabel="delivered events/s")
+    fig.tight_layout()
+    fig.savefig(path)
+    return str(path)
+
+
+async def main(args):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    cookie = await asyncio.to_thread(session_cookie, args.url)
+    owner = owner_of(cookie)
+    smoke = args.smoke
+    result = {"machine": {"cores": __import__("os").cpu_count()}, "smoke": smoke}
+    print("latency …", flush=True)
+    result["latency"] = await latency(args.url, cookie, owner, 200 if smoke else 2000)
+    print("fan-in …", flush=True)
+    result["fan_in"] = await fan_in(args.url, cookie, owner, 20 if smoke else 1000,
+                                    [200] if smoke else [500, 1000, 2000, 4000, 8000],
+                                    2 if smoke else 8)
+    print("connections …", flush=True)
+    result["connections"] = await connections(
+        args.url, cookie, [100] if smoke else [1000, 5000, 10000])
+    if not smoke:
+        print("push vs poll (60 s) …", flush=True)
+        result["push_vs_poll"] = await push_vs_poll(args.url, cookie, 60)
+        result["export"] = json.loads(compose(
+            "exec", "-T", "worker", "python", "-", input=(HERE / "export_bench.py").read_text()))
+    RESULTS.mkdir(exist_ok=True)
+    result["plot"] = plot(result, RESULTS / "bench.png")
+    (RESULTS / "bench.json").write_text(json.dumps(result, indent=1))
+    lat, fan = result["latency"], result["fan_in"]
+    print(f"\nsingle client   p50 {lat['p50_ms']} ms  p99 {lat['p99_ms']} ms  "
+          f"max {lat['max_ms']} ms  ({lat['events']} events)")
+    print(f"fan-in          {fan['max_delivered_per_s_p99_under_100ms']} delivered events/s "
+          f"with p99 < 100 ms, {fan['clients']} clients")
+    for row in result["connections"]["levels"]:
+        print(f"connections     {row['clients']} idle: {row['kb_per_client']} KB each")
+    if "push_vs_poll" in result:
+        pp = result["push_vs_poll"]
+        print(f"push vs poll    push {pp['push']['requests']} req / {pp['push']['bytes']} B, "
+              f"poll {pp['poll']['requests']} req / {pp['poll']['bytes']} B")
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--smoke", action="store_true", help="a small, fast run")
+    asyncio.run(main(parser.parse_args()))

@@ -1,0 +1,36 @@
+"""Readings of the running Compose stack for the benchmarks (RSS, CPU time)."""
+import subprocess
+
+
+def compose(*args, **kwargs):
+    return subprocess.run(["docker", "compose", *args], capture_output=True, text=True,
+                          check=True, **kwargs).stdout
+
+
+def containers(service):
+    return compose("ps", "-q", service).split()
+
+
+def rss_kb(service):
+    """Total RSS (KB) of every process in a service's containers."""
+    total = 0
+    for cid in containers(service):
+        rows = subprocess.run(["docker", "top", cid, "-o", "pid,rss"], capture_output=True,
+                              text=True, check=True).stdout.splitlines()[1:]
+        total += sum(int(row.split()[1]) for row in rows)
+    return total
+
+
+def cpu_seconds(service):
+    """CPU time used so far by a service's containers (cgroup v1, else v2)."""
+    total = 0.0
+    for cid in containers(service):
+        v1 = subprocess.run(["docker", "exec", cid, "cat", "/sys/fs/cgroup/cpuacct/cpuacct.usage"],
+                            capture_output=True, text=True)
+        if v1.returncode == 0:
+            total += int(v1.stdout) / 1e9
+            continue
+        stat = subprocess.run(["docker", "exec", cid, "cat", "/sys/fs/cgroup/cpu.stat"],
+                              capture_output=True, text=True, check=True).stdout
+        total += int(stat.split("usage_usec", 1)[1].split()[0]) / 1e6
+    return total

@@ -1,0 +1,23 @@
+"""A small run of `make bench` against the test stack: it works and loses nothing."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import BASE_URL
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def test_bench_smoke_run_reports_latency_fan_in_and_connections():
+    done = subprocess.run([sys.executable, str(BENCH / "bench.py"), "--url", BASE_URL, "--smoke"],
+                          capture_output=True, text=True, timeout=300, env=os.environ)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((BENCH / "results" / "bench.json").read_text())
+    assert result["smoke"] is True
+    assert result["latency"]["events"] == 200 and result["latency"]["p50_ms"] > 0
+    step = result["fan_in"]["steps"][0]
+    assert step["lost"] == 0 and step["delivered"] == step["emitted"] > 0
+    assert result["connections"]["levels"][0]["clients"] == 100
+    assert "single client" in done.stdout
