@@ -13,3 +13,5 @@ graceful_timeout = 10
 keepalive = 75
 errorlog = "-"
 loglevel = "info"
+# Gunicorn 27's control socket (for `gunicornc`) would live in an unwritable home.
+control_socket_disable = True

@@ -21,6 +21,7 @@ from .queue import QueueWatch, WatchedRedisManager
 
 MAX_BODY_BYTES = 1024 * 1024
 PING_INTERVAL_S, PING_TIMEOUT_S = 25, 20
+REDIS_POOL_SIZE = 50
 
 socketio = SocketIO()
 
@@ -67,9 +68,13 @@ def create_app(settings=None):
     # Nginx is the one proxy in front: trust its X-Forwarded-For/-Proto only.
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)
 
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True,
-                                  socket_timeout=5, socket_connect_timeout=3,
-                                  health_check_interval=30)
+    # Bounded: a burst of requests or subscribes waits for one of these connections
+    # instead of opening one per greenlet (and timing out under the load it makes).
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=REDIS_POOL_SIZE, timeout=10,
+        decode_responses=True, socket_timeout=5, socket_connect_timeout=3,
+        health_check_interval=30)
+    client = redis.Redis(connection_pool=pool)
     manager = WatchedRedisManager(settings.redis_url, channel=settings.socketio_channel)
 
     def socket_origin_allowed(origin, environ):
