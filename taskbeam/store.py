@@ -209,9 +209,6 @@ class TaskStore:
     def request_cancel(self, task_id):
         self.redis.hset(self.task_key(task_id), "cancel", 1)
 
-    def cancel_requested(self, task_id):
-        return self.redis.hget(self.task_key(task_id), "cancel") == "1"
-
     def count_attempt(self, task_id):
         """Count one more start of the task; returns how many starts there were."""
         return int(self.redis.hincrby(self.task_key(task_id), "attempts", 1))

@@ -70,6 +70,14 @@ def first_task(page):
     return page.locator("li.task").first
 
 
+def run_simulation(page, steps, step_ms):
+    """Start a simulation from the form; returns the new task's progress bar."""
+    page.get_by_label("Steps").fill(str(steps))
+    page.get_by_label("Step (ms)").fill(str(step_ms))
+    page.get_by_role("button", name="Run simulation").click()
+    return first_task(page).get_by_role("progressbar")
+
+
 def test_export_shows_live_progress_then_a_download_with_the_reported_rows(page):
     page.get_by_role("button", name="Export data").click()
     task = first_task(page)
@@ -90,10 +98,7 @@ def test_export_shows_live_progress_then_a_download_with_the_reported_rows(page)
 
 
 def test_reload_mid_task_resumes_the_bar_and_completes(page):
-    page.get_by_label("Steps").fill("40")
-    page.get_by_label("Step (ms)").fill("150")
-    page.get_by_role("button", name="Run simulation").click()
-    bar = first_task(page).get_by_role("progressbar")
+    bar = run_simulation(page, steps=40, step_ms=150)
     expect(bar).to_have_attribute("aria-valuenow", re.compile(r"^([2-9]\d)$"))
     before = int(bar.get_attribute("aria-valuenow"))
     page.reload()
@@ -105,10 +110,7 @@ def test_reload_mid_task_resumes_the_bar_and_completes(page):
 
 
 def test_web_restart_mid_task_shows_reconnecting_then_completes(page):
-    page.get_by_label("Steps").fill("60")
-    page.get_by_label("Step (ms)").fill("250")
-    page.get_by_role("button", name="Run simulation").click()
-    bar = first_task(page).get_by_role("progressbar")
+    bar = run_simulation(page, steps=60, step_ms=250)
     expect(bar).to_have_attribute("aria-valuenow", re.compile(r"^[1-9]\d?$"))
     compose("restart", "web", timeout=120)
     expect(page.get_by_role("status")).to_have_text("Reconnecting…", timeout=5_000)
@@ -131,8 +133,7 @@ def test_cancel_ends_cancelled_without_a_download(page):
 
 
 def test_page_passes_an_automated_accessibility_check(page):
-    page.get_by_label("Steps").fill("3")
-    page.get_by_role("button", name="Run simulation").click()
+    run_simulation(page, steps=3, step_ms=250)
     expect(first_task(page).locator(".state")).to_have_text("succeeded", timeout=30_000)
     # Evaluated over DevTools: the page's CSP (rightly) refuses injected script tags.
     page.evaluate(AXE.read_text())
