@@ -1,6 +1,8 @@
 """Soak: 1,000 idle sockets plus 50 concurrent tasks for a bounded time (`make soak`).
 
-Against the running stack, loopback only. Every finished task must have been seen
+Against the running stack, loopback only (with `make up` defaults one worker runs
+4 tasks at a time, so most of the 50 wait in the queue; `make scale N=3` runs 12).
+Every finished task must have been seen
 gapless with exactly one terminal event; the RSS of the web and worker processes
 is sampled and its slope reported. Prints a summary and writes JSON.
     python tests/bench/soak.py [--seconds 180] [--idle 1000] [--tasks 50]
@@ -77,7 +79,8 @@ async def soak(base_url, seconds, idle, concurrent):
                             await asyncio.to_thread(rss_kb, "worker")))
             next_sample += 10
         await asyncio.sleep(0.5)
-    deadline = time.monotonic() + 60
+    # Drain: tasks queued behind the workers' capacity still have to finish.
+    deadline = time.monotonic() + 240
     while running and time.monotonic() < deadline:
         for task_id in list(running):
             if TERMINAL & set(events.get(task_id, {}).values()):
