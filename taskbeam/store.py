@@ -15,6 +15,8 @@ import json
 import secrets
 import time
 
+import redis as redis_lib
+
 from . import protocol
 
 # Increments seq, applies the patch and appends the event in one atomic step.
@@ -82,6 +84,18 @@ class TaskFinished(RuntimeError):
     def __init__(self, state):
         super().__init__(f"task already {state}")
         self.state = state
+
+
+def redis_client(settings, max_connections=None):
+    """The Redis client both sides use. With ``max_connections`` the pool blocks
+    (up to 10 s) instead of opening a connection per waiting greenlet."""
+    options = dict(decode_responses=True, socket_timeout=5, socket_connect_timeout=3,
+                   health_check_interval=30)
+    if max_connections is None:
+        return redis_lib.Redis.from_url(settings.redis_url, **options)
+    pool = redis_lib.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=max_connections, timeout=10, **options)
+    return redis_lib.Redis(connection_pool=pool)
 
 
 def new_task_id():

@@ -25,15 +25,13 @@ from flask_socketio import SocketIO
 from . import config, export, jobs, progress, protocol
 from .broker import make_celery
 from .emitter import Emitter
-from .store import TaskFinished, TaskGone, TaskStore
+from .store import TaskFinished, TaskGone, TaskStore, redis_client
 
 log = logging.getLogger(__name__)
 
 settings = config.current()
 celery = make_celery(settings)
-store = TaskStore(redis.Redis.from_url(settings.redis_url, decode_responses=True,
-                                       socket_timeout=5, socket_connect_timeout=3,
-                                       health_check_interval=30), settings)
+store = TaskStore(redis_client(settings), settings)
 emitter = Emitter(store, SocketIO(message_queue=settings.redis_url,
                                   channel=settings.socketio_channel))
 # Container host names are unique per replica: the snapshot's `worker` field.

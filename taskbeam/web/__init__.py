@@ -16,7 +16,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from .. import config
 from ..broker import make_celery
 from ..emitter import Emitter
-from ..store import TaskStore
+from ..store import TaskStore, redis_client
 from .queue import QueueWatch, WatchedRedisManager
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -70,11 +70,7 @@ def create_app(settings=None):
 
     # Bounded: a burst of requests or subscribes waits for one of these connections
     # instead of opening one per greenlet (and timing out under the load it makes).
-    pool = redis.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=REDIS_POOL_SIZE, timeout=10,
-        decode_responses=True, socket_timeout=5, socket_connect_timeout=3,
-        health_check_interval=30)
-    client = redis.Redis(connection_pool=pool)
+    client = redis_client(settings, max_connections=REDIS_POOL_SIZE)
     manager = WatchedRedisManager(settings.redis_url, channel=settings.socketio_channel)
 
     def socket_origin_allowed(origin, environ):
