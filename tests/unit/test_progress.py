@@ -18,21 +18,13 @@ def test_update_routes_to_callback():
     assert callable(callback)
 
 
+# NaN and infinity are floats but not numbers of units: they would reach the task
+# record as progress "nan", which no JSON parser accepts.
 @pytest.mark.parametrize("done, total", [
     (-1, 10), (1, -10), (True, 10), (1, False), ("1", 10), (1, None),
+    (float("nan"), 10), (1, float("nan")), (float("inf"), 10),
 ])
 def test_update_rejects_bad_numbers(done, total):
-    calls = []
-    with progress.reporting_to(lambda *args: calls.append(args)):
-        with pytest.raises(ValueError):
-            progress.update(done, total)
-    assert calls == []
-
-
-@pytest.mark.parametrize("done, total", [(float("nan"), 10), (1, float("nan"))])
-def test_update_rejects_nan(done, total):
-    # NaN is a float but not a number of units: it would reach the task record as
-    # progress "nan", which no JSON parser accepts.
     calls = []
     with progress.reporting_to(lambda *args: calls.append(args)):
         with pytest.raises(ValueError):
