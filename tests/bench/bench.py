@@ -1,37 +1,61 @@
-"""`make bench`: delivery figures of the running stack, through Nginx on loopback.
+"""`make bench`: delivery figures of the running stack, through Nginx.
 
-- latency: one client, events emitted on the worker's real emit path (persist,
-  then publish), emit→receive time from the event's own `ts`;
+- latency: one client, events emitted one by one on the worker's real emit path
+  (persist, then publish), emit→receive time from the event's own `ts`;
 - fan-in: N clients each subscribed to its own task, at rising event rates: the
   highest delivered events/s with p99 < 100 ms and no loss, CPU per service and
-  web CPU µs per delivered event;
+  web CPU µs per delivered event; fed twice: `publish` (the external emitter
+  alone, as Node's redis-emitter feeds socket.io: the web process's capacity)
+  and `persist` (persist, then publish: the whole path);
 - connections: idle clients held by one web process and its RSS per connection
-  (up to 2,000: at 3,000-5,000 connections Docker's userland port proxy, which
-  carries loopback traffic to a published port, died here before the web did);
+  (to the Nginx container's address: Docker's userland proxy on the published
+  port gives out at a few thousand connections, long before Nginx or the web);
 - push vs 1-s polling for a 60-s task: requests and bytes;
 - export rows/s and peak RSS (tests/bench/export_bench.py).
-Prints a table, writes tests/bench/results/bench.json and a PNG plot.
-    python tests/bench/bench.py [--url URL] [--smoke]
+Every figure but the last two is measured --runs times (default 3) and reported
+as median [min-max]. Prints a table, writes tests/bench/results/bench.json and
+a PNG plot.
+    python tests/bench/bench.py [--url URL] [--runs N] [--smoke]
 """
 import argparse
 import asyncio
 import json
+import os
+import platform
 import resource
+import statistics
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 from sioclient import Client, create_task, owner_of, session_cookie
-from stack import compose, cpu_seconds, rss_kb
+from stack import compose, container_url, cpu_seconds, rss_kb
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+FAN_IN_RATES = [1000, 2000, 4000, 6000, 8000, 10000, 12000, 15000, 18000, 24000]
+P99_LIMIT_MS = 100
 
 
 def percentile(values, q):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
+
+
+def spread(values):
+    """Median and range of one figure over the runs."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
+            "max": round(max(values), 3)}
+
+
+def shown(figure, unit=""):
+    if figure is None:
+        return "n/a"
+    return f"{figure['median']:g}{unit} [{figure['min']:g}-{figure['max']:g}]"
 
 
 class Driver:
@@ -44,8 +68,8 @@ class Driver:
              str(tasks)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.task_ids = json.loads(self.proc.stdout.readline())["task_ids"]
 
-    def run(self, rate, seconds):
-        self.proc.stdin.write(f"{rate} {seconds}\n")
+    def run(self, rate, seconds, mode):
+        self.proc.stdin.write(f"{rate} {seconds} {mode}\n")
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())
 
@@ -90,7 +114,7 @@ async def latency(url, cookie, owner, events):
     client = (await connect_all(url, cookie, 1, recorder.on_event))[0]
     await subscribe_each([client], driver.task_ids)
     rate = 200
-    await asyncio.to_thread(driver.run, rate, events / rate)
+    await asyncio.to_thread(driver.run, rate, events / rate, "emit")
     await asyncio.sleep(1)
     await client.close()
     await asyncio.to_thread(driver.close)
@@ -100,7 +124,8 @@ async def latency(url, cookie, owner, events):
             "cdf_ms": sorted(lat)[:: max(1, len(lat) // 200)]}
 
 
-async def fan_in(url, cookie, owner, clients_count, rates, seconds):
+async def fan_in(url, cookie, owner, clients_count, rates, seconds, mode):
+    """Rising rates until p99 passes the limit or an event is lost."""
     recorder = Recorder()
     driver = await asyncio.to_thread(Driver, owner, clients_count)
     clients = await connect_all(url, cookie, clients_count, recorder.on_event)
@@ -110,7 +135,7 @@ async def fan_in(url, cookie, owner, clients_count, rates, seconds):
         recorder.reset()
         cpu_before = {s: await asyncio.to_thread(cpu_seconds, s)
                       for s in ("web", "worker", "redis", "nginx")}
-        sent = await asyncio.to_thread(driver.run, rate, seconds)
+        sent = await asyncio.to_thread(driver.run, rate, seconds, mode)
         await asyncio.sleep(1.5)  # let the last events arrive
         cpu = {s: round(await asyncio.to_thread(cpu_seconds, s) - cpu_before[s], 3)
                for s in cpu_before}
@@ -124,17 +149,18 @@ async def fan_in(url, cookie, owner, clients_count, rates, seconds):
                 "cpu_s": cpu,
                 "web_cpu_us_per_event": round(cpu["web"] / max(delivered, 1) * 1e6, 1)}
         steps.append(step)
-        print(f"  fan-in {rate:>6}/s: delivered {step['delivered_per_s']:>6}/s "
+        print(f"  fan-in {mode:>7} {rate:>6}/s: delivered {step['delivered_per_s']:>6}/s "
               f"p99 {step['p99_ms']:>8} ms lost {step['lost']} "
               f"web {step['web_cpu_us_per_event']} µs/event", flush=True)
-        if step["p99_ms"] >= 100 or step["lost"]:
+        if step["p99_ms"] >= P99_LIMIT_MS or step["lost"]:
             break
     await asyncio.gather(*(c.close() for c in clients))
     await asyncio.to_thread(driver.close)
-    good = [s for s in steps if s["p99_ms"] < 100 and not s["lost"]]
-    return {"clients": clients_count, "seconds_per_step": seconds, "steps": steps,
-            "max_delivered_per_s_p99_under_100ms": max((s["delivered_per_s"] for s in good),
-                                                      default=0)}
+    good = [s for s in steps if s["p99_ms"] < P99_LIMIT_MS and not s["lost"]]
+    best = max(good, key=lambda s: s["delivered_per_s"], default=None)
+    return {"mode": mode, "clients": clients_count, "seconds_per_step": seconds, "steps": steps,
+            "max_delivered_per_s": best["delivered_per_s"] if best else 0,
+            "web_cpu_us_per_event": best["web_cpu_us_per_event"] if best else None}
 
 
 async def connections(url, cookie, levels):
@@ -195,16 +221,64 @@ def plot(result, path):
     except ImportError:
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    cdf = result["latency"]["cdf_ms"]
+    cdf = result["latency"]["runs"][0]["cdf_ms"]
     left.plot(cdf, [i / len(cdf) for i in range(len(cdf))])
     left.set(title="Single client: emit → receive", xlabel="ms", ylabel="fraction")
-    steps = result["fan_in"]["steps"]
-    right.plot([s["offered_per_s"] for s in steps], [s["delivered_per_s"] for s in steps], "o-")
-    right.set(title=f"{result['fan_in']['clients']} clients: throughput",
+    for mode, fan in result["fan_in"].items():
+        steps = fan["runs"][0]["steps"]
+        right.plot([s["offered_per_s"] for s in steps], [s["delivered_per_s"] for s in steps],
+                   "o-", label=mode)
+    right.legend()
+    right.set(title=f"{result['fan_in_clients']} clients: throughput",
               xlabel="offered events/s", ylabel="delivered events/s")
     fig.tight_layout()
     fig.savefig(path)
     return str(path)
+
+
+def machine():
+    return {"cores": os.cpu_count(), "kernel": platform.release(),
+            "cpu": next((line.split(":", 1)[1].strip() for line in
+                         Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("model name")), "unknown"),
+            "docker": compose("version", "--short").strip()}
+
+
+def summarise(result):
+    lat = result["latency"]
+    result["summary"] = summary = {
+        "single_client_p50_ms": spread([r["p50_ms"] for r in lat["runs"]]),
+        "single_client_p99_ms": spread([r["p99_ms"] for r in lat["runs"]]),
+        "connections_kb_per_client": {
+            str(level): spread([row.get("kb_per_client") for run in result["connections"]["runs"]
+                                for row in run["levels"] if row["clients"] == level])
+            for level in result["connections"]["levels"]},
+    }
+    for mode, fan in result["fan_in"].items():
+        summary[f"fan_in_{mode}_events_per_s"] = spread(
+            [r["max_delivered_per_s"] for r in fan["runs"]])
+        summary[f"fan_in_{mode}_web_cpu_us_per_event"] = spread(
+            [r["web_cpu_us_per_event"] for r in fan["runs"]])
+
+
+def report(result):
+    s = result["summary"]
+    print(f"\nmedian [min-max] of {result['runs']} run(s), {result['machine']['cores']} cores")
+    print(f"single client        p50 {shown(s['single_client_p50_ms'], ' ms')}  "
+          f"p99 {shown(s['single_client_p99_ms'], ' ms')}")
+    for mode in result["fan_in"]:
+        print(f"fan-in {mode:<8}      {shown(s[f'fan_in_{mode}_events_per_s'])} events/s "
+              f"with p99 < {P99_LIMIT_MS} ms, {result['fan_in_clients']} clients; web "
+              f"{shown(s[f'fan_in_{mode}_web_cpu_us_per_event'], ' µs')} CPU per event")
+    for level, figure in s["connections_kb_per_client"].items():
+        print(f"connections {level:>6}  {shown(figure, ' KB')} web RSS per idle client")
+    if "push_vs_poll" in result:
+        pp = result["push_vs_poll"]
+        print(f"push vs poll         push {pp['push']['requests']} req / {pp['push']['bytes']} B, "
+              f"poll {pp['poll']['requests']} req / {pp['poll']['bytes']} B "
+              f"({pp['task_seconds']} s task)")
+    if "export" in result:
+        print(f"export               {json.dumps(result['export'])}")
 
 
 async def main(args):
@@ -213,42 +287,42 @@ async def main(args):
     cookie = await asyncio.to_thread(session_cookie, args.url)
     owner = owner_of(cookie)
     smoke = args.smoke
-    result = {"machine": {"cores": __import__("os").cpu_count()}, "smoke": smoke}
-    print("latency …", flush=True)
-    result["latency"] = await latency(args.url, cookie, owner, 200 if smoke else 2000)
-    print("fan-in …", flush=True)
-    result["fan_in"] = await fan_in(args.url, cookie, owner, 20 if smoke else 1000,
-                                    [200] if smoke else [500, 1000, 2000, 4000, 8000],
-                                    2 if smoke else 8)
-    print("connections …", flush=True)
-    result["connections"] = await connections(
-        args.url, cookie, [100] if smoke else [1000, 2000])
+    runs = 1 if smoke else args.runs
+    clients = 20 if smoke else 1000
+    levels = [100] if smoke else [1000, 5000, 10000]
+    # Idle connections go straight to the Nginx container, not through the port proxy.
+    direct = args.url if smoke else await asyncio.to_thread(container_url, "nginx", 8080)
+    result = {"machine": machine(), "smoke": smoke, "runs": runs, "fan_in_clients": clients,
+              "latency": {"runs": []}, "fan_in": {m: {"runs": []} for m in args.modes},
+              "connections": {"levels": levels, "runs": []}}
+    for run in range(1, runs + 1):
+        print(f"run {run}/{runs}: latency …", flush=True)
+        result["latency"]["runs"].append(
+            await latency(args.url, cookie, owner, 200 if smoke else 2000))
+        for mode in args.modes:
+            result["fan_in"][mode]["runs"].append(await fan_in(
+                args.url, cookie, owner, clients, [200] if smoke else FAN_IN_RATES,
+                2 if smoke else 5, mode))
+        print(f"run {run}/{runs}: connections …", flush=True)
+        result["connections"]["runs"].append(await connections(direct, cookie, levels))
     if not smoke:
         print("push vs poll (60 s) …", flush=True)
         result["push_vs_poll"] = await push_vs_poll(args.url, cookie, 60)
         result["export"] = json.loads(compose(
             "exec", "-T", "worker", "python", "-", input=(HERE / "export_bench.py").read_text()))
+    summarise(result)
     RESULTS.mkdir(exist_ok=True)
     result["plot"] = plot(result, RESULTS / "bench.png")
     (RESULTS / "bench.json").write_text(json.dumps(result, indent=1))
-    lat, fan = result["latency"], result["fan_in"]
-    print(f"\nsingle client   p50 {lat['p50_ms']} ms  p99 {lat['p99_ms']} ms  "
-          f"max {lat['max_ms']} ms  ({lat['events']} events)")
-    print(f"fan-in          {fan['max_delivered_per_s_p99_under_100ms']} delivered events/s "
-          f"with p99 < 100 ms, {fan['clients']} clients")
-    for row in result["connections"]["levels"]:
-        print(f"connections     {row['clients']} idle: "
-              + (f"{row['kb_per_client']} KB each" if "kb_per_client" in row
-                 else f"failed after {row['connected']}"))
-    if "push_vs_poll" in result:
-        pp = result["push_vs_poll"]
-        print(f"push vs poll    push {pp['push']['requests']} req / {pp['push']['bytes']} B, "
-              f"poll {pp['poll']['requests']} req / {pp['poll']['bytes']} B")
+    report(result)
     return result
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--runs", type=int, default=3, help="repeat the measured parts")
+    parser.add_argument("--modes", nargs="+", default=["publish", "persist"],
+                        choices=["publish", "persist"], help="fan-in feeds (see above)")
     parser.add_argument("--smoke", action="store_true", help="a small, fast run")
     asyncio.run(main(parser.parse_args()))

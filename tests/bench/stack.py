@@ -34,3 +34,16 @@ def cpu_seconds(service):
                               capture_output=True, text=True, check=True).stdout
         total += int(stat.split("usage_usec", 1)[1].split()[0]) / 1e6
     return total
+
+
+def container_url(service, port):
+    """http://IP:port of a service's first container on its Compose network.
+
+    The host reaches that address over Docker's bridge directly, without the
+    userland proxy behind published ports.
+    """
+    cid = containers(service)[0]
+    ip = subprocess.run(["docker", "inspect", "-f",
+                         "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", cid],
+                        capture_output=True, text=True, check=True).stdout.split()[0]
+    return f"http://{ip}:{port}"
