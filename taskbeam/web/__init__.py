@@ -17,6 +17,7 @@ from .. import config
 from ..broker import make_celery
 from ..emitter import Emitter
 from ..store import TaskStore, redis_client
+from . import direct
 from .queue import QueueWatch, WatchedRedisManager
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -90,6 +91,7 @@ def create_app(settings=None):
         # Same bound as HTTP bodies: larger messages close the connection.
         max_http_buffer_size=MAX_BODY_BYTES,
     )
+    direct.install(socketio.server)
     store = TaskStore(client, settings)
     watch = QueueWatch(socketio, manager)
     app.extensions["taskbeam"] = Services(

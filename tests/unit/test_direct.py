@@ -1,0 +1,145 @@
+"""The direct WebSocket write path: frames, addressing, and when it must queue."""
+import json
+
+import pytest
+from geventwebsocket.websocket import Header, WebSocket
+
+from taskbeam.web import direct
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
+def test_text_frame_matches_gevent_websocket_header(size):
+    payload = b"x" * size
+    header = Header.encode_header(True, WebSocket.OPCODE_TEXT, b"", size, 0)
+    assert direct.text_frame(payload) == bytes(header) + payload
+
+
+class FakeQueue(list):
+    def empty(self):
+        return not self
+
+    def put(self, item):
+        self.append(item)
+
+
+class FakeRawSocket:
+    """Accepts up to ``room`` bytes per send, then would block."""
+
+    def __init__(self, room=1 << 20):
+        self.room, self.sent = room, b""
+
+    def send(self, data, flags, timeout):
+        assert timeout == 0.0, "a direct write must never wait"
+        if not self.room:
+            raise BlockingIOError
+        taken = data[:self.room]
+        self.room -= len(taken)
+        self.sent += taken
+        return len(taken)
+
+
+class FakeEioSocket:
+    def __init__(self, raw):
+        self.upgraded, self.closed, self.queue = True, False, FakeQueue()
+        ws = direct.DirectWebSocket.__new__(direct.DirectWebSocket)
+        ws.eio_socket = self
+        ws._sock = type("GeventWS", (), {})()
+        ws._sock.stream = type("Stream", (), {})()
+        ws._sock.stream.handler = type("Handler", (), {"socket": raw})()
+        self.direct = ws
+
+
+class FakeServer:
+    from socketio.packet import Packet as packet_class
+
+    def __init__(self, sockets):
+        self.eio = type("Eio", (), {"sockets": sockets})()
+        self.queued = []
+
+    def _send_eio_packet(self, eio_sid, pkt):
+        self.queued.append((eio_sid, pkt.encode()))
+
+
+class FakeManager:
+    def __init__(self, rooms, sockets):
+        self.rooms, self.server = rooms, FakeServer(sockets)
+
+    def get_participants(self, namespace, room):
+        return list(self.rooms[namespace].get(room, {}).items())
+
+
+def message(**overrides):
+    msg = {"method": "emit", "event": "task_update", "data": [{"seq": 1}], "namespace": "/",
+           "room": "task:a", "skip_sid": None, "callback": None}
+    msg.update(overrides)
+    return msg
+
+
+def wire(event_json):
+    return direct.text_frame(("42" + event_json).encode())
+
+
+def test_idle_sockets_get_the_frame_written_directly_and_others_in_the_room_too():
+    raws = {"e1": FakeRawSocket(), "e2": FakeRawSocket()}
+    sockets = {sid: FakeEioSocket(raw) for sid, raw in raws.items()}
+    manager = FakeManager({"/": {"task:a": {"s1": "e1", "s2": "e2"}}}, sockets)
+    assert direct.deliver(manager, message()) is True
+    expected = wire(json.dumps(["task_update", {"seq": 1}], separators=(",", ":")))
+    assert raws["e1"].sent == raws["e2"].sent == expected
+    assert manager.server.queued == []
+
+
+def test_a_socket_with_queued_packets_or_a_write_in_progress_gets_queued_in_order():
+    raw_busy, raw_backlog = FakeRawSocket(), FakeRawSocket()
+    busy, backlog = FakeEioSocket(raw_busy), FakeEioSocket(raw_backlog)
+    busy.direct.writing = True
+    backlog.queue.put("earlier packet")
+    manager = FakeManager({"/": {"task:a": {"s1": "e1", "s2": "e2"}}},
+                          {"e1": busy, "e2": backlog})
+    direct.deliver(manager, message())
+    assert raw_busy.sent == raw_backlog.sent == b""
+    assert [sid for sid, _ in manager.server.queued] == ["e1", "e2"]
+    assert manager.server.queued[0][1] == '42["task_update",{"seq":1}]'
+
+
+def test_a_full_socket_buffer_queues_the_whole_frame_and_a_partial_write_queues_the_rest():
+    full, partial = FakeRawSocket(room=0), FakeRawSocket(room=5)
+    manager = FakeManager({"/": {"task:a": {"s1": "e1", "s2": "e2"}}},
+                          {"e1": FakeEioSocket(full), "e2": FakeEioSocket(partial)})
+    direct.deliver(manager, message())
+    frame = wire('["task_update",{"seq":1}]')
+    assert [sid for sid, _ in manager.server.queued] == ["e1"]
+    tail = manager.server.eio.sockets["e2"].queue  # the unsent rest, for the writer
+    assert len(tail) == 1 and partial.sent + tail[0].encode().data == frame
+
+
+def test_skip_sid_and_other_rooms_are_left_out():
+    raws = {"e1": FakeRawSocket(), "e2": FakeRawSocket(), "e3": FakeRawSocket()}
+    manager = FakeManager({"/": {"task:a": {"s1": "e1", "s2": "e2"}, "task:b": {"s3": "e3"}}},
+                          {sid: FakeEioSocket(raw) for sid, raw in raws.items()})
+    direct.deliver(manager, message(skip_sid="s1"))
+    assert (bool(raws["e1"].sent), bool(raws["e2"].sent), bool(raws["e3"].sent)) == (
+        False, True, False)
+
+
+def test_callbacks_and_binary_are_left_to_python_socketio():
+    manager = FakeManager({"/": {}}, {})
+    assert direct.deliver(manager, message(callback=["s", "/", 1])) is False
+    assert direct.deliver(manager, message(binary=True)) is False
+
+
+@pytest.mark.parametrize("data, args", [
+    ([{"a": 1}], [{"a": 1}]), ([1, 2], [1, 2]), ([None], []), ("text", ["text"]),
+])
+def test_arguments_are_spread_like_python_socketio(data, args):
+    raw = FakeRawSocket()
+    manager = FakeManager({"/": {"task:a": {"s1": "e1"}}}, {"e1": FakeEioSocket(raw)})
+    direct.deliver(manager, message(data=data))
+    assert raw.sent == wire(json.dumps(["task_update", *args], separators=(",", ":")))
+
+
+def test_other_namespaces_are_addressed_in_the_packet():
+    raw = FakeRawSocket()
+    manager = FakeManager({"/admin": {"task:a": {"s1": "e1"}}}, {"e1": FakeEioSocket(raw)})
+    direct.deliver(manager, message(namespace="/admin"))
+    assert raw.sent == direct.text_frame(b'42/admin,["task_update",{"seq":1}]')
