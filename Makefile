@@ -48,7 +48,7 @@ test: ## Run unit tests, then integration tests on a throwaway stack (own projec
 
 bench: ## Benchmark the running stack (after `make up`): table, JSON and PNG in tests/bench/results/
 	@tests/run.sh venv
-	.venv/bin/python tests/bench/bench.py --url http://127.0.0.1:$(or $(HTTP_PORT),8080)
+	.venv/bin/python tests/bench/bench.py
 	$(COMPOSE) exec -T worker python - < tests/bench/persist_overhead.py > tests/bench/results/persist.json
 	@cat tests/bench/results/persist.json
 

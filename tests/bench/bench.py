@@ -1,5 +1,11 @@
 """`make bench`: delivery figures of the running stack, through Nginx.
 
+By default every client connects to the Nginx container's address on the
+Compose network: Docker's userland proxy behind the published port on loopback
+is a process of its own that takes a CPU share per message (a load no browser
+on another machine causes: that traffic is forwarded in the kernel) and gives
+out at a few thousand connections. `--url` picks another address.
+
 - latency: one client, events emitted one by one on the worker's real emit path
   (persist, then publish), emit→receive time from the event's own `ts`;
 - fan-in: N clients each subscribed to its own task, at rising event rates: the
@@ -7,9 +13,7 @@
   web CPU µs per delivered event; fed twice: `publish` (the external emitter
   alone, as Node's redis-emitter feeds socket.io: the web process's capacity)
   and `persist` (persist, then publish: the whole path);
-- connections: idle clients held by one web process and its RSS per connection
-  (to the Nginx container's address: Docker's userland proxy on the published
-  port gives out at a few thousand connections, long before Nginx or the web);
+- connections: idle clients held by one web process, and its RSS per client;
 - push vs 1-s polling for a 60-s task: requests and bytes;
 - export rows/s and peak RSS (tests/bench/export_bench.py).
 Every figure but the last two is measured --runs times (default 3) and reported
@@ -284,15 +288,15 @@ def report(result):
 async def main(args):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    args.url = args.url or await asyncio.to_thread(container_url, "nginx", 8080)
+    print(f"through Nginx at {args.url}", flush=True)
     cookie = await asyncio.to_thread(session_cookie, args.url)
     owner = owner_of(cookie)
     smoke = args.smoke
     runs = 1 if smoke else args.runs
     clients = 20 if smoke else 1000
     levels = [100] if smoke else [1000, 5000, 10000]
-    # Idle connections go straight to the Nginx container, not through the port proxy.
-    direct = args.url if smoke else await asyncio.to_thread(container_url, "nginx", 8080)
-    result = {"machine": machine(), "smoke": smoke, "runs": runs, "fan_in_clients": clients,
+    result = {"machine": machine(), "url": args.url, "smoke": smoke, "runs": runs, "fan_in_clients": clients,
               "latency": {"runs": []}, "fan_in": {m: {"runs": []} for m in args.modes},
               "connections": {"levels": levels, "runs": []}}
     for run in range(1, runs + 1):
@@ -304,7 +308,7 @@ async def main(args):
                 args.url, cookie, owner, clients, [200] if smoke else FAN_IN_RATES,
                 2 if smoke else 5, mode))
         print(f"run {run}/{runs}: connections …", flush=True)
-        result["connections"]["runs"].append(await connections(direct, cookie, levels))
+        result["connections"]["runs"].append(await connections(args.url, cookie, levels))
     if not smoke:
         print("push vs poll (60 s) …", flush=True)
         result["push_vs_poll"] = await push_vs_poll(args.url, cookie, 60)
@@ -320,7 +324,7 @@ async def main(args):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--url", help="default: the Nginx container's address")
     parser.add_argument("--runs", type=int, default=3, help="repeat the measured parts")
     parser.add_argument("--modes", nargs="+", default=["publish", "persist"],
                         choices=["publish", "persist"], help="fan-in feeds (see above)")

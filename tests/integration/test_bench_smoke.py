@@ -16,8 +16,12 @@ def test_bench_smoke_run_reports_latency_fan_in_and_connections():
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((BENCH / "results" / "bench.json").read_text())
     assert result["smoke"] is True
-    assert result["latency"]["events"] == 200 and result["latency"]["p50_ms"] > 0
-    step = result["fan_in"]["steps"][0]
-    assert step["lost"] == 0 and step["delivered"] == step["emitted"] > 0
-    assert result["connections"]["levels"][0]["clients"] == 100
-    assert "single client" in done.stdout
+    latency = result["latency"]["runs"][0]
+    assert latency["events"] == 200 and latency["p50_ms"] > 0
+    for mode in ("publish", "persist"):
+        step = result["fan_in"][mode]["runs"][0]["steps"][0]
+        assert step["lost"] == 0 and step["delivered"] == step["emitted"] > 0, mode
+        assert step["web_cpu_us_per_event"] > 0
+    assert result["connections"]["runs"][0]["levels"][0]["clients"] == 100
+    assert result["summary"]["single_client_p50_ms"]["median"] == latency["p50_ms"]
+    assert "single client" in done.stdout and "fan-in persist" in done.stdout

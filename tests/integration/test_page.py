@@ -46,7 +46,8 @@ def browser():
 
 @pytest.fixture
 def page(browser, request):
-    """A fresh browser session on the page; fails the test on any console error."""
+    """A fresh browser session on the page; fails the test on any console error
+    but those its ``allow_console_errors(pattern)`` marker expects."""
     context = browser.new_context(accept_downloads=True)
     context.add_init_script(RECORD_BARS)
     page = context.new_page()
@@ -59,6 +60,9 @@ def page(browser, request):
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
     context.close()
+    allowed = request.node.get_closest_marker("allow_console_errors")
+    if allowed:
+        errors = [e for e in errors if not re.search(allowed.args[0], e)]
     assert not errors, f"console errors: {errors}"
 
 
@@ -109,6 +113,9 @@ def test_reload_mid_task_resumes_the_bar_and_completes(page):
     expect(first_task(page).locator(".state")).to_have_text("succeeded")
 
 
+# While the only web process restarts, a reconnect attempt can reach Nginx with
+# nothing behind it (502); Chromium logs each failed handshake as a console error.
+@pytest.mark.allow_console_errors(r"^WebSocket connection to .* failed")
 def test_web_restart_mid_task_shows_reconnecting_then_completes(page):
     bar = run_simulation(page, steps=60, step_ms=250)
     expect(bar).to_have_attribute("aria-valuenow", re.compile(r"^[1-9]\d?$"))
