@@ -248,14 +248,22 @@ def machine():
             "docker": compose("version", "--short").strip()}
 
 
+def kb_per_client(runs, level):
+    return spread([row.get("kb_per_client") for run in runs for row in run["levels"]
+                   if row["clients"] == level])
+
+
 def summarise(result):
     lat = result["latency"]
     result["summary"] = summary = {
         "single_client_p50_ms": spread([r["p50_ms"] for r in lat["runs"]]),
         "single_client_p99_ms": spread([r["p99_ms"] for r in lat["runs"]]),
-        "connections_kb_per_client": {
-            str(level): spread([row.get("kb_per_client") for run in result["connections"]["runs"]
-                                for row in run["levels"] if row["clients"] == level])
+        # The first run grows a fresh heap; later runs reuse what it freed.
+        "connections_kb_per_client_fresh": {
+            str(level): kb_per_client(result["connections"]["runs"][:1], level)
+            for level in result["connections"]["levels"]},
+        "connections_kb_per_client_warm": {
+            str(level): kb_per_client(result["connections"]["runs"][1:], level)
             for level in result["connections"]["levels"]},
     }
     for mode, fan in result["fan_in"].items():
@@ -274,8 +282,10 @@ def report(result):
         print(f"fan-in {mode:<8}      {shown(s[f'fan_in_{mode}_events_per_s'])} events/s "
               f"with p99 < {P99_LIMIT_MS} ms, {result['fan_in_clients']} clients; web "
               f"{shown(s[f'fan_in_{mode}_web_cpu_us_per_event'], ' µs')} CPU per event")
-    for level, figure in s["connections_kb_per_client"].items():
-        print(f"connections {level:>6}  {shown(figure, ' KB')} web RSS per idle client")
+    for level, fresh in s["connections_kb_per_client_fresh"].items():
+        print(f"connections {level:>6}  web RSS per idle client: {shown(fresh, ' KB')} "
+              f"in a fresh process, {shown(s['connections_kb_per_client_warm'][level], ' KB')}"
+              " once warm")
     if "push_vs_poll" in result:
         pp = result["push_vs_poll"]
         print(f"push vs poll         push {pp['push']['requests']} req / {pp['push']['bytes']} B, "
