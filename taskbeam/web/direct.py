@@ -9,13 +9,9 @@ to it, the listener writes the finished frame itself, without waiting: order is
 kept, and a slow client (full socket buffer) still gets its frames through the
 queue, so it never stalls the listener.
 """
-import logging
-
 from engineio import packet as eio_packet
 from engineio.async_drivers.gevent import WebSocketWSGI
 from socketio import packet as sio_packet
-
-log = logging.getLogger(__name__)
 
 
 def text_frame(payload):
