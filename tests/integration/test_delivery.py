@@ -1,4 +1,5 @@
 """The delivery guarantee: replay by seq, isolation, and faults mid-task."""
+import subprocess
 import threading
 
 import requests
@@ -154,3 +155,24 @@ def test_cancelling_a_queued_task_ends_it_at_once(api, watcher):
     wait_until(lambda: all(api.snapshot(t["id"])["state"] == "cancelled" for t in fillers), 30,
                what="the fillers to stop")
     assert [e["state"] for e in watcher.history(queued["id"])] == ["queued", "cancelled"]
+
+
+def worker_healthy():
+    return subprocess.run(["docker", "compose", "exec", "-T", "worker",
+                           "/app/worker/healthcheck.sh"], capture_output=True,
+                          timeout=30).returncode == 0
+
+
+def test_the_worker_healthcheck_follows_its_broker_connection(api):
+    wait_until(worker_healthy, 60, interval=1, what="a healthy worker")
+    compose("stop", "redis", timeout=60)
+    try:
+        wait_until(lambda: not worker_healthy(), 30, interval=1,
+                   what="the worker's healthcheck to fail while its broker is down")
+    finally:
+        compose("start", "redis", timeout=60)
+    wait_ready()
+    wait_until(worker_healthy, 60, interval=1, what="the worker's healthcheck to pass again")
+    task = api.create(steps=2, step_ms=50)  # and it runs tasks again
+    wait_until(lambda: api.snapshot(task["id"])["state"] == "succeeded", 60, interval=0.5,
+               what="a task run after the outage")
