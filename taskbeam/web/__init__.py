@@ -17,7 +17,7 @@ from .. import config
 from ..broker import make_celery
 from ..emitter import Emitter
 from ..store import TaskStore, redis_client
-from . import direct
+from . import direct, pings
 from .queue import QueueWatch, WatchedRedisManager
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -92,6 +92,7 @@ def create_app(settings=None):
         max_http_buffer_size=MAX_BODY_BYTES,
     )
     direct.install(socketio.server)
+    pings.install(socketio.server.eio)
     store = TaskStore(client, settings)
     watch = QueueWatch(socketio, manager)
     app.extensions["taskbeam"] = Services(
