@@ -1,4 +1,5 @@
-"""Writing message-queue events straight to idle WebSockets.
+"""The WebSocket write side of engine.io in this process: direct writes, and a
+writer greenlet only while something is queued.
 
 python-engineio sends every packet through a per-socket queue drained by a
 writer greenlet: per delivered event a queue put, two greenlet switches, a timer
@@ -8,7 +9,18 @@ that handoff at about a third of the web process's CPU per event under fan-in
 to it, the listener writes the finished frame itself, without waiting: order is
 kept, and a slow client (full socket buffer) still gets its frames through the
 queue, so it never stalls the listener.
+
+The writer greenlet itself, blocked on its queue, was most of an idle socket's
+memory after the reader (its saved stack, its object, its timer). For a client
+that opens with a WebSocket, :func:`serve` replaces engine.io's handler: the
+same reading loop, and a :class:`Drainer` that runs only while the queue holds
+something. Clients that upgrade from long-polling keep engine.io's handler.
 """
+import functools
+
+import gevent
+import gevent.queue
+from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio.async_drivers.gevent import WebSocketWSGI
 from socketio import packet as sio_packet
@@ -39,18 +51,113 @@ class _Rest:
         return self
 
 
+class WakingQueue(gevent.queue.JoinableQueue):
+    """engine.io's per-socket queue, calling ``on_put`` after each put."""
+
+    on_put = None
+
+    def put(self, item, block=True, timeout=None):
+        super().put(item, block, timeout)
+        if self.on_put is not None:
+            self.on_put()
+
+
+class Drainer:
+    """Sends what engine.io queues for one WebSocket, from a greenlet that exists
+    only while the queue holds something (engine.io's writer, on demand)."""
+
+    __slots__ = ("sock", "ws", "greenlet", "done")
+
+    def __init__(self, sock, ws):
+        self.sock, self.ws, self.greenlet, self.done = sock, ws, None, False
+
+    def wake(self):
+        if self.greenlet is None:
+            self.greenlet = gevent.spawn(self.run)
+
+    def run(self):
+        queue = self.sock.queue
+        try:
+            while True:
+                try:
+                    pkt = queue.get_nowait()
+                except gevent.queue.Empty:
+                    return
+                queue.task_done()
+                if self.done:
+                    continue  # after the end, only so that queue.join() returns
+                if pkt is None:  # engine.io closing the socket
+                    self.finish()
+                    continue
+                try:
+                    self.ws.send(pkt.encode())
+                except Exception:  # broken connection: engine.io's writer gives up too
+                    self.finish()
+        finally:
+            self.greenlet = None
+
+    def finish(self):
+        self.done = True
+        self.ws.close()
+
+    def join(self):
+        if self.greenlet is not None:
+            self.greenlet.join()
+
+
+def serve(sock, ws):
+    """engine.io's ``Socket._websocket_handler`` for a client that opened with a
+    WebSocket (python-engineio 4.15), with a :class:`Drainer` for its writer."""
+    server = sock.server
+    sock.connected = sock.upgraded = True
+    drainer = Drainer(sock, ws)
+    sock.queue.on_put = drainer.wake
+    drainer.wake()  # the OPEN packet, queued before the WebSocket was there
+    try:
+        while True:
+            try:
+                data = ws.wait()
+                if data and len(data) > server.max_http_buffer_size:
+                    raise ValueError("packet is too large")
+            except Exception as exc:
+                if not sock.closed:
+                    server.logger.info('%s: Unexpected error "%s", closing connection',
+                                       sock.sid, exc)
+                break
+            if data is None:  # closed by the client
+                break
+            try:
+                sock.receive(eio_packet.Packet(encoded_packet=data))
+            except eio_exceptions.UnknownPacketError:
+                pass
+            except eio_exceptions.SocketIsClosedError:
+                server.logger.info("Receive error -- socket is closed")
+                break
+            except Exception:
+                server.logger.exception("Unknown receive error")
+                break
+    finally:
+        sock.queue.put(None)  # the drainer closes the WebSocket after what is queued
+        drainer.join()
+        sock.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+    return []
+
+
 class DirectWebSocket(WebSocketWSGI):
     """engine.io's gevent-websocket wrapper that also accepts direct writes.
 
     engine.io calls it with its Socket's bound ``_websocket_handler``; the wrapper
-    registers itself on that Socket as ``direct`` for as long as the WebSocket lives.
+    registers itself on that Socket as ``direct`` for as long as the WebSocket
+    lives, and runs :func:`serve` instead for a socket that is not connected yet.
     """
 
-    writing = False  # the writer greenlet is inside a send (it may be blocked)
+    writing = False  # a writer is inside a send (it may be blocked)
 
     def __call__(self, environ, start_response):
         self.eio_socket = self.app.__self__
         self.eio_socket.direct = self
+        if not self.eio_socket.connected and isinstance(self.eio_socket.queue, WakingQueue):
+            self.app = functools.partial(serve, self.eio_socket)
         try:
             return super().__call__(environ, start_response)
         finally:
@@ -81,9 +188,10 @@ class DirectWebSocket(WebSocketWSGI):
 
 
 def install(sio_server):
-    """Make ``sio_server``'s engine.io server wrap WebSockets in :class:`DirectWebSocket`."""
+    """Make ``sio_server``'s engine.io server wrap WebSockets in :class:`DirectWebSocket`
+    and give its sockets a :class:`WakingQueue`."""
     eio = sio_server.eio
-    eio._async = dict(eio._async, websocket=DirectWebSocket)
+    eio._async = dict(eio._async, websocket=DirectWebSocket, queue=WakingQueue)
 
 
 def deliver(manager, message):

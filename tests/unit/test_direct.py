@@ -1,7 +1,11 @@
 """The direct WebSocket write path: frames, addressing, and when it must queue."""
+import gc
 import json
 
+import gevent
+import greenlet
 import pytest
+from engineio import packet as eio_packet
 from geventwebsocket.websocket import Header, WebSocket
 
 from taskbeam.web import direct
@@ -143,3 +147,117 @@ def test_other_namespaces_are_addressed_in_the_packet():
     manager = FakeManager({"/admin": {"task:a": {"s1": "e1"}}}, {"e1": FakeEioSocket(raw)})
     direct.deliver(manager, message(namespace="/admin"))
     assert raw.sent == direct.text_frame(b'42/admin,["task_update",{"seq":1}]')
+
+
+# The writer on demand: Drainer and serve (engine.io's WebSocket handler without
+# a writer greenlet waiting on the queue).
+
+class FakeWebSocket:
+    """The wrapper engine.io reads and writes: ``wait()`` hands out ``incoming``."""
+
+    def __init__(self, incoming=(), broken=False):
+        self.incoming, self.broken = list(incoming), broken
+        self.sent, self.closed = [], False
+
+    def send(self, message):
+        if self.broken:
+            raise OSError("connection reset")
+        self.sent.append(message)
+
+    def wait(self):
+        gevent.sleep(0)  # a read lets other greenlets run, as a socket read does
+        return self.incoming.pop(0) if self.incoming else None
+
+    def close(self):
+        self.closed = True
+
+
+class FakeServerForServe:
+    max_http_buffer_size = 100
+    reason = type("Reason", (), {"TRANSPORT_CLOSE": "transport close"})
+
+    def __init__(self):
+        quiet = staticmethod(lambda *args, **kwargs: None)
+        self.logger = type("Logger", (), {"info": quiet, "exception": quiet})()
+
+
+class SocketForServe:
+    """An engine.io socket as serve() uses it: a WakingQueue, receive and close."""
+
+    def __init__(self):
+        self.server, self.sid = FakeServerForServe(), "e1"
+        self.queue = direct.WakingQueue()
+        self.connected = self.upgraded = self.closed = False
+        self.received, self.close_calls = [], []
+
+    def send(self, data):
+        self.queue.put(eio_packet.Packet(eio_packet.MESSAGE, data))
+
+    def receive(self, pkt):
+        self.received.append(pkt.data)
+        self.send(f"ack {pkt.data}")
+
+    def close(self, wait=True, abort=False, reason=None):
+        self.close_calls.append((wait, abort, reason))
+        self.closed = True
+
+
+def live_greenlets():
+    return sum(isinstance(o, greenlet.greenlet) and not o.dead for o in gc.get_objects())
+
+
+def test_the_drainer_sends_what_is_queued_in_order_and_then_holds_no_greenlet():
+    sock, ws = SocketForServe(), FakeWebSocket()
+    drainer = direct.Drainer(sock, ws)
+    sock.queue.on_put = drainer.wake
+    gevent.get_hub()
+    idle = live_greenlets()
+    sock.send("a")
+    sock.send("b")
+    drainer.join()
+    assert ws.sent == ["4a", "4b"]
+    assert drainer.greenlet is None and live_greenlets() == idle
+    sock.send("c")  # woken again by the next packet
+    drainer.join()
+    assert ws.sent == ["4a", "4b", "4c"]
+
+
+def test_the_end_closes_the_websocket_and_later_packets_only_keep_join_from_waiting():
+    sock, ws = SocketForServe(), FakeWebSocket()
+    drainer = direct.Drainer(sock, ws)
+    sock.queue.on_put = drainer.wake
+    sock.send("last")
+    sock.queue.put(None)
+    sock.send("too late")
+    drainer.join()
+    assert ws.sent == ["4last"] and ws.closed
+    with gevent.Timeout(2):
+        sock.queue.join()
+
+
+def test_a_broken_connection_ends_the_drainer_without_leaving_packets_behind():
+    sock, ws = SocketForServe(), FakeWebSocket(broken=True)
+    drainer = direct.Drainer(sock, ws)
+    sock.queue.on_put = drainer.wake
+    sock.send("a")
+    sock.send("b")
+    drainer.join()
+    assert ws.closed and sock.queue.empty()
+
+
+def test_serve_sends_the_queued_open_packet_first_reads_until_the_client_closes_and_closes():
+    sock = SocketForServe()
+    sock.send("open")  # engine.io queues OPEN before the WebSocket handler runs
+    ws = FakeWebSocket(incoming=["4hello", "4again"])
+    assert direct.serve(sock, ws) == []
+    assert sock.connected and sock.upgraded
+    assert sock.received == ["hello", "again"]
+    assert ws.sent == ["4open", "4ack hello", "4ack again"] and ws.closed
+    assert sock.close_calls == [(False, True, "transport close")]
+
+
+def test_serve_drops_a_client_whose_packet_is_too_large():
+    sock = SocketForServe()
+    ws = FakeWebSocket(incoming=["4" + "x" * 200, "4never read"])
+    direct.serve(sock, ws)
+    assert sock.received == [] and ws.closed and sock.closed
