@@ -1,10 +1,11 @@
 """engine.io's heartbeat on a libev timer instead of a sleeping greenlet per socket.
 
 python-engineio schedules each ping by starting a background task that sleeps
-through the ping interval, so every idle socket holds a greenlet (with its saved
-stack, about 5 KB under tracemalloc) for its whole life. Here a timer does the
-waiting and a greenlet exists only while the ping is being sent. Ping timeouts
-are still enforced by engine.io (its service task and ``check_ping_timeout``).
+through the ping interval, so every idle socket holds a greenlet for its whole
+life: with its saved stack, about 10 KB of RSS per socket at 10,000 sockets.
+Here a timer does the waiting and a greenlet exists only while the ping is being
+sent. Ping timeouts are still enforced by engine.io (its service task and
+``check_ping_timeout``).
 """
 import time
 

@@ -38,7 +38,7 @@ from stack import compose, container_url, cpu_seconds, rss_kb
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-FAN_IN_RATES = [1000, 2000, 4000, 6000, 8000, 10000, 12000, 15000, 18000, 24000]
+FAN_IN_RATES = [1000, 2000, 4000, 6000, 8000, 10000, 12000, 14000, 16000, 18000, 20000, 24000]
 P99_LIMIT_MS = 100
 
 
