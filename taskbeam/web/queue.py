@@ -31,6 +31,7 @@ class WatchedRedisManager(socketio.RedisManager):
     """
 
     last_heard = 0.0
+    on_resubscribed = None  # called (no arguments) when a lost subscription is back
 
     def __init__(self, *args, silence_s=6.0, **kwargs):
         # The stdlib's json: engine.io's wrapper builds a new decoder per call.
@@ -58,6 +59,7 @@ class WatchedRedisManager(socketio.RedisManager):
     def _listen(self):
         channel = self.channel
         retry_s = 1
+        lost = False
         while True:
             connection = None
             try:
@@ -72,11 +74,17 @@ class WatchedRedisManager(socketio.RedisManager):
                     reader.feed(data)
                     reply = reader.gets()
                     while reply is not False:
-                        # ["message", channel, data]; the subscribe confirmation is skipped.
+                        # ["message", channel, data], or ["subscribe", channel, 1] once subscribed.
                         if reply[0] == "message" and reply[1] == channel:
                             yield reply[2]
+                        elif reply[0] == "subscribe" and lost:
+                            # What was published while we were away is gone from the queue.
+                            lost = False
+                            if self.on_resubscribed is not None:
+                                self.on_resubscribed()
                         reply = reader.gets()
             except (redis.RedisError, OSError, hiredis.ProtocolError) as exc:
+                lost = True
                 log.error("message-queue listener: %s; reconnecting in %d s", exc, retry_s)
                 time.sleep(retry_s)
                 retry_s = min(retry_s * 2, 30)
@@ -97,7 +105,10 @@ class QueueWatch:
 
     When the listener goes quiet, live events may be lost, so every socket of
     this process is disconnected: clients reconnect and resubscribe with their
-    last seq, and the stored log fills the hole.
+    last seq, and the stored log fills the hole. A listener that lost its
+    subscription only briefly (a quick Redis restart) may have missed events as
+    well, so once it is subscribed again every socket's connection is closed,
+    which every Socket.IO client answers by reconnecting and resubscribing.
     """
 
     interval_s = 2.0
@@ -113,6 +124,8 @@ class QueueWatch:
 
     def start(self):
         server = self.sio.server
+        self.manager.on_resubscribed = lambda: self.sio.start_background_task(
+            self._reconnect_all)
         if not server.manager_initialized:
             server.manager_initialized = True
             self.manager.initialize()
@@ -137,3 +150,13 @@ class QueueWatch:
                 self.sio.server.disconnect(sid, namespace="/", ignore_queue=True)
             except Exception:  # a socket already closing must not stop the others
                 log.exception("could not disconnect %s", sid)
+
+    def _reconnect_all(self):
+        sockets = list(self.sio.server.eio.sockets.values())
+        log.warning("message-queue listener is back; closing %d connections so their "
+                    "clients resubscribe", len(sockets))
+        for sock in sockets:
+            try:
+                sock.close(wait=False, abort=True)  # no CLOSE packet: clients reconnect
+            except Exception:  # a socket already closing must not stop the others
+                log.exception("could not close %s", sock.sid)
