@@ -157,22 +157,21 @@ def test_cancelling_a_queued_task_ends_it_at_once(api, watcher):
     assert [e["state"] for e in watcher.history(queued["id"])] == ["queued", "cancelled"]
 
 
-def worker_healthy():
-    return subprocess.run(["docker", "compose", "exec", "-T", "worker",
-                           "/app/worker/healthcheck.sh"], capture_output=True,
-                          timeout=30).returncode == 0
+def worker_healthy(container):
+    return subprocess.run(["docker", "exec", container, "/app/worker/healthcheck.sh"],
+                          capture_output=True, timeout=30).returncode == 0
 
 
-def test_the_worker_healthcheck_follows_its_broker_connection(api):
-    wait_until(worker_healthy, 60, interval=1, what="a healthy worker")
-    compose("stop", "redis", timeout=60)
+def test_the_worker_healthcheck_reports_a_stuck_worker_and_its_recovery():
+    # Celery's main process frozen: its consumer loop stops touching the alive file.
+    # (A broker outage stops it too; a test of that would disconnect every client.)
+    container = compose("ps", "-q", "worker").split()[0]
+    wait_until(lambda: worker_healthy(container), 60, interval=1, what="a healthy worker")
+    docker("kill", "--signal", "STOP", container)
     try:
-        wait_until(lambda: not worker_healthy(), 30, interval=1,
-                   what="the worker's healthcheck to fail while its broker is down")
+        wait_until(lambda: not worker_healthy(container), 30, interval=1,
+                   what="the healthcheck of a frozen worker to fail")
     finally:
-        compose("start", "redis", timeout=60)
-    wait_ready()
-    wait_until(worker_healthy, 60, interval=1, what="the worker's healthcheck to pass again")
-    task = api.create(steps=2, step_ms=50)  # and it runs tasks again
-    wait_until(lambda: api.snapshot(task["id"])["state"] == "succeeded", 60, interval=0.5,
-               what="a task run after the outage")
+        docker("kill", "--signal", "CONT", container)
+    wait_until(lambda: worker_healthy(container), 60, interval=1,
+               what="the healthcheck to pass again")
