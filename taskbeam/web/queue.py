@@ -9,6 +9,7 @@ tell a live listener from a dead one and a silent socket gets replaced.
 """
 import json
 import logging
+import socket
 import time
 
 import hiredis
@@ -157,6 +158,10 @@ class QueueWatch:
                     "clients resubscribe", len(sockets))
         for sock in sockets:
             try:
-                sock.close(wait=False, abort=True)  # no CLOSE packet: clients reconnect
+                websocket = getattr(sock, "direct", None)
+                if websocket is not None:  # cut like a dropped network: clients reconnect
+                    websocket._sock.stream.handler.socket.shutdown(socket.SHUT_RDWR)
+                else:
+                    sock.close(wait=False, abort=True)  # no CLOSE packet: clients reconnect
             except Exception:  # a socket already closing must not stop the others
                 log.exception("could not close %s", sock.sid)
