@@ -17,6 +17,7 @@ same reading loop, and a :class:`Drainer` that runs only while the queue holds
 something. Clients that upgrade from long-polling keep engine.io's handler.
 """
 import functools
+import socket
 
 import gevent
 import gevent.queue
@@ -173,13 +174,22 @@ class DirectWebSocket(WebSocketWSGI):
         finally:
             self.writing = False
 
+    @property
+    def tcp(self):
+        """The connection's gevent socket, under gevent-websocket's stream."""
+        return self._sock.stream.handler.socket
+
+    def cut(self):
+        """Drop the TCP connection as a failing network would: clients reconnect."""
+        self.tcp.shutdown(socket.SHUT_RDWR)
+
     def try_send(self, frame):
         """Write ``frame`` now if the socket is idle; False if the queue must take it."""
         sock = self.eio_socket
         if self.writing or not sock.upgraded or sock.closed or not sock.queue.empty():
             return False
         try:
-            sent = self._sock.stream.handler.socket.send(frame, 0, 0.0)  # never waits
+            sent = self.tcp.send(frame, 0, 0.0)  # never waits
         except OSError:  # would block, or broken: the writer's path handles both
             return False
         if sent < len(frame):

@@ -9,7 +9,6 @@ tell a live listener from a dead one and a silent socket gets replaced.
 """
 import json
 import logging
-import socket
 import time
 
 import hiredis
@@ -159,8 +158,8 @@ class QueueWatch:
         for sock in sockets:
             try:
                 websocket = getattr(sock, "direct", None)
-                if websocket is not None:  # cut like a dropped network: clients reconnect
-                    websocket._sock.stream.handler.socket.shutdown(socket.SHUT_RDWR)
+                if websocket is not None:
+                    websocket.cut()
                 else:
                     sock.close(wait=False, abort=True)  # no CLOSE packet: clients reconnect
             except Exception:  # a socket already closing must not stop the others
