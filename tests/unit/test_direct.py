@@ -261,3 +261,65 @@ def test_serve_drops_a_client_whose_packet_is_too_large():
     ws = FakeWebSocket(incoming=["4" + "x" * 200, "4never read"])
     direct.serve(sock, ws)
     assert sock.received == [] and ws.closed and sock.closed
+
+
+# WakingQueue: what engine.io's Socket does with its queue (python-engineio 4.15:
+# the polling transport's poll(), the upgrade-path writer, close(wait=True)).
+
+def test_an_idle_queue_holds_no_buffer_or_waiter():
+    queue = direct.WakingQueue()
+    queue.put("a")
+    assert queue.get_nowait() == "a"
+    queue.task_done()
+    assert queue.items is None and queue.readable is None and queue.finished is None
+    assert queue.empty() and queue.qsize() == 0
+
+
+def test_get_returns_items_in_order_and_raises_empty_without_blocking_or_after_a_timeout():
+    queue = direct.WakingQueue()
+    for item in ("a", "b"):
+        queue.put(item)
+    assert [queue.get(), queue.get(block=False)] == ["a", "b"]
+    with pytest.raises(gevent.queue.Empty):
+        queue.get(block=False)
+    with gevent.Timeout(2), pytest.raises(gevent.queue.Empty):
+        queue.get(timeout=0.01)
+
+
+def test_a_waiting_get_is_woken_by_a_put_and_a_second_getter_keeps_waiting():
+    queue = direct.WakingQueue()
+    first = gevent.spawn(queue.get, timeout=2)
+    second = gevent.spawn(queue.get, timeout=0.2)
+    gevent.sleep(0)  # both wait
+    queue.put("only")
+    with gevent.Timeout(2):
+        assert first.get() == "only"
+        with pytest.raises(gevent.queue.Empty):
+            second.get()
+
+
+def test_join_waits_for_task_done_of_every_put():
+    queue = direct.WakingQueue()
+    assert queue.join(timeout=0) is True
+    queue.put("a")
+    queue.put(None)
+    joiner = gevent.spawn(queue.join)
+    gevent.sleep(0)
+    queue.get()
+    queue.task_done()
+    gevent.sleep(0)
+    assert not joiner.ready()
+    queue.get()
+    queue.task_done()
+    with gevent.Timeout(2):
+        assert joiner.get() is True
+    with pytest.raises(ValueError):
+        queue.task_done()
+
+
+def test_each_put_wakes_the_drainer():
+    queue, woken = direct.WakingQueue(), []
+    queue.on_put = lambda: woken.append(queue.qsize())
+    queue.put("a")
+    queue.put("b")
+    assert woken == [1, 2]
