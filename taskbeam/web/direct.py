@@ -1,5 +1,5 @@
-"""The WebSocket write side of engine.io in this process: direct writes, and a
-writer greenlet only while something is queued.
+"""engine.io's WebSocket transport in this process: direct writes, and no greenlet
+per idle socket.
 
 python-engineio sends every packet through a per-socket queue drained by a
 writer greenlet: per delivered event a queue put, two greenlet switches, a timer
@@ -10,14 +10,19 @@ to it, the listener writes the finished frame itself, without waiting: order is
 kept, and a slow client (full socket buffer) still gets its frames through the
 queue, so it never stalls the listener.
 
-The writer greenlet itself, blocked on its queue, cost each idle socket about
-8 KB of RSS (its saved stack, its object, its timer). For a client
-that opens with a WebSocket, :func:`serve` replaces engine.io's handler: the
-same reading loop, and a :class:`Drainer` that runs only while the queue holds
-something. Clients that upgrade from long-polling keep engine.io's handler.
+An idle socket used to hold two greenlets for its whole life: engine.io's writer
+blocked on its queue, and gevent-websocket's reader blocked in a read deep in
+pywsgi's and the WSGI app's stack (~7 KB of saved stack, plus pywsgi's request
+objects). A client that opens with a WebSocket is handed off to a
+:class:`Connection` after the handshake: the pywsgi handler ends, a libev watcher
+waits for the client, and greenlets exist only while a read is handled or a
+:class:`Drainer` writes what is queued. Clients that upgrade from long-polling
+keep engine.io's handler.
 """
 import collections
 import functools
+import io
+import logging
 import socket
 import time
 
@@ -29,17 +34,65 @@ from engineio import packet as eio_packet
 from engineio.async_drivers.gevent import WebSocketWSGI
 from socketio import packet as sio_packet
 
+log = logging.getLogger(__name__)
 
-def text_frame(payload):
-    """A final, unmasked WebSocket text frame (RFC 6455 5.2) carrying ``payload`` bytes."""
+
+OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+
+
+def frame(opcode, payload):
+    """A final, unmasked WebSocket frame (RFC 6455 5.2) carrying ``payload`` bytes."""
     size = len(payload)
     if size < 126:
-        header = bytes((0x81, size))
+        header = bytes((0x80 | opcode, size))
     elif size < 1 << 16:
-        header = b"\x81\x7e" + size.to_bytes(2, "big")
+        header = bytes((0x80 | opcode, 126)) + size.to_bytes(2, "big")
     else:
-        header = b"\x81\x7f" + size.to_bytes(8, "big")
+        header = bytes((0x80 | opcode, 127)) + size.to_bytes(8, "big")
     return header + payload
+
+
+def text_frame(payload):
+    return frame(OP_TEXT, payload)
+
+
+CLOSE_FRAME = frame(OP_CLOSE, (1000).to_bytes(2, "big"))  # normal closure
+
+
+class ProtocolError(Exception):
+    """A client frame that breaks RFC 6455, or a message over the size limit."""
+
+
+def unmask(payload, key):
+    if not payload:
+        return b""
+    size = len(payload)
+    keystream = (key * (size // 4 + 1))[:size]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(keystream, "little")).to_bytes(
+        size, "little")
+
+
+def parse_frame(buffer, pos, limit):
+    """The client frame at ``buffer[pos:]``: ``(fin, opcode, payload, end)``, or
+    None while it is incomplete. Client frames are masked, and use no extensions."""
+    if len(buffer) - pos < 2:
+        return None
+    first, second = buffer[pos], buffer[pos + 1]
+    if first & 0x70 or not second & 0x80:
+        raise ProtocolError("reserved bits set or unmasked client frame")
+    size, head = second & 0x7F, pos + 2
+    if size >= 126:
+        width = 2 if size == 126 else 8
+        if len(buffer) - head < width:
+            return None
+        size = int.from_bytes(buffer[head:head + width], "big")
+        head += width
+    if size > limit:
+        raise ProtocolError("message is too large")
+    end = head + 4 + size
+    if len(buffer) < end:
+        return None
+    return bool(first & 0x80), first & 0x0F, unmask(buffer[head + 4:end], buffer[head:head + 4]), end
 
 
 class _Rest:
@@ -175,59 +228,232 @@ class Drainer:
             self.greenlet.join()
 
 
-def serve(sock, ws):
-    """engine.io's ``Socket._websocket_handler`` for a client that opened with a
-    WebSocket (python-engineio 4.15), with a :class:`Drainer` for its writer."""
-    server = sock.server
-    sock.connected = sock.upgraded = True
-    drainer = Drainer(sock, ws)
-    sock.queue.on_put = drainer.wake
-    drainer.wake()  # the OPEN packet, queued before the WebSocket was there
-    try:
-        while True:
+class DirectWrites:
+    """Writing a finished frame straight to a WebSocket's TCP connection."""
+
+    __slots__ = ()
+    writing = False  # a writer is inside a send (it may be blocked)
+
+    def try_send(self, frame):
+        """Write ``frame`` now if the socket is idle; False if the queue must take it."""
+        sock = self.eio_socket
+        if self.writing or not sock.upgraded or sock.closed or not sock.queue.empty():
+            return False
+        try:
+            sent = self.tcp.send(frame, 0, 0.0)  # never waits
+        except OSError:  # would block, or broken: the writer's path handles both
+            return False
+        if sent < len(frame):
+            sock.queue.put(_Rest(frame[sent:]))
+        return True
+
+    def cut(self):
+        """Drop the TCP connection as a failing network would: clients reconnect."""
+        self.tcp.shutdown(socket.SHUT_RDWR)
+
+
+class Connection(DirectWrites):
+    """A WebSocket that opened directly, after the handshake: engine.io's
+    ``_websocket_handler`` (python-engineio 4.15) without a greenlet while idle.
+
+    A libev watcher waits until the client sends; then a greenlet reads, handles
+    the complete frames (engine.io's handlers may block) and ends. Writes go
+    through :meth:`try_send` or the socket's :class:`Drainer`.
+    """
+
+    __slots__ = ("eio_socket", "tcp", "watcher", "drainer", "buffer", "fragments",
+                 "writing", "ending", "closed")
+    READ_BYTES = 4096
+    open_count = 0  # in this process, bounded together with the server's pool
+
+    def __init__(self, eio_socket, tcp):
+        self.eio_socket, self.tcp = eio_socket, tcp
+        self.buffer, self.fragments = b"", None
+        self.writing = self.ending = self.closed = False
+        self.drainer = Drainer(eio_socket, self)
+        Connection.open_count += 1
+        eio_socket.connected = eio_socket.upgraded = True
+        eio_socket.direct = self
+        eio_socket.queue.on_put = self.drainer.wake
+        self.drainer.wake()  # the OPEN packet, queued before the WebSocket was there
+        self.watcher = gevent.get_hub().loop.io(tcp.fileno(), 1)  # 1: readable
+        self.watcher.start(self.on_readable)
+
+    def on_readable(self):  # in the hub, which must not block
+        self.watcher.stop()
+        gevent.spawn(self.read)
+
+    def read(self):
+        server = self.eio_socket.server
+        try:
+            data = self.tcp.recv(self.READ_BYTES)  # readable: returns at once
+            if not data:  # closed by the client
+                return self.end()
+            self.buffer += data
+            self.handle_frames(server.max_http_buffer_size)
+        except ProtocolError as exc:
+            server.logger.info('%s: WebSocket protocol error "%s", closing connection',
+                               self.eio_socket.sid, exc)
+            self.end()
+        except Exception as exc:
+            if not self.eio_socket.closed:
+                server.logger.info('%s: Unexpected error "%s", closing connection',
+                                   self.eio_socket.sid, exc)
+            self.end()
+        finally:
+            if not self.ending:
+                self.watcher.start(self.on_readable)
+
+    def handle_frames(self, limit):
+        pos = 0
+        while not self.ending:
+            parsed = parse_frame(self.buffer, pos, limit)
+            if parsed is None:
+                break
+            fin, opcode, payload, pos = parsed
+            self.handle_frame(fin, opcode, payload, limit)
+        self.buffer = self.buffer[pos:]
+
+    def handle_frame(self, fin, opcode, payload, limit):
+        if opcode >= OP_CLOSE:  # control frames: never fragmented, at most 125 bytes
+            if not fin or len(payload) > 125:
+                raise ProtocolError("bad control frame")
+            if opcode == OP_PING:
+                self.send_frame(frame(OP_PONG, payload))
+            elif opcode == OP_CLOSE:
+                self.end()
+            elif opcode != OP_PONG:
+                raise ProtocolError(f"unknown opcode {opcode}")
+            return
+        if opcode == OP_CONTINUATION:
+            if self.fragments is None:
+                raise ProtocolError("continuation frame without a message")
+            self.fragments[1].append(payload)
+            if sum(map(len, self.fragments[1])) > limit:
+                raise ProtocolError("message is too large")
+        elif opcode in (OP_TEXT, OP_BINARY):
+            if self.fragments is not None:
+                raise ProtocolError("new message inside a fragmented one")
+            self.fragments = (opcode, [payload])
+        else:
+            raise ProtocolError(f"unknown opcode {opcode}")
+        if fin:
+            opcode, parts = self.fragments
+            self.fragments = None
+            self.receive(opcode, b"".join(parts))
+
+    def receive(self, opcode, data):
+        if opcode == OP_TEXT:
             try:
-                data = ws.wait()
-                if data and len(data) > server.max_http_buffer_size:
-                    raise ValueError("packet is too large")
-            except Exception as exc:
-                if not sock.closed:
-                    server.logger.info('%s: Unexpected error "%s", closing connection',
-                                       sock.sid, exc)
-                break
-            if data is None:  # closed by the client
-                break
-            try:
-                sock.receive(eio_packet.Packet(encoded_packet=data))
-            except eio_exceptions.UnknownPacketError:
-                pass
-            except eio_exceptions.SocketIsClosedError:
-                server.logger.info("Receive error -- socket is closed")
-                break
-            except Exception:
-                server.logger.exception("Unknown receive error")
-                break
-    finally:
-        sock.queue.put(None)  # the drainer closes the WebSocket after what is queued
-        drainer.join()
-        sock.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+                data = data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ProtocolError("text message is not UTF-8") from None
+        sock, server = self.eio_socket, self.eio_socket.server
+        try:
+            sock.receive(eio_packet.Packet(encoded_packet=data))
+        except eio_exceptions.UnknownPacketError:
+            pass
+        except eio_exceptions.SocketIsClosedError:
+            server.logger.info("Receive error -- socket is closed")
+            self.end()
+        except Exception:
+            server.logger.exception("Unknown receive error")
+            self.end()
+
+    def send_frame(self, data):
+        """A frame of the connection's own (a pong), in order with engine.io's."""
+        if not self.try_send(data):
+            self.eio_socket.queue.put(_Rest(data))
+
+    def send(self, message):
+        """The Drainer's write: an engine.io packet's encoding, or a frame's rest."""
+        self.writing = True
+        try:
+            if isinstance(message, _Rest):
+                self.tcp.sendall(message.data)
+            elif isinstance(message, str):
+                self.tcp.sendall(frame(OP_TEXT, message.encode()))
+            else:
+                self.tcp.sendall(frame(OP_BINARY, message))
+        finally:
+            self.writing = False
+
+    def end(self):
+        """The client closed or broke the protocol: engine.io closes the socket, then
+        the drainer closes the connection after what is queued."""
+        if self.ending:
+            return
+        self.ending = True
+        self.watcher.stop()
+        sock = self.eio_socket
+        sock.queue.put(None)
+        sock.close(wait=False, abort=True, reason=sock.server.reason.TRANSPORT_CLOSE)
+
+    def close(self):
+        """The Drainer's end of the connection (after engine.io closed the socket,
+        or a write broke)."""
+        if self.closed:
+            return
+        self.closed = self.ending = True
+        Connection.open_count -= 1
+        self.watcher.stop()
+        sock = self.eio_socket
+        try:
+            self.tcp.send(CLOSE_FRAME, 0, 0.0)  # a courtesy: never waits
+        except OSError:
+            pass
+        self.tcp.close()
+        if not sock.closed:  # a broken write: engine.io learns it here
+            sock.close(wait=False, abort=True, reason=sock.server.reason.TRANSPORT_CLOSE)
+        if sock.server.sockets.get(sock.sid) is sock:
+            del sock.server.sockets[sock.sid]
+        sock.direct = None
+
+
+def hand_off(sock, environ, websocket):
+    """Take a WebSocket that just opened from gevent-websocket and pywsgi.
+
+    Runs as the WSGI app's body in the connection's pywsgi handler greenlet,
+    which then ends. The handler closes its own descriptor of the socket, so the
+    Connection keeps a duplicate, and gevent-websocket is told its WebSocket is
+    closed so that it writes nothing more. The client sends no frame before it
+    has the handshake's answer (RFC 6455 4.1), so pywsgi's read buffer holds none.
+    ``environ`` is the request's, which python-socketio keeps for the session: it
+    must not keep pywsgi's reader (and so its descriptor) or the WebSocket alive.
+    """
+    environ["wsgi.input"], environ["wsgi.websocket"] = io.BytesIO(), None
+    handler = websocket._sock.handler
+    pool = getattr(handler.server, "pool", None)  # Gunicorn's: worker_connections handlers
+    if pool is not None and pool.size is not None:
+        # Handed-off connections count against the worker's connection limit too.
+        if Connection.open_count + len(pool) > pool.size:
+            log.warning("%d WebSockets open and %d requests in progress: refusing one more",
+                        Connection.open_count, len(pool))
+            sock.close(wait=False, abort=True, reason=sock.server.reason.TRANSPORT_CLOSE)
+            return []
+        pool.discard(gevent.getcurrent())  # now, not when the pool hears that it ended
+    tcp = handler.socket.dup()
+    websocket._sock.closed = True
+    handler.socket, handler.close_connection = None, True  # pywsgi: no drain, no close
+    Connection(sock, tcp)
     return []
 
 
-class DirectWebSocket(WebSocketWSGI):
+class DirectWebSocket(DirectWrites, WebSocketWSGI):
     """engine.io's gevent-websocket wrapper that also accepts direct writes.
 
-    engine.io calls it with its Socket's bound ``_websocket_handler``; the wrapper
-    registers itself on that Socket as ``direct`` for as long as the WebSocket
-    lives, and runs :func:`serve` instead for a socket that is not connected yet.
+    engine.io calls it with its Socket's bound ``_websocket_handler``. A socket
+    that is not connected yet (the client opened with a WebSocket) is handed off
+    to a :class:`Connection`; one upgrading from long-polling keeps engine.io's
+    handler, and the wrapper is its ``direct`` writer while the WebSocket lives.
     """
-
-    writing = False  # a writer is inside a send (it may be blocked)
 
     def __call__(self, environ, start_response):
         self.eio_socket = self.app.__self__
-        self.eio_socket.direct = self
         if not self.eio_socket.connected and isinstance(self.eio_socket.queue, WakingQueue):
-            self.app = functools.partial(serve, self.eio_socket)
+            self.app = functools.partial(hand_off, self.eio_socket, environ)
+            return super().__call__(environ, start_response)
+        self.eio_socket.direct = self
         try:
             return super().__call__(environ, start_response)
         finally:
@@ -247,23 +473,6 @@ class DirectWebSocket(WebSocketWSGI):
     def tcp(self):
         """The connection's gevent socket, under gevent-websocket's stream."""
         return self._sock.stream.handler.socket
-
-    def cut(self):
-        """Drop the TCP connection as a failing network would: clients reconnect."""
-        self.tcp.shutdown(socket.SHUT_RDWR)
-
-    def try_send(self, frame):
-        """Write ``frame`` now if the socket is idle; False if the queue must take it."""
-        sock = self.eio_socket
-        if self.writing or not sock.upgraded or sock.closed or not sock.queue.empty():
-            return False
-        try:
-            sent = self.tcp.send(frame, 0, 0.0)  # never waits
-        except OSError:  # would block, or broken: the writer's path handles both
-            return False
-        if sent < len(frame):
-            sock.queue.put(_Rest(frame[sent:]))
-        return True
 
 
 def install(sio_server):

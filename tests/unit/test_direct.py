@@ -3,6 +3,8 @@ import gc
 import json
 
 import gevent
+import gevent.pool
+import gevent.socket
 import greenlet
 import pytest
 from engineio import packet as eio_packet
@@ -149,8 +151,8 @@ def test_other_namespaces_are_addressed_in_the_packet():
     assert raw.sent == direct.text_frame(b'42/admin,["task_update",{"seq":1}]')
 
 
-# The writer on demand: Drainer and serve (engine.io's WebSocket handler without
-# a writer greenlet waiting on the queue).
+# The writer on demand: the Drainer (engine.io's writer without a greenlet
+# waiting on the queue).
 
 class FakeWebSocket:
     """The wrapper engine.io reads and writes: ``wait()`` hands out ``incoming``."""
@@ -172,7 +174,7 @@ class FakeWebSocket:
         self.closed = True
 
 
-class FakeServerForServe:
+class FakeEioServer:
     max_http_buffer_size = 100
     reason = type("Reason", (), {"TRANSPORT_CLOSE": "transport close"})
 
@@ -181,11 +183,12 @@ class FakeServerForServe:
         self.logger = type("Logger", (), {"info": quiet, "exception": quiet})()
 
 
-class SocketForServe:
-    """An engine.io socket as serve() uses it: a WakingQueue, receive and close."""
+class QueuedEioSocket:
+    """An engine.io socket as the Drainer and Connection use it: a WakingQueue,
+    receive and close."""
 
     def __init__(self):
-        self.server, self.sid = FakeServerForServe(), "e1"
+        self.server, self.sid = FakeEioServer(), "e1"
         self.queue = direct.WakingQueue()
         self.connected = self.upgraded = self.closed = False
         self.received, self.close_calls = [], []
@@ -200,6 +203,7 @@ class SocketForServe:
     def close(self, wait=True, abort=False, reason=None):
         self.close_calls.append((wait, abort, reason))
         self.closed = True
+        self.queue.put(None)  # as engine.io's Socket.close() does
 
 
 def live_greenlets():
@@ -207,7 +211,7 @@ def live_greenlets():
 
 
 def test_the_drainer_sends_what_is_queued_in_order_and_then_holds_no_greenlet():
-    sock, ws = SocketForServe(), FakeWebSocket()
+    sock, ws = QueuedEioSocket(), FakeWebSocket()
     drainer = direct.Drainer(sock, ws)
     sock.queue.on_put = drainer.wake
     gevent.get_hub()
@@ -223,7 +227,7 @@ def test_the_drainer_sends_what_is_queued_in_order_and_then_holds_no_greenlet():
 
 
 def test_the_end_closes_the_websocket_and_later_packets_only_keep_join_from_waiting():
-    sock, ws = SocketForServe(), FakeWebSocket()
+    sock, ws = QueuedEioSocket(), FakeWebSocket()
     drainer = direct.Drainer(sock, ws)
     sock.queue.on_put = drainer.wake
     sock.send("last")
@@ -236,7 +240,7 @@ def test_the_end_closes_the_websocket_and_later_packets_only_keep_join_from_wait
 
 
 def test_a_broken_connection_ends_the_drainer_without_leaving_packets_behind():
-    sock, ws = SocketForServe(), FakeWebSocket(broken=True)
+    sock, ws = QueuedEioSocket(), FakeWebSocket(broken=True)
     drainer = direct.Drainer(sock, ws)
     sock.queue.on_put = drainer.wake
     sock.send("a")
@@ -245,22 +249,157 @@ def test_a_broken_connection_ends_the_drainer_without_leaving_packets_behind():
     assert ws.closed and sock.queue.empty()
 
 
-def test_serve_sends_the_queued_open_packet_first_reads_until_the_client_closes_and_closes():
-    sock = SocketForServe()
-    sock.send("open")  # engine.io queues OPEN before the WebSocket handler runs
-    ws = FakeWebSocket(incoming=["4hello", "4again"])
-    assert direct.serve(sock, ws) == []
-    assert sock.connected and sock.upgraded
-    assert sock.received == ["hello", "again"]
-    assert ws.sent == ["4open", "4ack hello", "4ack again"] and ws.closed
-    assert sock.close_calls == [(False, True, "transport close")]
+# The Connection: a WebSocket after the handshake, read by a watcher, on a real
+# socket pair (the test is the client: its frames are masked, as RFC 6455 wants).
+
+def client_frame(opcode, payload, fin=True, key=b"\x01\x02\x03\x04", masked=True):
+    size = len(payload)
+    if size < 126:
+        length = bytes((0x80 * masked | size,))
+    elif size < 1 << 16:
+        length = bytes((0x80 * masked | 126,)) + size.to_bytes(2, "big")
+    else:
+        length = bytes((0x80 * masked | 127,)) + size.to_bytes(8, "big")
+    body = bytes(b ^ key[i % 4] for i, b in enumerate(payload)) if masked else payload
+    return bytes((0x80 * fin | opcode,)) + length + (key if masked else b"") + body
 
 
-def test_serve_drops_a_client_whose_packet_is_too_large():
-    sock = SocketForServe()
-    ws = FakeWebSocket(incoming=["4" + "x" * 200, "4never read"])
-    direct.serve(sock, ws)
-    assert sock.received == [] and ws.closed and sock.closed
+def server_frames(data):
+    """(opcode, payload) of the unmasked frames the server sent."""
+    frames, pos = [], 0
+    while pos < len(data):
+        size, head = data[pos + 1] & 0x7F, pos + 2
+        if size >= 126:
+            width = 2 if size == 126 else 8
+            size, head = int.from_bytes(data[head:head + width], "big"), head + width
+        frames.append((data[pos] & 0x0F, data[head:head + size]))
+        pos = head + size
+    return frames
+
+
+@pytest.mark.parametrize("size", [0, 5, 125, 126, 65535, 65536])
+def test_parse_frame_reads_a_masked_client_frame_and_waits_for_the_rest(size):
+    payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    data = b"xx" + client_frame(direct.OP_TEXT, payload) + b"next"
+    for cut in (2, 3, len(data) - 5):
+        assert direct.parse_frame(data[:cut], 2, 1 << 20) is None
+    assert direct.parse_frame(data, 2, 1 << 20) == (True, direct.OP_TEXT, payload, len(data) - 4)
+
+
+@pytest.mark.parametrize("data", [
+    client_frame(direct.OP_TEXT, b"hi", masked=False),                    # unmasked
+    bytes((0xC1,)) + client_frame(direct.OP_TEXT, b"hi")[1:],             # RSV1 set
+    client_frame(direct.OP_TEXT, b"x" * 101)[:4],                         # too large, header only
+])
+def test_parse_frame_rejects_what_a_client_may_not_send(data):
+    with pytest.raises(direct.ProtocolError):
+        direct.parse_frame(data, 0, 100)
+
+
+class Connected:
+    """A Connection on one end of a socket pair; the test holds the client end."""
+
+    def __init__(self):
+        self.sock = QueuedEioSocket()
+        self.sock.server.sockets = {self.sock.sid: self.sock}
+        self.sock.send("open")  # engine.io queues OPEN before the handshake ends
+        server_side, self.client = gevent.socket.socketpair()
+        self.open_before = direct.Connection.open_count
+        self.connection = direct.Connection(self.sock, server_side)
+        self.received = b""
+
+    def send(self, data):
+        self.client.sendall(data)
+
+    def frames_until(self, count):
+        with gevent.Timeout(2):
+            while len(server_frames(self.received)) < count:
+                chunk = self.client.recv(65536)
+                if not chunk:
+                    break
+                self.received += chunk
+        return server_frames(self.received)
+
+    def wait_closed(self):
+        with gevent.Timeout(2):
+            while not self.connection.closed:
+                gevent.sleep(0.005)
+        if self.client.fileno() < 0:
+            return None
+        self.client.settimeout(2)
+        while chunk := self.client.recv(65536):
+            self.received += chunk
+        return server_frames(self.received)
+
+
+def test_a_connection_sends_open_first_answers_messages_and_pings_and_ends_when_the_client_closes():
+    c = Connected()
+    assert c.sock.connected and c.sock.upgraded and c.sock.direct is c.connection
+    assert c.frames_until(1) == [(direct.OP_TEXT, b"4open")]
+    c.send(client_frame(direct.OP_TEXT, b"4hello") + client_frame(direct.OP_PING, b"p"))
+    c.send(client_frame(direct.OP_TEXT, b"4wor", fin=False)
+           + client_frame(direct.OP_CONTINUATION, "ld \u00e9".encode()))
+    assert c.frames_until(4)[1:] == [(direct.OP_TEXT, b"4ack hello"), (direct.OP_PONG, b"p"),
+                                     (direct.OP_TEXT, "4ack world \u00e9".encode())]
+    assert c.sock.received == ["hello", "world \u00e9"]
+    c.client.shutdown(gevent.socket.SHUT_WR)  # the client goes away
+    assert c.wait_closed()[-1][0] == direct.OP_CLOSE
+    assert c.sock.close_calls == [(False, True, "transport close")]
+    assert c.sock.server.sockets == {} and c.sock.direct is None
+    assert direct.Connection.open_count == c.open_before
+    c.client.close()
+
+
+def test_a_close_frame_from_the_client_ends_the_connection():
+    c = Connected()
+    c.send(client_frame(direct.OP_CLOSE, (1000).to_bytes(2, "big")))
+    c.wait_closed()
+    assert c.sock.closed and c.sock.close_calls == [(False, True, "transport close")]
+    c.client.close()
+
+
+@pytest.mark.parametrize("data", [
+    client_frame(direct.OP_TEXT, b"4" + b"x" * 200),                      # over the limit
+    client_frame(direct.OP_TEXT, b"4" + b"x" * 60, fin=False)
+    + client_frame(direct.OP_CONTINUATION, b"x" * 60),                    # fragments over it
+    client_frame(direct.OP_TEXT, b"4hi", masked=False),                   # unmasked
+    client_frame(direct.OP_TEXT, b"\xff\xfe"),                            # not UTF-8
+    client_frame(direct.OP_CONTINUATION, b"x"),                           # nothing to continue
+    client_frame(0x3, b"x"),                                              # reserved opcode
+])
+def test_a_client_that_breaks_the_protocol_is_disconnected_and_nothing_reaches_engineio(data):
+    c = Connected()
+    c.send(data + client_frame(direct.OP_TEXT, b"4never read"))
+    c.wait_closed()
+    assert c.sock.received == [] and c.sock.closed
+    c.client.close()
+
+
+def test_engineio_closing_the_socket_sends_what_is_queued_then_a_close_frame():
+    c = Connected()
+    c.sock.send("bye")
+    c.sock.closed = True
+    c.sock.queue.put(None)  # what engine.io's Socket.close() does
+    frames = c.wait_closed()
+    assert frames == [(direct.OP_TEXT, b"4open"), (direct.OP_TEXT, b"4bye"),
+                      (direct.OP_CLOSE, (1000).to_bytes(2, "big"))]
+    assert c.sock.close_calls == [] and c.sock.server.sockets == {}
+    c.client.close()
+
+
+def test_an_idle_connection_holds_no_greenlet():
+    gevent.get_hub()
+    idle = live_greenlets()
+    c = Connected()
+    c.frames_until(1)
+    gevent.sleep(0.01)
+    assert live_greenlets() == idle
+    c.send(client_frame(direct.OP_TEXT, b"4hello"))
+    c.frames_until(2)
+    gevent.sleep(0.01)
+    assert live_greenlets() == idle
+    c.client.close()
+    c.wait_closed()
 
 
 # WakingQueue: what engine.io's Socket does with its queue (python-engineio 4.15:
@@ -323,3 +462,69 @@ def test_each_put_wakes_the_drainer():
     queue.put("a")
     queue.put("b")
     assert woken == [1, 2]
+
+
+class Handoff:
+    """gevent-websocket's objects as hand_off finds them: a WebSocket, its pywsgi
+    handler with the connection's socket, and the server's greenlet pool."""
+
+    def __init__(self, pool_size, in_pool=1):
+        self.pool = gevent.pool.Pool(pool_size)
+        for _ in range(in_pool):
+            self.pool.spawn(gevent.sleep, 2)
+        server = type("Server", (), {"pool": self.pool})()
+        self.server_side, self.client = gevent.socket.socketpair()
+        self.handler = type("Handler", (), {"socket": self.server_side, "server": server,
+                                            "close_connection": False})()
+        self.gws = type("GWS", (), {"closed": False, "handler": self.handler})()
+        self.websocket = type("Wrapper", (), {"_sock": self.gws})()
+        self.environ = {"wsgi.input": object(), "wsgi.websocket": self.gws, "HTTP_COOKIE": "s=1"}
+        self.sock = QueuedEioSocket()
+        self.sock.server.sockets = {self.sock.sid: self.sock}
+        self.sock.send("open")
+
+    def run(self):
+        return direct.hand_off(self.sock, self.environ, self.websocket)
+
+    def close(self):
+        self.pool.kill()
+        self.client.close()
+
+
+def test_hand_off_takes_the_connection_from_pywsgi_which_then_closes_only_its_descriptor():
+    h = Handoff(pool_size=10, in_pool=0)
+    handler_greenlet = gevent.spawn(lambda: (h.run(), len(h.pool)))
+    h.pool.add(handler_greenlet)
+    assert handler_greenlet.get(timeout=2) == ([], 0)  # its pool slot went with the hand-off
+    connection = h.sock.direct
+    assert isinstance(connection, direct.Connection)
+    assert h.handler.socket is None and h.handler.close_connection and h.gws.closed
+    assert h.environ["wsgi.websocket"] is None and h.environ["wsgi.input"].read() == b""
+    assert h.environ["HTTP_COOKIE"] == "s=1"
+    h.server_side.close()  # what pywsgi's server does once the handler returns
+    h.client.settimeout(2)
+    assert server_frames(h.client.recv(100)) == [(direct.OP_TEXT, b"4open")]
+    h.client.sendall(client_frame(direct.OP_TEXT, b"4still here"))
+    with gevent.Timeout(2):
+        while not h.sock.received:
+            gevent.sleep(0.005)
+    assert h.sock.received == ["still here"]
+    h.sock.close()
+    with gevent.Timeout(2):
+        while not connection.closed:
+            gevent.sleep(0.005)
+    h.close()
+
+
+def test_hand_off_refuses_a_websocket_past_the_connection_limit():
+    h = Handoff(pool_size=3, in_pool=2)  # this handler and one more in the pool
+    before = direct.Connection.open_count
+    direct.Connection.open_count = 2  # one more would make 4
+    try:
+        assert h.run() == []
+    finally:
+        direct.Connection.open_count = before
+    assert h.sock.closed and getattr(h.sock, "direct", None) is None
+    assert h.handler.socket is h.server_side and not h.gws.closed  # gevent-websocket closes it
+    h.server_side.close()
+    h.close()
