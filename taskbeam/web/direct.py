@@ -289,7 +289,10 @@ class Connection(DirectWrites):
             data = self.tcp.recv(self.READ_BYTES)  # readable: returns at once
             if not data:  # closed by the client
                 return self.end()
-            self.buffer += data
+            if self.buffer:  # a bytearray: the rest of a frame is arriving
+                self.buffer += data
+            else:
+                self.buffer = data
             self.handle_frames(server.max_http_buffer_size)
         except ProtocolError as exc:
             server.logger.info('%s: WebSocket protocol error "%s", closing connection',
@@ -305,21 +308,26 @@ class Connection(DirectWrites):
                 self.watcher.start(self.on_readable)
 
     def handle_frames(self, limit):
-        pos = 0
+        buffer, pos = self.buffer, 0
         while not self.ending:
-            parsed = parse_frame(self.buffer, pos, limit)
+            parsed = parse_frame(buffer, pos, limit)
             if parsed is None:
                 break
             fin, opcode, payload, pos = parsed
             self.handle_frame(fin, opcode, payload, limit)
-        self.buffer = self.buffer[pos:]
+        rest = buffer[pos:]
+        self.buffer = bytearray(rest) if rest else b""
 
     def handle_frame(self, fin, opcode, payload, limit):
         if opcode >= OP_CLOSE:  # control frames: never fragmented, at most 125 bytes
             if not fin or len(payload) > 125:
                 raise ProtocolError("bad control frame")
             if opcode == OP_PING:
-                self.send_frame(frame(OP_PONG, payload))
+                pong = frame(OP_PONG, payload)
+                # In order with what is queued; but a client that pings without
+                # reading does not grow the queue past a few packets.
+                if not self.try_send(pong) and self.eio_socket.queue.qsize() < 16:
+                    self.eio_socket.queue.put(_Rest(pong))
             elif opcode == OP_CLOSE:
                 self.end()
             elif opcode != OP_PONG:
@@ -328,19 +336,19 @@ class Connection(DirectWrites):
         if opcode == OP_CONTINUATION:
             if self.fragments is None:
                 raise ProtocolError("continuation frame without a message")
-            self.fragments[1].append(payload)
-            if sum(map(len, self.fragments[1])) > limit:
+            self.fragments[1].extend(payload)
+            if len(self.fragments[1]) > limit:
                 raise ProtocolError("message is too large")
         elif opcode in (OP_TEXT, OP_BINARY):
             if self.fragments is not None:
                 raise ProtocolError("new message inside a fragmented one")
-            self.fragments = (opcode, [payload])
+            self.fragments = (opcode, bytearray(payload))
         else:
             raise ProtocolError(f"unknown opcode {opcode}")
         if fin:
-            opcode, parts = self.fragments
+            opcode, message = self.fragments
             self.fragments = None
-            self.receive(opcode, b"".join(parts))
+            self.receive(opcode, bytes(message))
 
     def receive(self, opcode, data):
         if opcode == OP_TEXT:
@@ -359,11 +367,6 @@ class Connection(DirectWrites):
         except Exception:
             server.logger.exception("Unknown receive error")
             self.end()
-
-    def send_frame(self, data):
-        """A frame of the connection's own (a pong), in order with engine.io's."""
-        if not self.try_send(data):
-            self.eio_socket.queue.put(_Rest(data))
 
     def send(self, message):
         """The Drainer's write: an engine.io packet's encoding, or a frame's rest."""

@@ -1,14 +1,13 @@
 """Gunicorn's worker class for the web role: gevent-websocket's, with less kept
 per connection.
 
-A connection's handler lives as long as its WebSocket, so what it keeps is paid
-by every idle browser (tracemalloc, per idle socket):
-- the buffered reader: 8 KB by default, yet Socket.IO clients send a few hundred
-  bytes at a time, and a larger read goes around the buffer anyway;
-- the parsed request headers (~2 KB of ``email`` objects), which the environ
-  already holds;
-- gevent's record of where each greenlet was spawned (its stack and a dict,
-  ~2 KB), which only debugging tools read.
+- A 1 KB read buffer per connection instead of 8 KB: Socket.IO clients send a few
+  hundred bytes at a time, and a larger read goes around the buffer anyway. A
+  connection's handler lives as long as its long-polling session or upgraded
+  WebSocket (one that opens directly is handed off, see ``direct.hand_off``).
+- No record of where each greenlet was spawned (a stack and a dict, ~2 KB per
+  socket in tracemalloc), which only debugging tools read; a greenlet now starts
+  for each read and each burst of writes.
 """
 import gevent
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
@@ -19,27 +18,12 @@ READ_BUFFER_BYTES = 1024
 gevent.config.track_greenlet_tree = False
 
 
-class UpgradeHeaders(dict):
-    """The request headers gevent still reads once a WebSocket's environ is built."""
-
-    def get(self, name, default=None):
-        return super().get(name.lower(), default)
-
-
 class Handler(WebSocketHandler):
     def __init__(self, sock, address, server, rfile=None):
         super().__init__(sock, address, server, rfile)
         if rfile is None:
             self.rfile.close()  # the default 8 KB one; the socket stays open
             self.rfile = sock.makefile("rb", READ_BUFFER_BYTES)
-
-    def get_environ(self):
-        environ = super().get_environ()
-        if environ.get("HTTP_UPGRADE", "").lower() == "websocket":
-            self.headers = UpgradeHeaders(
-                connection=environ.get("HTTP_CONNECTION", ""),
-                upgrade=environ["HTTP_UPGRADE"])
-        return environ
 
 
 class Worker(GeventWebSocketWorker):

@@ -23,6 +23,7 @@ a PNG plot.
 """
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -134,6 +135,7 @@ async def fan_in(url, cookie, owner, clients_count, rates, seconds, mode):
     driver = await asyncio.to_thread(Driver, owner, clients_count)
     clients = await connect_all(url, cookie, clients_count, recorder.on_event)
     await subscribe_each(clients, driver.task_ids)
+    gc.freeze()  # the clients' long-lived state: keep full collections from pausing them
     steps = []
     for rate in rates:
         recorder.reset()

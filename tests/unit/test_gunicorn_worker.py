@@ -26,26 +26,6 @@ def test_a_connection_reads_through_a_small_buffer():
         client_side.close()
 
 
-def test_a_websocket_request_keeps_only_the_headers_gevent_reads_later():
-    server_side, client_side = socket.socketpair()
-    try:
-        handler = Handler(server_side, ("127.0.0.1", 1), server=None)
-        client_side.sendall(b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
-                            b"Host: example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-                            b"Cookie: session=abc\r\nSec-WebSocket-Version: 13\r\n\r\n")
-        handler.requestline = handler.read_requestline()
-        assert handler.read_request(handler.requestline)
-        handler.server = type("Server", (), {"environ": {}, "get_environ": lambda self: {}})()
-        environ = handler.get_environ()
-        assert environ["HTTP_COOKIE"] == "session=abc"
-        assert environ["HTTP_HOST"] == "example.test"
-        assert handler.headers == {"connection": "Upgrade", "upgrade": "websocket"}
-        assert handler._connection_upgrade_requested()
-    finally:
-        server_side.close()
-        client_side.close()
-
-
 def test_greenlets_do_not_record_where_they_were_spawned():
     greenlet = gevent.spawn(lambda: None)
     greenlet.join()
