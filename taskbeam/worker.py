@@ -172,7 +172,9 @@ def _housekeeping_forever():
             requeue_orphans()
             if rounds % EXPORT_SWEEP_ROUNDS == 0:
                 export.remove_expired_exports(settings)
-        except Exception:  # Redis down or a bad record: try again next round
+        except (redis.ConnectionError, redis.TimeoutError) as exc:  # Redis down: one line
+            log.warning("housekeeping skipped: %s", exc)
+        except Exception:  # a bad record: try again next round
             log.exception("housekeeping failed")
 
 
