@@ -271,12 +271,12 @@ class Connection(DirectWrites):
         self.buffer, self.fragments = b"", None
         self.writing = self.ending = self.closed = False
         self.drainer = Drainer(eio_socket, self)
+        self.watcher = gevent.get_hub().loop.io(tcp.fileno(), 1)  # 1: readable
         Connection.open_count += 1
         eio_socket.connected = eio_socket.upgraded = True
         eio_socket.direct = self
         eio_socket.queue.on_put = self.drainer.wake
         self.drainer.wake()  # the OPEN packet, queued before the WebSocket was there
-        self.watcher = gevent.get_hub().loop.io(tcp.fileno(), 1)  # 1: readable
         self.watcher.start(self.on_readable)
 
     def on_readable(self):  # in the hub, which must not block
