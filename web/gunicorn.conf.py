@@ -5,8 +5,8 @@ bind = "0.0.0.0:8000"
 # One worker per container: Gunicorn cannot route a Socket.IO session back to the
 # worker that holds it, so scale with more `web` containers instead.
 workers = 1
-# gevent-websocket's worker (plain `-k gevent` fails WebSockets), with a smaller
-# read buffer per connection.
+# gevent-websocket's worker (plain `-k gevent` fails WebSockets), keeping less per
+# connection (taskbeam/web/gunicorn_worker.py).
 worker_class = "taskbeam.web.gunicorn_worker.Worker"
 # Gunicorn's default of 1000 would cap connected browsers per container.
 worker_connections = int(os.environ.get("WEB_MAX_CONNECTIONS", "10000"))

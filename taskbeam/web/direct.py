@@ -223,9 +223,6 @@ class Drainer:
         self.done = True
         self.ws.close()
 
-    def join(self):
-        if self.greenlet is not None:
-            self.greenlet.join()
 
 
 class DirectWrites:
@@ -261,7 +258,7 @@ class Connection(DirectWrites):
     through :meth:`try_send` or the socket's :class:`Drainer`.
     """
 
-    __slots__ = ("eio_socket", "tcp", "watcher", "drainer", "buffer", "fragments",
+    __slots__ = ("eio_socket", "tcp", "watcher", "buffer", "fragments",
                  "writing", "ending", "closed")
     READ_BYTES = 4096
     open_count = 0  # in this process, bounded together with the server's pool
@@ -270,13 +267,13 @@ class Connection(DirectWrites):
         self.eio_socket, self.tcp = eio_socket, tcp
         self.buffer, self.fragments = b"", None
         self.writing = self.ending = self.closed = False
-        self.drainer = Drainer(eio_socket, self)
+        drainer = Drainer(eio_socket, self)  # kept alive by the queue's on_put
         self.watcher = gevent.get_hub().loop.io(tcp.fileno(), 1)  # 1: readable
         Connection.open_count += 1
         eio_socket.connected = eio_socket.upgraded = True
         eio_socket.direct = self
-        eio_socket.queue.on_put = self.drainer.wake
-        self.drainer.wake()  # the OPEN packet, queued before the WebSocket was there
+        eio_socket.queue.on_put = drainer.wake
+        drainer.wake()  # the OPEN packet, queued before the WebSocket was there
         self.watcher.start(self.on_readable)
 
     def on_readable(self):  # in the hub, which must not block

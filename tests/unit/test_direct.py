@@ -206,6 +206,11 @@ class QueuedEioSocket:
         self.queue.put(None)  # as engine.io's Socket.close() does
 
 
+def drained(drainer):
+    if drainer.greenlet is not None:
+        drainer.greenlet.join()
+
+
 def live_greenlets():
     return sum(isinstance(o, greenlet.greenlet) and not o.dead for o in gc.get_objects())
 
@@ -218,11 +223,11 @@ def test_the_drainer_sends_what_is_queued_in_order_and_then_holds_no_greenlet():
     idle = live_greenlets()
     sock.send("a")
     sock.send("b")
-    drainer.join()
+    drained(drainer)
     assert ws.sent == ["4a", "4b"]
     assert drainer.greenlet is None and live_greenlets() == idle
     sock.send("c")  # woken again by the next packet
-    drainer.join()
+    drained(drainer)
     assert ws.sent == ["4a", "4b", "4c"]
 
 
@@ -233,7 +238,7 @@ def test_the_end_closes_the_websocket_and_later_packets_only_keep_join_from_wait
     sock.send("last")
     sock.queue.put(None)
     sock.send("too late")
-    drainer.join()
+    drained(drainer)
     assert ws.sent == ["4last"] and ws.closed
     with gevent.Timeout(2):
         sock.queue.join()
@@ -245,7 +250,7 @@ def test_a_broken_connection_ends_the_drainer_without_leaving_packets_behind():
     sock.queue.on_put = drainer.wake
     sock.send("a")
     sock.send("b")
-    drainer.join()
+    drained(drainer)
     assert ws.closed and sock.queue.empty()
 
 
