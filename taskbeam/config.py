@@ -87,6 +87,7 @@ class Settings:
     task_time_limit_s: int
     max_redeliveries: int
     rate_limit_per_minute: int
+    max_active_tasks: int
     database_url: str
     export_dir: str
     export_ttl_s: int
@@ -117,6 +118,7 @@ def load(env=None, *, need_secret=True):
         task_time_limit_s=_int(env, "TASK_TIME_LIMIT_S", 3_600, 10, 7 * 86_400),
         max_redeliveries=_int(env, "TASK_MAX_REDELIVERIES", 3, 0, 100),
         rate_limit_per_minute=_int(env, "RATE_LIMIT_PER_MINUTE", 120, 60, 100_000),
+        max_active_tasks=_int(env, "MAX_ACTIVE_TASKS", 10, 1, 100_000),
         database_url=_database_url(env),
         export_dir=env.get("EXPORT_DIR", "").strip() or "/data/exports",
         export_ttl_s=_int(env, "EXPORT_TTL", 86_400, 10, 30 * 86_400),

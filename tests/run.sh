@@ -30,6 +30,8 @@ export TEST_HTTP_PORT=${TEST_HTTP_PORT:-18080}
 # Short enough for the expiry test to watch an export expire; the redelivery cap
 # and time limit are lowered likewise so their tests see them bite.
 export TEST_EXPORT_TTL=${TEST_EXPORT_TTL:-20}
+# The suite's shared session runs more tasks at once than a user would.
+export TEST_MAX_ACTIVE_TASKS=${TEST_MAX_ACTIVE_TASKS:-50}
 # An env file of its own: the user's .env (port, secrets, replicas) is never read.
 export COMPOSE_ENV_FILES=$work/test.env
 sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')/" \
@@ -42,6 +44,7 @@ sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n
     -e "s/^TASK_MAX_REDELIVERIES=.*/TASK_MAX_REDELIVERIES=1/" \
     -e "s/^TASK_TIME_LIMIT_S=.*/TASK_TIME_LIMIT_S=30/" \
     -e "s/^RATE_LIMIT_PER_MINUTE=.*/RATE_LIMIT_PER_MINUTE=60/" \
+    -e "s/^MAX_ACTIVE_TASKS=.*/MAX_ACTIVE_TASKS=$TEST_MAX_ACTIVE_TASKS/" \
     .env.example > "$COMPOSE_ENV_FILES"
 # Keep the base images the user's own stack builds from (a mirror, or offline stand-ins).
 [ -f .env ] && grep -E '^(PYTHON|REDIS|NGINX)_IMAGE=' .env >> "$COMPOSE_ENV_FILES" || true
@@ -64,4 +67,5 @@ trap cleanup EXIT INT TERM
 
 docker compose config -q
 docker compose up -d --build --wait --scale worker=3
-TASKBEAM_URL=http://127.0.0.1:$TEST_HTTP_PORT "$venv/bin/pytest" tests/integration -q
+# PYTEST_ARGS narrows the run while developing, e.g. PYTEST_ARGS="-k chaos".
+TASKBEAM_URL=http://127.0.0.1:$TEST_HTTP_PORT "$venv/bin/pytest" tests/integration -q ${PYTEST_ARGS:-}
