@@ -13,7 +13,7 @@ import time
 from datetime import date
 
 from . import config, progress, protocol
-from .jobs import ParamError, check_fields, integer, job
+from .registry import ParamError, check_fields, integer, job
 
 FORMATS = {"csv": "text/csv; charset=utf-8", "csv.gz": "application/gzip"}
 BATCH_ROWS = 10_000

@@ -1,7 +1,7 @@
 """Unit tests for the simulate job kind and its parameter validation."""
 import pytest
 
-from taskbeam import jobs, progress
+from taskbeam import jobs, progress, registry
 
 
 def test_simulate_is_registered():
@@ -85,3 +85,34 @@ def test_simulate_fails_at_requested_step():
     assert error.code == "simulated_failure"
     assert "3" in error.message
     assert [d for d, _, _ in updates] == [1, 2]
+
+
+# The cap on one simulation's total duration (issue 15: bound what a client can grow).
+def test_simulate_total_duration_capped():
+    with pytest.raises(jobs.ParamError) as exc_info:
+        jobs.simulate_params({"steps": 10_000, "step_ms": 60_000})
+    assert exc_info.value.field == "step_ms"
+    assert "600000 ms" in exc_info.value.reason
+
+
+def test_simulate_at_the_cap_is_accepted():
+    assert jobs.simulate_params({"steps": 600, "step_ms": 1000}) == {"steps": 600, "step_ms": 1000}
+    with pytest.raises(jobs.ParamError):
+        jobs.simulate_params({"steps": 601, "step_ms": 1000})
+
+
+def test_registry_is_importable_without_the_job_kinds():
+    """The registry imports no kind, so a kind's module can import it without a cycle."""
+    import subprocess
+    import sys
+
+    code = ("import sys, taskbeam.registry as r; "
+            "assert 'taskbeam.jobs' not in sys.modules and 'taskbeam.export' not in sys.modules; "
+            "import taskbeam.export; assert 'export' in r.JOBS; "
+            "assert 'taskbeam.jobs' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_importing_jobs_registers_every_shipped_kind():
+    assert {"simulate", "export"} <= set(jobs.JOBS)
+    assert jobs.ParamError is registry.ParamError and jobs.JOBS is registry.JOBS
