@@ -33,6 +33,15 @@ install_engine() {
   apt_install docker.io debootstrap
 }
 
+# A redis-server binary for the unit tests that run the store's Lua against real
+# Redis (each starts its own on a loopback port); Debian's own service is stopped.
+install_redis_server() {
+  if command -v redis-server >/dev/null; then return; fi
+  log "installing redis-server"
+  apt_install redis-server
+  service redis-server stop >/dev/null 2>&1 || true
+}
+
 # Debian's Chromium for the browser tests (driven by Playwright, which must not
 # download a browser of its own).
 install_browser() {
@@ -69,6 +78,44 @@ start_engine() {
   log "dockerd did not come up; see $state/dockerd.log"; exit 1
 }
 
+# taskbeam-standin/debian:SUITE, a minimal debootstrapped Debian (built once).
+debian_base() {
+  local suite=$1
+  docker image inspect "taskbeam-standin/debian:$suite" >/dev/null 2>&1 && return
+  log "debootstrap a minimal Debian $suite base"
+  local root=$state/rootfs-$suite
+  rm -rf "$root"
+  debootstrap --variant=minbase "$suite" "$root" "$(debian_mirror)" >"$state/debootstrap-$suite.log" 2>&1
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+  tar --numeric-owner -C "$root" -c . |
+    docker import --change 'CMD ["bash"]' - "taskbeam-standin/debian:$suite" >/dev/null
+  rm -rf "$root"
+}
+
+# A build context of its own per caller ($1), so two builds never share a directory.
+standin_context() {
+  ctx=$state/standin-ctx-$1
+  rm -rf "$ctx"; mkdir -p "$ctx/ca"
+  cp "$here"/standins/*.Dockerfile "$ctx/"
+  # Outbound TLS here may be re-signed by a local CA; only the stand-in trusts it.
+  cp /usr/local/share/ca-certificates/*.crt "$ctx/ca/" 2>/dev/null || true
+}
+
+# The newest Python Debian ships (trixie's python3) for .ci/unit-trixie.sh: the same
+# python stand-in Dockerfile on a trixie base, so a version difference shows up in CI.
+build_python_trixie() {
+  docker image inspect taskbeam-standin/python:trixie >/dev/null 2>&1 && return
+  debian_base trixie
+  standin_context trixie
+  sed 's/^FROM taskbeam-standin\/debian:bookworm$/FROM taskbeam-standin\/debian:trixie/' \
+    "$ctx/python.Dockerfile" >"$ctx/python-trixie.Dockerfile"
+  grep -q '^FROM taskbeam-standin/debian:trixie$' "$ctx/python-trixie.Dockerfile" ||
+    { log "python.Dockerfile no longer starts FROM the bookworm base"; exit 1; }
+  log "building stand-in taskbeam-standin/python:trixie"
+  DOCKER_BUILDKIT=0 docker build -q --label org.taskbeam.standin=1 \
+    -f "$ctx/python-trixie.Dockerfile" -t taskbeam-standin/python:trixie "$ctx" >/dev/null
+}
+
 # Stand-ins are built only when the image is missing; a host that can pull the
 # official images never needs them.
 build_standins() {
@@ -77,21 +124,8 @@ build_standins() {
     docker image inspect "$img" >/dev/null 2>&1 || missing=1
   done
   [ "$missing" = 1 ] || return 0
-  if ! docker image inspect taskbeam-standin/debian:bookworm >/dev/null 2>&1; then
-    log "debootstrap a minimal Debian base"
-    local root=$state/rootfs
-    rm -rf "$root"
-    debootstrap --variant=minbase bookworm "$root" "$(debian_mirror)" >"$state/debootstrap.log" 2>&1
-    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-    tar --numeric-owner -C "$root" -c . |
-      docker import --change 'CMD ["bash"]' - taskbeam-standin/debian:bookworm >/dev/null
-    rm -rf "$root"
-  fi
-  local ctx=$state/standin-ctx
-  rm -rf "$ctx"; mkdir -p "$ctx/ca"
-  cp "$here"/standins/*.Dockerfile "$ctx/"
-  # Outbound TLS here may be re-signed by a local CA; only the stand-in trusts it.
-  cp /usr/local/share/ca-certificates/*.crt "$ctx/ca/" 2>/dev/null || true
+  debian_base bookworm
+  standin_context bookworm
   for name in python redis nginx; do
     local tag
     case $name in
@@ -105,7 +139,13 @@ build_standins() {
   done
 }
 
+if [ "${1:-}" = python-trixie ]; then  # only the trixie python stand-in (engine running)
+  build_python_trixie
+  exit 0
+fi
+
 install_engine
+install_redis_server
 install_browser
 install_compose_v2
 start_engine
