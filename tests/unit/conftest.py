@@ -1,0 +1,47 @@
+"""Fixtures shared by the unit tests.
+
+``redis_server`` starts a real ``redis-server`` (Debian's package, installed by
+.ci/provision.sh) on a Unix socket of its own, so the store's Lua scripts and the
+listener's parser are tested against the real thing without touching any port.
+"""
+import shutil
+import subprocess
+import time
+
+import pytest
+import redis as redis_lib
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """Path of the Unix socket of a throwaway Redis (no persistence)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is needed: apt-get install redis-server (.ci/provision.sh does)")
+    sock = str(tmp_path_factory.mktemp("redis") / "redis.sock")
+    proc = subprocess.Popen([binary, "--port", "0", "--unixsocket", sock, "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    client = redis_lib.Redis(unix_socket_path=sock)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis_lib.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+    client.close()
+    yield sock
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def redis_client(redis_server):
+    """A client of the throwaway Redis, emptied before each test."""
+    client = redis_lib.Redis(unix_socket_path=redis_server, decode_responses=True)
+    client.flushall()
+    yield client
+    client.close()
