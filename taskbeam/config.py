@@ -39,6 +39,11 @@ def _redis_url(env):
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
         raise ConfigError("REDIS_URL must look like redis://:PASSWORD@HOST:6379/0 (or rediss://)")
+    # A URL without a password is allowed (a Redis of your own on a private network).
+    if parts.password is not None and parts.password.lower() in PLACEHOLDER_SECRETS:
+        raise ConfigError("REDIS_URL has a placeholder password (REDIS_PASSWORD in .env is "
+                          "empty or the example's); `make up` writes a random one, or run: "
+                          "python3 -c 'import secrets; print(secrets.token_hex(24))'")
     return url
 
 
@@ -75,12 +80,43 @@ def _origins(env):
     return tuple(origins)
 
 
+def _bool(env, name, default=False):
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _hosts(env, origins):
+    """ALLOWED_HOSTS (host names, lower-cased; ``*`` for any) plus the hosts of ALLOWED_ORIGINS."""
+    hosts = []
+    for item in env.get("ALLOWED_HOSTS", "").split(","):
+        item = item.strip().lower()
+        if not item:
+            continue
+        if item != "*" and not item.replace("-", "").replace(".", "").isalnum():
+            raise ConfigError(f"ALLOWED_HOSTS entry {item!r} must be a host name "
+                              "(no scheme, no port) or *")
+        hosts.append(item)
+    for origin in origins:
+        name = urlsplit(origin).hostname
+        if name and name not in hosts:
+            hosts.append(name)
+    return tuple(hosts)
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str
     secret_key: str | None
     namespace: str
     allowed_origins: tuple
+    allowed_hosts: tuple
+    session_cookie_secure: bool
     progress_coalesce_ms: int
     event_log_maxlen: int
     task_retention_s: int
@@ -88,6 +124,7 @@ class Settings:
     max_redeliveries: int
     rate_limit_per_minute: int
     max_active_tasks: int
+    rate_limit_per_ip_per_minute: int
     database_url: str
     export_dir: str
     export_ttl_s: int
@@ -107,11 +144,14 @@ def load(env=None, *, need_secret=True):
     namespace = env.get("TASKBEAM_NAMESPACE", "taskbeam").strip()
     if not namespace.replace("-", "").replace("_", "").isalnum():
         raise ConfigError("TASKBEAM_NAMESPACE may hold only letters, digits, '-' and '_'")
+    origins = _origins(env)
     return Settings(
         redis_url=_redis_url(env),
         secret_key=_secret_key(env) if need_secret else None,
         namespace=namespace,
-        allowed_origins=_origins(env),
+        allowed_origins=origins,
+        allowed_hosts=_hosts(env, origins),
+        session_cookie_secure=_bool(env, "SESSION_COOKIE_SECURE"),
         progress_coalesce_ms=_int(env, "PROGRESS_COALESCE_MS", 100, 0, 60_000),
         event_log_maxlen=_int(env, "EVENT_LOG_MAXLEN", 10_000, 100, 1_000_000),
         task_retention_s=_int(env, "TASK_RETENTION_S", 604_800, 60, 90 * 86_400),
@@ -119,6 +159,7 @@ def load(env=None, *, need_secret=True):
         max_redeliveries=_int(env, "TASK_MAX_REDELIVERIES", 3, 0, 100),
         rate_limit_per_minute=_int(env, "RATE_LIMIT_PER_MINUTE", 120, 60, 100_000),
         max_active_tasks=_int(env, "MAX_ACTIVE_TASKS", 10, 1, 100_000),
+        rate_limit_per_ip_per_minute=_int(env, "RATE_LIMIT_PER_IP_PER_MINUTE", 600, 60, 1_000_000),
         database_url=_database_url(env),
         export_dir=env.get("EXPORT_DIR", "").strip() or "/data/exports",
         export_ttl_s=_int(env, "EXPORT_TTL", 86_400, 10, 30 * 86_400),

@@ -3,6 +3,7 @@
 Pure functions only: no Redis, no Flask, no Celery, so both sides import it
 cheaply and the unit tests cover it without a broker.
 """
+import re
 from datetime import datetime, timezone
 
 QUEUED, RUNNING, RETRYING = "queued", "running", "retrying"
@@ -60,3 +61,13 @@ class Coalescer:
     def note(self, state):
         """Record an event sent outside ``admit`` (e.g. a framework state change)."""
         self._last_at, self._last_state = self.clock(), state
+
+
+# Task ids are secrets.token_urlsafe(12): exactly 16 URL-safe characters. Anything
+# else is refused before it reaches a Redis key (e.g. "<id>:events" would name the stream).
+TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{16}")
+
+
+def valid_task_id(value):
+    """True if ``value`` has the shape of an id ``store.new_task_id`` makes."""
+    return isinstance(value, str) and TASK_ID_PATTERN.fullmatch(value) is not None

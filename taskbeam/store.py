@@ -220,6 +220,16 @@ class TaskStore:
         entries = self.redis.xrange(self.events_key(task_id), min=f"{after + 1}-0", max="+")
         return [json.loads(fields["e"]) for _, fields in entries]
 
+    def events_page(self, task_id, after, limit):
+        """Up to ``limit`` stored events with ``seq > after`` as their stored JSON text
+        (not parsed: readers splice it). Returns ``(events, next_after, has_more)``;
+        ``next_after`` is the last returned seq (``after`` if none)."""
+        entries = self.redis.xrange(self.events_key(task_id), min=f"{after + 1}-0", max="+",
+                                    count=limit + 1)
+        page = entries[:limit]
+        next_after = int(page[-1][0].split("-")[0]) if page else after
+        return [fields["e"] for _, fields in page], next_after, len(entries) > limit
+
     def request_cancel(self, task_id):
         self.redis.hset(self.task_key(task_id), "cancel", 1)
 

@@ -11,13 +11,12 @@ from urllib.parse import urlsplit
 import redis
 from flask import Flask, request, session
 from flask_socketio import SocketIO
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .. import config
 from ..broker import make_celery
 from ..emitter import Emitter
 from ..store import TaskStore, redis_client
-from . import direct, pings
+from . import direct, front, pings
 from .queue import QueueWatch, WatchedRedisManager
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -64,10 +63,12 @@ def create_app(settings=None):
         SESSION_COOKIE_NAME="taskbeam_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        # Behind TLS (SESSION_COOKIE_SECURE=1) the cookie never travels over plain HTTP.
+        SESSION_COOKIE_SECURE=settings.session_cookie_secure,
         PERMANENT_SESSION_LIFETIME=30 * 86_400,
     )
     # Nginx is the one proxy in front: trust its X-Forwarded-For/-Proto only.
-    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)
+    app.wsgi_app = front.trust_nginx(app.wsgi_app)
 
     # Bounded: a burst of requests or subscribes waits for one of these connections
     # instead of opening one per greenlet (and timing out under the load it makes).
@@ -91,6 +92,8 @@ def create_app(settings=None):
         # Same bound as HTTP bodies: larger messages close the connection.
         max_http_buffer_size=MAX_BODY_BYTES,
     )
+    # Outermost, so Socket.IO's handshake is checked too.
+    app.wsgi_app = front.HostCheck(app.wsgi_app, settings)
     direct.install(socketio.server)
     pings.install(socketio.server.eio)
     store = TaskStore(client, settings)

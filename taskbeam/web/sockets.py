@@ -1,4 +1,5 @@
 """Socket.IO handlers: ``subscribe`` and ``unsubscribe`` with acks (CONTRACT.md)."""
+import json
 import logging
 
 from flask import current_app, request, session
@@ -10,8 +11,9 @@ from . import socketio
 
 log = logging.getLogger(__name__)
 
-MAX_TASK_ID_LENGTH = 64
 MAX_SUBSCRIPTIONS = 200
+MAX_EVENTS_PAGE = 500  # as GET /events: a bigger backlog comes in pages (`more`)
+MAX_AFTER = 10 ** 18    # as GET /events; a stream id holds 64 bits
 
 
 def _services():
@@ -28,9 +30,7 @@ def _error(code, message):
 
 def _task_id(data):
     task_id = data.get("task_id") if isinstance(data, dict) else None
-    if not isinstance(task_id, str) or not 0 < len(task_id) <= MAX_TASK_ID_LENGTH:
-        return None
-    return task_id
+    return task_id if protocol.valid_task_id(task_id) else None
 
 
 @socketio.on("connect")
@@ -47,10 +47,10 @@ def on_connect(auth=None):
 def on_subscribe(data=None):
     task_id = _task_id(data)
     if task_id is None:
-        return _error("invalid_params", "task_id: must be a non-empty string")
+        return _error("invalid_params", "task_id: must be a task id")
     after = data.get("after", 0)
-    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-        return _error("invalid_params", "after: must be an integer >= 0")
+    if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after < MAX_AFTER:
+        return _error("invalid_params", f"after: must be an integer from 0 to {MAX_AFTER - 1}")
     store = _store()
     rec = store.owned_record(task_id, session.get("owner"))
     if rec is None:
@@ -63,16 +63,20 @@ def on_subscribe(data=None):
     join_room(protocol.task_room(task_id))
     subscriptions.add(task_id)
     snapshot = store.snapshot_of(store.record(task_id) or rec)
-    missed = store.events_after(task_id, after)
+    page, next_after, more = store.events_page(task_id, after, MAX_EVENTS_PAGE)
+    # python-socketio encodes the ack itself, so only this bounded page is parsed.
+    missed = [json.loads(event) for event in page]
     _services().queue_watch.manager.metrics.replayed(len(missed))
-    return {"ok": True, "task": snapshot, "missed": missed}
+    # more: subscribe again with after=next_after for the next page.
+    return {"ok": True, "task": snapshot, "missed": missed, "more": more,
+            "next_after": next_after}
 
 
 @socketio.on("unsubscribe")
 def on_unsubscribe(data=None):
     task_id = _task_id(data)
     if task_id is None:
-        return _error("invalid_params", "task_id: must be a non-empty string")
+        return _error("invalid_params", "task_id: must be a task id")
     leave_room(protocol.task_room(task_id))
     session.setdefault("subscriptions", set()).discard(task_id)
     return {"ok": True}

@@ -111,3 +111,47 @@ def test_load_or_exit_exits_with_one_line(capsys):
 
 def test_load_or_exit_returns_settings():
     assert config.load_or_exit(env=env()).secret_key == SECRET
+
+
+@pytest.mark.parametrize("url", ["redis://:change-me@redis:6379/0", "redis://:CHANGEME@redis:6379/0",
+                                 "rediss://user:change-me@redis:6380/0", "redis://:@redis:6379/0"])
+def test_placeholder_redis_password_refused(url):
+    with pytest.raises(config.ConfigError, match="REDIS_URL has a placeholder password"):
+        config.load(env(REDIS_URL=url), need_secret=False)
+
+
+def test_placeholder_redis_password_message_does_not_echo_the_url():
+    with pytest.raises(config.ConfigError) as exc_info:
+        config.load(env(REDIS_URL="redis://:change-me@redis:6379/0"))
+    assert "change-me@" not in str(exc_info.value)
+
+
+def test_limit_and_cookie_defaults():
+    settings = config.load(env())
+    assert settings.max_active_tasks == 10
+    assert settings.rate_limit_per_ip_per_minute == 600
+    assert settings.session_cookie_secure is False
+    assert settings.allowed_hosts == ()
+
+
+@pytest.mark.parametrize("raw, expected", [("1", True), ("true", True), ("YES", True),
+                                           ("0", False), ("false", False), ("", False)])
+def test_session_cookie_secure_parsed(raw, expected):
+    assert config.load(env(SESSION_COOKIE_SECURE=raw)).session_cookie_secure is expected
+
+
+def test_session_cookie_secure_garbage_refused():
+    with pytest.raises(config.ConfigError, match="SESSION_COOKIE_SECURE"):
+        config.load(env(SESSION_COOKIE_SECURE="maybe"))
+
+
+def test_allowed_hosts_parsed_and_include_the_allowed_origins_hosts():
+    settings = config.load(env(ALLOWED_HOSTS=" App.Example, tasks.example ,,",
+                               ALLOWED_ORIGINS="https://partner.example:8443"))
+    assert settings.allowed_hosts == ("app.example", "tasks.example", "partner.example")
+
+
+@pytest.mark.parametrize("host", ["https://a.example", "a.example:8080", "a example", "a/b"])
+def test_bad_allowed_host_refused(host):
+    with pytest.raises(config.ConfigError, match="ALLOWED_HOSTS"):
+        config.load(env(ALLOWED_HOSTS=host))

@@ -1,0 +1,67 @@
+"""The WSGI layers in front of the Flask app (and of Socket.IO's handshake).
+
+- :func:`trust_nginx`: X-Forwarded-For/-Proto are believed for exactly one hop, the
+  Nginx in front, which appends the address it saw. A client's own entries sit to
+  the left of it and are ignored, so ``request.remote_addr`` (the per-IP rate limit's
+  key) cannot be forged through Nginx.
+- :class:`HostCheck`: requests for a Host that is not ours get 421. DNS rebinding
+  points an attacker's domain at this server; the browser then sends that domain as
+  Host *and* as Origin, which the Origin check alone would take for our own origin.
+"""
+import ipaddress
+import json
+from urllib.parse import urlsplit
+
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+# Always served: loopback names and the Compose service name other containers use.
+# IP literals are always allowed too: a rebinding attack needs a domain name.
+DEFAULT_HOSTS = ("localhost", "web")
+
+_MISDIRECTED = json.dumps({"error": {
+    "code": "misdirected_request",
+    "message": "This server does not answer for that host name; add it to ALLOWED_HOSTS.",
+}}).encode()
+
+
+def trust_nginx(wsgi_app):
+    return ProxyFix(wsgi_app, x_for=1, x_proto=1)
+
+
+def host_allowed(host_header, allowed):
+    """True for a Host header naming localhost, an IP address or a host in ``allowed``."""
+    if "*" in allowed:
+        return True
+    try:
+        name = urlsplit(f"//{host_header}").hostname
+    except ValueError:
+        return False
+    if not name:
+        return False
+    if name in DEFAULT_HOSTS or name in allowed:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class HostCheck:
+    """WSGI middleware: 421 ``misdirected_request`` unless the Host is allowed.
+
+    A request without a Host header (HTTP/1.0, e.g. the container's healthcheck)
+    passes: browsers always send one.
+    """
+
+    def __init__(self, wsgi_app, settings):
+        self.wsgi_app = wsgi_app
+        self.allowed = frozenset(settings.allowed_hosts)
+
+    def __call__(self, environ, start_response):
+        host = environ.get("HTTP_HOST")
+        if host is None or host_allowed(host, self.allowed):
+            return self.wsgi_app(environ, start_response)
+        start_response("421 Misdirected Request", [
+            ("Content-Type", "application/json"), ("Content-Length", str(len(_MISDIRECTED)))])
+        return [_MISDIRECTED]
