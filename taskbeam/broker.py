@@ -1,4 +1,6 @@
 """The Celery application as both sides configure it: web sends, worker runs."""
+import json
+
 from celery import Celery
 
 # A task may be redelivered only after the broker stops hearing from its worker
@@ -37,3 +39,39 @@ def make_celery(settings):
         worker_enable_soft_shutdown_on_idle=True,
     )
     return app
+
+
+# kombu's Redis transport keeps a queue's messages in one list per priority step
+# (``queue``, ``queue\x06\x163``, ...) and delivered, unacknowledged ones in a hash.
+_PRIORITY_SEPARATOR = "\x06\x16"
+_PRIORITY_STEPS = (0, 3, 6, 9)
+MAX_SCANNED_MESSAGES = 100_000
+
+
+def queued_task_ids(redis, app):
+    """Ids of the tasks that have a message in the broker: waiting in the default
+    queue or delivered to a worker and not acknowledged yet.
+
+    :returns: a set, or None when the queue is longer than
+              :data:`MAX_SCANNED_MESSAGES` (too many to tell).
+    """
+    prefix = app.conf.broker_transport_options["global_keyprefix"]
+    queue = app.conf.task_default_queue
+    lists = [f"{prefix}{queue}"] + [f"{prefix}{queue}{_PRIORITY_SEPARATOR}{step}"
+                                    for step in _PRIORITY_STEPS[1:]]
+    pipe = redis.pipeline(transaction=False)
+    for key in lists:
+        pipe.llen(key)
+    if sum(pipe.execute()) > MAX_SCANNED_MESSAGES:
+        return None
+    for key in lists:
+        pipe.lrange(key, 0, -1)
+    pipe.hvals(f"{prefix}unacked")
+    *waiting, unacked = pipe.execute()
+    ids = set()
+    for raw in (m for messages in waiting for m in messages):
+        ids.add(json.loads(raw).get("headers", {}).get("id"))
+    for raw in unacked:  # [message, exchange, routing_key]
+        ids.add(json.loads(raw)[0].get("headers", {}).get("id"))
+    ids.discard(None)
+    return ids

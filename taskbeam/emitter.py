@@ -51,13 +51,18 @@ class Emitter:
         self.socketio = socketio
         self.retry_for_s = retry_for_s
 
-    def emit(self, task_id, **patch):
+    def emit(self, task_id, *, token=None, **patch):
         """Persist and publish one event; returns ``(event, cancel_requested)``.
 
-        Raises :class:`taskbeam.store.TaskFinished` if the task already ended.
+        :param token: the run's token (see :meth:`TaskStore.claim_run`), if a run writes.
+        :raises taskbeam.store.TaskFinished: the task already ended.
+        :raises taskbeam.store.LeaseLost: ``token``'s run was replaced.
         """
-        event_json, cancel = retrying(lambda: self.store.append(task_id, **patch),
-                                      deadline_s=self.retry_for_s)
+        # One id for every try: a retry after a lost reply is not written twice.
+        emit_id = self.store.new_emit_id()
+        event_json, cancel = retrying(
+            lambda: self.store.append(task_id, token=token, emit_id=emit_id, **patch),
+            deadline_s=self.retry_for_s)
         event = json.loads(event_json)
         # Best effort (the manager logs and gives up after one retry): the event is
         # already in the log, and subscribers read it back when they resubscribe.

@@ -76,10 +76,21 @@ def write_csv(batches, out, header, total, report):
     return written
 
 
-def export_paths(settings, task_id, fmt):
-    """Where a task's export lives; built from the task id only, never user input."""
-    final = os.path.join(settings.export_dir, f"{task_id}.{fmt}")
-    return final, os.path.join(settings.export_dir, f".{task_id}.{fmt}.tmp")
+def export_file_name(task_id, run, fmt):
+    """The finished file of one run of a task; built from ids only, never user input.
+
+    Each run has its own file: a run that was frozen and handed over can finish
+    writing and renaming, but only the file of the run whose terminal event the
+    store accepted is ever served (see ``download`` in the web API).
+    """
+    return f"{task_id}.{run}.{fmt}"
+
+
+def export_paths(settings, task_id, run, fmt):
+    """The run's final path and the temporary path it writes first."""
+    name = export_file_name(task_id, run, fmt)
+    return os.path.join(settings.export_dir, name), os.path.join(settings.export_dir,
+                                                                 f".{name}.tmp")
 
 
 def _engine(url):
@@ -121,11 +132,11 @@ def _is_text(column):
         return False
 
 
-def run_export(params, task_id, settings):
+def run_export(params, task_id, run, settings):
     """Export to the exports volume; returns the task's ``result``."""
     engine, count_stmt, rows_stmt = _query(settings, params)
     fmt = params["format"]
-    final, tmp = export_paths(settings, task_id, fmt)
+    final, tmp = export_paths(settings, task_id, run, fmt)
     os.makedirs(settings.export_dir, exist_ok=True)
     try:
         with engine.connect() as conn:
@@ -155,7 +166,8 @@ def run_export(params, task_id, settings):
 @job("export", validate=export_params)
 def export(params):
     """Export rows of the configured table as CSV; see :func:`export_params`."""
-    return run_export(params, progress.current_task_id(), config.current())
+    return run_export(params, progress.current_task_id(), progress.current_run(),
+                      config.current())
 
 
 def remove_expired_exports(settings, now=None):

@@ -1,9 +1,11 @@
 """The API for task authors: report progress from inside a job with one call.
 
     from taskbeam import progress
+    from taskbeam.registry import job
 
-    @job("resize")
+    @job("resize", validate=resize_params)  # resize_params(params, settings=None)
     def resize(params):
+        images = params["images"]
         for i, image in enumerate(images, 1):
             ...
             progress.update(i, len(images), f"Resized {image}")
@@ -12,15 +14,25 @@ No Flask app or context is needed: the worker framework routes the call to the
 running task. A cancel request surfaces as :class:`Cancelled` raised from
 ``update``; let it propagate.
 """
+
+from __future__ import annotations
+
 import contextlib
 import contextvars
 import math
 import numbers
+from collections.abc import Callable, Iterator
 
 MAX_MESSAGE_LENGTH = 500
 
-_reporter = contextvars.ContextVar("taskbeam_reporter", default=None)
-_task_id = contextvars.ContextVar("taskbeam_task_id", default=None)
+#: ``callback(done, total, message)``: where :func:`update` sends a report.
+Reporter = Callable[[float, float, str], object]
+
+_reporter: contextvars.ContextVar[Reporter | None] = contextvars.ContextVar(
+    "taskbeam_reporter", default=None)
+_task_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "taskbeam_task_id", default=None)
+_run: contextvars.ContextVar[str | None] = contextvars.ContextVar("taskbeam_run", default=None)
 
 
 class Cancelled(Exception):
@@ -35,13 +47,13 @@ class JobError(Exception):
     :param message: human-readable text.
     """
 
-    def __init__(self, code, message):
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
 
 
-def update(done, total, message=""):
+def update(done: float, total: float, message: object = "") -> None:
     """Report that ``done`` of ``total`` units are finished.
 
     :param done: units finished so far (number >= 0).
@@ -60,7 +72,7 @@ def update(done, total, message=""):
     reporter(done, total, str(message)[:MAX_MESSAGE_LENGTH])
 
 
-def current_task_id():
+def current_task_id() -> str:
     """The id of the task being run (e.g. to name its output files)."""
     task_id = _task_id.get()
     if task_id is None:
@@ -68,15 +80,25 @@ def current_task_id():
     return task_id
 
 
+def current_run() -> str:
+    """Names this run of the task: a task that is handed to another worker runs
+    again under another name. Name files by it so two runs never share one."""
+    run = _run.get()
+    if run is None:
+        raise RuntimeError("progress.current_run() called outside a Taskbeam job")
+    return run
+
+
 @contextlib.contextmanager
-def reporting_to(callback, task_id=None):
+def reporting_to(callback: Reporter, task_id: str | None = None,
+                 run: str | None = None) -> Iterator[Reporter]:
     """Route :func:`update` calls to ``callback(done, total, message)`` in this block.
 
     The worker uses it around every job; unit tests use it to capture progress.
     """
-    token, id_token = _reporter.set(callback), _task_id.set(task_id)
+    tokens = _reporter.set(callback), _task_id.set(task_id), _run.set(run)
     try:
         yield callback
     finally:
-        _reporter.reset(token)
-        _task_id.reset(id_token)
+        for var, token in zip((_reporter, _task_id, _run), tokens):
+            var.reset(token)

@@ -2,34 +2,87 @@
 
 Keys (``ns`` is TASKBEAM_NAMESPACE):
 
-- ``ns:task:<id>``          hash, the snapshot plus owner, params, attempts, cancel flag
-- ``ns:task:<id>:events``   stream, one entry per event, entry id ``<seq>-0``
-- ``ns:owner:<owner>``      sorted set of the owner's task ids by creation time
-- ``ns:leases``             sorted set of running task ids by lease expiry (Redis clock)
+- ``ns:task:<id>``            hash, the snapshot plus owner, params, attempts, cancel flag,
+                              ``fence`` (the current run's token) and ``last_emit``
+- ``ns:task:<id>:events``     stream, one entry per event, entry id ``<seq>-0``
+- ``ns:owner:<owner>``        sorted set of the owner's task ids by creation time
+- ``ns:owner:<owner>:active`` set of the owner's tasks that have not finished
+- ``ns:active``               sorted set of every unfinished task id by creation time
+- ``ns:leases``               sorted set of running task ids by lease expiry (Redis clock)
 
-Both task keys expire ``TASK_RETENTION_S`` after the terminal event. Every event
-is written here *before* it is published, so a subscriber that missed the live
-message reads it back from the stream.
+A new task's keys expire after ``TASK_RETENTION_S`` plus the task time limit even
+if it never runs; the terminal event sets them to expire ``TASK_RETENTION_S``
+later. Every event is written here *before* it is published, so a subscriber that
+missed the live message reads it back from the stream.
+
+Runs are fenced: claiming a run increments the task's ``fence`` and returns it as
+the run's token. Appends, renewals and releases that carry a token are refused
+unless it is the current one and the run's lease is still in ``ns:leases``, so a
+run that was frozen past its lease (and handed over) writes nothing after it
+thaws. The scripts name the owner's and the tasks' keys from their contents,
+which a single Redis (or a replicated one) allows; Redis Cluster does not.
 """
 import json
 import secrets
 import time
+import uuid
 
 import redis as redis_lib
 
 from . import protocol
 
+_TERMINAL = """
+local function terminal(state)
+  return state == 'succeeded' or state == 'failed' or state == 'cancelled'
+end
+"""
+
+# Stores a task and its first event unless the owner already has ``max_active``
+# unfinished tasks; ids of tasks that expired unfinished are forgotten on the way.
+_CREATE = _TERMINAL + """
+local task, events, owner_tasks, owner_active, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local id, now, max_active = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local ttl, owner_ttl, task_prefix = ARGV[4], ARGV[5], ARGV[8]
+if max_active > 0 and redis.call('SCARD', owner_active) >= max_active then
+  for _, other in ipairs(redis.call('SMEMBERS', owner_active)) do
+    local state = redis.call('HGET', task_prefix .. other, 'state')
+    if not state or terminal(state) then redis.call('SREM', owner_active, other) end
+  end
+  if redis.call('SCARD', owner_active) >= max_active then return 0 end
+end
+for i = 9, #ARGV, 2 do redis.call('HSET', task, ARGV[i], ARGV[i + 1]) end
+redis.call('XADD', events, 'MAXLEN', '~', ARGV[6], '1-0', 'e', ARGV[7])
+redis.call('EXPIRE', task, ttl)
+redis.call('EXPIRE', events, ttl)
+redis.call('ZADD', owner_tasks, now, id)
+redis.call('EXPIRE', owner_tasks, owner_ttl)
+redis.call('SADD', owner_active, id)
+redis.call('EXPIRE', owner_active, owner_ttl)
+redis.call('ZADD', active, now, id)
+return 1
+"""
+
 # Increments seq, applies the patch and appends the event in one atomic step.
 # Refuses to write after a terminal state, which is what makes the terminal
-# event unique however many workers or retries race for it.
-_APPEND = """
-local task, events = KEYS[1], KEYS[2]
-local state = redis.call('HGET', task, 'state')
-if not state then return {-1, ''} end
-if state == 'succeeded' or state == 'failed' or state == 'cancelled' then
-  return {0, state}
+# event unique however many workers or retries race for it; refuses a run whose
+# token is not the current one (fencing); and answers a retried emit whose first
+# try was applied with that event instead of writing it twice.
+_APPEND = _TERMINAL + """
+local task, events, leases, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local emit_id, token = ARGV[5], ARGV[6]
+local cur = redis.call('HMGET', task, 'state', 'id', 'fence', 'last_emit', 'owner')
+if not cur[1] then return {-1, ''} end
+if emit_id ~= '' and cur[4] == emit_id then
+  local last = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)[1]
+  return {tonumber(redis.call('HGET', task, 'seq')), last[2][2],
+          redis.call('HGET', task, 'cancel') or '0'}
 end
-for i = 5, #ARGV, 2 do redis.call('HSET', task, ARGV[i], ARGV[i + 1]) end
+if terminal(cur[1]) then return {0, cur[1]} end
+if token ~= '' and (cur[3] ~= token or not redis.call('ZSCORE', leases, cur[2])) then
+  return {-2, 'fenced'}
+end
+for i = 8, #ARGV, 2 do redis.call('HSET', task, ARGV[i], ARGV[i + 1]) end
+if emit_id ~= '' then redis.call('HSET', task, 'last_emit', emit_id) end
 local seq = redis.call('HINCRBY', task, 'seq', 1)
 redis.call('HSET', task, 'updated_at', ARGV[2])
 local f = redis.call('HMGET', task, 'id', 'state', 'progress', 'message', 'result', 'error', 'cancel')
@@ -40,34 +93,53 @@ if f[2] == 'succeeded' and f[5] then event = event .. ',"result":' .. f[5] end
 if f[2] == 'failed' and f[6] then event = event .. ',"error":' .. f[6] end
 event = event .. '}'
 redis.call('XADD', events, 'MAXLEN', '~', ARGV[3], seq .. '-0', 'e', event)
-if f[2] == 'succeeded' or f[2] == 'failed' or f[2] == 'cancelled' then
+if terminal(f[2]) then
   redis.call('EXPIRE', task, ARGV[4])
   redis.call('EXPIRE', events, ARGV[4])
+  redis.call('ZREM', active, f[1])
+  if cur[5] then redis.call('SREM', ARGV[7] .. cur[5] .. ':active', f[1]) end
 end
 return {seq, event, f[7] or '0'}
 """
 
-
 # Leases use Redis's clock, so workers on hosts with skewed clocks agree.
-_CLAIM_RUN = """
+_NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+"""
+
+# -1: no such task; -2: already finished; 0: a live run holds the lease;
+# otherwise the new run's token.
+_CLAIM_RUN = _TERMINAL + _NOW + """
+local state = redis.call('HGET', KEYS[2], 'state')
+if not state then return -1 end
+if terminal(state) then return -2 end
 local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if expiry and tonumber(expiry) > now then return 0 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return redis.call('HINCRBY', KEYS[2], 'fence', 1)
+"""
+
+# 1 if the run still holds the lease (now extended), 0 if it lost it.
+_RENEW_LEASE = _NOW + """
+if redis.call('HGET', KEYS[2], 'fence') ~= ARGV[2] or not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 return 1
 """
 
-_RENEW_LEASE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-return redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
+# Only the current run may give its lease up: a thawed loser must not free the
+# lease of the run that replaced it.
+_RELEASE_LEASE = """
+if redis.call('HGET', KEYS[2], 'fence') == ARGV[2] then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
 """
 
 # Takes expired leases out of the set in one step, so exactly one reaper gets each.
-_REAP = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+_REAP = _NOW + """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 if #ids > 0 then redis.call('ZREM', KEYS[1], unpack(ids)) end
 return ids
@@ -84,6 +156,22 @@ class TaskFinished(RuntimeError):
     def __init__(self, state):
         super().__init__(f"task already {state}")
         self.state = state
+
+
+class LeaseLost(BaseException):
+    """This run's lease passed to another run: it must stop and write nothing more.
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so that a job's own
+    ``except Exception`` cannot swallow it and carry on writing.
+    """
+
+
+class TooManyActive(RuntimeError):
+    """The owner already has ``MAX_ACTIVE_TASKS`` queued or running tasks."""
+
+    def __init__(self, limit):
+        super().__init__(f"at most {limit} active tasks")
+        self.limit = limit
 
 
 def redis_client(settings, max_connections=None):
@@ -119,11 +207,16 @@ class TaskStore:
         self.ns = settings.namespace
         self.maxlen = settings.event_log_maxlen
         self.retention_s = settings.task_retention_s
+        # A task that never runs still goes away; one that runs gets its time limit.
+        self.unfinished_ttl_s = settings.task_retention_s + settings.task_time_limit_s
+        self._create = redis.register_script(_CREATE)
         self._append = redis.register_script(_APPEND)
         self._claim_run = redis.register_script(_CLAIM_RUN)
         self._renew_lease = redis.register_script(_RENEW_LEASE)
+        self._release_lease = redis.register_script(_RELEASE_LEASE)
         self._reap = redis.register_script(_REAP)
         self.leases_key = f"{self.ns}:leases"
+        self.active_key = f"{self.ns}:active"
 
     def task_key(self, task_id):
         return f"{self.ns}:task:{task_id}"
@@ -134,8 +227,15 @@ class TaskStore:
     def owner_key(self, owner):
         return f"{self.ns}:owner:{owner}"
 
-    def create(self, *, kind, owner, params, now=None):
-        """Store a new task with its first event (seq 1, ``queued``); return its snapshot."""
+    def owner_active_key(self, owner):
+        return f"{self.ns}:owner:{owner}:active"
+
+    def create(self, *, kind, owner, params, max_active=0, now=None):
+        """Store a new task with its first event (seq 1, ``queued``); return its snapshot.
+
+        :param max_active: refuse (:class:`TooManyActive`) when the owner already has
+                           this many unfinished tasks; 0 for no limit.
+        """
         now = time.time() if now is None else now
         task_id = new_task_id()
         stamp = protocol.iso_utc(now)
@@ -143,47 +243,61 @@ class TaskStore:
             "id": task_id, "kind": kind, "owner": owner, "params": json.dumps(params),
             "state": protocol.QUEUED, "progress": _progress_text(0), "message": "Queued",
             "seq": 1, "created_at": stamp, "updated_at": stamp, "attempts": 0, "cancel": 0,
+            "fence": 0,
         }
         event = {"task_id": task_id, "seq": 1, "state": protocol.QUEUED, "progress": 0.0,
                  "message": "Queued", "ts": round(now, 6)}
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(self.task_key(task_id), mapping=fields)
-        pipe.xadd(self.events_key(task_id), {"e": json.dumps(event)}, id="1-0",
-                  maxlen=self.maxlen, approximate=True)
-        pipe.zadd(self.owner_key(owner), {task_id: now})
-        pipe.expire(self.owner_key(owner), self.retention_s * 2)
-        pipe.execute()
-        return self.snapshot_of(fields)
+        args = [task_id, f"{now:.6f}", max_active, self.unfinished_ttl_s,
+                self.retention_s * 2, self.maxlen, json.dumps(event), self.task_key("")]
+        for item in fields.items():
+            args += item
+        keys = [self.task_key(task_id), self.events_key(task_id), self.owner_key(owner),
+                self.owner_active_key(owner), self.active_key]
+        if not self._create(keys=keys, args=args):
+            raise TooManyActive(max_active)
+        return self.snapshot_of({k: str(v) for k, v in fields.items()})
 
     def delete(self, task_id, owner):
         """Remove a task that could not be enqueued, so no half-created task remains."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(self.task_key(task_id), self.events_key(task_id))
         pipe.zrem(self.owner_key(owner), task_id)
+        pipe.srem(self.owner_active_key(owner), task_id)
+        pipe.zrem(self.active_key, task_id)
         pipe.execute()
 
-    def append(self, task_id, ts=None, **patch):
+    def append(self, task_id, ts=None, *, token=None, emit_id=None, **patch):
         """Apply ``patch`` (state, progress, message, result, error, worker...) and log
         the event atomically.
 
+        :param token: the writing run's token (:meth:`claim_run`); None for writers
+                      outside a run (a cancel while queued, the sweeper).
+        :param emit_id: names this write, so that a retry after a lost reply does not
+                        write it twice.
         :returns: ``(event_json, cancel_requested)``.
         :raises TaskGone: the task does not exist.
         :raises TaskFinished: the task is already terminal; nothing was written.
+        :raises LeaseLost: ``token`` is not the current run's; nothing was written.
         """
         ts = time.time() if ts is None else ts
-        args = [f"{ts:.6f}", protocol.iso_utc(ts), self.maxlen, self.retention_s]
+        args = [f"{ts:.6f}", protocol.iso_utc(ts), self.maxlen, self.retention_s,
+                emit_id or "", "" if token is None else str(token), self.owner_key("")]
         for field, value in patch.items():
             if field == "progress":
                 value = _progress_text(value)
             elif field in ("result", "error"):
                 value = json.dumps(value)
             args += [field, value]
-        reply = self._append(keys=[self.task_key(task_id), self.events_key(task_id)], args=args)
+        keys = [self.task_key(task_id), self.events_key(task_id), self.leases_key,
+                self.active_key]
+        reply = self._append(keys=keys, args=args)
         code = int(reply[0])
         if code == -1:
             raise TaskGone(task_id)
         if code == 0:
             raise TaskFinished(reply[1])
+        if code == -2:
+            raise LeaseLost(task_id)
         return reply[1], reply[2] == "1"
 
     def record(self, task_id):
@@ -238,18 +352,67 @@ class TaskStore:
         return int(self.redis.hincrby(self.task_key(task_id), "attempts", 1))
 
     def claim_run(self, task_id, lease_s):
-        """Take the run lease of a task; False if a live run already holds it."""
-        return bool(self._claim_run(keys=[self.leases_key], args=[task_id, lease_s]))
+        """Take the run lease of a task and return the new run's token.
 
-    def renew_lease(self, task_id, lease_s):
-        self._renew_lease(keys=[self.leases_key], args=[task_id, lease_s])
+        :returns: the token (an int > 0), or None if a live run holds the lease.
+        :raises TaskGone: the task does not exist.
+        :raises TaskFinished: the task already ended.
+        """
+        code = int(self._claim_run(keys=[self.leases_key, self.task_key(task_id)],
+                                   args=[task_id, lease_s]))
+        if code == -1:
+            raise TaskGone(task_id)
+        if code == -2:
+            raise TaskFinished("finished")
+        return code or None
 
-    def release_lease(self, task_id):
-        self.redis.zrem(self.leases_key, task_id)
+    def renew_lease(self, task_id, token, lease_s):
+        """Extend the run's lease; False once the run has lost it (it must stop)."""
+        return bool(self._renew_lease(keys=[self.leases_key, self.task_key(task_id)],
+                                      args=[task_id, token, lease_s]))
+
+    def release_lease(self, task_id, token):
+        """Give up the lease, if the run ``token`` still holds it."""
+        self._release_lease(keys=[self.leases_key, self.task_key(task_id)],
+                            args=[task_id, token])
 
     def reap_expired_leases(self, limit=100):
         """Ids of runs whose worker stopped renewing; each is returned to one caller only."""
         return self._reap(keys=[self.leases_key], args=[limit])
+
+    def restore_lease(self, task_id):
+        """Put back an expired lease that could not be handed over, so the next
+        reaping round tries again (unless a run claimed the task meanwhile)."""
+        self.redis.zadd(self.leases_key, {task_id: 0}, nx=True)
+
+    def unfinished_without_run(self, older_than_s, limit=500, now=None):
+        """Unfinished tasks created over ``older_than_s`` ago that hold no lease.
+
+        Forgets ids whose task expired or finished. Returns raw hashes.
+        """
+        now = time.time() if now is None else now
+        ids = self.redis.zrangebyscore(self.active_key, "-inf", now - older_than_s,
+                                       start=0, num=limit)
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.hgetall(self.task_key(task_id))
+            pipe.zscore(self.leases_key, task_id)
+        replies = pipe.execute()
+        found, done = [], []
+        for task_id, rec, lease in zip(ids, replies[::2], replies[1::2]):
+            if not rec or rec["state"] in protocol.TERMINAL_STATES:
+                done.append(task_id)
+            elif lease is None:
+                found.append(rec)
+        if done:
+            self.redis.zrem(self.active_key, *done)
+        return found
+
+    @staticmethod
+    def new_emit_id():
+        return uuid.uuid4().hex
 
     @staticmethod
     def snapshot_of(rec):

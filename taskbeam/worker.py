@@ -10,6 +10,11 @@ A run holds a lease in Redis that it renews while it works. When a worker dies
 leases expire and any live worker sends the task again: it runs elsewhere
 within about ``LEASE_S + REAP_INTERVAL_S`` seconds instead of waiting for the
 broker's visibility timeout, which must stay longer than the task time limit.
+
+A worker that is frozen rather than dead (a long pause, a VM stall, a network
+cut longer than the lease) loses its tasks the same way; its runs are fenced
+(see :mod:`taskbeam.store`), so when it thaws it writes nothing more. A sweeper
+sends again any unfinished task that holds no lease and has no broker message.
 """
 import json
 import logging
@@ -17,33 +22,58 @@ import os
 import socket
 import threading
 import time
+from dataclasses import dataclass
 
 import redis
 from celery import bootsteps, signals
 from celery.exceptions import SoftTimeLimitExceeded
 from flask_socketio import SocketIO
 
-from . import config, export, jobs, progress, protocol
-from .broker import make_celery
+from . import broker, config, export, jobs, progress, protocol
 from .emitter import Emitter
-from .store import TaskFinished, TaskGone, TaskStore, redis_client
+from .store import LeaseLost, TaskFinished, TaskGone, TaskStore, redis_client
 
 log = logging.getLogger(__name__)
 
-settings = config.current()
-celery = make_celery(settings)
-store = TaskStore(redis_client(settings), settings)
-emitter = Emitter(store, SocketIO(message_queue=settings.redis_url,
-                                  channel=settings.socketio_channel))
 # Container host names are unique per replica: the snapshot's `worker` field.
 WORKER_NAME = socket.gethostname()
 LEASE_S = 10.0
 REAP_INTERVAL_S = 2.0
 EXPORT_SWEEP_ROUNDS = 5  # expired exports are removed every 10 s
+SWEEP_ROUNDS = 15  # unfinished tasks with no run and no message: looked for every 30 s
+# A task younger than this may be between its creation and its message.
+STRANDED_AFTER_S = 60.0
 # worker/healthcheck.sh reads this file's age: a stat, where `celery inspect ping`
 # would start a Celery client, about half a second of CPU per check per replica.
 ALIVE_FILE = "/tmp/taskbeam-worker-alive"
 ALIVE_EVERY_S = 2.0
+
+
+@dataclass
+class Runtime:
+    """What a worker process talks to: built once, passed to what needs it."""
+
+    settings: config.Settings
+    celery: object
+    store: TaskStore
+    emitter: Emitter
+
+
+def make_runtime(settings, redis_conn=None, socketio=None):
+    """The worker's Celery app, store and emitter; nothing connects until used.
+
+    Flask-SocketIO's external emitter (a ``SocketIO(message_queue=...)`` with no
+    app) publishes the events, so the wire format is the stock one.
+    """
+    store = TaskStore(redis_conn or redis_client(settings), settings)
+    socketio = socketio or SocketIO(message_queue=settings.redis_url,
+                                    channel=settings.socketio_channel)
+    return Runtime(settings, broker.make_celery(settings), store, Emitter(store, socketio))
+
+
+settings = config.current()
+runtime = make_runtime(settings)
+celery, store, emitter = runtime.celery, runtime.store, runtime.emitter
 
 
 def _error(code, message):
@@ -52,45 +82,67 @@ def _error(code, message):
 
 
 class TaskRun:
-    """One delivery of a task, from its first state change to its terminal event."""
+    """One delivery of a task, from its first state change to its terminal event.
 
-    def __init__(self, job, task_id, params):
+    The run holds a lease with a token (see :mod:`taskbeam.store`). When it loses
+    the lease (it was frozen past it and the task went to another worker), its
+    next write or ``progress.update`` raises :class:`LeaseLost` and it ends
+    without writing anything more.
+    """
+
+    def __init__(self, job, task_id, params, rt=None):
         self.job, self.task_id, self.params = job, task_id, params
-        self.coalescer = protocol.Coalescer(settings.progress_coalesce_ms / 1000,
+        self.rt = rt or runtime
+        self.coalescer = protocol.Coalescer(self.rt.settings.progress_coalesce_ms / 1000,
                                             time.monotonic)
+        self.lease = None
 
     def emit(self, **patch):
         """Persist and publish an event; True if the owner asked to cancel."""
-        event, cancel = emitter.emit(self.task_id, **patch)
+        self.lease.check()
+        event, cancel = self.rt.emitter.emit(self.task_id, token=self.lease.token, **patch)
         self.coalescer.note(event["state"])
         return cancel
 
     def report(self, done, total, message):
         """Where the job's ``progress.update`` calls land."""
+        self.lease.check()
         pct = protocol.percent(done, total)
         if self.coalescer.admit(protocol.RUNNING, pct):
-            _, cancel = emitter.emit(self.task_id, state=protocol.RUNNING, progress=pct,
-                                     message=message)
-            if cancel:
+            if self.emit(state=protocol.RUNNING, progress=pct, message=message):
                 raise progress.Cancelled()
 
     def __call__(self):
-        if not store.claim_run(self.task_id, LEASE_S):
+        store = self.rt.store
+        try:
+            token = store.claim_run(self.task_id, LEASE_S)
+        except (TaskFinished, TaskGone) as exc:
+            # Cancelled while queued, finished by an earlier delivery, or expired.
+            log.info("task %s: nothing to do (%s)", self.task_id, exc)
+            return
+        if token is None:
             # A duplicate delivery (e.g. the broker restoring a message) of a task
             # that a live worker is running: that run owns it.
             log.info("task %s already runs elsewhere; dropping this delivery", self.task_id)
             return
+        self.lease = Lease(store, self.task_id, token)
         try:
-            with _renewing_lease(self.task_id):
+            with self.lease:
                 self._run()
         except (TaskFinished, TaskGone) as exc:
-            # Cancelled while queued, finished by an earlier delivery, or expired.
-            log.info("task %s: nothing to do (%s)", self.task_id, exc)
-        finally:
-            store.release_lease(self.task_id)
+            log.info("task %s: nothing more to do (%s)", self.task_id, exc)
+        except LeaseLost:
+            log.warning("task %s: this run lost its lease (it was paused for longer than "
+                        "%.0f s) and another run took over; it stops here", self.task_id,
+                        LEASE_S)
+            return
+        # Anything else (say, Redis refusing the terminal write) keeps the lease: it
+        # expires and the reaper sends the task again, instead of leaving it running.
+        store.release_lease(self.task_id, token)
 
     def _run(self):
-        attempt = store.count_attempt(self.task_id)
+        settings = self.rt.settings
+        attempt = self.rt.store.count_attempt(self.task_id)
         if attempt > settings.max_redeliveries + 1:
             self.emit(**_error("too_many_redeliveries",
                                f"Gave up after {attempt - 1} runs; its worker kept dying."))
@@ -106,8 +158,9 @@ class TaskRun:
     def _execute(self):
         """Run the job's function; return the terminal event's fields."""
         try:
-            params = self.job.validate(self.params)
-            with progress.reporting_to(self.report, task_id=self.task_id):
+            params = self.job.validate(self.params, self.rt.settings)
+            with progress.reporting_to(self.report, task_id=self.task_id,
+                                       run=str(self.lease.token)):
                 result = self.job.func(params)
         except progress.Cancelled:
             return {"state": protocol.CANCELLED, "message": "Cancelled"}
@@ -117,7 +170,7 @@ class TaskRun:
             return _error(exc.code, exc.message)
         except SoftTimeLimitExceeded:
             return _error("time_limit",
-                          f"Stopped after the {settings.task_time_limit_s}s time limit.")
+                          f"Stopped after the {self.rt.settings.task_time_limit_s}s time limit.")
         except (TaskFinished, TaskGone):
             raise
         except Exception:
@@ -127,40 +180,110 @@ class TaskRun:
                 "result": result if result is not None else {}}
 
 
-class _renewing_lease:
-    """Renews the task's lease from a thread while the job runs."""
+class Lease:
+    """A run's lease, renewed from a thread while the run works.
 
-    def __init__(self, task_id):
-        self.task_id = task_id
+    ``check()`` raises :class:`LeaseLost` once a renewal found that another run
+    holds the task; the store refuses the lost run's writes in any case.
+    """
+
+    def __init__(self, store, task_id, token):
+        self.store, self.task_id, self.token = store, task_id, token
+        self.lost = threading.Event()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._renew, daemon=True,
                                        name=f"lease-{task_id}")
 
+    def check(self):
+        if self.lost.is_set():
+            raise LeaseLost(self.task_id)
+
     def _renew(self):
         while not self.stop.wait(LEASE_S / 4):
             try:
-                store.renew_lease(self.task_id, LEASE_S)
+                if not self.store.renew_lease(self.task_id, self.token, LEASE_S):
+                    self.lost.set()
+                    return
             except redis.RedisError as exc:  # keep trying; the lease has slack
                 log.warning("could not renew lease of %s: %s", self.task_id, exc)
 
     def __enter__(self):
         self.thread.start()
+        return self
 
     def __exit__(self, *exc_info):
         self.stop.set()
         self.thread.join()
 
 
-def requeue_orphans():
-    """Send again every task whose run lease expired (its worker is gone)."""
-    for task_id in store.reap_expired_leases():
-        rec = store.record(task_id)
-        job = jobs.JOBS.get(rec.get("kind")) if rec else None
-        if job is None or rec["state"] in protocol.TERMINAL_STATES:
+def send_again(rt, rec):
+    """Put an unfinished task back on the queue (a kind no longer known fails)."""
+    job = jobs.JOBS.get(rec.get("kind"))
+    if job is None:
+        message = f"Task kind {rec.get('kind')!r} is not known to the workers."
+        try:
+            rt.emitter.emit(rec["id"], **_error("unknown_kind", message))
+        except (TaskFinished, TaskGone):
+            pass
+        return
+    rt.celery.send_task(job.celery_name, args=[rec["id"], json.loads(rec["params"])],
+                        task_id=rec["id"])
+
+
+def requeue_orphans(rt=None):
+    """Send again every task whose run lease expired (its worker is gone or frozen).
+
+    Each id on its own: one that cannot be sent gets its lease back, so the next
+    round tries it again, and the others still go out.
+    """
+    rt = rt or runtime
+    sent = 0
+    for task_id in rt.store.reap_expired_leases():
+        try:
+            rec = rt.store.record(task_id)
+            if rec is None or rec["state"] in protocol.TERMINAL_STATES:
+                continue
+            log.warning("task %s lost its worker; sending it again", task_id)
+            send_again(rt, rec)
+            sent += 1
+        except Exception as exc:
+            log.warning("could not send task %s again (%s); retrying next round", task_id, exc)
+            try:
+                rt.store.restore_lease(task_id)
+            except redis.RedisError:
+                pass  # the sweeper finds it: unfinished, no lease, no message
+    return sent
+
+
+def sweep_stranded(rt=None):
+    """Send again unfinished tasks that hold no lease and have no broker message.
+
+    They are what a lost message (a Redis crash within its fsync window), a
+    reaper that died between taking a lease and sending, or an older bug leaves
+    behind: without this they would stay ``queued`` or ``running`` forever. One
+    worker sweeps at a time.
+    """
+    rt = rt or runtime
+    lock = f"{rt.settings.namespace}:sweeper"
+    if not rt.store.redis.set(lock, WORKER_NAME, nx=True,
+                              ex=int(SWEEP_ROUNDS * REAP_INTERVAL_S) - 1):
+        return 0
+    stranded = rt.store.unfinished_without_run(STRANDED_AFTER_S)
+    if not stranded:
+        return 0
+    queued = broker.queued_task_ids(rt.store.redis, rt.celery)
+    if queued is None:
+        log.warning("sweeper: the queue is too long to scan; skipped")
+        return 0
+    sent = 0
+    for rec in stranded:
+        if rec["id"] in queued:
             continue
-        log.warning("task %s lost its worker; sending it again", task_id)
-        celery.send_task(job.celery_name, args=[task_id, json.loads(rec["params"])],
-                         task_id=task_id)
+        log.warning("task %s is %s with no worker and no queued message; sending it again",
+                    rec["id"], rec["state"])
+        send_again(rt, rec)
+        sent += 1
+    return sent
 
 
 def _housekeeping_forever():
@@ -170,6 +293,8 @@ def _housekeeping_forever():
         rounds += 1
         try:
             requeue_orphans()
+            if rounds % SWEEP_ROUNDS == 0:
+                sweep_stranded()
             if rounds % EXPORT_SWEEP_ROUNDS == 0:
                 export.remove_expired_exports(settings)
         except (redis.ConnectionError, redis.TimeoutError) as exc:  # Redis down: one line

@@ -16,9 +16,9 @@ settings = config.current()
 params = export.export_params({"limit": int(sys.argv[1]), "format": sys.argv[2]}, settings)
 started = time.perf_counter()
 with progress.reporting_to(lambda *a: None, task_id="bench"):
-    result = export.run_export(params, "bench", settings)
+    result = export.run_export(params, "bench", "1", settings)
 elapsed = time.perf_counter() - started
-os.unlink(export.export_paths(settings, "bench", sys.argv[2])[0])
+os.unlink(export.export_paths(settings, "bench", "1", sys.argv[2])[0])
 print(json.dumps({"rows": result["rows"], "format": sys.argv[2], "bytes": result["bytes"],
                   "seconds": round(elapsed, 3), "rows_per_s": round(result["rows"] / elapsed),
                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))

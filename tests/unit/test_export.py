@@ -36,12 +36,13 @@ def settings(db_path, tmp_path):
     return make_settings(db_path, tmp_path)
 
 
-def run(settings, params, task_id="t1", callback=None):
+def run(settings, params, task_id="t1", callback=None, run_id="1"):
     """Validate ``params`` and run the export; returns (result, progress calls)."""
     calls = []
     callback = callback or (lambda *args: calls.append(args))
-    with progress.reporting_to(callback, task_id=task_id):
-        result = export.run_export(export.export_params(params, settings), task_id, settings)
+    with progress.reporting_to(callback, task_id=task_id, run=run_id):
+        result = export.run_export(export.export_params(params, settings), task_id, run_id,
+                                   settings)
     return result, calls
 
 
@@ -139,7 +140,7 @@ def test_write_csv_with_no_rows_writes_the_header():
 
 def test_export_whole_table(settings):
     result, calls = run(settings, {})
-    final = export.export_paths(settings, "t1", "csv")[0]
+    final = export.export_paths(settings, "t1", "1", "csv")[0]
     assert result["rows"] == ROWS
     assert os.path.isfile(final)
     assert os.path.getsize(final) == result["bytes"]
@@ -152,15 +153,15 @@ def test_export_whole_table(settings):
     assert result["expires_at"].endswith("Z")
     assert calls[0][:2] == (0, ROWS)
     assert calls[-1][:2] == (ROWS, ROWS)
-    assert os.listdir(settings.export_dir) == ["t1.csv"]
+    assert os.listdir(settings.export_dir) == ["t1.1.csv"]
 
 
 def test_export_job_uses_the_task_id(settings, monkeypatch):
     monkeypatch.setattr(config, "current", lambda need_secret=False: settings)
-    with progress.reporting_to(lambda *a: None, task_id="job-7"):
+    with progress.reporting_to(lambda *a: None, task_id="job-7", run="1"):
         result = export.export(export.export_params({"limit": 5}, settings))
     assert result["download_url"] == "/api/tasks/job-7/download"
-    assert os.path.isfile(export.export_paths(settings, "job-7", "csv")[0])
+    assert os.path.isfile(export.export_paths(settings, "job-7", "1", "csv")[0])
 
 
 def test_export_date_range_is_inclusive(settings, db_path):
@@ -169,7 +170,7 @@ def test_export_date_range_is_inclusive(settings, db_path):
                          ("2024-03-01", "2024-03-31"))
     assert 0 < expected < ROWS
     assert result["rows"] == expected
-    rows = read_csv(export.export_paths(settings, "t1", "csv")[0])[1:]
+    rows = read_csv(export.export_paths(settings, "t1", "1", "csv")[0])[1:]
     assert len(rows) == expected
     assert {r[1] for r in rows} >= {"2024-03-01", "2024-03-31"}
     assert all("2024-03-01" <= r[1] <= "2024-03-31" for r in rows)
@@ -186,14 +187,14 @@ def test_export_open_ended_ranges(settings, db_path):
 def test_export_empty_range(settings):
     result, calls = run(settings, {"date_from": "2030-01-01"})
     assert result["rows"] == 0
-    assert read_csv(export.export_paths(settings, "t1", "csv")[0]) == [
+    assert read_csv(export.export_paths(settings, "t1", "1", "csv")[0]) == [
         list(settings.export_columns)]
     assert calls[-1][:2] == (0, 0)
 
 
 def test_export_column_subset_in_given_order(settings):
     result, _ = run(settings, {"columns": ["amount", "id", "region"], "limit": 3})
-    rows = read_csv(export.export_paths(settings, "t1", "csv")[0])
+    rows = read_csv(export.export_paths(settings, "t1", "1", "csv")[0])
     assert rows[0] == ["amount", "id", "region"]
     assert [r[1] for r in rows[1:]] == ["1", "2", "3"]
     assert all(len(r) == 3 for r in rows)
@@ -201,7 +202,7 @@ def test_export_column_subset_in_given_order(settings):
 
 def test_export_limit_caps_rows(settings):
     result, calls = run(settings, {"limit": 123})
-    rows = read_csv(export.export_paths(settings, "t1", "csv")[0])
+    rows = read_csv(export.export_paths(settings, "t1", "1", "csv")[0])
     assert result["rows"] == 123
     assert len(rows) == 124
     assert [int(r[0]) for r in rows[1:]] == list(range(1, 124))
@@ -217,11 +218,11 @@ def test_export_limit_above_total(settings):
 def test_export_gzip_has_same_rows_as_csv(settings):
     plain, _ = run(settings, {"date_to": "2024-06-30"}, task_id="plain")
     zipped, _ = run(settings, {"date_to": "2024-06-30", "format": "csv.gz"}, task_id="zipped")
-    gz_path = export.export_paths(settings, "zipped", "csv.gz")[0]
-    assert gz_path.endswith("zipped.csv.gz")
+    gz_path = export.export_paths(settings, "zipped", "1", "csv.gz")[0]
+    assert gz_path.endswith("zipped.1.csv.gz")
     with open(gz_path, "rb") as f:
         assert f.read(2) == b"\x1f\x8b"
-    assert read_csv(gz_path) == read_csv(export.export_paths(settings, "plain", "csv")[0])
+    assert read_csv(gz_path) == read_csv(export.export_paths(settings, "plain", "1", "csv")[0])
     assert zipped["rows"] == plain["rows"]
     assert zipped["bytes"] == os.path.getsize(gz_path)
     assert zipped["filename"].endswith(".csv.gz")
@@ -247,7 +248,7 @@ def raise_after_first_batch(exc, folder, seen):
 @pytest.mark.parametrize("exc", [progress.Cancelled(), RuntimeError("boom")])
 def test_failed_export_leaves_no_file(settings, monkeypatch, exc):
     monkeypatch.setattr(export, "BATCH_ROWS", 1000)
-    tmp = export.export_paths(settings, "t1", "csv")[1]
+    tmp = export.export_paths(settings, "t1", "1", "csv")[1]
     seen = []
     with pytest.raises(type(exc)):
         run(settings, {}, callback=raise_after_first_batch(exc, settings.export_dir, seen))
@@ -261,7 +262,27 @@ def test_cancel_keeps_other_exports(settings, monkeypatch):
     callback = raise_after_first_batch(progress.Cancelled(), settings.export_dir, [])
     with pytest.raises(progress.Cancelled):
         run(settings, {}, callback=callback)
-    assert os.listdir(settings.export_dir) == ["done.csv"]
+    assert os.listdir(settings.export_dir) == ["done.1.csv"]
+
+
+def test_two_runs_of_one_task_never_share_a_file(settings, monkeypatch):
+    """A run frozen mid-file and handed over (run 1) thaws while its successor
+    (run 2) has finished: each writes and renames its own file, so the one the
+    successful run describes is whole."""
+    monkeypatch.setattr(export, "BATCH_ROWS", 1000)
+    second = {}
+
+    def first_run_callback(done, total, message):
+        if done == 1000 and not second:  # frozen here; run 2 does the whole export
+            second["result"] = run(settings, {}, run_id="2")[0]
+
+    first, _ = run(settings, {}, callback=first_run_callback, run_id="1")
+    winner = export.export_paths(settings, "t1", "2", "csv")[0]
+    rows = read_csv(winner)
+    assert len(rows) == 1 + ROWS == 1 + second["result"]["rows"]
+    assert os.path.getsize(winner) == second["result"]["bytes"]
+    assert first["bytes"] == second["result"]["bytes"]  # the loser's file is its own
+    assert sorted(os.listdir(settings.export_dir)) == ["t1.1.csv", "t1.2.csv"]
 
 
 # --- remove_expired_exports --------------------------------------------------------
