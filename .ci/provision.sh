@@ -101,19 +101,26 @@ standin_context() {
   cp /usr/local/share/ca-certificates/*.crt "$ctx/ca/" 2>/dev/null || true
 }
 
-# The newest Python Debian ships (trixie's python3) for .ci/unit-trixie.sh: the same
-# python stand-in Dockerfile on a trixie base, so a version difference shows up in CI.
+# The newest Python Debian ships (trixie's python3) for .ci/unit-trixie.sh: the python
+# stand-in Dockerfile on a trixie base, plus the redis-server the unit tests start.
 build_python_trixie() {
-  docker image inspect taskbeam-standin/python:trixie >/dev/null 2>&1 && return
+  local tag=taskbeam-standin/python-unit:trixie
+  docker image inspect "$tag" >/dev/null 2>&1 && return
   debian_base trixie
   standin_context trixie
   sed 's/^FROM taskbeam-standin\/debian:bookworm$/FROM taskbeam-standin\/debian:trixie/' \
-    "$ctx/python.Dockerfile" >"$ctx/python-trixie.Dockerfile"
-  grep -q '^FROM taskbeam-standin/debian:trixie$' "$ctx/python-trixie.Dockerfile" ||
+    "$ctx/python.Dockerfile" >"$ctx/python-unit.Dockerfile"
+  grep -q '^FROM taskbeam-standin/debian:trixie$' "$ctx/python-unit.Dockerfile" ||
     { log "python.Dockerfile no longer starts FROM the bookworm base"; exit 1; }
-  log "building stand-in taskbeam-standin/python:trixie"
+  cat >>"$ctx/python-unit.Dockerfile" <<'DOCKERFILE'
+RUN apt-get update -qq \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      redis-server >/dev/null \
+ && rm -rf /var/lib/apt/lists/*
+DOCKERFILE
+  log "building stand-in $tag"
   DOCKER_BUILDKIT=0 docker build -q --label org.taskbeam.standin=1 \
-    -f "$ctx/python-trixie.Dockerfile" -t taskbeam-standin/python:trixie "$ctx" >/dev/null
+    -f "$ctx/python-unit.Dockerfile" -t "$tag" "$ctx" >/dev/null
 }
 
 # Stand-ins are built only when the image is missing; a host that can pull the

@@ -116,3 +116,28 @@ def test_registry_is_importable_without_the_job_kinds():
 def test_importing_jobs_registers_every_shipped_kind():
     assert {"simulate", "export"} <= set(jobs.JOBS)
     assert jobs.ParamError is registry.ParamError and jobs.JOBS is registry.JOBS
+
+
+def test_readme_add_your_own_job_example_runs():
+    """The README's example job registers, validates as the web app and the worker
+    call it (with and without settings) and reports progress."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Add your own job", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    before = dict(registry.JOBS)
+    try:
+        exec(compile(code, "README.md", "exec"), {})
+        (kind,) = set(registry.JOBS) - set(before)
+        validate = registry.JOBS[kind].validate
+        clean = validate({}, None)            # the web app passes its settings
+        assert validate({}) == clean          # the worker validates again without them
+        updates = []
+        with progress.reporting_to(lambda *args: updates.append(args)):
+            registry.JOBS[kind].func(clean)
+        assert updates
+    finally:
+        registry.JOBS.clear()
+        registry.JOBS.update(before)
