@@ -27,14 +27,34 @@ def timed(fn, n):
 def main():
     store, emitter = worker.store, worker.emitter
     task = store.create(kind="simulate", owner="bench", params={})
+    task_id = task["id"]
     try:
-        store.append(task["id"], state=protocol.RUNNING)
-        persist = timed(lambda i: store.append(task["id"], progress=i % 100, message="bench"), N)
-        emit = timed(lambda i: emitter.emit(task["id"], progress=i % 100, message="bench"), N)
+        token = store.claim_run(task_id, 3600)
+        store.append(task_id, token=token, state=protocol.RUNNING)
+        # The same append with each of the run's checks added in turn.
+        plain = timed(lambda i: store.append(task_id, progress=i % 100, message="bench"), N)
+        idempotent = timed(lambda i: store.append(task_id, emit_id=store.new_emit_id(),
+                                                  progress=i % 100, message="bench"), N)
+        fenced = timed(lambda i: store.append(task_id, token=token, emit_id=store.new_emit_id(),
+                                              progress=i % 100, message="bench"), N)
+        emit = timed(lambda i: emitter.emit(task_id, token=token, progress=i % 100,
+                                            message="bench"), N)
+        # What fsync on every write would cost (Redis ships `everysec`).
+        fsync = store.redis.config_get("appendfsync")["appendfsync"]
+        store.redis.config_set("appendfsync", "always")
+        try:
+            always = timed(lambda i: store.append(task_id, token=token,
+                                                  emit_id=store.new_emit_id(),
+                                                  progress=i % 100, message="bench"), N // 5)
+        finally:
+            store.redis.config_set("appendfsync", fsync)
         baseline = timed(lambda i: store.redis.ping(), N)
     finally:
-        store.delete(task["id"], "bench")
-    print(json.dumps({"persist_event": persist, "persist_and_publish": emit,
+        store.release_lease(task_id, token)
+        store.delete(task_id, "bench")
+    print(json.dumps({"persist_event": fenced, "persist_and_publish": emit,
+                      "persist_without_checks": plain, "persist_idempotent_only": idempotent,
+                      "persist_appendfsync_always": always,
                       "redis_ping_round_trip": baseline}))
 
 
