@@ -249,3 +249,20 @@ def test_an_unfinished_task_expires(rt, settings):
     rt.store.append(task_id, state=protocol.CANCELLED)
     assert rt.store.redis.ttl(rt.store.task_key(task_id)) <= settings.task_retention_s
     assert rt.store.redis.zscore(rt.store.active_key, task_id) is None
+
+
+def test_queued_task_ids_reads_what_celery_really_sends(redis_server, redis_client, settings):
+    """kombu's own key layout (prefix, queue list, unacked hash), not a guess."""
+    app = broker.make_celery(settings)
+    app.conf.broker_url = f"redis+socket://{redis_server}"
+    app.send_task("taskbeam.simulate", args=["abc", {}], task_id="abc")
+    assert broker.queued_task_ids(redis_client, app) == {"abc"}
+    with app.connection_for_read() as conn:
+        queue = conn.SimpleQueue(app.conf.task_default_queue, no_ack=False)
+        message = queue.get(timeout=5)  # delivered, not acknowledged: in `unacked`
+        assert message.headers["id"] == "abc"
+        assert redis_client.llen(f"{settings.namespace}:celery:celery") == 0
+        assert broker.queued_task_ids(redis_client, app) == {"abc"}
+        message.ack()
+        queue.close()
+    assert broker.queued_task_ids(redis_client, app) == set()
