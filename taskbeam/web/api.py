@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 from .. import export, jobs, protocol
-from ..store import TaskFinished
+from ..store import TaskFinished, TooManyActive
 from . import origin_allowed, own_origin
 from .openapi import openapi_document
 
@@ -18,6 +18,11 @@ log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
 
 STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
+# Events per page of GET /events and of the subscribe ack: a 10,000-event history
+# cost ~45 ms of CPU and 1.3 MB per unpaged read.
+MAX_EVENTS_PAGE = 500
+MAX_SEQ_DIGITS = 18
+
 # snake_case codes for the HTTP errors Werkzeug raises on its own.
 HTTP_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found",
               405: "method_not_allowed", 413: "payload_too_large",
@@ -47,6 +52,9 @@ def not_found():
 
 
 def owned_record(task_id):
+    # A malformed id never reaches a Redis key (``<id>:events`` would name the stream).
+    if not protocol.valid_task_id(task_id):
+        raise not_found()
     rec = services().store.owned_record(task_id, session.get("owner"))
     if rec is None:
         raise not_found()
@@ -62,26 +70,44 @@ def json_body(allow_empty=False):
         raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nesting past the C stack
         raise ApiError(400, "invalid_json", "The body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "The body must be a JSON object.")
     return body
 
 
+def ascii_int(name, default, low, high):
+    """A query parameter of ASCII digits (str.isdigit also takes '²' and '١٢') in low..high."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > MAX_SEQ_DIGITS \
+            or not low <= int(raw) <= high:
+        raise ApiError(400, "invalid_params", f"{name}: must be an integer from {low} to {high}")
+    return int(raw)
+
+
 def check_rate(owner):
-    """Fixed one-minute window per session on task creation."""
+    """Fixed one-minute windows on task creation: one per session, one per client address.
+
+    Dropping the cookie makes a new session; the address (Nginx's, see front.trust_nginx)
+    still counts every creation.
+    """
     svc = services()
-    limit = svc.settings.rate_limit_per_minute
     now = int(time.time())
-    key = f"{svc.settings.namespace}:rate:{owner}:{now // 60}"
-    pipe = svc.redis.pipeline(transaction=True)
-    pipe.incr(key)
-    pipe.expire(key, 120)
-    count = pipe.execute()[0]
-    if count > limit:
-        raise ApiError(429, "rate_limited", f"At most {limit} tasks per minute.",
-                       {"Retry-After": str(60 - now % 60)})
+    window = now // 60
+    limits = ((f"{svc.settings.namespace}:rate:{owner}:{window}",
+               svc.settings.rate_limit_per_minute, "per session"),
+              (f"{svc.settings.namespace}:rate-ip:{request.remote_addr}:{window}",
+               svc.settings.rate_limit_per_ip_per_minute, "per address"))
+    for key, limit, scope in limits:
+        pipe = svc.redis.pipeline(transaction=True)
+        pipe.incr(key)
+        pipe.expire(key, 120)
+        if pipe.execute()[0] > limit:
+            raise ApiError(429, "rate_limited", f"At most {limit} tasks per minute {scope}.",
+                           {"Retry-After": str(60 - now % 60)})
 
 
 @bp.before_app_request
@@ -110,7 +136,13 @@ def create_task():
     owner = session["owner"]
     check_rate(owner)
     svc = services()
-    snapshot = svc.store.create(kind=kind, owner=owner, params=params)
+    try:
+        snapshot = svc.store.create(kind=kind, owner=owner, params=params,
+                                    max_active=svc.settings.max_active_tasks)
+    except TooManyActive as exc:
+        raise ApiError(429, "too_many_active",
+                       f"At most {exc.limit} queued or running tasks at once; wait for one "
+                       "to finish or cancel one.", {"Retry-After": "5"}) from None
     try:
         svc.celery.send_task(job.celery_name, args=[snapshot["id"], params],
                              task_id=snapshot["id"])
@@ -136,11 +168,14 @@ def get_task(task_id):
 
 @bp.get("/api/tasks/<task_id>/events")
 def task_events(task_id):
+    """One page of stored events; the body is spliced from the stored JSON, not re-encoded."""
     owned_record(task_id)
-    raw = request.args.get("after", "0")
-    if not raw.isdigit() or len(raw) > 18:
-        raise ApiError(400, "invalid_params", "after: must be an integer >= 0")
-    return {"events": services().store.events_after(task_id, int(raw))}
+    after = ascii_int("after", 0, 0, 10 ** MAX_SEQ_DIGITS - 1)
+    limit = ascii_int("limit", MAX_EVENTS_PAGE, 1, MAX_EVENTS_PAGE)
+    events, next_after, has_more = services().store.events_page(task_id, after, limit)
+    body = (f'{{"events":[{",".join(events)}],'
+            f'"has_more":{"true" if has_more else "false"},"next_after":{next_after}}}')
+    return Response(body, mimetype="application/json")
 
 
 @bp.post("/api/tasks/<task_id>/cancel")
@@ -167,7 +202,8 @@ def cancel_task(task_id):
 @bp.get("/api/tasks/<task_id>/download")
 def download(task_id):
     """The export file, served by Nginx: this only checks the owner and the expiry."""
-    snap = services().store.snapshot_of(owned_record(task_id))
+    rec = owned_record(task_id)
+    snap = services().store.snapshot_of(rec)
     result = snap.get("result") or {}
     fmt = next((f for f in export.FORMATS if result.get("filename", "").endswith(f".{f}")), None)
     if snap["kind"] != "export" or fmt is None:
@@ -178,8 +214,10 @@ def download(task_id):
     response = Response(status=200, mimetype=None)
     response.headers["Content-Type"] = export.FORMATS[fmt]
     response.headers["Content-Disposition"] = f'attachment; filename="{result["filename"]}"'
-    # An internal Nginx location; the path is built from the checked task id only.
-    response.headers["X-Accel-Redirect"] = f"/_exports/{task_id}.{fmt}"
+    # An internal Nginx location; the path is built from the checked task id and
+    # the run that succeeded (the store's current token) only.
+    name = export.export_file_name(task_id, rec["fence"], fmt)
+    response.headers["X-Accel-Redirect"] = f"/_exports/{name}"
     return response
 
 

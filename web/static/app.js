@@ -95,8 +95,10 @@ function subscribe(id) {
   const task = tasks.get(id);
   if (!task || !socket.connected) return;
   socket.emit("subscribe", { task_id: id, after: task.snapshot.seq }, (ack) => {
-    if (ack && ack.ok) ack.missed.forEach(apply);
-    else if (ack && ack.error.code === "unavailable") setTimeout(() => subscribe(id), 1000);
+    if (ack && ack.ok) {
+      ack.missed.forEach(apply);
+      if (ack.more) subscribe(id); // a long backlog comes in pages of 500
+    } else if (ack && ack.error.code === "unavailable") setTimeout(() => subscribe(id), 1000);
   });
 }
 
