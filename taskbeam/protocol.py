@@ -1,4 +1,4 @@
-"""Names and shapes shared by web and worker, defined once (see CONTRACT.md).
+"""Names and shapes shared by web and worker, defined once (see docs/api.md).
 
 Pure functions only: no Redis, no Flask, no Celery, so both sides import it
 cheaply and the unit tests cover it without a broker.

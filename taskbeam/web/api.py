@@ -1,4 +1,4 @@
-"""REST endpoints of CONTRACT.md. Every error is the contract's JSON shape."""
+"""REST endpoints of docs/api.md. Every error is its JSON shape."""
 import json
 import logging
 import time

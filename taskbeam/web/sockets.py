@@ -1,4 +1,4 @@
-"""Socket.IO handlers: ``subscribe`` and ``unsubscribe`` with acks (CONTRACT.md)."""
+"""Socket.IO handlers: ``subscribe`` and ``unsubscribe`` with acks (docs/api.md)."""
 import json
 import logging
 
