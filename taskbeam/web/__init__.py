@@ -16,8 +16,9 @@ from .. import config
 from ..broker import make_celery
 from ..emitter import Emitter
 from ..store import TaskStore, redis_client
-from . import direct, front, pings
-from .queue import QueueWatch, WatchedRedisManager
+from . import fastws, front
+from .metrics import Metrics
+from .mq_listener import QueueWatch, make_manager
 
 MAX_BODY_BYTES = 1024 * 1024
 PING_INTERVAL_S, PING_TIMEOUT_S = 25, 20
@@ -36,6 +37,7 @@ class Services:
     emitter: Emitter
     celery: object
     queue_watch: QueueWatch
+    metrics: Metrics
 
 
 def own_origin():
@@ -73,7 +75,9 @@ def create_app(settings=None):
     # Bounded: a burst of requests or subscribes waits for one of these connections
     # instead of opening one per greenlet (and timing out under the load it makes).
     client = redis_client(settings, max_connections=REDIS_POOL_SIZE)
-    manager = WatchedRedisManager(settings.redis_url, channel=settings.socketio_channel)
+    metrics = Metrics()
+    # The fast transport, or stock python-socketio (WEB_FAST_TRANSPORT=0; fastws).
+    manager = make_manager(settings.redis_url, settings.socketio_channel, metrics)
 
     def socket_origin_allowed(origin, environ):
         own = f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', '')}"
@@ -94,13 +98,13 @@ def create_app(settings=None):
     )
     # Outermost, so Socket.IO's handshake is checked too.
     app.wsgi_app = front.HostCheck(app.wsgi_app, settings)
-    direct.install(socketio.server)
-    pings.install(socketio.server.eio)
+    if fastws.usable():
+        fastws.install(socketio.server)
     store = TaskStore(client, settings)
-    watch = QueueWatch(socketio, manager)
+    watch = QueueWatch(socketio, manager, client)
     app.extensions["taskbeam"] = Services(
         settings=settings, redis=client, store=store, emitter=Emitter(store, socketio),
-        celery=make_celery(settings), queue_watch=watch)
+        celery=make_celery(settings), queue_watch=watch, metrics=metrics)
 
     @app.before_request
     def ensure_owner():

@@ -228,8 +228,8 @@ def openapi():
 
 @bp.get("/metrics")
 def metrics():
-    manager = services().queue_watch.manager
-    return Response(manager.metrics.render(manager),
+    svc = services()
+    return Response(svc.metrics.render(svc.queue_watch.manager),
                     content_type="text/plain; version=0.0.4; charset=utf-8")
 
 

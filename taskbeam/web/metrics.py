@@ -7,7 +7,8 @@ from .. import protocol
 
 
 class Metrics:
-    """Counters updated by the message-queue listener and the socket handlers."""
+    """Counters of one web process, owned by the app's services; updated by the
+    message-queue listener and the socket handlers."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -17,6 +18,17 @@ class Metrics:
         self.subscribes = 0
         self.lag_sum = 0.0            # emitter clock → this listener, seconds
         self.lag_last = 0.0
+
+    def delivered(self, message, recipients):
+        """A message from the queue went to ``recipients`` sockets (the fast listener)."""
+        if is_task_update(message):
+            self.event_received(message["data"][0], recipients)
+
+    def counted(self, recipients):
+        """A task event went to ``recipients`` sockets (the stock listener: no lag known)."""
+        with self.lock:
+            self.events_received += 1
+            self.events_delivered += recipients
 
     def event_received(self, event, recipients):
         lag = max(time.time() - float(event.get("ts", time.time())), 0.0)

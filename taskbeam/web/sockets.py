@@ -66,7 +66,7 @@ def on_subscribe(data=None):
     page, next_after, more = store.events_page(task_id, after, MAX_EVENTS_PAGE)
     # python-socketio encodes the ack itself, so only this bounded page is parsed.
     missed = [json.loads(event) for event in page]
-    _services().queue_watch.manager.metrics.replayed(len(missed))
+    _services().metrics.replayed(len(missed))
     # more: subscribe again with after=next_after for the next page.
     return {"ok": True, "task": snapshot, "missed": missed, "more": more,
             "next_after": next_after}

@@ -1,40 +1,38 @@
-"""engine.io pings on a timer: same schedule and rules, no greenlet while waiting."""
+"""engine.io pings on a timer, against real python-engineio Server and Socket
+objects: same schedule and rules, no greenlet while waiting."""
 import gc
 import time
 
+import engineio.socket
 import gevent
 import greenlet
+import socketio
 from engineio import packet as eio_packet
 
-from taskbeam.web import pings
+from taskbeam.web import fastws
+from taskbeam.web.fastws import pings
+
+INTERVAL_S = 0.1
 
 
-class FakeSocket:
-    def __init__(self):
-        self.last_ping, self.closing, self.closed, self.sent = time.time(), False, False, []
-
-    def send(self, pkt):
-        self.sent.append(pkt.packet_type)
-
-    def schedule_ping(self):
-        raise AssertionError("engine.io's own scheduler must not run")
-
-
-class FakeEio:
-    ping_interval = 0.05
-
-    def __init__(self):
-        self.handlers, self.sockets, self.connected = {}, {}, []
-        self.on("connect", lambda sid, environ: self.connected.append(sid) or True)
-
-    def on(self, event, handler):
-        self.handlers[event] = handler
+def server():
+    sio = socketio.Server(async_mode="gevent", ping_interval=INTERVAL_S)
+    fastws.install(sio)
+    return sio.eio
 
 
 def connect(eio, sid="a"):
-    sock = eio.sockets[sid] = FakeSocket()
-    assert eio.handlers["connect"](sid, {}) is True
+    sock = eio.sockets[sid] = engineio.socket.Socket(eio, sid)
+    eio.handlers["connect"](sid, {"REMOTE_ADDR": "127.0.0.1"})
     return sock
+
+
+def queued_types(sock):
+    return [pkt.packet_type for pkt in (sock.queue.items or ())]
+
+
+def greenlets():
+    return sum(isinstance(o, greenlet.greenlet) and not o.dead for o in gc.get_objects())
 
 
 def wait_for(predicate, timeout=2.0):
@@ -44,51 +42,42 @@ def wait_for(predicate, timeout=2.0):
         gevent.sleep(0.005)
 
 
-def greenlets():
-    return sum(isinstance(o, greenlet.greenlet) and not o.dead for o in gc.get_objects())
-
-
-def test_connect_still_reaches_the_original_handler_and_the_socket_gets_a_timer_ping():
-    eio = FakeEio()
-    pings.install(eio)
+def test_connect_gives_the_socket_a_timer_ping_and_a_bounded_queue():
+    eio = server()
     sock = connect(eio)
-    assert eio.connected == ["a"]
-    assert sock.schedule_ping.__self__.sock is sock
+    assert isinstance(sock.schedule_ping.__self__, pings.TimerPing)
+    assert sock.queue.on_overflow is not None
 
 
 def test_a_ping_goes_out_after_the_interval_without_a_greenlet_waiting_for_it():
-    eio = FakeEio()
-    pings.install(eio)
+    eio = server()
     sock = connect(eio)
-    gevent.get_hub()  # created on first use
-    before = greenlets()
+    gevent.get_hub()
+    idle = greenlets()
     started = time.monotonic()
-    sock.schedule_ping()
-    assert sock.last_ping is None and greenlets() == before
-    wait_for(lambda: sock.sent)
-    assert sock.sent == [eio_packet.PING]
-    assert time.monotonic() - started >= eio.ping_interval * 0.9
-    assert sock.last_ping is not None  # engine.io measures the ping timeout from here
+    sock.schedule_ping()  # what engine.io calls after the handshake
+    assert greenlets() == idle
+    wait_for(lambda: eio_packet.PING in queued_types(sock))
+    assert INTERVAL_S * 0.8 <= time.monotonic() - started < INTERVAL_S + 0.5
+    assert sock.last_ping  # engine.io's check_ping_timeout now runs from it
 
 
-def test_only_one_ping_cycle_at_a_time():
-    eio = FakeEio()
-    pings.install(eio)
+def test_only_one_ping_cycle_at_a_time_and_a_pong_starts_the_next():
+    eio = server()
     sock = connect(eio)
     sock.schedule_ping()
-    sock.schedule_ping()  # no PONG yet: ignored, as in engine.io
-    wait_for(lambda: sock.sent)
-    gevent.sleep(eio.ping_interval * 3)  # room for a second ping that must not come
-    assert sock.sent == [eio_packet.PING]
+    sock.schedule_ping()  # a second PONG before the ping went out: ignored
+    wait_for(lambda: eio_packet.PING in queued_types(sock))
+    gevent.sleep(INTERVAL_S * 1.5)
+    assert queued_types(sock).count(eio_packet.PING) == 1
+    sock.receive(eio_packet.Packet(eio_packet.PONG))  # real engine.io: schedules the next
+    wait_for(lambda: queued_types(sock).count(eio_packet.PING) == 2)
 
 
 def test_a_closed_socket_is_not_pinged():
-    eio = FakeEio()
-    pings.install(eio)
+    eio = server()
     sock = connect(eio)
     sock.schedule_ping()
     sock.closed = True
-    timer = sock.schedule_ping.__self__.timer
-    wait_for(lambda: not timer.active)
-    gevent.sleep(0.01)  # the spawned sender runs at the next switch
-    assert sock.sent == []
+    gevent.sleep(INTERVAL_S * 2)
+    assert eio_packet.PING not in queued_types(sock)

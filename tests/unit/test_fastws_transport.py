@@ -1,6 +1,8 @@
-"""The direct WebSocket write path: frames, addressing, and when it must queue."""
+"""The fast transport (taskbeam.web.fastws.transport): frames, addressing, when it
+must queue, the connection after hand-off, its close codes and its bounds."""
 import gc
 import json
+import time
 
 import gevent
 import gevent.pool
@@ -10,17 +12,21 @@ import pytest
 from engineio import packet as eio_packet
 from geventwebsocket.websocket import Header, WebSocket
 
-from taskbeam.web import direct
+from taskbeam.web.fastws import codec, transport
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
 def test_text_frame_matches_gevent_websocket_header(size):
     payload = b"x" * size
     header = Header.encode_header(True, WebSocket.OPCODE_TEXT, b"", size, 0)
-    assert direct.text_frame(payload) == bytes(header) + payload
+    assert codec.text_frame(payload) == bytes(header) + payload
 
 
 class FakeQueue(list):
+    @property
+    def items(self):
+        return list(self)
+
     def empty(self):
         return not self
 
@@ -47,7 +53,7 @@ class FakeRawSocket:
 class FakeEioSocket:
     def __init__(self, raw):
         self.upgraded, self.closed, self.queue = True, False, FakeQueue()
-        ws = direct.DirectWebSocket.__new__(direct.DirectWebSocket)
+        ws = transport.UpgradedWebSocket.__new__(transport.UpgradedWebSocket)
         ws.eio_socket = self
         ws._sock = type("GeventWS", (), {})()
         ws._sock.stream = type("Stream", (), {})()
@@ -82,14 +88,14 @@ def message(**overrides):
 
 
 def wire(event_json):
-    return direct.text_frame(("42" + event_json).encode())
+    return codec.text_frame(("42" + event_json).encode())
 
 
 def test_idle_sockets_get_the_frame_written_directly_and_others_in_the_room_too():
     raws = {"e1": FakeRawSocket(), "e2": FakeRawSocket()}
     sockets = {sid: FakeEioSocket(raw) for sid, raw in raws.items()}
     manager = FakeManager({"/": {"task:a": {"s1": "e1", "s2": "e2"}}}, sockets)
-    assert direct.deliver(manager, message()) is True
+    assert transport.deliver(manager, message()) == 2
     expected = wire(json.dumps(["task_update", {"seq": 1}], separators=(",", ":")))
     assert raws["e1"].sent == raws["e2"].sent == expected
     assert manager.server.queued == []
@@ -102,7 +108,7 @@ def test_a_socket_with_queued_packets_or_a_write_in_progress_gets_queued_in_orde
     backlog.queue.put("earlier packet")
     manager = FakeManager({"/": {"task:a": {"s1": "e1", "s2": "e2"}}},
                           {"e1": busy, "e2": backlog})
-    direct.deliver(manager, message())
+    transport.deliver(manager, message())
     assert raw_busy.sent == raw_backlog.sent == b""
     assert [sid for sid, _ in manager.server.queued] == ["e1", "e2"]
     assert manager.server.queued[0][1] == '42["task_update",{"seq":1}]'
@@ -112,7 +118,7 @@ def test_a_full_socket_buffer_queues_the_whole_frame_and_a_partial_write_queues_
     full, partial = FakeRawSocket(room=0), FakeRawSocket(room=5)
     manager = FakeManager({"/": {"task:a": {"s1": "e1", "s2": "e2"}}},
                           {"e1": FakeEioSocket(full), "e2": FakeEioSocket(partial)})
-    direct.deliver(manager, message())
+    transport.deliver(manager, message())
     frame = wire('["task_update",{"seq":1}]')
     assert [sid for sid, _ in manager.server.queued] == ["e1"]
     tail = manager.server.eio.sockets["e2"].queue  # the unsent rest, for the writer
@@ -123,15 +129,15 @@ def test_skip_sid_and_other_rooms_are_left_out():
     raws = {"e1": FakeRawSocket(), "e2": FakeRawSocket(), "e3": FakeRawSocket()}
     manager = FakeManager({"/": {"task:a": {"s1": "e1", "s2": "e2"}, "task:b": {"s3": "e3"}}},
                           {sid: FakeEioSocket(raw) for sid, raw in raws.items()})
-    direct.deliver(manager, message(skip_sid="s1"))
+    transport.deliver(manager, message(skip_sid="s1"))
     assert (bool(raws["e1"].sent), bool(raws["e2"].sent), bool(raws["e3"].sent)) == (
         False, True, False)
 
 
 def test_callbacks_and_binary_are_left_to_python_socketio():
     manager = FakeManager({"/": {}}, {})
-    assert direct.deliver(manager, message(callback=["s", "/", 1])) is False
-    assert direct.deliver(manager, message(binary=True)) is False
+    assert transport.deliver(manager, message(callback=["s", "/", 1])) is None
+    assert transport.deliver(manager, message(binary=True)) is None
 
 
 @pytest.mark.parametrize("data, args", [
@@ -140,15 +146,15 @@ def test_callbacks_and_binary_are_left_to_python_socketio():
 def test_arguments_are_spread_like_python_socketio(data, args):
     raw = FakeRawSocket()
     manager = FakeManager({"/": {"task:a": {"s1": "e1"}}}, {"e1": FakeEioSocket(raw)})
-    direct.deliver(manager, message(data=data))
+    transport.deliver(manager, message(data=data))
     assert raw.sent == wire(json.dumps(["task_update", *args], separators=(",", ":")))
 
 
 def test_other_namespaces_are_addressed_in_the_packet():
     raw = FakeRawSocket()
     manager = FakeManager({"/admin": {"task:a": {"s1": "e1"}}}, {"e1": FakeEioSocket(raw)})
-    direct.deliver(manager, message(namespace="/admin"))
-    assert raw.sent == direct.text_frame(b'42/admin,["task_update",{"seq":1}]')
+    transport.deliver(manager, message(namespace="/admin"))
+    assert raw.sent == codec.text_frame(b'42/admin,["task_update",{"seq":1}]')
 
 
 # The writer on demand: the Drainer (engine.io's writer without a greenlet
@@ -173,6 +179,9 @@ class FakeWebSocket:
     def close(self):
         self.closed = True
 
+    def close_later(self):
+        pass
+
 
 class FakeEioServer:
     max_http_buffer_size = 100
@@ -189,7 +198,7 @@ class QueuedEioSocket:
 
     def __init__(self):
         self.server, self.sid = FakeEioServer(), "e1"
-        self.queue = direct.WakingQueue()
+        self.queue = transport.WakingQueue()
         self.connected = self.upgraded = self.closed = False
         self.received, self.close_calls = [], []
 
@@ -217,7 +226,7 @@ def live_greenlets():
 
 def test_the_drainer_sends_what_is_queued_in_order_and_then_holds_no_greenlet():
     sock, ws = QueuedEioSocket(), FakeWebSocket()
-    drainer = direct.Drainer(sock, ws)
+    drainer = transport.Drainer(sock, ws)
     sock.queue.on_put = drainer.wake
     gevent.get_hub()
     idle = live_greenlets()
@@ -233,7 +242,7 @@ def test_the_drainer_sends_what_is_queued_in_order_and_then_holds_no_greenlet():
 
 def test_the_end_closes_the_websocket_and_later_packets_only_keep_join_from_waiting():
     sock, ws = QueuedEioSocket(), FakeWebSocket()
-    drainer = direct.Drainer(sock, ws)
+    drainer = transport.Drainer(sock, ws)
     sock.queue.on_put = drainer.wake
     sock.send("last")
     sock.queue.put(None)
@@ -246,7 +255,7 @@ def test_the_end_closes_the_websocket_and_later_packets_only_keep_join_from_wait
 
 def test_a_broken_connection_ends_the_drainer_without_leaving_packets_behind():
     sock, ws = QueuedEioSocket(), FakeWebSocket(broken=True)
-    drainer = direct.Drainer(sock, ws)
+    drainer = transport.Drainer(sock, ws)
     sock.queue.on_put = drainer.wake
     sock.send("a")
     sock.send("b")
@@ -282,25 +291,6 @@ def server_frames(data):
     return frames
 
 
-@pytest.mark.parametrize("size", [0, 5, 125, 126, 65535, 65536])
-def test_parse_frame_reads_a_masked_client_frame_and_waits_for_the_rest(size):
-    payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
-    data = b"xx" + client_frame(direct.OP_TEXT, payload) + b"next"
-    for cut in (2, 3, len(data) - 5):
-        assert direct.parse_frame(data[:cut], 2, 1 << 20) is None
-    assert direct.parse_frame(data, 2, 1 << 20) == (True, direct.OP_TEXT, payload, len(data) - 4)
-
-
-@pytest.mark.parametrize("data", [
-    client_frame(direct.OP_TEXT, b"hi", masked=False),                    # unmasked
-    bytes((0xC1,)) + client_frame(direct.OP_TEXT, b"hi")[1:],             # RSV1 set
-    client_frame(direct.OP_TEXT, b"x" * 101)[:4],                         # too large, header only
-])
-def test_parse_frame_rejects_what_a_client_may_not_send(data):
-    with pytest.raises(direct.ProtocolError):
-        direct.parse_frame(data, 0, 100)
-
-
 class Connected:
     """A Connection on one end of a socket pair; the test holds the client end."""
 
@@ -309,8 +299,8 @@ class Connected:
         self.sock.server.sockets = {self.sock.sid: self.sock}
         self.sock.send("open")  # engine.io queues OPEN before the handshake ends
         server_side, self.client = gevent.socket.socketpair()
-        self.open_before = direct.Connection.open_count
-        self.connection = direct.Connection(self.sock, server_side)
+        self.open_before = transport.Connection.open_count
+        self.connection = transport.Connection(self.sock, server_side)
         self.received = b""
 
     def send(self, data):
@@ -340,41 +330,41 @@ class Connected:
 def test_a_connection_sends_open_first_answers_messages_and_pings_and_ends_when_the_client_closes():
     c = Connected()
     assert c.sock.connected and c.sock.upgraded and c.sock.direct is c.connection
-    assert c.frames_until(1) == [(direct.OP_TEXT, b"4open")]
-    c.send(client_frame(direct.OP_TEXT, b"4hello") + client_frame(direct.OP_PING, b"p"))
-    c.send(client_frame(direct.OP_TEXT, b"4wor", fin=False)
-           + client_frame(direct.OP_CONTINUATION, "ld \u00e9".encode()))
-    assert c.frames_until(4)[1:] == [(direct.OP_TEXT, b"4ack hello"), (direct.OP_PONG, b"p"),
-                                     (direct.OP_TEXT, "4ack world \u00e9".encode())]
+    assert c.frames_until(1) == [(codec.OP_TEXT, b"4open")]
+    c.send(client_frame(codec.OP_TEXT, b"4hello") + client_frame(codec.OP_PING, b"p"))
+    c.send(client_frame(codec.OP_TEXT, b"4wor", fin=False)
+           + client_frame(codec.OP_CONTINUATION, "ld \u00e9".encode()))
+    assert c.frames_until(4)[1:] == [(codec.OP_TEXT, b"4ack hello"), (codec.OP_PONG, b"p"),
+                                     (codec.OP_TEXT, "4ack world \u00e9".encode())]
     assert c.sock.received == ["hello", "world \u00e9"]
     c.client.shutdown(gevent.socket.SHUT_WR)  # the client goes away
-    assert c.wait_closed()[-1][0] == direct.OP_CLOSE
+    assert c.wait_closed()[-1][0] == codec.OP_CLOSE
     assert c.sock.close_calls == [(False, True, "transport close")]
     assert c.sock.server.sockets == {} and c.sock.direct is None
-    assert direct.Connection.open_count == c.open_before
+    assert transport.Connection.open_count == c.open_before
     c.client.close()
 
 
 def test_a_close_frame_from_the_client_ends_the_connection():
     c = Connected()
-    c.send(client_frame(direct.OP_CLOSE, (1000).to_bytes(2, "big")))
+    c.send(client_frame(codec.OP_CLOSE, (1000).to_bytes(2, "big")))
     c.wait_closed()
     assert c.sock.closed and c.sock.close_calls == [(False, True, "transport close")]
     c.client.close()
 
 
 @pytest.mark.parametrize("data", [
-    client_frame(direct.OP_TEXT, b"4" + b"x" * 200),                      # over the limit
-    client_frame(direct.OP_TEXT, b"4" + b"x" * 60, fin=False)
-    + client_frame(direct.OP_CONTINUATION, b"x" * 60),                    # fragments over it
-    client_frame(direct.OP_TEXT, b"4hi", masked=False),                   # unmasked
-    client_frame(direct.OP_TEXT, b"\xff\xfe"),                            # not UTF-8
-    client_frame(direct.OP_CONTINUATION, b"x"),                           # nothing to continue
+    client_frame(codec.OP_TEXT, b"4" + b"x" * 200),                      # over the limit
+    client_frame(codec.OP_TEXT, b"4" + b"x" * 60, fin=False)
+    + client_frame(codec.OP_CONTINUATION, b"x" * 60),                    # fragments over it
+    client_frame(codec.OP_TEXT, b"4hi", masked=False),                   # unmasked
+    client_frame(codec.OP_TEXT, b"\xff\xfe"),                            # not UTF-8
+    client_frame(codec.OP_CONTINUATION, b"x"),                           # nothing to continue
     client_frame(0x3, b"x"),                                              # reserved opcode
 ])
 def test_a_client_that_breaks_the_protocol_is_disconnected_and_nothing_reaches_engineio(data):
     c = Connected()
-    c.send(data + client_frame(direct.OP_TEXT, b"4never read"))
+    c.send(data + client_frame(codec.OP_TEXT, b"4never read"))
     c.wait_closed()
     assert c.sock.received == [] and c.sock.closed
     c.client.close()
@@ -386,8 +376,8 @@ def test_engineio_closing_the_socket_sends_what_is_queued_then_a_close_frame():
     c.sock.closed = True
     c.sock.queue.put(None)  # what engine.io's Socket.close() does
     frames = c.wait_closed()
-    assert frames == [(direct.OP_TEXT, b"4open"), (direct.OP_TEXT, b"4bye"),
-                      (direct.OP_CLOSE, (1000).to_bytes(2, "big"))]
+    assert frames == [(codec.OP_TEXT, b"4open"), (codec.OP_TEXT, b"4bye"),
+                      (codec.OP_CLOSE, (1000).to_bytes(2, "big"))]
     assert c.sock.close_calls == [] and c.sock.server.sockets == {}
     c.client.close()
 
@@ -399,7 +389,7 @@ def test_an_idle_connection_holds_no_greenlet():
     c.frames_until(1)
     gevent.sleep(0.01)
     assert live_greenlets() == idle
-    c.send(client_frame(direct.OP_TEXT, b"4hello"))
+    c.send(client_frame(codec.OP_TEXT, b"4hello"))
     c.frames_until(2)
     gevent.sleep(0.01)
     assert live_greenlets() == idle
@@ -411,7 +401,7 @@ def test_an_idle_connection_holds_no_greenlet():
 # the polling transport's poll(), the upgrade-path writer, close(wait=True)).
 
 def test_an_idle_queue_holds_no_buffer_or_waiter():
-    queue = direct.WakingQueue()
+    queue = transport.WakingQueue()
     queue.put("a")
     assert queue.get_nowait() == "a"
     queue.task_done()
@@ -420,7 +410,7 @@ def test_an_idle_queue_holds_no_buffer_or_waiter():
 
 
 def test_get_returns_items_in_order_and_raises_empty_without_blocking_or_after_a_timeout():
-    queue = direct.WakingQueue()
+    queue = transport.WakingQueue()
     for item in ("a", "b"):
         queue.put(item)
     assert [queue.get(), queue.get(block=False)] == ["a", "b"]
@@ -431,7 +421,7 @@ def test_get_returns_items_in_order_and_raises_empty_without_blocking_or_after_a
 
 
 def test_a_waiting_get_is_woken_by_a_put_and_a_second_getter_keeps_waiting():
-    queue = direct.WakingQueue()
+    queue = transport.WakingQueue()
     first = gevent.spawn(queue.get, timeout=2)
     second = gevent.spawn(queue.get, timeout=0.2)
     gevent.sleep(0)  # both wait
@@ -443,7 +433,7 @@ def test_a_waiting_get_is_woken_by_a_put_and_a_second_getter_keeps_waiting():
 
 
 def test_join_waits_for_task_done_of_every_put():
-    queue = direct.WakingQueue()
+    queue = transport.WakingQueue()
     assert queue.join(timeout=0) is True
     queue.put("a")
     queue.put(None)
@@ -462,8 +452,8 @@ def test_join_waits_for_task_done_of_every_put():
 
 
 def test_each_put_wakes_the_drainer():
-    queue, woken = direct.WakingQueue(), []
-    queue.on_put = lambda: woken.append(queue.qsize())
+    queue, woken = transport.WakingQueue(), []
+    queue.on_put = lambda item: woken.append(queue.qsize())
     queue.put("a")
     queue.put("b")
     assert woken == [1, 2]
@@ -489,7 +479,7 @@ class Handoff:
         self.sock.send("open")
 
     def run(self):
-        return direct.hand_off(self.sock, self.environ, self.websocket)
+        return transport.hand_off(self.sock, self.environ, self.websocket)
 
     def close(self):
         self.pool.kill()
@@ -502,14 +492,14 @@ def test_hand_off_takes_the_connection_from_pywsgi_which_then_closes_only_its_de
     h.pool.add(handler_greenlet)
     assert handler_greenlet.get(timeout=2) == ([], 0)  # its pool slot went with the hand-off
     connection = h.sock.direct
-    assert isinstance(connection, direct.Connection)
+    assert isinstance(connection, transport.Connection)
     assert h.handler.socket is None and h.handler.close_connection and h.gws.closed
     assert h.environ["wsgi.websocket"] is None and h.environ["wsgi.input"].read() == b""
     assert h.environ["HTTP_COOKIE"] == "s=1"
     h.server_side.close()  # what pywsgi's server does once the handler returns
     h.client.settimeout(2)
-    assert server_frames(h.client.recv(100)) == [(direct.OP_TEXT, b"4open")]
-    h.client.sendall(client_frame(direct.OP_TEXT, b"4still here"))
+    assert server_frames(h.client.recv(100)) == [(codec.OP_TEXT, b"4open")]
+    h.client.sendall(client_frame(codec.OP_TEXT, b"4still here"))
     with gevent.Timeout(2):
         while not h.sock.received:
             gevent.sleep(0.005)
@@ -523,13 +513,78 @@ def test_hand_off_takes_the_connection_from_pywsgi_which_then_closes_only_its_de
 
 def test_hand_off_refuses_a_websocket_past_the_connection_limit():
     h = Handoff(pool_size=3, in_pool=2)  # this handler and one more in the pool
-    before = direct.Connection.open_count
-    direct.Connection.open_count = 2  # one more would make 4
+    before = transport.Connection.open_count
+    transport.Connection.open_count = 2  # one more would make 4
     try:
         assert h.run() == []
     finally:
-        direct.Connection.open_count = before
+        transport.Connection.open_count = before
     assert h.sock.closed and getattr(h.sock, "direct", None) is None
     assert h.handler.socket is h.server_side and not h.gws.closed  # gevent-websocket closes it
     h.server_side.close()
     h.close()
+
+
+# Close codes (RFC 6455 7.4.1) and bounds.
+
+def close_code(frames):
+    opcode, payload = frames[-1]
+    assert opcode == codec.OP_CLOSE
+    return int.from_bytes(payload[:2], "big") if payload else None
+
+
+@pytest.mark.parametrize("data, code", [
+    (client_frame(codec.OP_TEXT, b"4hi", masked=False), 1002),
+    (client_frame(codec.OP_TEXT, b"4\xff"), 1007),
+    (client_frame(codec.OP_TEXT, b"4" + b"x" * 200), 1009),
+    (client_frame(codec.OP_CLOSE, (1001).to_bytes(2, "big")), 1001),  # echoed
+    (client_frame(codec.OP_CLOSE, b""), None),                          # none sent, none echoed
+])
+def test_the_connection_closes_with_the_right_code(data, code):
+    c = Connected()
+    c.send(data)
+    assert close_code(c.wait_closed()) == code
+    c.client.close()
+
+
+def test_a_client_that_never_reads_is_cut_once_its_queue_is_full(monkeypatch):
+    monkeypatch.setattr(transport, "MAX_QUEUED_PACKETS", 20)
+    c = Connected()
+    before_close = c.open_before + 1
+    assert transport.Connection.open_count == before_close
+    with gevent.Timeout(5):
+        while not c.connection.closed:  # blind: the client never reads, whatever it sends
+            c.sock.send("x" * 50_000)
+            gevent.sleep(0)
+    assert c.sock.closed and c.connection.tcp.fileno() == -1
+    assert transport.Connection.open_count == c.open_before
+    c.client.close()
+
+
+def test_the_connection_closes_soon_after_engineio_even_while_a_write_is_blocked(monkeypatch):
+    monkeypatch.setattr(transport, "CLOSE_GRACE_S", 0.2)
+    c = Connected()
+    for _ in range(20):  # far more than the socket buffers hold: the drainer blocks
+        c.sock.send("x" * 100_000)
+    gevent.sleep(0.05)
+    assert c.connection.writing
+    started = time.monotonic()
+    c.sock.close()  # engine.io: CLOSE queued behind the blocked write
+    with gevent.Timeout(2):
+        while not c.connection.closed:
+            gevent.sleep(0.01)
+    assert time.monotonic() - started < 1
+    assert c.connection.tcp.fileno() == -1 and c.sock.server.sockets == {}
+    c.client.close()
+
+
+def test_a_write_that_makes_no_progress_ends_the_connection(monkeypatch):
+    monkeypatch.setattr(transport, "WRITE_TIMEOUT_S", 0.2)
+    c = Connected()
+    for _ in range(20):
+        c.sock.send("x" * 100_000)
+    with gevent.Timeout(2):
+        while not c.connection.closed:
+            gevent.sleep(0.01)
+    assert c.sock.closed
+    c.client.close()

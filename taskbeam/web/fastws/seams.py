@@ -1,0 +1,236 @@
+"""Every private attribute of another library that the fast transport uses.
+
+This is the only module of Taskbeam that reads or writes an underscored or
+undocumented attribute of python-engineio, python-socketio, gevent-websocket,
+gevent's pywsgi, redis-py or wsproto. Each use below names the version it was
+read from (``READ_FROM``). At start-up :func:`problems` compares the installed
+versions and looks for every attribute; if anything differs the app runs stock
+python-engineio/python-socketio instead (``taskbeam.web.fastws.install``).
+
+When you bump one of these libraries: read the lines named here in its new
+source, adjust, then update ``READ_FROM``. ``tests/unit/test_fastws_contract.py``
+runs the transport against the real libraries.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import socket
+import time
+from typing import Any
+
+import engineio
+import engineio.packet
+import engineio.socket
+import gevent.pywsgi
+import redis
+import socketio
+from wsproto.frame_protocol import FrameProtocol
+
+READ_FROM = {
+    "python-engineio": "4.15.1",
+    "python-socketio": "5.18.1",
+    "gevent-websocket": "0.10.1",
+    "gevent": "26.9.0",
+    "redis": "8.1.0",
+    "wsproto": "1.3.2",
+}
+
+
+# python-engineio 4.15.1 -------------------------------------------------------
+
+def install_eio_classes(eio: engineio.Server, websocket_class: type, queue_class: type) -> None:
+    """``Server._async``: the async driver's table; ``websocket`` wraps each
+    WebSocket request (called with the Socket's bound ``_websocket_handler``),
+    ``queue`` is every Socket's packet queue (``create_queue``)."""
+    eio._async = dict(eio._async, websocket=websocket_class, queue=queue_class)
+
+
+def eio_socket(eio: engineio.Server, sid: str) -> engineio.socket.Socket | None:
+    """``Server.sockets``: engine.io sid -> Socket."""
+    return eio.sockets.get(sid)
+
+
+def eio_socket_of(handler: Any) -> engineio.socket.Socket:
+    """The engine.io Socket whose ``_websocket_handler`` the wrapper was given."""
+    return handler.__self__
+
+
+def replace_schedule_ping(sock: engineio.socket.Socket, schedule) -> None:
+    """``Socket.schedule_ping``: called after the handshake and on each PONG."""
+    sock.schedule_ping = schedule
+
+
+def start_ping_cycle(sock: engineio.socket.Socket) -> bool:
+    """``schedule_ping``'s rule: a new cycle only once the last one completed
+    (``last_ping`` set by the PING, cleared here)."""
+    if sock.last_ping:
+        sock.last_ping = None
+        return True
+    return False
+
+
+def send_ping(sock: engineio.socket.Socket) -> None:
+    """``_send_ping`` after its sleep: PING unless ``closing``/``closed``, with
+    ``last_ping`` for ``check_ping_timeout``."""
+    if not sock.closing and not sock.closed:
+        sock.last_ping = time.time()
+        sock.send(engineio.packet.Packet(engineio.packet.PING))
+
+
+def mark_websocket_open(sock: engineio.socket.Socket, direct) -> None:
+    """What ``_websocket_handler`` sets for a WebSocket that opened directly
+    (``connected``, ``upgraded``), and our writer on the socket (``direct``)."""
+    sock.connected = sock.upgraded = True
+    sock.direct = direct
+
+
+def upgraded(sock: engineio.socket.Socket) -> bool:
+    """``Socket.upgraded``: set once a long-polling client finished its upgrade."""
+    return sock.upgraded
+
+
+def forget_socket(sock: engineio.socket.Socket) -> None:
+    """``Server.sockets`` without ``sock`` (what ``_websocket_handler``'s end
+    and the service task do for closed sockets), and no writer on it."""
+    if sock.server.sockets.get(sock.sid) is sock:
+        del sock.server.sockets[sock.sid]
+    sock.direct = None
+
+
+# python-socketio 5.18.1 ------------------------------------------------------
+
+def eio_sockets(sio_server: socketio.Server) -> dict:
+    """``engineio.Server.sockets``: engine.io sid -> Socket."""
+    return sio_server.eio.sockets
+
+
+def send_eio_packet(sio_server: socketio.Server, eio_sid: str, pkt) -> None:
+    """``Server._send_eio_packet``: what ``Manager.emit`` calls per recipient."""
+    sio_server._send_eio_packet(eio_sid, pkt)
+
+
+class PubSubHooks(socketio.RedisManager):
+    """The two python-socketio methods the fast listener replaces:
+    ``PubSubManager._listen`` (the generator ``_thread`` reads messages from)
+    and ``_handle_emit`` (called by ``_thread`` for each ``emit`` message).
+    Subclasses implement :meth:`listen` and :meth:`handle_emit`."""
+
+    def _listen(self):
+        return self.listen()
+
+    def _handle_emit(self, message):
+        if not self.handle_emit(message):
+            super()._handle_emit(message)
+
+    def listen(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def handle_emit(self, message) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+# gevent-websocket 0.10.1 and gevent 26.9.0's pywsgi --------------------------
+
+def websocket_tcp(wrapper: Any) -> socket.socket:
+    """The connection's gevent socket under engine.io's WebSocketWSGI wrapper:
+    ``wrapper._sock`` (gevent-websocket's WebSocket), ``.stream.handler.socket``."""
+    return wrapper._sock.stream.handler.socket
+
+
+def websocket_write(wrapper: Any, data: bytes) -> None:
+    """Raw bytes to gevent-websocket's stream (``WebSocket.stream.write``)."""
+    wrapper._sock.stream.write(data)
+
+
+def pywsgi_handler(wrapper: Any) -> gevent.pywsgi.WSGIHandler:
+    """The pywsgi handler serving the WebSocket's request (``WebSocket.handler``)."""
+    return wrapper._sock.handler
+
+
+def take_from_pywsgi(wrapper: Any) -> socket.socket:
+    """A duplicate of the connection's descriptor, after which neither
+    gevent-websocket nor pywsgi touch the connection again: the WebSocket's
+    ``closed`` flag stops its writes; pywsgi's handler with ``socket = None``
+    and ``close_connection`` neither drains nor closes it, and its server closes
+    only its own descriptor when the handler ends."""
+    handler = pywsgi_handler(wrapper)
+    tcp = handler.socket.dup()
+    wrapper._sock.closed = True
+    handler.socket, handler.close_connection = None, True
+    return tcp
+
+
+def release_pool_slot(handler: gevent.pywsgi.WSGIHandler, greenlet) -> None:
+    """Gunicorn's pool (``handler.server.pool``, a gevent Pool) frees the
+    handler greenlet's slot now rather than when it hears the greenlet ended."""
+    handler.server.pool.discard(greenlet)
+
+
+def server_pool(handler: gevent.pywsgi.WSGIHandler):
+    return getattr(handler.server, "pool", None)
+
+
+def small_read_buffer(handler: gevent.pywsgi.WSGIHandler, sock: socket.socket, size: int) -> None:
+    """pywsgi's ``WSGIHandler.rfile`` (8 KB by default) replaced by a smaller one."""
+    handler.rfile.close()  # the buffer; the socket stays open
+    handler.rfile = sock.makefile("rb", size)
+
+
+# redis-py 8.1.0 --------------------------------------------------------------
+
+def redis_socket(connection: redis.Connection) -> socket.socket:
+    """``Connection._sock``: the listener reads its subscribed socket itself."""
+    return connection._sock
+
+
+# wsproto 1.3.2 ---------------------------------------------------------------
+
+def parser_idle(parser: FrameProtocol) -> bool:
+    """True when a wsproto parser holds no partial frame or message, so it can be
+    dropped and a new one started for the next read (``_frame_decoder.buffer``,
+    ``.header``; ``_message_decoder.opcode``)."""
+    frames = parser._frame_decoder
+    return not len(frames.buffer) and frames.header is None and parser._message_decoder.opcode is None
+
+
+# The start-up check -----------------------------------------------------------
+
+def _installed(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def problems() -> list[str]:
+    """What differs from the versions and attributes this module was written
+    against; empty when the fast transport can run."""
+    found = []
+    for name, version in READ_FROM.items():
+        installed = _installed(name)
+        if installed != version:
+            found.append(f"{name} {installed or 'missing'} (read from {version})")
+    try:
+        import geventwebsocket.websocket as gws
+        eio = engineio.Server(async_mode="gevent")
+        sock = engineio.socket.Socket(eio, "probe")
+        checks = {
+            "engineio.Server._async": "websocket" in eio._async and "queue" in eio._async,
+            "engineio.Socket._websocket_handler": callable(sock._websocket_handler),
+            "engineio.Socket.schedule_ping": callable(sock.schedule_ping)
+            and sock.last_ping is not None,
+            "socketio.Server._send_eio_packet": callable(socketio.Server._send_eio_packet),
+            "socketio.PubSubManager._listen/_handle_emit/_thread": all(
+                callable(getattr(socketio.PubSubManager, name, None))
+                for name in ("_listen", "_handle_emit", "_thread")),
+            "geventwebsocket WebSocket.stream/handler/closed": all(
+                name in gws.WebSocket.__slots__ for name in ("stream", "handler", "closed")),
+            "pywsgi WSGIHandler.socket/close_connection/rfile": hasattr(
+                gevent.pywsgi.WSGIHandler, "close_connection"),
+            "redis Connection._sock": hasattr(redis.Connection(), "_sock"),
+            "wsproto FrameProtocol._frame_decoder/_message_decoder": parser_idle(
+                FrameProtocol(client=False, extensions=[])),
+        }
+    except Exception as exc:  # an attribute gone or renamed
+        return found + [f"{type(exc).__name__}: {exc}"]
+    return found + [name for name, ok in checks.items() if not ok]

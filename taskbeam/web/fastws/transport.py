@@ -1,0 +1,472 @@
+"""engine.io's WebSocket transport in this process: direct writes, no greenlet per
+idle socket, every per-socket buffer bounded.
+
+python-engineio sends every packet through a per-socket queue drained by a
+writer greenlet: per delivered event a queue put, two greenlet switches, a timer
+and an exception. When nothing is queued for a socket and nothing is being
+written to it, :func:`deliver` writes the finished frame itself without waiting
+(:meth:`DirectWrites.try_send`); otherwise the frame goes through the queue, so
+order is kept and a slow client never stalls the listener.
+
+A client that opens with a WebSocket is handed off to a :class:`Connection`
+right after gevent-websocket's handshake: the pywsgi handler ends, a libev
+watcher waits for the client, and greenlets exist only while a read is handled
+or a :class:`Drainer` writes what is queued. Clients that upgrade from
+long-polling keep engine.io's handler, wrapped by :class:`UpgradedWebSocket`.
+
+Bounds: a socket's queue holds at most ``MAX_QUEUED_PACKETS`` packets and
+``MAX_QUEUED_BYTES`` bytes (past either, the connection is cut and the client
+resumes with ``after``); a write that makes no progress for
+``WRITE_TIMEOUT_S`` ends the connection; once engine.io closes a socket its TCP
+connection is closed after what is queued, or ``CLOSE_GRACE_S`` later at the
+latest.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import io
+import logging
+import socket
+import time
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.queue
+from engineio import exceptions as eio_exceptions
+from engineio import packet as eio_packet
+from engineio.async_drivers.gevent import WebSocketWSGI
+from socketio import packet as sio_packet
+
+from . import codec, seams
+
+log = logging.getLogger(__name__)
+
+MAX_QUEUED_PACKETS = 4096         # ~4 minutes of a busy task's events for one client
+MAX_QUEUED_BYTES = 4 * 1024 * 1024
+WRITE_TIMEOUT_S = 30.0            # longer than engine.io's ping interval + timeout (45 s) is pointless
+CLOSE_GRACE_S = 3.0
+MAX_QUEUED_PONGS = 16             # a client that pings without reading gets no more
+READ_BYTES, READ_BYTES_MID_MESSAGE = 4096, 65536
+
+
+class Rest:
+    """Bytes already framed (the unsent tail of a frame, a pong), queued for the
+    writer; ``encode()``-able like the engine.io packets it drains."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def encode(self) -> Rest:
+        return self
+
+
+def queued_size(item: Any) -> int:
+    data = getattr(item, "data", None)
+    return len(data) if isinstance(data, (str, bytes)) else 0
+
+
+class WakingQueue:
+    """engine.io's per-socket packet queue: calls ``on_put`` after each put, and
+    ``on_overflow`` once when it holds too much.
+
+    It has what engine.io uses of gevent's ``JoinableQueue`` (put, get with
+    block and timeout, ``get_nowait``, ``task_done``, ``join``, ``empty``), and
+    holds no buffer or waiter while idle: gevent's keeps three deques (~2.3 KB)
+    per socket. One greenlet runs at a time, so no lock is needed.
+    """
+
+    __slots__ = ("items", "bytes", "unfinished", "readable", "finished", "on_put", "on_overflow")
+
+    def __init__(self):
+        self.items = None       # a deque while something is queued
+        self.bytes = 0          # payload bytes of the queued items
+        self.unfinished = 0     # put and not yet task_done(), for join()
+        self.readable = None    # an Event, once a getter had to wait
+        self.finished = None    # an Event, while join() waits
+        self.on_put = None      # called with the item
+        self.on_overflow = None
+
+    def put(self, item, block=True, timeout=None):
+        if self.items is None:
+            self.items = collections.deque()
+        self.items.append(item)
+        self.unfinished += 1
+        self.bytes += queued_size(item)
+        if self.readable is not None:
+            self.readable.set()
+        if self.on_put is not None:
+            self.on_put(item)
+        if ((len(self.items) > MAX_QUEUED_PACKETS or self.bytes > MAX_QUEUED_BYTES)
+                and self.on_overflow is not None):
+            overflow, self.on_overflow = self.on_overflow, None  # once
+            overflow()
+
+    def get(self, block=True, timeout=None):
+        if not self.items:
+            if not block:
+                raise gevent.queue.Empty
+            self._wait_for_item(timeout)
+        item = self.items.popleft()
+        self.bytes -= queued_size(item)
+        if not self.items:
+            self.items, self.bytes = None, 0
+            if self.readable is not None:
+                self.readable.clear()
+        return item
+
+    def get_nowait(self):
+        return self.get(block=False)
+
+    def _wait_for_item(self, timeout):
+        # `readable` is set exactly while items are queued.
+        if self.readable is None:
+            self.readable = gevent.event.Event()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.items:  # again if another getter took the item first
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise gevent.queue.Empty
+            self.readable.wait(remaining)
+
+    def task_done(self):
+        if self.unfinished <= 0:
+            raise ValueError("task_done() called too many times")
+        self.unfinished -= 1
+        if self.unfinished == 0 and self.finished is not None:
+            self.finished.set()
+            self.finished = None
+
+    def join(self, timeout=None):
+        if self.unfinished:
+            if self.finished is None:
+                self.finished = gevent.event.Event()
+            return self.finished.wait(timeout)
+        return True
+
+    def empty(self):
+        return not self.items
+
+    def qsize(self):
+        return len(self.items) if self.items else 0
+
+
+def encode_frame(message) -> bytes:
+    """The frame for what a writer takes off the queue: a :class:`Rest` as is,
+    an engine.io packet's encoding as a text or binary message."""
+    if isinstance(message, Rest):
+        return message.data
+    if isinstance(message, str):
+        return codec.frame(codec.OP_TEXT, message.encode())
+    return codec.frame(codec.OP_BINARY, message)
+
+
+class DirectWrites:
+    """Writing finished frames to a WebSocket's TCP connection, from the listener
+    (:meth:`try_send`, never waits) or from a writer greenlet (:meth:`send`)."""
+
+    __slots__ = ()
+    writing = False  # a writer is inside a send (it may be blocked)
+    closed = False
+
+    def try_send(self, frame: bytes) -> bool:
+        """Write ``frame`` now if the socket is idle; False if the queue must take it."""
+        if self.writing or self.closed or self.eio_socket.queue.items:
+            return False
+        try:
+            sent = self.tcp.send(frame, 0, 0.0)  # never waits
+        except OSError:  # would block, or broken: the writer's path handles both
+            return False
+        if sent < len(frame):
+            self.eio_socket.queue.put(Rest(frame[sent:]))
+        return True
+
+    def send(self, message) -> None:
+        """A writer's write of one queued item; may block (bounded by the socket's timeout)."""
+        self.writing = True
+        try:
+            self.write(encode_frame(message))
+        finally:
+            self.writing = False
+
+    def cut(self) -> None:
+        """Drop the TCP connection as a failing network would: clients reconnect."""
+        self.tcp.shutdown(socket.SHUT_RDWR)
+
+
+class Drainer:
+    """Sends what engine.io queues for one :class:`Connection`, from a greenlet
+    that exists only while the queue holds something (engine.io's writer, on
+    demand)."""
+
+    __slots__ = ("sock", "connection", "greenlet", "done")
+
+    def __init__(self, sock, connection: Connection):
+        self.sock, self.connection, self.greenlet, self.done = sock, connection, None, False
+
+    def wake(self, item=True):
+        if item is None:  # engine.io is closing the socket
+            self.connection.close_later()
+        if self.greenlet is None:
+            self.greenlet = gevent.spawn(self.run)
+
+    def run(self):
+        queue = self.sock.queue
+        try:
+            while True:
+                try:
+                    pkt = queue.get_nowait()
+                except gevent.queue.Empty:
+                    return
+                queue.task_done()
+                if self.done:
+                    continue  # after the end, only so that queue.join() returns
+                if pkt is None:  # engine.io closing the socket
+                    self.finish()
+                    continue
+                try:
+                    self.connection.send(pkt.encode())
+                except Exception:  # broken or too slow: engine.io's writer gives up too
+                    self.finish()
+        finally:
+            self.greenlet = None
+
+    def finish(self):
+        self.done = True
+        self.connection.close()
+
+
+class Connection(DirectWrites):
+    """A WebSocket that opened directly, after the handshake: engine.io's
+    ``_websocket_handler`` (python-engineio 4.15) without a greenlet while idle.
+
+    A libev watcher waits until the client sends; then a greenlet reads, handles
+    the complete messages (engine.io's handlers may block) and ends.
+    """
+
+    __slots__ = ("eio_socket", "tcp", "watcher", "reader", "writing", "ending", "closed",
+                 "close_code", "deadline")
+    open_count = 0  # in this process, bounded together with the server's pool
+
+    def __init__(self, eio_socket, tcp: socket.socket):
+        self.eio_socket, self.tcp = eio_socket, tcp
+        self.reader = codec.Reader(eio_socket.server.max_http_buffer_size)
+        self.writing = self.ending = self.closed = False
+        self.close_code, self.deadline = codec.NORMAL_CLOSURE, None
+        tcp.settimeout(WRITE_TIMEOUT_S)  # the Drainer's writes; reads happen only when readable
+        drainer = Drainer(eio_socket, self)  # kept alive by the queue's on_put
+        self.watcher = gevent.get_hub().loop.io(tcp.fileno(), 1)  # 1: readable
+        Connection.open_count += 1
+        seams.mark_websocket_open(eio_socket, self)
+        queue = eio_socket.queue
+        queue.on_put = drainer.wake
+        queue.on_overflow = self.overflow
+        drainer.wake()  # the OPEN packet, queued before the WebSocket was there
+        self.watcher.start(self.on_readable)
+
+    def on_readable(self):  # in the hub, which must not block
+        self.watcher.stop()
+        gevent.spawn(self.read)
+
+    def read(self):
+        server = self.eio_socket.server
+        try:
+            size = READ_BYTES if self.reader.parser is None else READ_BYTES_MID_MESSAGE
+            data = self.tcp.recv(size)  # readable: returns at once
+            if not data:  # closed by the client
+                return self.end(None)
+            for opcode, payload in self.reader.feed(data):
+                if self.ending:
+                    break
+                self.handle(opcode, payload)
+        except codec.ProtocolError as exc:
+            server.logger.info('%s: WebSocket protocol error "%s", closing connection',
+                               self.eio_socket.sid, exc)
+            self.end(exc.code)
+        except Exception as exc:
+            if not self.eio_socket.closed:
+                server.logger.info('%s: Unexpected error "%s", closing connection',
+                                   self.eio_socket.sid, exc)
+            self.end(None)
+        finally:
+            if not self.ending:
+                self.watcher.start(self.on_readable)
+
+    def handle(self, opcode: int, payload) -> None:
+        if opcode == codec.OP_TEXT or opcode == codec.OP_BINARY:
+            self.receive(payload)
+        elif opcode == codec.OP_PING:
+            pong = codec.frame(codec.OP_PONG, payload)
+            # In order with what is queued; a client that pings without reading
+            # does not grow the queue past a few packets.
+            if not self.try_send(pong) and self.eio_socket.queue.qsize() < MAX_QUEUED_PONGS:
+                self.eio_socket.queue.put(Rest(pong))
+        elif opcode == codec.OP_CLOSE:
+            self.end(codec.close_reply(payload[0]))
+        # OP_PONG: nothing to do
+
+    def receive(self, data) -> None:
+        sock, server = self.eio_socket, self.eio_socket.server
+        try:
+            sock.receive(eio_packet.Packet(encoded_packet=data))
+        except eio_exceptions.UnknownPacketError:
+            pass
+        except eio_exceptions.SocketIsClosedError:
+            server.logger.info("Receive error -- socket is closed")
+            self.end(None)
+        except Exception:
+            server.logger.exception("Unknown receive error")
+            self.end(None)
+
+    def write(self, data: bytes) -> None:
+        self.tcp.sendall(data)
+
+    def end(self, code: int | None) -> None:
+        """The client closed or broke the protocol: engine.io closes the socket,
+        then the drainer closes the connection after what is queued, with a close
+        frame carrying ``code`` (None: an empty one)."""
+        if self.ending:
+            return
+        self.ending, self.close_code = True, code
+        self.watcher.stop()
+        sock = self.eio_socket
+        sock.queue.put(None)
+        sock.close(wait=False, abort=True, reason=sock.server.reason.TRANSPORT_CLOSE)
+
+    def overflow(self) -> None:
+        """The client reads too slowly for what it is sent: cut it now (it
+        reconnects and resubscribes with ``after``)."""
+        log.warning("%s: %d packets (%d bytes) queued for a client that does not read; "
+                    "closing its connection", self.eio_socket.sid, self.eio_socket.queue.qsize(),
+                    self.eio_socket.queue.bytes)
+        self.close_code = codec.POLICY_VIOLATION
+        self.ending = True
+        gevent.get_hub().loop.run_callback(self.close)  # not inside engine.io's send
+
+    def close_later(self) -> None:
+        """engine.io closed the socket: what is queued may still go out, but the
+        connection closes ``CLOSE_GRACE_S`` from now at the latest."""
+        if self.deadline is None and not self.closed:
+            self.deadline = gevent.get_hub().loop.timer(CLOSE_GRACE_S)
+            self.deadline.start(self.close)
+
+    def close(self) -> None:
+        """The end of the connection: after engine.io closed the socket and what
+        was queued went out, when a write broke, or at the deadline."""
+        if self.closed:
+            return
+        self.closed = self.ending = True
+        Connection.open_count -= 1
+        self.watcher.stop()
+        if self.deadline is not None:
+            self.deadline.stop()
+        sock = self.eio_socket
+        try:
+            self.tcp.send(codec.close_frame(self.close_code), 0, 0.0)  # a courtesy: never waits
+        except OSError:
+            pass
+        self.tcp.close()  # also wakes a drainer blocked in sendall, with an error
+        if not sock.closed:  # a broken write: engine.io learns it here
+            sock.close(wait=False, abort=True, reason=sock.server.reason.TRANSPORT_CLOSE)
+        seams.forget_socket(sock)
+
+
+def hand_off(sock, environ: dict, websocket) -> list:
+    """Take a WebSocket that just opened from gevent-websocket and pywsgi.
+
+    Runs as the WSGI app's body in the connection's pywsgi handler greenlet,
+    which then ends. The client sends no frame before it has the handshake's
+    answer (RFC 6455 4.1), so pywsgi's read buffer holds none. ``environ`` is
+    the request's, which python-socketio keeps for the session: it must not keep
+    pywsgi's reader (and so its descriptor) or the WebSocket alive.
+    """
+    environ["wsgi.input"], environ["wsgi.websocket"] = io.BytesIO(), None
+    handler = seams.pywsgi_handler(websocket)
+    pool = seams.server_pool(handler)  # Gunicorn's: worker_connections handlers
+    if pool is not None and pool.size is not None:
+        # Handed-off connections count against the worker's connection limit too.
+        if Connection.open_count + len(pool) > pool.size:
+            log.warning("%d WebSockets open and %d requests in progress: refusing one more",
+                        Connection.open_count, len(pool))
+            sock.close(wait=False, abort=True, reason=sock.server.reason.TRANSPORT_CLOSE)
+            return []
+        seams.release_pool_slot(handler, gevent.getcurrent())
+    Connection(sock, seams.take_from_pywsgi(websocket))
+    return []
+
+
+class UpgradedWebSocket(DirectWrites, WebSocketWSGI):
+    """engine.io's gevent-websocket wrapper, also accepting direct writes.
+
+    A socket that is not connected yet (the client opened with a WebSocket) is
+    handed off to a :class:`Connection`; one upgrading from long-polling keeps
+    engine.io's handler, and the wrapper is its ``direct`` writer once upgraded.
+    """
+
+    def __call__(self, environ, start_response):
+        self.eio_socket = seams.eio_socket_of(self.app)
+        if not self.eio_socket.connected:
+            self.app = functools.partial(hand_off, self.eio_socket, environ)
+            return super().__call__(environ, start_response)
+        self.eio_socket.direct = self
+        try:
+            return super().__call__(environ, start_response)
+        finally:
+            self.eio_socket.direct = None
+
+    def try_send(self, frame: bytes) -> bool:
+        # engine.io holds packets while the upgrade is under way.
+        return seams.upgraded(self.eio_socket) and DirectWrites.try_send(self, frame)
+
+    def send(self, message) -> None:  # engine.io's writer greenlet
+        DirectWrites.send(self, message)
+
+    def write(self, data: bytes) -> None:
+        seams.websocket_write(self, data)
+
+    @property
+    def tcp(self) -> socket.socket:
+        return seams.websocket_tcp(self)
+
+
+def deliver(manager, message: dict) -> int | None:
+    """Forward an ``emit`` from the message queue to this process's recipients;
+    the number of recipients, or None for what is left to python-socketio
+    (acknowledgement callbacks, binary payloads).
+
+    Same addressing as python-socketio's ``Manager.emit``.
+    """
+    if message.get("callback") is not None or message.get("binary"):
+        return None
+    data = message.get("data")
+    args = list(data) if isinstance(data, list) else [data]
+    if args == [None]:
+        args = []
+    namespace = message.get("namespace") or "/"
+    skip = message.get("skip_sid")
+    skip = skip if isinstance(skip, list) else [skip]
+    server = manager.server
+    if namespace == "/":  # what Packet.encode() writes, less its per-call checks
+        encoded = str(sio_packet.EVENT) + server.packet_class.json.dumps(
+            [message["event"]] + args, separators=(",", ":"))
+    else:
+        encoded = server.packet_class(sio_packet.EVENT, namespace=namespace,
+                                      data=[message["event"]] + args).encode()
+    frame = queued = None
+    recipients = 0
+    sockets = seams.eio_sockets(server)
+    for sid, eio_sid in manager.get_participants(namespace, message.get("room")):
+        if sid in skip:
+            continue
+        recipients += 1
+        direct = getattr(sockets.get(eio_sid), "direct", None)
+        if direct is not None:
+            frame = frame or codec.text_frame(("4" + encoded).encode())
+            if direct.try_send(frame):
+                continue
+        queued = queued or eio_packet.Packet(eio_packet.MESSAGE, encoded)
+        seams.send_eio_packet(server, eio_sid, queued)
+    return recipients

@@ -1,0 +1,163 @@
+"""The web side of the Socket.IO message queue: its listener, watched.
+
+Two listeners fit here: the fast path's (``fastws.FastRedisManager``) and
+python-socketio's stock ``RedisManager`` (:class:`StockRedisManager`, for
+``WEB_FAST_TRANSPORT=0``). :class:`QueueWatch` works with either, through what
+both have (:class:`Heard`): a self-addressed heartbeat that the listener must
+hear, so ``/readyz`` can tell a live listener from a dead one, and a call when
+a lost subscription is back, after which every client reconnects and resumes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import redis
+import socketio
+
+from . import fastws
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SID = "taskbeam-heartbeat"
+
+
+class Heard:
+    """What :class:`QueueWatch` needs of a Socket.IO message-queue manager.
+
+    The heartbeat is python-socketio's own ``callback`` message addressed to this
+    process (``host_id``): every listener hands it to the public
+    ``trigger_callback``, with no room or client needed.
+    """
+
+    last_heard = 0.0
+    on_resubscribed = None  # called (no arguments) when a lost subscription is back
+
+    def trigger_callback(self, sid, id, data):
+        if sid == HEARTBEAT_SID:
+            self.last_heard = time.monotonic()
+            return
+        super().trigger_callback(sid, id, data)
+
+    def heartbeat_message(self) -> str:
+        return json.dumps({"method": "callback", "host_id": self.host_id, "sid": HEARTBEAT_SID,
+                           "namespace": "/", "id": 0, "args": []})
+
+    def heard_within(self, seconds: float) -> bool:
+        return time.monotonic() - self.last_heard < seconds
+
+    def resubscribed(self) -> None:
+        if self.on_resubscribed is not None:
+            self.on_resubscribed()
+
+
+class StockRedisManager(Heard, socketio.RedisManager):
+    """python-socketio's ``RedisManager`` as it is, watched through public hooks:
+    the heartbeat's ``trigger_callback``, redis-py's ``redis_connect_func`` (a
+    new connection for the subscription means it was lost), and
+    ``get_participants`` for the metrics (no emit-to-receive lag here)."""
+
+    def __init__(self, url: str, channel: str, metrics: Metrics):
+        super().__init__(url, channel=channel,
+                         redis_options={"redis_connect_func": self._on_redis_connect})
+        self.metrics = metrics
+        self.subscribed_once = False
+
+    def _on_redis_connect(self, connection):
+        connection.on_connect()  # what redis-py does without a redis_connect_func
+        pubsub = self.pubsub
+        # The subscription's connection: a new PubSub's (its connection is set
+        # after connecting), or one redis-py reconnects (and resubscribes) itself.
+        if pubsub is not None and pubsub.connection in (None, connection):
+            if self.subscribed_once:
+                self.resubscribed()
+            self.subscribed_once = True
+
+    def get_participants(self, namespace, room):
+        participants = super().get_participants(namespace, room)
+        if isinstance(room, str) and room.startswith("task:"):
+            participants = list(participants)
+            self.metrics.counted(len(participants))
+        return participants
+
+
+def make_manager(url: str, channel: str, metrics: Metrics) -> Heard:
+    """The fast listener, or the stock one (``WEB_FAST_TRANSPORT=0``, or libraries
+    the fast path was not written against)."""
+    if fastws.usable():
+        return fastws.FastRedisManager(url, channel, metrics)
+    return StockRedisManager(url, channel, metrics)
+
+
+class QueueWatch:
+    """Starts the listener at boot, heartbeats it, and reports its health.
+
+    When the listener goes quiet, live events may be lost, so every socket of
+    this process is disconnected: clients reconnect and resubscribe with their
+    last seq, and the stored log fills the hole. A listener that lost its
+    subscription only briefly (a quick Redis restart) may have missed events as
+    well, so once it is subscribed again every socket's connection is closed,
+    which every Socket.IO client answers by reconnecting and resubscribing.
+    """
+
+    interval_s = 2.0
+    stale_after_s = 3 * interval_s
+
+    def __init__(self, sio, manager: Heard, client: redis.Redis):
+        self.sio = sio
+        self.manager = manager
+        self.client = client  # publishes the heartbeat
+
+    @property
+    def healthy(self) -> bool:
+        return self.manager.heard_within(self.stale_after_s)
+
+    def start(self) -> None:
+        server = self.sio.server
+        self.manager.on_resubscribed = lambda: self.sio.start_background_task(
+            self._reconnect_all)
+        # Flask-SocketIO starts the listener with the first request; the
+        # heartbeat must be heard before, or /readyz never passes.
+        if not server.manager_initialized:
+            server.manager_initialized = True
+            self.manager.initialize()
+        self.sio.start_background_task(self._run)
+
+    def publish_heartbeat(self) -> None:
+        try:
+            self.client.publish(self.manager.channel, self.manager.heartbeat_message())
+        except redis.RedisError as exc:
+            log.warning("message-queue heartbeat not published: %s", exc)
+
+    def _run(self):
+        was_healthy = False
+        while True:
+            self.publish_heartbeat()
+            self.sio.sleep(self.interval_s)
+            healthy = self.healthy
+            if was_healthy and not healthy:
+                log.error("message-queue listener is silent; disconnecting clients")
+                self._disconnect_all()
+            elif healthy and not was_healthy:
+                log.info("message-queue listener is receiving")
+            was_healthy = healthy
+
+    def _disconnect_all(self):
+        for sid, _eio_sid in list(self.manager.get_participants("/", None)):
+            try:
+                self.sio.server.disconnect(sid, namespace="/", ignore_queue=True)
+            except Exception:  # a socket already closing must not stop the others
+                log.exception("could not disconnect %s", sid)
+
+    def _reconnect_all(self):
+        eio = self.sio.server.eio
+        sids = [eio_sid for _sid, eio_sid in self.manager.get_participants("/", None)]
+        log.warning("message-queue listener is back; closing %d connections so their "
+                    "clients resubscribe", len(sids))
+        for eio_sid in sids:
+            try:
+                fastws.cut_or_close(eio, eio_sid)
+            except Exception:  # a socket already closing must not stop the others
+                log.exception("could not close %s", eio_sid)
