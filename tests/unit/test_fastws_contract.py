@@ -1,0 +1,325 @@
+"""The fast transport against the real libraries it reaches into, no fakes: a real
+pywsgi server with gevent-websocket's handshake and Gunicorn's handler class, real
+python-engineio/python-socketio servers, real WebSocket and Socket.IO clients (in
+OS threads, so the server's gevent loop runs meanwhile), a real Redis behind a
+proxy that splits its replies. A renamed private attribute upstream fails here.
+"""
+import gc
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import gevent
+import gevent.pywsgi
+import greenlet
+import pytest
+import redis
+import socketio
+import websockets.sync.client
+from websockets.exceptions import ConnectionClosed
+
+from taskbeam.web import fastws
+from taskbeam.web.fastws import listener, seams, transport
+from taskbeam.web.gunicorn_worker import Handler
+from taskbeam.web.metrics import Metrics
+from taskbeam.web.mq_listener import StockRedisManager
+
+
+def test_the_installed_libraries_are_the_ones_the_seams_were_read_from():
+    assert seams.problems() == []
+    assert fastws.usable()
+
+
+def in_thread(fn, *args, timeout=10):
+    """Run blocking client code in an OS thread while this greenlet lets the
+    server's loop run."""
+    return gevent.get_hub().threadpool.spawn(fn, *args).get(timeout=timeout)
+
+
+class Server:
+    """python-socketio on pywsgi with gevent-websocket's handler, as in the image."""
+
+    def __init__(self, **options):
+        self.sio = socketio.Server(async_mode="gevent", max_http_buffer_size=1000, **options)
+        fastws.install(self.sio)
+        self.sio.on("echo", lambda sid, data: data)
+        self.wsgi = gevent.pywsgi.WSGIServer(("127.0.0.1", 0), socketio.WSGIApp(self.sio),
+                                             handler_class=Handler, log=None)
+        self.wsgi.start()
+        self.port = self.wsgi.server_port
+        self.url = f"ws://127.0.0.1:{self.port}/socket.io/?EIO=4&transport=websocket"
+
+    def eio_sockets(self):
+        return list(self.sio.eio.sockets.values())
+
+    def deliver(self, room, payload):
+        return transport.deliver(self.sio.manager, {
+            "method": "emit", "event": "task_update", "data": [payload], "namespace": "/",
+            "room": room, "skip_sid": None, "callback": None})
+
+    def stop(self):
+        for sock in self.eio_sockets():
+            if getattr(sock, "direct", None) is not None:
+                sock.direct.cut()
+        self.wsgi.stop(timeout=1)
+
+
+@pytest.fixture
+def server():
+    s = Server(ping_interval=0.3, ping_timeout=5)
+    yield s
+    s.stop()
+
+
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        gevent.sleep(0.01)
+
+
+def live_greenlets():
+    return sum(isinstance(o, greenlet.greenlet) and not o.dead for o in gc.get_objects())
+
+
+def test_a_websocket_is_handed_off_from_pywsgi_and_gets_direct_writes(server):
+    in_thread(lambda: None)
+    idle = live_greenlets()
+    ws = in_thread(lambda: websockets.sync.client.connect(server.url, legacy=True))
+    try:
+        assert in_thread(ws.recv).startswith("0{")  # engine.io OPEN
+        in_thread(ws.send, "40")
+        assert in_thread(ws.recv).startswith("40{")  # Socket.IO CONNECT
+        (sock,) = server.eio_sockets()
+        assert isinstance(sock.direct, transport.Connection)
+        gevent.sleep(0.05)
+        # pywsgi's handler ended (a watcher waits); engine.io's service task started.
+        assert live_greenlets() == idle + 1
+        in_thread(ws.send, '421["echo","hi"]')
+        assert in_thread(ws.recv) == '431["hi"]'
+        sid = next(iter(server.sio.manager.rooms["/"][None]))
+        server.sio.enter_room(sid, "task:a")
+        assert server.deliver("task:a", {"seq": 1}) == 1
+        assert json.loads(in_thread(ws.recv)[2:]) == ["task_update", {"seq": 1}]
+    finally:
+        in_thread(ws.close)
+    wait_for(lambda: sock.direct is None and not server.eio_sockets())
+
+
+def closed_by_server(url, send):
+    """What a real client sees when the server closes: (code it got, code of our reply)."""
+    with websockets.sync.client.connect(url) as ws:
+        ws.recv()
+        send(ws)
+        try:
+            while True:
+                ws.recv(timeout=5)
+        except ConnectionClosed:
+            pass
+        return ws.protocol.close_rcvd.code if ws.protocol.close_rcvd else None
+
+
+@pytest.mark.parametrize("send, code", [
+    (lambda ws: ws.send(b"4\xff\xfe", text=True), 1007),  # invalid UTF-8
+    (lambda ws: ws.send("4" + "x" * 2000), 1009),          # over max_http_buffer_size
+    (lambda ws: ws.close(1001), 1001),                      # the client's own code, echoed
+    (lambda ws: ws.close(4000, "bye"), 4000),
+])
+def test_close_codes_seen_by_a_real_client(server, send, code):
+    assert in_thread(closed_by_server, server.url, send) == code
+    wait_for(lambda: not server.eio_sockets())
+
+
+def test_engineio_pings_on_schedule_and_a_pong_starts_the_next_cycle(server):
+    def session():
+        with websockets.sync.client.connect(server.url) as ws:
+            opened = time.monotonic()
+            ws.recv()
+            times = []
+            for _ in range(2):
+                assert ws.recv(timeout=3) == "2"  # engine.io PING
+                times.append(time.monotonic() - opened)
+                ws.send("3")
+            return times
+    first, second = in_thread(session)
+    assert 0.25 <= first < 0.6 and 0.25 <= second - first < 0.6
+
+
+def test_a_client_upgrading_from_long_polling_keeps_engineios_handler_with_direct_writes(server):
+    client = socketio.Client(reconnection=False)
+    received = []
+    client.on("task_update", received.append)
+
+    def connect():
+        client.connect(f"http://127.0.0.1:{server.port}", transports=["polling", "websocket"],
+                       wait_timeout=5)
+        deadline = time.monotonic() + 5
+        while client.transport() != "websocket":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+    in_thread(connect)
+    try:
+        (sock,) = server.eio_sockets()
+        wait_for(lambda: seams.upgraded(sock) and sock.direct is not None)
+        assert isinstance(sock.direct, transport.UpgradedWebSocket)
+        sid = next(iter(server.sio.manager.rooms["/"][None]))
+        server.sio.enter_room(sid, "task:a")
+        assert server.deliver("task:a", {"seq": 7}) == 1
+        wait_for(lambda: received == [{"seq": 7}])
+    finally:
+        in_thread(client.disconnect)
+
+
+# The message-queue listeners against a real Redis, through a proxy that hands
+# each reply to the listener a few bytes at a time.
+
+class SplittingProxy:
+    """A Unix-socket proxy to Redis; Redis's bytes go on in ``piece``-byte writes."""
+
+    def __init__(self, target, path, piece=5):
+        self.target, self.path, self.piece = target, path, piece
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(path)
+        self.listener.listen()
+        self.live, self.sockets, self.threads = [], [], []
+        self.spawn(self.accept)
+
+    def spawn(self, target, *args):
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            upstream = socket.socket(socket.AF_UNIX)
+            self.sockets += [client, upstream]
+            upstream.connect(self.target)
+            self.live.append((client, upstream))
+            self.spawn(self.pump, client, upstream, 65536)
+            self.spawn(self.pump, upstream, client, self.piece)
+
+    @staticmethod
+    def pump(source, sink, piece):
+        try:
+            while data := source.recv(65536):
+                for i in range(0, len(data), piece):
+                    sink.sendall(data[i:i + piece])
+        except OSError:
+            pass
+        for s in (source, sink):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def drop_connections(self):
+        live, self.live = self.live, []
+        for pair in live:
+            for s in pair:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self.drop_connections()
+        for thread in self.threads:
+            thread.join(5)
+        for s in self.sockets:
+            s.close()
+
+
+@pytest.fixture
+def proxy(redis_server, tmp_path):
+    p = SplittingProxy(redis_server, str(tmp_path / "proxy.sock"))
+    yield p
+    p.close()
+
+
+def thread_wait(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_the_fast_listener_reads_replies_split_across_reads_and_resubscribes(proxy, redis_client):
+    manager = listener.FastRedisManager(f"unix://{proxy.path}", "sio", Metrics())
+    resubscribed = threading.Event()
+    manager.on_resubscribed = resubscribed.set
+    got = []
+    big = "é" * (listener.READ_BYTES + 1000)  # longer than one read too
+
+    def listen():
+        messages = manager.listen()
+        for message in messages:
+            got.append(message)
+            if message == "stop":
+                messages.close()  # disconnects
+                return
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    thread_wait(lambda: redis_client.pubsub_numsub("sio")[0][1] == 1)
+    sent = ["a", big, '{"method": "emit"}', "b" * 300]
+    for message in sent:
+        redis_client.publish("sio", message)
+    thread_wait(lambda: len(got) == len(sent))
+    assert got == sent
+    proxy.drop_connections()  # the subscription is lost; the listener comes back
+    thread_wait(resubscribed.is_set)
+    thread_wait(lambda: redis_client.pubsub_numsub("sio")[0][1] == 1)
+    redis_client.publish("sio", "stop")
+    thread.join(10)
+    assert got[-1] == "stop"
+
+
+def heartbeat_and_resubscription(kind, redis_path, tmp):
+    """Run in a process of its own (``python -c``): python-socketio's listener thread
+    runs forever, and must not outlive the test."""
+    proxy = SplittingProxy(redis_path, f"{tmp}/proxy.sock")
+    client = redis.Redis(unix_socket_path=redis_path)
+    url, metrics = f"unix://{proxy.path}", Metrics()
+    manager = (listener.FastRedisManager(url, "sio", metrics) if kind == "fast"
+               else StockRedisManager(url, "sio", metrics))
+    resubscribed = threading.Event()
+    manager.on_resubscribed = resubscribed.set
+    # python-socketio runs the listener (its _thread) in a background task: here a thread.
+    socketio.Server(async_mode="threading", client_manager=manager)
+    manager.initialize()
+    thread_wait(lambda: client.pubsub_numsub("sio")[0][1] == 1)
+    time.sleep(0.1)
+    manager.last_heard = 0.0  # the fast listener counts any read, its subscription's too
+    client.publish("sio", manager.heartbeat_message())
+    thread_wait(lambda: manager.heard_within(5))
+    assert not resubscribed.is_set()
+    proxy.drop_connections()
+    thread_wait(resubscribed.is_set, timeout=15)
+    manager.last_heard = 0.0
+    # As QueueWatch does: a heartbeat every interval until one is heard.
+    thread_wait(lambda: client.publish("sio", manager.heartbeat_message()) is None
+                or manager.heard_within(5) or time.sleep(0.2))
+    print("heard and resubscribed")
+    os._exit(0)  # the listener thread never ends
+
+
+@pytest.mark.parametrize("kind", ["fast", "stock"])
+def test_either_listener_hears_its_heartbeat_and_reports_a_resubscription(kind, redis_server,
+                                                                         tmp_path):
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import test_fastws_contract as t; "
+              "t.heartbeat_and_resubscription(*sys.argv[2:])")
+    done = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__), kind,
+                           redis_server, str(tmp_path)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout == "heard and resubscribed\n", done.stderr[-3000:]
