@@ -4,7 +4,7 @@ N ?= 1
 HTTP_PORT ?= $(shell sed -n 's/^HTTP_PORT=//p' .env 2>/dev/null | tail -n1)
 
 .DEFAULT_GOAL := help
-.PHONY: help env up down logs ps scale test unit bench soak
+.PHONY: help env up down logs ps scale test unit lint bench soak
 
 help: ## Show the targets and what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,12 @@ unit: ## Run only the unit tests (no Docker needed)
 
 test: ## Run unit tests, then integration tests on a throwaway stack (own project and port)
 	tests/run.sh
+
+# Rules and line length: [tool.ruff] in pyproject.toml; ruff is pinned in the test extras.
+lint: ## Check style: ruff check and ruff format --check over taskbeam/, tests/ and web/
+	@tests/run.sh venv
+	.venv/bin/ruff check taskbeam tests web
+	.venv/bin/ruff format --check taskbeam tests web
 
 bench: ## Benchmark the running stack (after `make up`): table, JSON and PNG in tests/bench/results/
 	@tests/run.sh venv

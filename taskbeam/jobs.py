@@ -22,8 +22,17 @@ from . import export, progress  # noqa: F401  (export registers the `export` kin
 from .config import Settings
 from .registry import JOBS, Job, ParamError, Params, check_fields, integer, job
 
-__all__ = ["JOBS", "Job", "ParamError", "check_fields", "integer", "job",
-           "simulate", "simulate_params", "MAX_SIMULATE_MS"]
+__all__ = [
+    "JOBS",
+    "Job",
+    "ParamError",
+    "check_fields",
+    "integer",
+    "job",
+    "simulate",
+    "simulate_params",
+    "MAX_SIMULATE_MS",
+]
 
 # One simulation may take at most this long in all (steps × step_ms): a client
 # cannot park a worker slot for hours. Fixed rather than TASK_TIME_LIMIT_S, so the
@@ -36,8 +45,11 @@ def simulate_params(params: Any, settings: Settings | None = None) -> Params:
     steps = integer(params, "steps", 1, 10_000, default=20)
     step_ms = integer(params, "step_ms", 0, 60_000, default=250)
     if steps * step_ms > MAX_SIMULATE_MS:
-        raise ParamError("step_ms", f"steps × step_ms must be at most {MAX_SIMULATE_MS} ms "
-                                    f"(10 minutes), got {steps * step_ms} ms")
+        raise ParamError(
+            "step_ms",
+            f"steps × step_ms must be at most {MAX_SIMULATE_MS} ms "
+            f"(10 minutes), got {steps * step_ms} ms",
+        )
     clean = {"steps": steps, "step_ms": step_ms}
     if params.get("fail_at") is not None:
         clean["fail_at"] = integer(params, "fail_at", 1, steps)

@@ -78,8 +78,9 @@ def check_fields(params: object, allowed: Collection[str]) -> None:
             raise ParamError(name, f"unknown parameter (allowed: {', '.join(sorted(allowed))})")
 
 
-def integer(params: Mapping[str, Any], name: str, low: int, high: int,
-            default: int | None = None) -> int:
+def integer(
+    params: Mapping[str, Any], name: str, low: int, high: int, default: int | None = None
+) -> int:
     """``params[name]`` as an int in ``low..high``; ``default`` when absent (None = required)."""
     if name not in params:
         if default is None:

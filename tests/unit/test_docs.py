@@ -1,5 +1,6 @@
 """The docs match the code: docs/api.md names every route, error code and state the
 code has, and the README's settings table states the defaults the code uses."""
+
 import re
 from pathlib import Path
 
@@ -59,8 +60,15 @@ def error_codes():
 
 def test_the_code_scan_finds_codes():
     # Guards the scan itself: a regex that stopped matching would pass everything.
-    assert {"invalid_json", "not_found", "unknown_event", "simulated_failure",
-            "time_limit", "http_error", "bad_request"} <= error_codes()
+    assert {
+        "invalid_json",
+        "not_found",
+        "unknown_event",
+        "simulated_failure",
+        "time_limit",
+        "http_error",
+        "bad_request",
+    } <= error_codes()
 
 
 def test_every_route_is_documented():
@@ -87,9 +95,11 @@ def test_every_state_is_documented(state):
 
 def test_openapi_paths_match_the_app():
     settings = config.load({"REDIS_URL": "redis://redis:6379/0"}, need_secret=False)
-    served = {(method.upper(), re.sub(r"\{[^}]+\}", "<id>", path))
-              for path, methods in openapi.openapi_document(settings)["paths"].items()
-              for method in methods}
+    served = {
+        (method.upper(), re.sub(r"\{[^}]+\}", "<id>", path))
+        for path, methods in openapi.openapi_document(settings)["paths"].items()
+        for method in methods
+    }
     # The document does not describe itself, nor the internal metrics endpoint.
     expected = app_routes() - {("GET", "/api/openapi.json"), ("GET", "/metrics")}
     assert served == expected
@@ -102,6 +112,7 @@ def test_socketio_events_are_documented():
 
 
 # --- README: the settings table states the code's defaults -------------------------
+
 
 def readme_defaults():
     """{VARIABLE: default} for every row of the README's settings table whose default
@@ -126,7 +137,8 @@ def test_readme_table_is_parsed():
 
 def test_readme_defaults_match_env_example_and_compose():
     env_example = dict(re.findall(r"^([A-Z_]+)=(.*)$", (ROOT / ".env.example").read_text(), re.M))
-    compose = dict(re.findall(r"\$\{([A-Z_]+):-([^}]*)\}", (ROOT / "docker-compose.yml").read_text()))
+    compose_file = (ROOT / "docker-compose.yml").read_text()
+    compose = dict(re.findall(r"\$\{([A-Z_]+):-([^}]*)\}", compose_file))
     wrong = {}
     for name, value in readme_defaults().items():
         for source, values in ((".env.example", env_example), ("docker-compose.yml", compose)):
@@ -141,7 +153,9 @@ def test_readme_defaults_match_config():
     checked = 0
     for name, value in readme_defaults().items():
         if name in in_code:
-            assert int(in_code[name]) == int(value), f"{name}: README {value}, config.py {in_code[name]}"
+            assert int(in_code[name]) == int(value), (
+                f"{name}: README {value}, config.py {in_code[name]}"
+            )
             checked += 1
     assert checked >= 5
 
@@ -155,9 +169,18 @@ def test_every_env_example_variable_is_in_the_readme_table():
 
 def test_no_citation_of_files_outside_the_repository():
     """The API contract a user reads is docs/api.md, not a file they do not have."""
-    paths = [ROOT / "README.md", *ROOT.glob("taskbeam/**/*.py"), *ROOT.glob("web/*.py"),
-             *ROOT.glob("web/*.sh"), *ROOT.glob("web/static/*.js"), *ROOT.glob("web/static/*.html"),
-             *ROOT.glob("docs/*.md")]
-    citing = [str(p.relative_to(ROOT)) for p in paths
-              if re.search(r"CONTRACT\.md|shared/docs", p.read_text())]
+    paths = [
+        ROOT / "README.md",
+        *ROOT.glob("taskbeam/**/*.py"),
+        *ROOT.glob("web/*.py"),
+        *ROOT.glob("web/*.sh"),
+        *ROOT.glob("web/static/*.js"),
+        *ROOT.glob("web/static/*.html"),
+        *ROOT.glob("docs/*.md"),
+    ]
+    citing = [
+        str(p.relative_to(ROOT))
+        for p in paths
+        if re.search(r"CONTRACT\.md|shared/docs", p.read_text())
+    ]
     assert not citing

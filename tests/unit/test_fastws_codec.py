@@ -135,6 +135,7 @@ def test_fuzz_random_frames_split_randomly_never_crash_the_reader(parts, steps):
         assert exc.code in (1002, 1007, 1009)
 
 
+@pytest.mark.cpu_budget  # coverage's tracer adds ~40 %: run apart (tests/run.sh)
 def test_a_1_mib_message_costs_under_5_ms_of_cpu():
     """Linear reassembly: the old reader copied the pending buffer on every 4 KB
     read (32-41 ms for this message)."""

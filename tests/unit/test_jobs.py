@@ -1,4 +1,5 @@
 """Unit tests for the simulate job kind and its parameter validation."""
+
 import pytest
 
 from taskbeam import jobs, progress, registry
@@ -28,13 +29,16 @@ def test_steps_must_be_an_integer(value):
     assert exc_info.value.field == "steps"
 
 
-@pytest.mark.parametrize("params, field", [
-    ({"steps": 0}, "steps"),
-    ({"steps": 10_001}, "steps"),
-    ({"step_ms": -1}, "step_ms"),
-    ({"step_ms": 60_001}, "step_ms"),
-    ({"fail_at": 0}, "fail_at"),
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"steps": 0}, "steps"),
+        ({"steps": 10_001}, "steps"),
+        ({"step_ms": -1}, "step_ms"),
+        ({"step_ms": 60_001}, "step_ms"),
+        ({"fail_at": 0}, "fail_at"),
+    ],
+)
 def test_out_of_range(params, field):
     with pytest.raises(jobs.ParamError) as exc_info:
         jobs.simulate_params(params)
@@ -106,10 +110,12 @@ def test_registry_is_importable_without_the_job_kinds():
     import subprocess
     import sys
 
-    code = ("import sys, taskbeam.registry as r; "
-            "assert 'taskbeam.jobs' not in sys.modules and 'taskbeam.export' not in sys.modules; "
-            "import taskbeam.export; assert 'export' in r.JOBS; "
-            "assert 'taskbeam.jobs' not in sys.modules")
+    code = (
+        "import sys, taskbeam.registry as r; "
+        "assert 'taskbeam.jobs' not in sys.modules and 'taskbeam.export' not in sys.modules; "
+        "import taskbeam.export; assert 'export' in r.JOBS; "
+        "assert 'taskbeam.jobs' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -132,8 +138,8 @@ def test_readme_add_your_own_job_example_runs():
         exec(compile(code, "README.md", "exec"), {})
         (kind,) = set(registry.JOBS) - set(before)
         validate = registry.JOBS[kind].validate
-        clean = validate({}, None)            # the web app passes its settings
-        assert validate({}) == clean          # the worker validates again without them
+        clean = validate({}, None)  # the web app passes its settings
+        assert validate({}) == clean  # the worker validates again without them
         updates = []
         with progress.reporting_to(lambda *args: updates.append(args)):
             registry.JOBS[kind].func(clean)

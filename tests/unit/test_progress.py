@@ -1,4 +1,5 @@
 """Unit tests for progress.update and progress.reporting_to."""
+
 import pytest
 
 from taskbeam import progress
@@ -20,10 +21,20 @@ def test_update_routes_to_callback():
 
 # NaN and infinity are floats but not numbers of units: they would reach the task
 # record as progress "nan", which no JSON parser accepts.
-@pytest.mark.parametrize("done, total", [
-    (-1, 10), (1, -10), (True, 10), (1, False), ("1", 10), (1, None),
-    (float("nan"), 10), (1, float("nan")), (float("inf"), 10),
-])
+@pytest.mark.parametrize(
+    "done, total",
+    [
+        (-1, 10),
+        (1, -10),
+        (True, 10),
+        (1, False),
+        ("1", 10),
+        (1, None),
+        (float("nan"), 10),
+        (1, float("nan")),
+        (float("inf"), 10),
+    ],
+)
 def test_update_rejects_bad_numbers(done, total):
     calls = []
     with progress.reporting_to(lambda *args: calls.append(args)):
