@@ -213,3 +213,35 @@ def pytest_terminal_summary(terminalreporter):
     for row in CHAOS_ROWS:
         terminalreporter.write_line(f"{row['fault']:<20}"
                                     + "".join(f"{row[h]!s:>14}" for h in header[1:]))
+
+def stored_history(api, task_id, max_pages=100):
+    """Every stored event of a task from GET /events, following pages if the reply has them."""
+    events, after = [], 0
+    for _ in range(max_pages):
+        reply = api.request("GET", f"/api/tasks/{task_id}/events?after={after}").json()
+        events += reply["events"]
+        if not reply.get("has_more"):
+            return events
+        after = reply["next_after"]
+    raise AssertionError(f"more than {max_pages} pages of events for {task_id}")
+
+
+def worker_container(hostname):
+    """The id of the test project's worker container whose hostname is ``hostname``.
+
+    A snapshot's ``worker`` is the container's hostname, which Docker sets to its short
+    id; looking it up among this project's workers only keeps other stacks out of reach.
+    """
+    project = os.environ.get("COMPOSE_PROJECT_NAME", "taskbeam-test")
+    ids = docker("ps", "-q", "--no-trunc",
+                 "--filter", f"label=com.docker.compose.project={project}",
+                 "--filter", "label=com.docker.compose.service=worker").split()
+    found = [c for c in ids
+             if docker("inspect", "-f", "{{.Config.Hostname}}", c).strip() == hostname]
+    assert len(found) == 1, f"no single worker of {project} has hostname {hostname!r}"
+    return found[0]
+
+
+def container_health(container):
+    return docker("inspect", "-f", "{{.State.Health.Status}}", container).strip()
+
