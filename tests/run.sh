@@ -77,6 +77,8 @@ TASKBEAM_URL=http://127.0.0.1:$TEST_HTTP_PORT "$venv/bin/pytest" tests/integrati
 # recreated; delivery, chaos and the page run (TEST_STOCK_TRANSPORT=0 skips this pass).
 if [ "${TEST_STOCK_TRANSPORT:-1}" != 0 ]; then
   WEB_FAST_TRANSPORT=0 docker compose up -d --wait --no-deps web
+  docker compose logs web | grep -q "WEB_FAST_TRANSPORT=0: stock" \
+    || { echo "web did not start with the stock transport" >&2; exit 1; }
   status=0
   TASKBEAM_URL=http://127.0.0.1:$TEST_HTTP_PORT WEB_FAST_TRANSPORT=0 "$venv/bin/pytest" -q \
     tests/integration/test_delivery.py tests/integration/test_chaos.py \

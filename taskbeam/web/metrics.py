@@ -66,6 +66,9 @@ class Metrics:
                  "Sum of emit-to-receive delays of task events.", round(self.lag_sum, 6)),
                 ("taskbeam_mq_lag_seconds_last", "gauge",
                  "Emit-to-receive delay of the latest task event.", round(self.lag_last, 6)),
+                ("taskbeam_fast_transport", "gauge",
+                 "1: the fast WebSocket transport (fastws); 0: stock python-engineio/socketio.",
+                 int(getattr(manager, "fast_transport", False))),
             ]
         lines = []
         for name, kind, text, value in rows:

@@ -27,6 +27,7 @@ import gc
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -247,7 +248,18 @@ def machine():
             "cpu": next((line.split(":", 1)[1].strip() for line in
                          Path("/proc/cpuinfo").read_text().splitlines()
                          if line.startswith("model name")), "unknown"),
-            "docker": compose("version", "--short").strip()}
+            "docker": compose("version", "--short").strip(), "transport": transport()}
+
+
+def transport():
+    """Which WebSocket transport the web runs (WEB_FAST_TRANSPORT, and its fallback)."""
+    try:
+        with urllib.request.urlopen(container_url("web", 8000) + "/metrics", timeout=5) as r:
+            rows = r.read().decode()
+    except OSError as exc:
+        return f"unknown ({exc})"
+    fast = re.search(r"^taskbeam_fast_transport (\d)", rows, re.M)
+    return "unknown" if fast is None else ("fast" if fast.group(1) == "1" else "stock")
 
 
 def kb_per_client(runs, level):
@@ -277,7 +289,8 @@ def summarise(result):
 
 def report(result):
     s = result["summary"]
-    print(f"\nmedian [min-max] of {result['runs']} run(s), {result['machine']['cores']} cores")
+    print(f"\nmedian [min-max] of {result['runs']} run(s), {result['machine']['cores']} cores, "
+          f"{result['machine']['transport']} WebSocket transport")
     print(f"single client        p50 {shown(s['single_client_p50_ms'], ' ms')}  "
           f"p99 {shown(s['single_client_p99_ms'], ' ms')}")
     for mode in result["fan_in"]:

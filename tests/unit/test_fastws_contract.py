@@ -83,7 +83,7 @@ def wait_for(predicate, timeout=5.0):
 
 
 def live_greenlets():
-    return sum(isinstance(o, greenlet.greenlet) and not o.dead for o in gc.get_objects())
+    return sum(issubclass(type(o), greenlet.greenlet) and not o.dead for o in gc.get_objects())
 
 
 def test_a_websocket_is_handed_off_from_pywsgi_and_gets_direct_writes(server):

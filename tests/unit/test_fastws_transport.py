@@ -221,7 +221,7 @@ def drained(drainer):
 
 
 def live_greenlets():
-    return sum(isinstance(o, greenlet.greenlet) and not o.dead for o in gc.get_objects())
+    return sum(issubclass(type(o), greenlet.greenlet) and not o.dead for o in gc.get_objects())
 
 
 def test_the_drainer_sends_what_is_queued_in_order_and_then_holds_no_greenlet():

@@ -32,7 +32,7 @@ def queued_types(sock):
 
 
 def greenlets():
-    return sum(isinstance(o, greenlet.greenlet) and not o.dead for o in gc.get_objects())
+    return sum(issubclass(type(o), greenlet.greenlet) and not o.dead for o in gc.get_objects())
 
 
 def wait_for(predicate, timeout=2.0):

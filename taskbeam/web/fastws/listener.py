@@ -27,6 +27,8 @@ class FastRedisManager(Heard, seams.PubSubHooks):
     """:param silence_s: reconnect when nothing (not even a heartbeat) arrived for this long.
     :param metrics: counts the task events delivered (``taskbeam.web.metrics.Metrics``)."""
 
+    fast_transport = True
+
     def __init__(self, url: str, channel: str, metrics, silence_s: float = 6.0):
         super().__init__(url, channel=channel)
         self.silence_s = silence_s
