@@ -310,7 +310,7 @@ def heartbeat_and_resubscription(kind, redis_path, tmp):
     # As QueueWatch does: a heartbeat every interval until one is heard.
     thread_wait(lambda: client.publish("sio", manager.heartbeat_message()) is None
                 or manager.heard_within(5) or time.sleep(0.2))
-    print("heard and resubscribed")
+    print("heard and resubscribed", flush=True)  # os._exit does not flush a pipe
     os._exit(0)  # the listener thread never ends
 
 
