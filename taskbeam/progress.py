@@ -29,9 +29,11 @@ MAX_MESSAGE_LENGTH = 500
 Reporter = Callable[[float, float, str], object]
 
 _reporter: contextvars.ContextVar[Reporter | None] = contextvars.ContextVar(
-    "taskbeam_reporter", default=None)
+    "taskbeam_reporter", default=None
+)
 _task_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "taskbeam_task_id", default=None)
+    "taskbeam_task_id", default=None
+)
 _run: contextvars.ContextVar[str | None] = contextvars.ContextVar("taskbeam_run", default=None)
 
 
@@ -63,8 +65,12 @@ def update(done: float, total: float, message: object = "") -> None:
     :raises Cancelled: the task should stop now.
     """
     for name, value in (("done", done), ("total", total)):
-        if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-                or not math.isfinite(value) or value < 0):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)
+            or value < 0
+        ):
             raise ValueError(f"progress.update: {name} must be a finite number >= 0, got {value!r}")
     reporter = _reporter.get()
     if reporter is None:
@@ -90,8 +96,9 @@ def current_run() -> str:
 
 
 @contextlib.contextmanager
-def reporting_to(callback: Reporter, task_id: str | None = None,
-                 run: str | None = None) -> Iterator[Reporter]:
+def reporting_to(
+    callback: Reporter, task_id: str | None = None, run: str | None = None
+) -> Iterator[Reporter]:
     """Route :func:`update` calls to ``callback(done, total, message)`` in this block.
 
     The worker uses it around every job; unit tests use it to capture progress.
