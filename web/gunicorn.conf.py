@@ -8,9 +8,16 @@ workers = 1
 # gevent-websocket's worker (plain `-k gevent` fails WebSockets); with the fast
 # transport one keeping less per connection (taskbeam/web/gunicorn_worker.py).
 fast_transport = os.environ.get("WEB_FAST_TRANSPORT", "1").strip().lower() not in (
-    "0", "false", "no", "off")  # as taskbeam.web.fastws.wanted()
-worker_class = ("taskbeam.web.gunicorn_worker.Worker" if fast_transport
-                else "geventwebsocket.gunicorn.workers.GeventWebSocketWorker")
+    "0",
+    "false",
+    "no",
+    "off",
+)  # as taskbeam.web.fastws.wanted()
+worker_class = (
+    "taskbeam.web.gunicorn_worker.Worker"
+    if fast_transport
+    else "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
+)
 # Gunicorn's default of 1000 would cap connected browsers per container.
 worker_connections = int(os.environ.get("WEB_MAX_CONNECTIONS", "10000"))
 graceful_timeout = 10
@@ -26,4 +33,5 @@ def post_worker_init(worker):
     # the cyclic GC, whose full collections over them paused every socket for
     # 20-65 ms under load (gc.callbacks timing, `make bench` fan-in).
     import gc
+
     gc.freeze()

@@ -10,6 +10,7 @@ uses gevent-websocket's own worker instead; see web/gunicorn.conf.py).
   socket in tracemalloc), which only debugging tools read; a greenlet now starts
   for each read and each burst of writes.
 """
+
 import gevent
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from geventwebsocket.handler import WebSocketHandler
@@ -26,6 +27,7 @@ class Handler(WebSocketHandler):
         super().__init__(sock, address, server, rfile)
         if rfile is None and fastws.usable():
             from .fastws import seams
+
             seams.small_read_buffer(self, sock, READ_BUFFER_BYTES)
 
 

@@ -1,5 +1,6 @@
 """Prometheus text-format metrics of one web process (`GET /metrics`, not proxied
 by Nginx: scrape each `web` container on the Compose network, port 8000)."""
+
 import threading
 import time
 
@@ -12,11 +13,11 @@ class Metrics:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.events_received = 0      # task events this process got from the queue
-        self.events_delivered = 0     # ... times the sockets they were sent to
-        self.replays_served = 0       # events sent in subscribe acks (`missed`)
+        self.events_received = 0  # task events this process got from the queue
+        self.events_delivered = 0  # ... times the sockets they were sent to
+        self.replays_served = 0  # events sent in subscribe acks (`missed`)
         self.subscribes = 0
-        self.lag_sum = 0.0            # emitter clock → this listener, seconds
+        self.lag_sum = 0.0  # emitter clock → this listener, seconds
         self.lag_last = 0.0
 
     def delivered(self, message, recipients):
@@ -46,29 +47,67 @@ class Metrics:
     def render(self, manager):
         rooms = manager.rooms.get("/", {})
         connected = len(rooms.get(None, {}))
-        subscriptions = sum(len(members) for name, members in rooms.items()
-                            if isinstance(name, str) and name.startswith("task:"))
+        subscriptions = sum(
+            len(members)
+            for name, members in rooms.items()
+            if isinstance(name, str) and name.startswith("task:")
+        )
         with self.lock:
             rows = [
-                ("taskbeam_connected_clients", "gauge", "Sockets connected to this process.",
-                 connected),
-                ("taskbeam_subscriptions", "gauge", "Task subscriptions held by those sockets.",
-                 subscriptions),
-                ("taskbeam_events_received_total", "counter",
-                 "Task events received from the message queue.", self.events_received),
-                ("taskbeam_events_delivered_total", "counter",
-                 "Task events sent to sockets (one per recipient).", self.events_delivered),
-                ("taskbeam_subscribes_total", "counter", "Successful subscribe requests.",
-                 self.subscribes),
-                ("taskbeam_replays_served_total", "counter",
-                 "Stored events sent in subscribe acks.", self.replays_served),
-                ("taskbeam_mq_lag_seconds_sum", "counter",
-                 "Sum of emit-to-receive delays of task events.", round(self.lag_sum, 6)),
-                ("taskbeam_mq_lag_seconds_last", "gauge",
-                 "Emit-to-receive delay of the latest task event.", round(self.lag_last, 6)),
-                ("taskbeam_fast_transport", "gauge",
-                 "1: the fast WebSocket transport (fastws); 0: stock python-engineio/socketio.",
-                 int(getattr(manager, "fast_transport", False))),
+                (
+                    "taskbeam_connected_clients",
+                    "gauge",
+                    "Sockets connected to this process.",
+                    connected,
+                ),
+                (
+                    "taskbeam_subscriptions",
+                    "gauge",
+                    "Task subscriptions held by those sockets.",
+                    subscriptions,
+                ),
+                (
+                    "taskbeam_events_received_total",
+                    "counter",
+                    "Task events received from the message queue.",
+                    self.events_received,
+                ),
+                (
+                    "taskbeam_events_delivered_total",
+                    "counter",
+                    "Task events sent to sockets (one per recipient).",
+                    self.events_delivered,
+                ),
+                (
+                    "taskbeam_subscribes_total",
+                    "counter",
+                    "Successful subscribe requests.",
+                    self.subscribes,
+                ),
+                (
+                    "taskbeam_replays_served_total",
+                    "counter",
+                    "Stored events sent in subscribe acks.",
+                    self.replays_served,
+                ),
+                (
+                    "taskbeam_mq_lag_seconds_sum",
+                    "counter",
+                    "Sum of emit-to-receive delays of task events.",
+                    round(self.lag_sum, 6),
+                ),
+                (
+                    "taskbeam_mq_lag_seconds_last",
+                    "gauge",
+                    "Emit-to-receive delay of the latest task event.",
+                    round(self.lag_last, 6),
+                ),
+                (
+                    "taskbeam_fast_transport",
+                    "gauge",
+                    "1: the fast WebSocket transport (fastws); 0: stock python-engineio/socketio.",
+                    int(getattr(manager, "fast_transport", False)),
+                ),
             ]
         lines = []
         for name, kind, text, value in rows:
@@ -77,6 +116,9 @@ class Metrics:
 
 
 def is_task_update(message):
-    return (message.get("event") == protocol.TASK_UPDATE_EVENT
-            and isinstance(message.get("data"), list) and message["data"]
-            and isinstance(message["data"][0], dict))
+    return (
+        message.get("event") == protocol.TASK_UPDATE_EVENT
+        and isinstance(message.get("data"), list)
+        and message["data"]
+        and isinstance(message["data"][0], dict)
+    )

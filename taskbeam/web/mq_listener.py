@@ -7,14 +7,16 @@ both have (:class:`Heard`): a self-addressed heartbeat that the listener must
 hear, so ``/readyz`` can tell a live listener from a dead one, and a call when
 a lost subscription is back, after which every client reconnects and resumes.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import time
 
-import redis
 import socketio
+
+import redis
 
 from . import fastws
 from .metrics import Metrics
@@ -42,8 +44,16 @@ class Heard:
         super().trigger_callback(sid, id, data)
 
     def heartbeat_message(self) -> str:
-        return json.dumps({"method": "callback", "host_id": self.host_id, "sid": HEARTBEAT_SID,
-                           "namespace": "/", "id": 0, "args": []})
+        return json.dumps(
+            {
+                "method": "callback",
+                "host_id": self.host_id,
+                "sid": HEARTBEAT_SID,
+                "namespace": "/",
+                "id": 0,
+                "args": [],
+            }
+        )
 
     def heard_within(self, seconds: float) -> bool:
         return time.monotonic() - self.last_heard < seconds
@@ -60,8 +70,9 @@ class StockRedisManager(Heard, socketio.RedisManager):
     ``get_participants`` for the metrics (no emit-to-receive lag here)."""
 
     def __init__(self, url: str, channel: str, metrics: Metrics):
-        super().__init__(url, channel=channel,
-                         redis_options={"redis_connect_func": self._on_redis_connect})
+        super().__init__(
+            url, channel=channel, redis_options={"redis_connect_func": self._on_redis_connect}
+        )
         self.metrics = metrics
         self.subscribed_once = False
 
@@ -116,8 +127,7 @@ class QueueWatch:
 
     def start(self) -> None:
         server = self.sio.server
-        self.manager.on_resubscribed = lambda: self.sio.start_background_task(
-            self._reconnect_all)
+        self.manager.on_resubscribed = lambda: self.sio.start_background_task(self._reconnect_all)
         # Flask-SocketIO starts the listener with the first request; the
         # heartbeat must be heard before, or /readyz never passes.
         if not server.manager_initialized:
@@ -154,8 +164,10 @@ class QueueWatch:
     def _reconnect_all(self):
         eio = self.sio.server.eio
         sids = [eio_sid for _sid, eio_sid in self.manager.get_participants("/", None)]
-        log.warning("message-queue listener is back; closing %d connections so their "
-                    "clients resubscribe", len(sids))
+        log.warning(
+            "message-queue listener is back; closing %d connections so their clients resubscribe",
+            len(sids),
+        )
         for eio_sid in sids:
             try:
                 fastws.cut_or_close(eio, eio_sid)

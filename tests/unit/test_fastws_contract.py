@@ -4,6 +4,7 @@ python-engineio/python-socketio servers, real WebSocket and Socket.IO clients (i
 OS threads, so the server's gevent loop runs meanwhile), a real Redis behind a
 proxy that splits its replies. A renamed private attribute upstream fails here.
 """
+
 import gc
 import json
 import os
@@ -17,11 +18,11 @@ import gevent
 import gevent.pywsgi
 import greenlet
 import pytest
-import redis
 import socketio
 import websockets.sync.client
 from websockets.exceptions import ConnectionClosed
 
+import redis
 from taskbeam.web import fastws
 from taskbeam.web.fastws import listener, seams, transport
 from taskbeam.web.gunicorn_worker import Handler
@@ -47,8 +48,9 @@ class Server:
         self.sio = socketio.Server(async_mode="gevent", max_http_buffer_size=1000, **options)
         fastws.install(self.sio)
         self.sio.on("echo", lambda sid, data: data)
-        self.wsgi = gevent.pywsgi.WSGIServer(("127.0.0.1", 0), socketio.WSGIApp(self.sio),
-                                             handler_class=Handler, log=None)
+        self.wsgi = gevent.pywsgi.WSGIServer(
+            ("127.0.0.1", 0), socketio.WSGIApp(self.sio), handler_class=Handler, log=None
+        )
         self.wsgi.start()
         self.port = self.wsgi.server_port
         self.url = f"ws://127.0.0.1:{self.port}/socket.io/?EIO=4&transport=websocket"
@@ -57,9 +59,18 @@ class Server:
         return list(self.sio.eio.sockets.values())
 
     def deliver(self, room, payload):
-        return transport.deliver(self.sio.manager, {
-            "method": "emit", "event": "task_update", "data": [payload], "namespace": "/",
-            "room": room, "skip_sid": None, "callback": None})
+        return transport.deliver(
+            self.sio.manager,
+            {
+                "method": "emit",
+                "event": "task_update",
+                "data": [payload],
+                "namespace": "/",
+                "room": room,
+                "skip_sid": None,
+                "callback": None,
+            },
+        )
 
     def stop(self):
         for sock in self.eio_sockets():
@@ -123,12 +134,15 @@ def closed_by_server(url, send):
         return ws.protocol.close_rcvd.code if ws.protocol.close_rcvd else None
 
 
-@pytest.mark.parametrize("send, code", [
-    (lambda ws: ws.send(b"4\xff\xfe", text=True), 1007),  # invalid UTF-8
-    (lambda ws: ws.send("4" + "x" * 2000), 1009),          # over max_http_buffer_size
-    (lambda ws: ws.close(1001), 1001),                      # the client's own code, echoed
-    (lambda ws: ws.close(4000, "bye"), 4000),
-])
+@pytest.mark.parametrize(
+    "send, code",
+    [
+        (lambda ws: ws.send(b"4\xff\xfe", text=True), 1007),  # invalid UTF-8
+        (lambda ws: ws.send("4" + "x" * 2000), 1009),  # over max_http_buffer_size
+        (lambda ws: ws.close(1001), 1001),  # the client's own code, echoed
+        (lambda ws: ws.close(4000, "bye"), 4000),
+    ],
+)
 def test_close_codes_seen_by_a_real_client(server, send, code):
     assert in_thread(closed_by_server, server.url, send) == code
     wait_for(lambda: not server.eio_sockets())
@@ -145,6 +159,7 @@ def test_engineio_pings_on_schedule_and_a_pong_starts_the_next_cycle(server):
                 times.append(time.monotonic() - opened)
                 ws.send("3")
             return times
+
     first, second = in_thread(session)
     assert 0.25 <= first < 0.6 and 0.25 <= second - first < 0.6
 
@@ -155,8 +170,9 @@ def test_a_client_upgrading_from_long_polling_keeps_engineios_handler_with_direc
     client.on("task_update", received.append)
 
     def connect():
-        client.connect(f"http://127.0.0.1:{server.port}", transports=["polling", "websocket"],
-                       wait_timeout=5)
+        client.connect(
+            f"http://127.0.0.1:{server.port}", transports=["polling", "websocket"], wait_timeout=5
+        )
         deadline = time.monotonic() + 5
         while client.transport() != "websocket":
             assert time.monotonic() < deadline
@@ -177,6 +193,7 @@ def test_a_client_upgrading_from_long_polling_keeps_engineios_handler_with_direc
 
 # The message-queue listeners against a real Redis, through a proxy that hands
 # each reply to the listener a few bytes at a time.
+
 
 class SplittingProxy:
     """A Unix-socket proxy to Redis; Redis's bytes go on in ``piece``-byte writes."""
@@ -212,7 +229,7 @@ class SplittingProxy:
         try:
             while data := source.recv(65536):
                 for i in range(0, len(data), piece):
-                    sink.sendall(data[i:i + piece])
+                    sink.sendall(data[i : i + piece])
         except OSError:
             pass
         for s in (source, sink):
@@ -291,8 +308,11 @@ def heartbeat_and_resubscription(kind, redis_path, tmp):
     proxy = SplittingProxy(redis_path, f"{tmp}/proxy.sock")
     client = redis.Redis(unix_socket_path=redis_path)
     url, metrics = f"unix://{proxy.path}", Metrics()
-    manager = (listener.FastRedisManager(url, "sio", metrics) if kind == "fast"
-               else StockRedisManager(url, "sio", metrics))
+    manager = (
+        listener.FastRedisManager(url, "sio", metrics)
+        if kind == "fast"
+        else StockRedisManager(url, "sio", metrics)
+    )
     resubscribed = threading.Event()
     manager.on_resubscribed = resubscribed.set
     # python-socketio runs the listener (its _thread) in a background task: here a thread.
@@ -308,18 +328,37 @@ def heartbeat_and_resubscription(kind, redis_path, tmp):
     thread_wait(resubscribed.is_set, timeout=15)
     manager.last_heard = 0.0
     # As QueueWatch does: a heartbeat every interval until one is heard.
-    thread_wait(lambda: client.publish("sio", manager.heartbeat_message()) is None
-                or manager.heard_within(5) or time.sleep(0.2))
+    thread_wait(
+        lambda: (
+            client.publish("sio", manager.heartbeat_message()) is None
+            or manager.heard_within(5)
+            or time.sleep(0.2)
+        )
+    )
     print("heard and resubscribed", flush=True)  # os._exit does not flush a pipe
     os._exit(0)  # the listener thread never ends
 
 
 @pytest.mark.parametrize("kind", ["fast", "stock"])
-def test_either_listener_hears_its_heartbeat_and_reports_a_resubscription(kind, redis_server,
-                                                                         tmp_path):
-    script = ("import sys; sys.path.insert(0, sys.argv[1]); import test_fastws_contract as t; "
-              "t.heartbeat_and_resubscription(*sys.argv[2:])")
-    done = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__), kind,
-                           redis_server, str(tmp_path)], capture_output=True, text=True,
-                          timeout=60)
+def test_either_listener_hears_its_heartbeat_and_reports_a_resubscription(
+    kind, redis_server, tmp_path
+):
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import test_fastws_contract as t; "
+        "t.heartbeat_and_resubscription(*sys.argv[2:])"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            os.path.dirname(__file__),
+            kind,
+            redis_server,
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.stdout == "heard and resubscribed\n", done.stderr[-3000:]

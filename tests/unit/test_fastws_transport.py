@@ -1,5 +1,6 @@
 """The fast transport (taskbeam.web.fastws.transport): frames, addressing, when it
 must queue, the connection after hand-off, its close codes and its bounds."""
+
 import gc
 import json
 import time
@@ -44,7 +45,7 @@ class FakeRawSocket:
         assert timeout == 0.0, "a direct write must never wait"
         if not self.room:
             raise BlockingIOError
-        taken = data[:self.room]
+        taken = data[: self.room]
         self.room -= len(taken)
         self.sent += taken
         return len(taken)
@@ -81,8 +82,15 @@ class FakeManager:
 
 
 def message(**overrides):
-    msg = {"method": "emit", "event": "task_update", "data": [{"seq": 1}], "namespace": "/",
-           "room": "task:a", "skip_sid": None, "callback": None}
+    msg = {
+        "method": "emit",
+        "event": "task_update",
+        "data": [{"seq": 1}],
+        "namespace": "/",
+        "room": "task:a",
+        "skip_sid": None,
+        "callback": None,
+    }
     msg.update(overrides)
     return msg
 
@@ -106,8 +114,7 @@ def test_a_socket_with_queued_packets_or_a_write_in_progress_gets_queued_in_orde
     busy, backlog = FakeEioSocket(raw_busy), FakeEioSocket(raw_backlog)
     busy.direct.writing = True
     backlog.queue.put("earlier packet")
-    manager = FakeManager({"/": {"task:a": {"s1": "e1", "s2": "e2"}}},
-                          {"e1": busy, "e2": backlog})
+    manager = FakeManager({"/": {"task:a": {"s1": "e1", "s2": "e2"}}}, {"e1": busy, "e2": backlog})
     transport.deliver(manager, message())
     assert raw_busy.sent == raw_backlog.sent == b""
     assert [sid for sid, _ in manager.server.queued] == ["e1", "e2"]
@@ -116,8 +123,10 @@ def test_a_socket_with_queued_packets_or_a_write_in_progress_gets_queued_in_orde
 
 def test_a_full_socket_buffer_queues_the_whole_frame_and_a_partial_write_queues_the_rest():
     full, partial = FakeRawSocket(room=0), FakeRawSocket(room=5)
-    manager = FakeManager({"/": {"task:a": {"s1": "e1", "s2": "e2"}}},
-                          {"e1": FakeEioSocket(full), "e2": FakeEioSocket(partial)})
+    manager = FakeManager(
+        {"/": {"task:a": {"s1": "e1", "s2": "e2"}}},
+        {"e1": FakeEioSocket(full), "e2": FakeEioSocket(partial)},
+    )
     transport.deliver(manager, message())
     frame = wire('["task_update",{"seq":1}]')
     assert [sid for sid, _ in manager.server.queued] == ["e1"]
@@ -127,11 +136,16 @@ def test_a_full_socket_buffer_queues_the_whole_frame_and_a_partial_write_queues_
 
 def test_skip_sid_and_other_rooms_are_left_out():
     raws = {"e1": FakeRawSocket(), "e2": FakeRawSocket(), "e3": FakeRawSocket()}
-    manager = FakeManager({"/": {"task:a": {"s1": "e1", "s2": "e2"}, "task:b": {"s3": "e3"}}},
-                          {sid: FakeEioSocket(raw) for sid, raw in raws.items()})
+    manager = FakeManager(
+        {"/": {"task:a": {"s1": "e1", "s2": "e2"}, "task:b": {"s3": "e3"}}},
+        {sid: FakeEioSocket(raw) for sid, raw in raws.items()},
+    )
     transport.deliver(manager, message(skip_sid="s1"))
     assert (bool(raws["e1"].sent), bool(raws["e2"].sent), bool(raws["e3"].sent)) == (
-        False, True, False)
+        False,
+        True,
+        False,
+    )
 
 
 def test_callbacks_and_binary_are_left_to_python_socketio():
@@ -140,9 +154,15 @@ def test_callbacks_and_binary_are_left_to_python_socketio():
     assert transport.deliver(manager, message(binary=True)) is None
 
 
-@pytest.mark.parametrize("data, args", [
-    ([{"a": 1}], [{"a": 1}]), ([1, 2], [1, 2]), ([None], []), ("text", ["text"]),
-])
+@pytest.mark.parametrize(
+    "data, args",
+    [
+        ([{"a": 1}], [{"a": 1}]),
+        ([1, 2], [1, 2]),
+        ([None], []),
+        ("text", ["text"]),
+    ],
+)
 def test_arguments_are_spread_like_python_socketio(data, args):
     raw = FakeRawSocket()
     manager = FakeManager({"/": {"task:a": {"s1": "e1"}}}, {"e1": FakeEioSocket(raw)})
@@ -159,6 +179,7 @@ def test_other_namespaces_are_addressed_in_the_packet():
 
 # The writer on demand: the Drainer (engine.io's writer without a greenlet
 # waiting on the queue).
+
 
 class FakeWebSocket:
     """The wrapper engine.io reads and writes: ``wait()`` hands out ``incoming``."""
@@ -266,6 +287,7 @@ def test_a_broken_connection_ends_the_drainer_without_leaving_packets_behind():
 # The Connection: a WebSocket after the handshake, read by a watcher, on a real
 # socket pair (the test is the client: its frames are masked, as RFC 6455 wants).
 
+
 def client_frame(opcode, payload, fin=True, key=b"\x01\x02\x03\x04", masked=True):
     size = len(payload)
     if size < 126:
@@ -285,8 +307,8 @@ def server_frames(data):
         size, head = data[pos + 1] & 0x7F, pos + 2
         if size >= 126:
             width = 2 if size == 126 else 8
-            size, head = int.from_bytes(data[head:head + width], "big"), head + width
-        frames.append((data[pos] & 0x0F, data[head:head + size]))
+            size, head = int.from_bytes(data[head : head + width], "big"), head + width
+        frames.append((data[pos] & 0x0F, data[head : head + size]))
         pos = head + size
     return frames
 
@@ -332,10 +354,15 @@ def test_a_connection_sends_open_first_answers_messages_and_pings_and_ends_when_
     assert c.sock.connected and c.sock.upgraded and c.sock.direct is c.connection
     assert c.frames_until(1) == [(codec.OP_TEXT, b"4open")]
     c.send(client_frame(codec.OP_TEXT, b"4hello") + client_frame(codec.OP_PING, b"p"))
-    c.send(client_frame(codec.OP_TEXT, b"4wor", fin=False)
-           + client_frame(codec.OP_CONTINUATION, "ld \u00e9".encode()))
-    assert c.frames_until(4)[1:] == [(codec.OP_TEXT, b"4ack hello"), (codec.OP_PONG, b"p"),
-                                     (codec.OP_TEXT, "4ack world \u00e9".encode())]
+    c.send(
+        client_frame(codec.OP_TEXT, b"4wor", fin=False)
+        + client_frame(codec.OP_CONTINUATION, "ld \u00e9".encode())
+    )
+    assert c.frames_until(4)[1:] == [
+        (codec.OP_TEXT, b"4ack hello"),
+        (codec.OP_PONG, b"p"),
+        (codec.OP_TEXT, "4ack world \u00e9".encode()),
+    ]
     assert c.sock.received == ["hello", "world \u00e9"]
     c.client.shutdown(gevent.socket.SHUT_WR)  # the client goes away
     assert c.wait_closed()[-1][0] == codec.OP_CLOSE
@@ -353,15 +380,18 @@ def test_a_close_frame_from_the_client_ends_the_connection():
     c.client.close()
 
 
-@pytest.mark.parametrize("data", [
-    client_frame(codec.OP_TEXT, b"4" + b"x" * 200),                      # over the limit
-    client_frame(codec.OP_TEXT, b"4" + b"x" * 60, fin=False)
-    + client_frame(codec.OP_CONTINUATION, b"x" * 60),                    # fragments over it
-    client_frame(codec.OP_TEXT, b"4hi", masked=False),                   # unmasked
-    client_frame(codec.OP_TEXT, b"\xff\xfe"),                            # not UTF-8
-    client_frame(codec.OP_CONTINUATION, b"x"),                           # nothing to continue
-    client_frame(0x3, b"x"),                                              # reserved opcode
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        client_frame(codec.OP_TEXT, b"4" + b"x" * 200),  # over the limit
+        client_frame(codec.OP_TEXT, b"4" + b"x" * 60, fin=False)
+        + client_frame(codec.OP_CONTINUATION, b"x" * 60),  # fragments over it
+        client_frame(codec.OP_TEXT, b"4hi", masked=False),  # unmasked
+        client_frame(codec.OP_TEXT, b"\xff\xfe"),  # not UTF-8
+        client_frame(codec.OP_CONTINUATION, b"x"),  # nothing to continue
+        client_frame(0x3, b"x"),  # reserved opcode
+    ],
+)
 def test_a_client_that_breaks_the_protocol_is_disconnected_and_nothing_reaches_engineio(data):
     c = Connected()
     c.send(data + client_frame(codec.OP_TEXT, b"4never read"))
@@ -376,8 +406,11 @@ def test_engineio_closing_the_socket_sends_what_is_queued_then_a_close_frame():
     c.sock.closed = True
     c.sock.queue.put(None)  # what engine.io's Socket.close() does
     frames = c.wait_closed()
-    assert frames == [(codec.OP_TEXT, b"4open"), (codec.OP_TEXT, b"4bye"),
-                      (codec.OP_CLOSE, (1000).to_bytes(2, "big"))]
+    assert frames == [
+        (codec.OP_TEXT, b"4open"),
+        (codec.OP_TEXT, b"4bye"),
+        (codec.OP_CLOSE, (1000).to_bytes(2, "big")),
+    ]
     assert c.sock.close_calls == [] and c.sock.server.sockets == {}
     c.client.close()
 
@@ -393,12 +426,14 @@ def test_an_idle_connection_holds_no_greenlet():
     c.frames_until(2)
     gevent.sleep(0.01)
     assert live_greenlets() == idle
+    assert c.connection.reader is None  # nor a frame parser
     c.client.close()
     c.wait_closed()
 
 
 # WakingQueue: what engine.io's Socket does with its queue (python-engineio 4.15:
 # the polling transport's poll(), the upgrade-path writer, close(wait=True)).
+
 
 def test_an_idle_queue_holds_no_buffer_or_waiter():
     queue = transport.WakingQueue()
@@ -469,8 +504,9 @@ class Handoff:
             self.pool.spawn(gevent.sleep, 2)
         server = type("Server", (), {"pool": self.pool})()
         self.server_side, self.client = gevent.socket.socketpair()
-        self.handler = type("Handler", (), {"socket": self.server_side, "server": server,
-                                            "close_connection": False})()
+        self.handler = type(
+            "Handler", (), {"socket": self.server_side, "server": server, "close_connection": False}
+        )()
         self.gws = type("GWS", (), {"closed": False, "handler": self.handler})()
         self.websocket = type("Wrapper", (), {"_sock": self.gws})()
         self.environ = {"wsgi.input": object(), "wsgi.websocket": self.gws, "HTTP_COOKIE": "s=1"}
@@ -527,19 +563,23 @@ def test_hand_off_refuses_a_websocket_past_the_connection_limit():
 
 # Close codes (RFC 6455 7.4.1) and bounds.
 
+
 def close_code(frames):
     opcode, payload = frames[-1]
     assert opcode == codec.OP_CLOSE
     return int.from_bytes(payload[:2], "big") if payload else None
 
 
-@pytest.mark.parametrize("data, code", [
-    (client_frame(codec.OP_TEXT, b"4hi", masked=False), 1002),
-    (client_frame(codec.OP_TEXT, b"4\xff"), 1007),
-    (client_frame(codec.OP_TEXT, b"4" + b"x" * 200), 1009),
-    (client_frame(codec.OP_CLOSE, (1001).to_bytes(2, "big")), 1001),  # echoed
-    (client_frame(codec.OP_CLOSE, b""), None),                          # none sent, none echoed
-])
+@pytest.mark.parametrize(
+    "data, code",
+    [
+        (client_frame(codec.OP_TEXT, b"4hi", masked=False), 1002),
+        (client_frame(codec.OP_TEXT, b"4\xff"), 1007),
+        (client_frame(codec.OP_TEXT, b"4" + b"x" * 200), 1009),
+        (client_frame(codec.OP_CLOSE, (1001).to_bytes(2, "big")), 1001),  # echoed
+        (client_frame(codec.OP_CLOSE, b""), None),  # none sent, none echoed
+    ],
+)
 def test_the_connection_closes_with_the_right_code(data, code):
     c = Connected()
     c.send(data)
@@ -588,3 +628,18 @@ def test_a_write_that_makes_no_progress_ends_the_connection(monkeypatch):
             gevent.sleep(0.01)
     assert c.sock.closed
     c.client.close()
+
+
+def test_a_message_split_over_reads_keeps_a_reader_only_until_it_is_whole():
+    c = Connected()
+    c.frames_until(1)
+    data = client_frame(codec.OP_TEXT, b"4" + b"x" * 50)
+    c.send(data[:20])
+    with gevent.Timeout(2):
+        while c.connection.reader is None:
+            gevent.sleep(0.005)
+    c.send(data[20:])
+    assert c.frames_until(2)[1] == (codec.OP_TEXT, b"4ack " + b"x" * 50)
+    assert c.connection.reader is None
+    c.client.close()
+    c.wait_closed()

@@ -1,5 +1,6 @@
 """engine.io pings on a timer, against real python-engineio Server and Socket
 objects: same schedule and rules, no greenlet while waiting."""
+
 import gc
 import time
 

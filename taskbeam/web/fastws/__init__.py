@@ -16,6 +16,7 @@ Inside: :mod:`.codec` (frames; wsproto parses what clients send),
 path), :mod:`.pings` (heartbeat timers), :mod:`.listener`, and :mod:`.seams`,
 the only module touching other libraries' private attributes.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 
 
 def wanted() -> bool:
-    return os.environ.get("WEB_FAST_TRANSPORT", "1").strip().lower() not in ("0", "false", "no", "off")
+    setting = os.environ.get("WEB_FAST_TRANSPORT", "1").strip().lower()
+    return setting not in ("0", "false", "no", "off")
 
 
 @functools.cache
@@ -37,12 +39,15 @@ def usable() -> bool:
         return False
     try:
         from . import seams
+
         found = seams.problems()
     except Exception as exc:  # an import of a renamed module
         found = [f"{type(exc).__name__}: {exc}"]
     if found:
-        log.warning("fast WebSocket transport off, running stock python-engineio/socketio: %s",
-                    "; ".join(found))
+        log.warning(
+            "fast WebSocket transport off, running stock python-engineio/socketio: %s",
+            "; ".join(found),
+        )
         return False
     return True
 
@@ -64,8 +69,12 @@ def install(sio_server) -> None:
         if sock is not None:
             seams.replace_schedule_ping(sock, pings.TimerPing(eio, sock).schedule)
             sock.queue.on_overflow = functools.partial(
-                gevent.get_hub().loop.run_callback, sock.close, False, True,
-                eio.reason.TRANSPORT_ERROR)
+                gevent.get_hub().loop.run_callback,
+                sock.close,
+                False,
+                True,
+                eio.reason.TRANSPORT_ERROR,
+            )
         return connect(sid, *args) if connect is not None else None
 
     eio.on("connect", on_connect)
@@ -74,9 +83,11 @@ def install(sio_server) -> None:
 def __getattr__(name):
     if name == "FastRedisManager":
         from .listener import FastRedisManager
+
         return FastRedisManager
     if name == "deliver":
         from .transport import deliver
+
         return deliver
     raise AttributeError(name)
 

@@ -8,6 +8,7 @@ frame's whole payload (up to the message limit) before refusing it, and wsproto
 is already installed with python-engineio. The send side frames here: one
 ``bytes`` concatenation per frame, the fast path's per-event cost.
 """
+
 from __future__ import annotations
 
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
@@ -61,9 +62,10 @@ class Reader:
     reader takes nothing more. Messages longer than ``limit`` (characters of a
     text, bytes of a binary message, as engine.io counts them) are refused.
 
-    A wsproto parser exists only while a frame or message is incomplete: an idle
-    connection holds none (one costs ~850 bytes, as much as the rest of an idle
-    socket's transport state).
+    A wsproto parser exists only while a frame or message is incomplete (one
+    costs ~850 bytes, as much as the rest of an idle socket's transport state);
+    a reader that is :attr:`idle` may be dropped and a new one made for the next
+    read.
     """
 
     __slots__ = ("limit", "parser", "chunks", "size", "closed")
@@ -71,9 +73,14 @@ class Reader:
     def __init__(self, limit: int):
         self.limit = limit
         self.parser: FrameProtocol | None = None
-        self.chunks: list = []   # the message being reassembled
+        self.chunks: list = []  # the message being reassembled
         self.size = 0
         self.closed = False
+
+    @property
+    def idle(self) -> bool:
+        """Nothing incomplete is held, and the client has not closed."""
+        return self.parser is None and not self.closed
 
     def feed(self, data: bytes) -> list[tuple[int, object]]:
         if self.closed:
@@ -118,5 +125,12 @@ def close_reply(code: int) -> int | None:
     return None if code == NO_STATUS_RCVD else int(code)
 
 
-__all__ = ["CloseReason", "Reader", "ProtocolError", "frame", "text_frame", "close_frame",
-           "close_reply"]
+__all__ = [
+    "CloseReason",
+    "Reader",
+    "ProtocolError",
+    "frame",
+    "text_frame",
+    "close_frame",
+    "close_reply",
+]

@@ -7,12 +7,14 @@ only logging. This one reads the subscribed socket itself, parses every message
 that arrived in one ``recv`` with hiredis, records when it last heard anything,
 and tells its watcher (``on_resubscribed``) when a lost subscription is back.
 """
+
 from __future__ import annotations
 
 import logging
 import time
 
 import hiredis
+
 import redis
 
 from ..mq_listener import Heard
@@ -44,8 +46,9 @@ class FastRedisManager(Heard, seams.PubSubHooks):
 
     def subscribe(self):
         """A connection of its own (auth, TLS, db from the URL) subscribed to the channel."""
-        client = redis.Redis.from_url(self.redis_url, protocol=2, socket_timeout=self.silence_s,
-                                      **self.redis_options)
+        client = redis.Redis.from_url(
+            self.redis_url, protocol=2, socket_timeout=self.silence_s, **self.redis_options
+        )
         connection = client.connection_pool.get_connection()
         connection.send_command("SUBSCRIBE", self.channel)
         return client, connection  # the client too: collected, it would close the socket

@@ -7,6 +7,7 @@ Here a timer does the waiting and a greenlet exists only while the ping is being
 sent. Ping timeouts are still enforced by engine.io (its service task and
 ``check_ping_timeout``).
 """
+
 from __future__ import annotations
 
 import gevent

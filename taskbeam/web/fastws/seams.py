@@ -11,6 +11,7 @@ When you bump one of these libraries: read the lines named here in its new
 source, adjust, then update ``READ_FROM``. ``tests/unit/test_fastws_contract.py``
 runs the transport against the real libraries.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -22,9 +23,10 @@ import engineio
 import engineio.packet
 import engineio.socket
 import gevent.pywsgi
-import redis
 import socketio
 from wsproto.frame_protocol import FrameProtocol
+
+import redis
 
 READ_FROM = {
     "python-engineio": "4.15.1",
@@ -37,6 +39,7 @@ READ_FROM = {
 
 
 # python-engineio 4.15.1 -------------------------------------------------------
+
 
 def install_eio_classes(eio: engineio.Server, websocket_class: type, queue_class: type) -> None:
     """``Server._async``: the async driver's table; ``websocket`` wraps each
@@ -99,6 +102,7 @@ def forget_socket(sock: engineio.socket.Socket) -> None:
 
 # python-socketio 5.18.1 ------------------------------------------------------
 
+
 def eio_sockets(sio_server: socketio.Server) -> dict:
     """``engineio.Server.sockets``: engine.io sid -> Socket."""
     return sio_server.eio.sockets
@@ -130,6 +134,7 @@ class PubSubHooks(socketio.RedisManager):
 
 
 # gevent-websocket 0.10.1 and gevent 26.9.0's pywsgi --------------------------
+
 
 def websocket_tcp(wrapper: Any) -> socket.socket:
     """The connection's gevent socket under engine.io's WebSocketWSGI wrapper:
@@ -178,6 +183,7 @@ def small_read_buffer(handler: gevent.pywsgi.WSGIHandler, sock: socket.socket, s
 
 # redis-py 8.1.0 --------------------------------------------------------------
 
+
 def redis_socket(connection: redis.Connection) -> socket.socket:
     """``Connection._sock``: the listener reads its subscribed socket itself."""
     return connection._sock
@@ -185,15 +191,19 @@ def redis_socket(connection: redis.Connection) -> socket.socket:
 
 # wsproto 1.3.2 ---------------------------------------------------------------
 
+
 def parser_idle(parser: FrameProtocol) -> bool:
     """True when a wsproto parser holds no partial frame or message, so it can be
     dropped and a new one started for the next read (``_frame_decoder.buffer``,
     ``.header``; ``_message_decoder.opcode``)."""
     frames = parser._frame_decoder
-    return not len(frames.buffer) and frames.header is None and parser._message_decoder.opcode is None
+    return (
+        not len(frames.buffer) and frames.header is None and parser._message_decoder.opcode is None
+    )
 
 
 # The start-up check -----------------------------------------------------------
+
 
 def _installed(name: str) -> str | None:
     try:
@@ -212,6 +222,7 @@ def problems() -> list[str]:
             found.append(f"{name} {installed or 'missing'} (read from {version})")
     try:
         import geventwebsocket.websocket as gws
+
         eio = engineio.Server(async_mode="gevent")
         sock = engineio.socket.Socket(eio, "probe")
         checks = {
@@ -222,14 +233,18 @@ def problems() -> list[str]:
             "socketio.Server._send_eio_packet": callable(socketio.Server._send_eio_packet),
             "socketio.PubSubManager._listen/_handle_emit/_thread": all(
                 callable(getattr(socketio.PubSubManager, name, None))
-                for name in ("_listen", "_handle_emit", "_thread")),
+                for name in ("_listen", "_handle_emit", "_thread")
+            ),
             "geventwebsocket WebSocket.stream/handler/closed": all(
-                name in gws.WebSocket.__slots__ for name in ("stream", "handler", "closed")),
+                name in gws.WebSocket.__slots__ for name in ("stream", "handler", "closed")
+            ),
             "pywsgi WSGIHandler.socket/close_connection/rfile": hasattr(
-                gevent.pywsgi.WSGIHandler, "close_connection"),
+                gevent.pywsgi.WSGIHandler, "close_connection"
+            ),
             "redis Connection._sock": hasattr(redis.Connection(), "_sock"),
             "wsproto FrameProtocol._frame_decoder/_message_decoder": parser_idle(
-                FrameProtocol(client=False, extensions=[])),
+                FrameProtocol(client=False, extensions=[])
+            ),
         }
     except Exception as exc:  # an attribute gone or renamed
         return found + [f"{type(exc).__name__}: {exc}"]

@@ -21,6 +21,7 @@ resumes with ``after``); a write that makes no progress for
 connection is closed after what is queued, or ``CLOSE_GRACE_S`` later at the
 latest.
 """
+
 from __future__ import annotations
 
 import collections
@@ -43,11 +44,16 @@ from . import codec, seams
 
 log = logging.getLogger(__name__)
 
-MAX_QUEUED_PACKETS = 4096         # ~4 minutes of a busy task's events for one client
+# Packets and bytes a client may fall behind before its connection is cut (it
+# reconnects and resumes with `after`): what a client that never reads, or sends
+# engine.io PONGs blindly to stay alive, can make this process hold for it.
+MAX_QUEUED_PACKETS = 4096
 MAX_QUEUED_BYTES = 4 * 1024 * 1024
-WRITE_TIMEOUT_S = 30.0            # longer than engine.io's ping interval + timeout (45 s) is pointless
+# A write that makes no progress for this long ends the connection.
+WRITE_TIMEOUT_S = 30.0
+# After engine.io closes a socket, what is queued may still go out for this long.
 CLOSE_GRACE_S = 3.0
-MAX_QUEUED_PONGS = 16             # a client that pings without reading gets no more
+MAX_QUEUED_PONGS = 16  # a client that pings without reading gets no more
 READ_BYTES, READ_BYTES_MID_MESSAGE = 4096, 65536
 
 
@@ -82,12 +88,12 @@ class WakingQueue:
     __slots__ = ("items", "bytes", "unfinished", "readable", "finished", "on_put", "on_overflow")
 
     def __init__(self):
-        self.items = None       # a deque while something is queued
-        self.bytes = 0          # payload bytes of the queued items
-        self.unfinished = 0     # put and not yet task_done(), for join()
-        self.readable = None    # an Event, once a getter had to wait
-        self.finished = None    # an Event, while join() waits
-        self.on_put = None      # called with the item
+        self.items = None  # a deque while something is queued
+        self.bytes = 0  # payload bytes of the queued items
+        self.unfinished = 0  # put and not yet task_done(), for join()
+        self.readable = None  # an Event, once a getter had to wait
+        self.finished = None  # an Event, while join() waits
+        self.on_put = None  # called with the item
         self.on_overflow = None
 
     def put(self, item, block=True, timeout=None):
@@ -100,8 +106,9 @@ class WakingQueue:
             self.readable.set()
         if self.on_put is not None:
             self.on_put(item)
-        if ((len(self.items) > MAX_QUEUED_PACKETS or self.bytes > MAX_QUEUED_BYTES)
-                and self.on_overflow is not None):
+        if (
+            len(self.items) > MAX_QUEUED_PACKETS or self.bytes > MAX_QUEUED_BYTES
+        ) and self.on_overflow is not None:
             overflow, self.on_overflow = self.on_overflow, None  # once
             overflow()
 
@@ -247,13 +254,22 @@ class Connection(DirectWrites):
     the complete messages (engine.io's handlers may block) and ends.
     """
 
-    __slots__ = ("eio_socket", "tcp", "watcher", "reader", "writing", "ending", "closed",
-                 "close_code", "deadline")
+    __slots__ = (
+        "eio_socket",
+        "tcp",
+        "watcher",
+        "reader",
+        "writing",
+        "ending",
+        "closed",
+        "close_code",
+        "deadline",
+    )
     open_count = 0  # in this process, bounded together with the server's pool
 
     def __init__(self, eio_socket, tcp: socket.socket):
         self.eio_socket, self.tcp = eio_socket, tcp
-        self.reader = codec.Reader(eio_socket.server.max_http_buffer_size)
+        self.reader = None  # a codec.Reader while a frame or message is incomplete
         self.writing = self.ending = self.closed = False
         self.close_code, self.deadline = codec.NORMAL_CLOSURE, None
         tcp.settimeout(WRITE_TIMEOUT_S)  # the Drainer's writes; reads happen only when readable
@@ -273,25 +289,30 @@ class Connection(DirectWrites):
 
     def read(self):
         server = self.eio_socket.server
+        reader = self.reader
         try:
-            size = READ_BYTES if self.reader.parser is None else READ_BYTES_MID_MESSAGE
-            data = self.tcp.recv(size)  # readable: returns at once
+            if reader is None:
+                reader = codec.Reader(server.max_http_buffer_size)
+            data = self.tcp.recv(READ_BYTES_MID_MESSAGE if self.reader else READ_BYTES)
             if not data:  # closed by the client
                 return self.end(None)
-            for opcode, payload in self.reader.feed(data):
+            for opcode, payload in reader.feed(data):
                 if self.ending:
                     break
                 self.handle(opcode, payload)
         except codec.ProtocolError as exc:
-            server.logger.info('%s: WebSocket protocol error "%s", closing connection',
-                               self.eio_socket.sid, exc)
+            server.logger.info(
+                '%s: WebSocket protocol error "%s", closing connection', self.eio_socket.sid, exc
+            )
             self.end(exc.code)
         except Exception as exc:
             if not self.eio_socket.closed:
-                server.logger.info('%s: Unexpected error "%s", closing connection',
-                                   self.eio_socket.sid, exc)
+                server.logger.info(
+                    '%s: Unexpected error "%s", closing connection', self.eio_socket.sid, exc
+                )
             self.end(None)
         finally:
+            self.reader = None if reader is None or reader.idle else reader
             if not self.ending:
                 self.watcher.start(self.on_readable)
 
@@ -339,9 +360,13 @@ class Connection(DirectWrites):
     def overflow(self) -> None:
         """The client reads too slowly for what it is sent: cut it now (it
         reconnects and resubscribes with ``after``)."""
-        log.warning("%s: %d packets (%d bytes) queued for a client that does not read; "
-                    "closing its connection", self.eio_socket.sid, self.eio_socket.queue.qsize(),
-                    self.eio_socket.queue.bytes)
+        log.warning(
+            "%s: %d packets (%d bytes) queued for a client that does not read; "
+            "closing its connection",
+            self.eio_socket.sid,
+            self.eio_socket.queue.qsize(),
+            self.eio_socket.queue.bytes,
+        )
         self.close_code = codec.POLICY_VIOLATION
         self.ending = True
         gevent.get_hub().loop.run_callback(self.close)  # not inside engine.io's send
@@ -389,8 +414,11 @@ def hand_off(sock, environ: dict, websocket) -> list:
     if pool is not None and pool.size is not None:
         # Handed-off connections count against the worker's connection limit too.
         if Connection.open_count + len(pool) > pool.size:
-            log.warning("%d WebSockets open and %d requests in progress: refusing one more",
-                        Connection.open_count, len(pool))
+            log.warning(
+                "%d WebSockets open and %d requests in progress: refusing one more",
+                Connection.open_count,
+                len(pool),
+            )
             sock.close(wait=False, abort=True, reason=sock.server.reason.TRANSPORT_CLOSE)
             return []
         seams.release_pool_slot(handler, gevent.getcurrent())
@@ -451,10 +479,12 @@ def deliver(manager, message: dict) -> int | None:
     server = manager.server
     if namespace == "/":  # what Packet.encode() writes, less its per-call checks
         encoded = str(sio_packet.EVENT) + server.packet_class.json.dumps(
-            [message["event"]] + args, separators=(",", ":"))
+            [message["event"]] + args, separators=(",", ":")
+        )
     else:
-        encoded = server.packet_class(sio_packet.EVENT, namespace=namespace,
-                                      data=[message["event"]] + args).encode()
+        encoded = server.packet_class(
+            sio_packet.EVENT, namespace=namespace, data=[message["event"]] + args
+        ).encode()
     frame = queued = None
     recipients = 0
     sockets = seams.eio_sockets(server)
