@@ -14,12 +14,14 @@ import sys
 import threading
 import time
 
+import engineio.socket
 import gevent
 import gevent.pywsgi
 import greenlet
 import pytest
 import socketio
 import websockets.sync.client
+from engineio import packet as eio_packet
 from websockets.exceptions import ConnectionClosed
 
 import redis
@@ -362,3 +364,14 @@ def test_either_listener_hears_its_heartbeat_and_reports_a_resubscription(
         timeout=60,
     )
     assert done.stdout == "heard and resubscribed\n", done.stderr[-3000:]
+
+
+def test_a_long_polling_socket_past_its_queue_bound_is_closed_by_engineio(monkeypatch):
+    monkeypatch.setattr(transport, "MAX_QUEUED_PACKETS", 5)
+    sio = socketio.Server(async_mode="gevent")
+    fastws.install(sio)
+    sock = sio.eio.sockets["a"] = engineio.socket.Socket(sio.eio, "a")
+    sio.eio.handlers["connect"]("a", {"REMOTE_ADDR": "127.0.0.1"})
+    for _ in range(6):  # a long-polling client that stopped polling
+        sock.send(eio_packet.Packet(eio_packet.MESSAGE, "x"))
+    wait_for(lambda: sock.closed)

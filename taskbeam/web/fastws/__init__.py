@@ -68,12 +68,11 @@ def install(sio_server) -> None:
         sock = seams.eio_socket(eio, sid)
         if sock is not None:
             seams.replace_schedule_ping(sock, pings.TimerPing(eio, sock).schedule)
+            # A long-polling or upgraded socket past its queue's bound: engine.io
+            # closes it, in a greenlet of its own (not inside the send that overflowed;
+            # its disconnect handlers may block).
             sock.queue.on_overflow = functools.partial(
-                gevent.get_hub().loop.run_callback,
-                sock.close,
-                False,
-                True,
-                eio.reason.TRANSPORT_ERROR,
+                gevent.spawn, sock.close, wait=False, abort=True, reason=eio.reason.TRANSPORT_ERROR
             )
         return connect(sid, *args) if connect is not None else None
 

@@ -369,14 +369,14 @@ class Connection(DirectWrites):
         )
         self.close_code = codec.POLICY_VIOLATION
         self.ending = True
-        gevent.get_hub().loop.run_callback(self.close)  # not inside engine.io's send
+        gevent.spawn(self.close)  # not inside the send that overflowed; handlers may block
 
     def close_later(self) -> None:
         """engine.io closed the socket: what is queued may still go out, but the
         connection closes ``CLOSE_GRACE_S`` from now at the latest."""
         if self.deadline is None and not self.closed:
             self.deadline = gevent.get_hub().loop.timer(CLOSE_GRACE_S)
-            self.deadline.start(self.close)
+            self.deadline.start(gevent.spawn, self.close)  # not in the hub: close may block
 
     def close(self) -> None:
         """The end of the connection: after engine.io closed the socket and what
