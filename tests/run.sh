@@ -36,6 +36,9 @@ export TEST_HTTP_PORT=${TEST_HTTP_PORT:-18080}
 export TEST_EXPORT_TTL=${TEST_EXPORT_TTL:-20}
 # The suite's shared session runs more tasks at once than a user would.
 export TEST_MAX_ACTIVE_TASKS=${TEST_MAX_ACTIVE_TASKS:-50}
+# Every request of the suite comes from one address (Docker's bridge): the per-address
+# limits are raised so the suite runs, but stay low enough for test_abuse.py to see
+# them bite from an address of its own. The app's per-address limit has a unit test.
 # An env file of its own: the user's .env (port, secrets, replicas) is never read.
 export COMPOSE_ENV_FILES=$work/test.env
 sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')/" \
@@ -49,6 +52,12 @@ sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n
     -e "s/^TASK_TIME_LIMIT_S=.*/TASK_TIME_LIMIT_S=30/" \
     -e "s/^RATE_LIMIT_PER_MINUTE=.*/RATE_LIMIT_PER_MINUTE=60/" \
     -e "s/^MAX_ACTIVE_TASKS=.*/MAX_ACTIVE_TASKS=$TEST_MAX_ACTIVE_TASKS/" \
+    -e "s/^RATE_LIMIT_PER_IP_PER_MINUTE=.*/RATE_LIMIT_PER_IP_PER_MINUTE=100000/" \
+    -e "s/^CREATES_PER_MINUTE_PER_IP=.*/CREATES_PER_MINUTE_PER_IP=300/" \
+    -e "s/^CREATE_BURST_PER_IP=.*/CREATE_BURST_PER_IP=80/" \
+    -e "s/^EVENT_READS_PER_SECOND_PER_IP=.*/EVENT_READS_PER_SECOND_PER_IP=50/" \
+    -e "s/^EVENT_READS_BURST_PER_IP=.*/EVENT_READS_BURST_PER_IP=200/" \
+    -e "s/^WS_CONNECTIONS_PER_IP=.*/WS_CONNECTIONS_PER_IP=300/" \
     .env.example > "$COMPOSE_ENV_FILES"
 # Keep the base images the user's own stack builds from (a mirror, or offline stand-ins).
 [ -f .env ] && grep -E '^(PYTHON|REDIS|NGINX)_IMAGE=' .env >> "$COMPOSE_ENV_FILES" || true

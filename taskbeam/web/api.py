@@ -2,7 +2,6 @@
 import json
 import logging
 import time
-
 from datetime import datetime
 
 from flask import Blueprint, Response, current_app, jsonify, request, session, url_for
@@ -149,7 +148,7 @@ def create_task():
     except Exception:
         log.exception("could not enqueue task %s", snapshot["id"])
         svc.store.delete(snapshot["id"], owner)
-        raise ApiError(503, "unavailable", "The task queue is unavailable; try again.")
+        raise ApiError(503, "unavailable", "The task queue is unavailable; try again.") from None
     response = jsonify(snapshot)
     response.status_code = 202
     response.headers["Location"] = url_for("api.get_task", task_id=snapshot["id"])
@@ -216,7 +215,7 @@ def download(task_id):
     response.headers["Content-Disposition"] = f'attachment; filename="{result["filename"]}"'
     # An internal Nginx location; the path is built from the checked task id and
     # the run that succeeded (the store's current token) only.
-    name = export.export_file_name(task_id, rec["fence"], fmt)
+    name = export.export_file_name(task_id, rec.get("fence", "0"), fmt)
     response.headers["X-Accel-Redirect"] = f"/_exports/{name}"
     return response
 
@@ -244,7 +243,7 @@ def readyz():
     try:
         svc.redis.ping()
     except RedisError:
-        raise ApiError(503, "unavailable", "Redis is unreachable.")
+        raise ApiError(503, "unavailable", "Redis is unreachable.") from None
     if not svc.queue_watch.healthy:
         raise ApiError(503, "unavailable", "The message-queue listener is not receiving.")
     return {"status": "ready"}

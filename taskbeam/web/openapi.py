@@ -46,6 +46,7 @@ SIMULATE_PARAMS = {
 
 
 def openapi_document(settings=None):
+    from .api import MAX_EVENTS_PAGE  # here: api imports this module
     settings = settings or config.current()
     schemas = param_schemas(settings)
     task_id = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -57,12 +58,19 @@ def openapi_document(settings=None):
     ]
     return {
         "openapi": "3.0.3",
-        "info": {"title": "Taskbeam", "version": "1"},
+        "info": {"title": "Taskbeam", "version": "1", "description":
+                 "Requests whose Host is not allowed (ALLOWED_HOSTS) get 421 "
+                 "`misdirected_request`; task ids not shaped like the ones the server "
+                 "makes (16 characters of A-Z a-z 0-9 _ -) get 404 `not_found`."},
         "paths": {
             "/api/tasks": {
                 "post": {
                     "summary": "Start a task",
                     "requestBody": {"required": True, **_json({"oneOf": create_variants})},
+                    "description": "429 `rate_limited` past the per-session or per-address "
+                                   "creation rate (with Retry-After); 429 `too_many_active` "
+                                   "while the session has MAX_ACTIVE_TASKS queued or running "
+                                   "tasks.",
                     "responses": {"202": {"description": "Accepted", **_json(snapshot)},
                                   **_error_responses(400, 403, 413, 415, 429, 503)},
                 },
@@ -78,13 +86,28 @@ def openapi_document(settings=None):
                 "responses": {"200": {"description": "OK", **_json(snapshot)},
                               **_error_responses(404)}}},
             "/api/tasks/{task_id}/events": {"get": {
-                "summary": "Stored events after a seq", "parameters": [
-                    task_id, {"name": "after", "in": "query",
-                              "schema": {"type": "integer", "minimum": 0, "default": 0}}],
+                "summary": "Stored events after a seq, one page at a time",
+                "description": "While `has_more` is true, ask again with "
+                               "`after=next_after`. Reads are rate-limited per address "
+                               "(429 `rate_limited`).",
+                "parameters": [
+                    task_id,
+                    {"name": "after", "in": "query", "schema": {
+                        "type": "integer", "minimum": 0, "maximum": 10 ** 18 - 1,
+                        "default": 0}},
+                    {"name": "limit", "in": "query", "schema": {
+                        "type": "integer", "minimum": 1, "maximum": MAX_EVENTS_PAGE,
+                        "default": MAX_EVENTS_PAGE}}],
                 "responses": {"200": {"description": "OK", **_json({
-                    "type": "object", "properties": {"events": {
-                        "type": "array", "items": {"$ref": "#/components/schemas/Event"}}}})},
-                    **_error_responses(400, 404)}}},
+                    "type": "object", "required": ["events", "has_more", "next_after"],
+                    "properties": {
+                        "events": {"type": "array",
+                                   "items": {"$ref": "#/components/schemas/Event"}},
+                        "has_more": {"type": "boolean",
+                                     "description": "More events follow this page."},
+                        "next_after": {"type": "integer", "description":
+                                       "The last seq in this page (`after` if empty)."}}})},
+                    **_error_responses(400, 404, 429)}}},
             "/api/tasks/{task_id}/download": {"get": {
                 "summary": "Download a finished export (served by Nginx)",
                 "parameters": [task_id],

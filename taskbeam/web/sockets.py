@@ -8,12 +8,14 @@ from redis.exceptions import RedisError
 
 from .. import protocol
 from . import socketio
+from .api import MAX_EVENTS_PAGE, MAX_SEQ_DIGITS
 
 log = logging.getLogger(__name__)
 
 MAX_SUBSCRIPTIONS = 200
-MAX_EVENTS_PAGE = 500  # as GET /events: a bigger backlog comes in pages (`more`)
-MAX_AFTER = 10 ** 18    # as GET /events; a stream id holds 64 bits
+# As GET /events: `after` bounded (a stream id holds 64 bits), a longer backlog in
+# pages of MAX_EVENTS_PAGE (the ack says `more`).
+MAX_AFTER = 10 ** MAX_SEQ_DIGITS
 
 
 def _services():
@@ -84,7 +86,8 @@ def on_unsubscribe(data=None):
 
 @socketio.on("*")
 def on_unknown_event(event, data=None):
-    return _error("unknown_event", f"Unknown event {str(event)[:40]!r}; use subscribe or unsubscribe.")
+    return _error("unknown_event",
+                  f"Unknown event {str(event)[:40]!r}; use subscribe or unsubscribe.")
 
 
 @socketio.on_error_default

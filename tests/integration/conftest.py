@@ -214,6 +214,7 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"{row['fault']:<20}"
                                     + "".join(f"{row[h]!s:>14}" for h in header[1:]))
 
+
 def stored_history(api, task_id, max_pages=100):
     """Every stored event of a task from GET /events, following pages if the reply has them."""
     events, after = [], 0
@@ -245,3 +246,35 @@ def worker_container(hostname):
 def container_health(container):
     return docker("inspect", "-f", "{{.State.Health.Status}}", container).strip()
 
+
+def project_env():
+    """The test stack's env file (written by tests/run.sh) as a dict."""
+    path = os.environ["COMPOSE_ENV_FILES"].split(",")[0]
+    with open(path) as f:
+        return dict(line.strip().split("=", 1) for line in f if "=" in line and line[0] != "#")
+
+
+def in_network_command(script, *args, interactive=False):
+    """`docker run` argv for a Python ``script`` in a throwaway app container on the
+    test project's network: a client with an address of its own (the host's requests
+    all reach Nginx from one address). It reaches Nginx at http://nginx:8080."""
+    tag = project_env().get("IMAGE_TAG") or "latest"
+    network = f"{os.environ.get('COMPOSE_PROJECT_NAME', 'taskbeam-test')}_default"
+    return ["docker", "run", "--rm", *(["-i"] if interactive else []), "--network", network,
+            "--entrypoint", "python", f"taskbeam-app:{tag}", "-c", script, *map(str, args)]
+
+
+def inject_events(task_id, first, last):
+    """Append synthetic `running` events ``first..last`` to a task's stored history
+    (straight into its Redis stream), for tests that need a long history quickly."""
+    namespace = project_env().get("TASKBEAM_NAMESPACE") or "taskbeam"
+    script = """
+    for i = tonumber(ARGV[1]), tonumber(ARGV[2]) do
+      local e = string.format(
+        '{"task_id":"%s","seq":%d,"state":"running","progress":%.1f,"message":"Step %d","ts":1.5}',
+        ARGV[3], i, (i % 1000) / 10, i)
+      redis.call('XADD', KEYS[1], i .. '-0', 'e', e)
+    end
+    return redis.call('XLEN', KEYS[1])"""
+    compose("exec", "-T", "redis", "redis-cli", "EVAL", script, "1",
+            f"{namespace}:task:{task_id}:events", str(first), str(last), task_id)

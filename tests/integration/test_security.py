@@ -1,10 +1,10 @@
 """Security by default, checked on the running stack."""
 import os
+import socket
 import subprocess
 
 import pytest
 import requests
-
 from conftest import BASE_URL, Watcher, compose, docker, wait_until
 
 
@@ -111,3 +111,117 @@ def test_a_socket_message_over_the_limit_closes_only_that_connection(api):
     finally:
         other.close()
         big.close()
+
+
+def test_a_placeholder_redis_password_stops_the_web_service_with_a_clear_message():
+    done = subprocess.run(["docker", "compose", "run", "--rm", "--no-deps", "-T",
+                           "-e", "REDIS_URL=redis://:change-me@redis:6379/0", "web"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "REDIS_URL has a placeholder password" in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_session_cookie_secure_marks_the_cookie_secure():
+    script = ("from gevent import monkey; monkey.patch_all(); "
+              "import os; from taskbeam.web import create_app; "
+              "print(create_app().test_client().get('/healthz').headers['Set-Cookie'], "
+              "flush=True); os._exit(0)")
+    done = subprocess.run(["docker", "compose", "run", "--rm", "--no-deps", "-T",
+                           "-e", "SESSION_COOKIE_SECURE=1", "web", "python", "-c", script],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "; Secure" in done.stdout
+    # Off by default: the stack under test is plain HTTP.
+    assert "Secure" not in requests.get(f"{BASE_URL}/api/tasks", timeout=5).headers["Set-Cookie"]
+
+
+def websocket_opening(host, port):
+    """What the server sends on a direct WebSocket open with this Host: the handshake
+    and, if a session opened, Engine.IO's open packet (read until it or EOF)."""
+    with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as raw:
+        raw.sendall(f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
+                    f"Host: {host}\r\nOrigin: http://{host}\r\n"
+                    "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode())
+        data = b""
+        while b'"sid"' not in data:
+            chunk = raw.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+def test_an_unknown_host_name_gets_421_on_the_api_and_the_socket_handshake(api):
+    port = BASE_URL.rsplit(":", 1)[1]
+    rebound = {"Host": f"rebind.example:{port}", "Origin": f"http://rebind.example:{port}"}
+    for path in ("/api/tasks", "/socket.io/?EIO=4&transport=polling"):
+        response = api.request("GET", path, headers=rebound)
+        assert response.status_code == 421, (path, response.text)
+        assert response.json()["error"]["code"] == "misdirected_request"
+    assert api.request("POST", "/api/tasks", headers=rebound,
+                       json={"kind": "simulate", "params": {"steps": 1}}).status_code == 421
+    # A WebSocket that opens directly (no polling first) is refused too: the
+    # WebSocket handler answers 101 before the app runs, so what shows is that no
+    # Engine.IO session opens (no "sid") and the connection ends.
+    assert b'"sid"' not in websocket_opening(f"rebind.example:{port}", port)
+    assert b'"sid"' in websocket_opening(f"127.0.0.1:{port}", port)
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
+        assert api.request("GET", "/api/tasks", headers={"Host": host}).status_code == 200
+
+
+def assert_security_headers(headers):
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["Referrer-Policy"] == "same-origin"
+
+
+def test_vendor_files_and_downloads_keep_the_security_headers(api):
+    vendor = requests.get(f"{BASE_URL}/vendor/socket.io-4.8.1.min.js", timeout=5)
+    assert vendor.status_code == 200 and "immutable" in vendor.headers["Cache-Control"]
+    assert_security_headers(vendor.headers)
+    task = api.create("export", limit=10)
+    done = wait_until(lambda: (s := api.snapshot(task["id"]))["state"] in ("succeeded", "failed")
+                      and s, 60, what="the export to finish")
+    assert done["state"] == "succeeded", done
+    download = api.request("GET", done["result"]["download_url"])
+    assert download.status_code == 200 and "no-store" in download.headers["Cache-Control"]
+    assert_security_headers(download.headers)
+    refused = api.request("GET", "/api/tasks/AAAAAAAAAAAAAAAA")  # an error from the app
+    assert_security_headers(refused.headers)
+
+
+def test_malformed_input_gets_the_contract_error_not_a_500(api):
+    nested = api.request("POST", "/api/tasks", data="[" * 100_000,
+                         headers={"Content-Type": "application/json"})
+    assert nested.status_code == 400 and nested.json()["error"]["code"] == "invalid_json"
+    task = api.create(steps=1, step_ms=0)
+    for after in ("²", "١٢", "9" * 30):
+        response = api.request("GET", f"/api/tasks/{task['id']}/events", params={"after": after})
+        assert response.status_code == 400, (after, response.text)
+        assert response.json()["error"]["code"] == "invalid_params"
+    # "<id>:events" would name the task's event stream: a known id and an unknown
+    # one must look alike.
+    for path in (f"/api/tasks/{task['id']}:events", "/api/tasks/AAAAAAAAAAAAAAAA:events",
+                 f"/api/tasks/{task['id']}:events/events"):
+        response = api.request("GET", path)
+        assert response.status_code == 404, (path, response.text)
+        assert response.json()["error"]["code"] == "not_found"
+
+
+def test_flowers_password_is_not_on_any_command_line():
+    env = env_file()
+    compose("--profile", "monitoring", "up", "-d", "--wait", "flower", timeout=180)
+    try:
+        cmdlines = compose("exec", "-T", "flower", "sh", "-c",
+                           "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done")
+        assert "flower" in cmdlines
+        assert env["FLOWER_PASSWORD"] not in cmdlines
+        ok = requests.get(f"{BASE_URL}/flower/", timeout=10,
+                          auth=(env.get("FLOWER_USER", "admin"), env["FLOWER_PASSWORD"]))
+        assert ok.status_code == 200
+        assert requests.get(f"{BASE_URL}/flower/", timeout=10).status_code == 401
+    finally:
+        compose("--profile", "monitoring", "stop", "flower", timeout=60)
+        compose("--profile", "monitoring", "rm", "-f", "flower", timeout=60)

@@ -33,3 +33,16 @@ def test_create_body_lists_simulate():
 def test_json_serialisable():
     document = openapi_document()
     assert json.loads(json.dumps(document)) == document
+
+
+def test_events_are_documented_as_paged():
+    get = openapi_document()["paths"]["/api/tasks/{task_id}/events"]["get"]
+    limit = next(p for p in get["parameters"] if p["name"] == "limit")
+    assert limit["schema"]["maximum"] == 500 and limit["schema"]["default"] == 500
+    body = get["responses"]["200"]["content"]["application/json"]["schema"]
+    assert {"events", "has_more", "next_after"} <= set(body["properties"])
+    assert "429" in get["responses"]
+
+
+def test_create_documents_too_many_active():
+    assert "too_many_active" in openapi_document()["paths"]["/api/tasks"]["post"]["description"]

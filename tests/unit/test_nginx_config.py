@@ -1,0 +1,95 @@
+"""Unit tests for Nginx's config template and nginx/start.sh, which renders it.
+
+The running config is checked by Nginx itself in the integration stack; these catch
+a limit that is not filled in, a bad value that would start anyway, and a location
+that loses the security headers (a location with any add_header inherits none)."""
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+NGINX = Path(__file__).resolve().parents[2] / "nginx"
+LIMITS = {"CREATES_PER_MINUTE_PER_IP": "7", "CREATE_BURST_PER_IP": "3",
+          "EVENT_READS_PER_SECOND_PER_IP": "11", "EVENT_READS_BURST_PER_IP": "13",
+          "WS_CONNECTIONS_PER_IP": "17"}
+
+
+def render(**env):
+    return subprocess.run(["sh", str(NGINX / "start.sh"), "render"], capture_output=True,
+                          text=True, timeout=10,
+                          env={"PATH": os.environ["PATH"],
+                               "NGINX_TEMPLATE": str(NGINX / "nginx.conf"), **env})
+
+
+def config_lines(text):
+    return [line.split("#", 1)[0] for line in text.splitlines()]
+
+
+def test_every_limit_is_filled_in_from_the_environment():
+    done = render(**LIMITS)
+    assert done.returncode == 0, done.stderr
+    text = "\n".join(config_lines(done.stdout))
+    assert "${" not in text
+    assert "zone=creates:10m rate=7r/m" in text
+    assert "zone=event_reads:10m rate=11r/s" in text
+    assert "limit_req zone=creates burst=3 nodelay" in text
+    assert "limit_req zone=event_reads burst=13 nodelay" in text
+    assert "limit_conn sockets 17" in text
+
+
+def test_defaults_render():
+    done = render()
+    assert done.returncode == 0, done.stderr
+    assert "limit_conn sockets 200" in done.stdout
+    assert "rate=120r/m" in done.stdout
+
+
+def test_blank_means_the_default():
+    assert "limit_conn sockets 200" in render(**{**LIMITS, "WS_CONNECTIONS_PER_IP": ""}).stdout
+
+
+@pytest.mark.parametrize("value", ["0", "ten", "5; evil", "-1", "012"])
+def test_a_bad_limit_stops_the_start_with_a_clear_message(value):
+    done = render(**{**LIMITS, "WS_CONNECTIONS_PER_IP": value})
+    assert done.returncode == 2
+    assert "WS_CONNECTIONS_PER_IP must be a positive integer" in done.stderr
+    assert done.stdout == ""
+
+
+def blocks(text):
+    """(name, body) of each ``location`` block and of the ``server`` level itself."""
+    lines = config_lines(text)
+    found, stack = [], []
+    for line in lines:
+        opened = re.match(r"\s*(location\s+[^{]+|server)\s*\{", line)
+        if opened:
+            stack.append([opened.group(1).strip(), []])
+            continue
+        if line.strip() == "}" and stack:
+            name, body = stack.pop()
+            found.append((name, "\n".join(body)))
+            continue
+        if stack:
+            stack[-1][1].append(line)
+    return found
+
+
+def test_every_location_with_its_own_headers_includes_the_security_headers():
+    text = render(**LIMITS).stdout
+    checked = 0
+    for name, body in blocks(text):
+        if name.startswith("location") and "add_header" in body:
+            assert "include /etc/nginx/security-headers.conf;" in body, name
+            checked += 1
+    assert checked >= 4  # /vendor/, /, /_exports/, the error locations
+    server = dict(blocks(text))["server"]
+    assert "include /etc/nginx/security-headers.conf;" in server
+
+
+def test_the_snippet_sets_the_three_headers():
+    snippet = (NGINX / "security-headers.conf").read_text()
+    for header in ("X-Content-Type-Options nosniff", "X-Frame-Options DENY",
+                   "Referrer-Policy same-origin"):
+        assert f"add_header {header} always;" in snippet
