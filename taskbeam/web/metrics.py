@@ -5,6 +5,7 @@ import threading
 import time
 
 from .. import protocol
+from .fastws import seams
 
 
 class Metrics:
@@ -45,7 +46,7 @@ class Metrics:
             self.replays_served += count
 
     def render(self, manager):
-        rooms = manager.rooms.get("/", {})
+        rooms = seams.rooms(manager).get("/", {})
         connected = len(rooms.get(None, {}))
         subscriptions = sum(
             len(members)

@@ -19,6 +19,7 @@ import socketio
 import redis
 
 from . import fastws
+from .fastws import seams
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -126,13 +127,10 @@ class QueueWatch:
         return self.manager.heard_within(self.stale_after_s)
 
     def start(self) -> None:
-        server = self.sio.server
         self.manager.on_resubscribed = lambda: self.sio.start_background_task(self._reconnect_all)
-        # Flask-SocketIO starts the listener with the first request; the
+        # python-socketio starts the listener with the first connection; the
         # heartbeat must be heard before, or /readyz never passes.
-        if not server.manager_initialized:
-            server.manager_initialized = True
-            self.manager.initialize()
+        seams.start_listener_now(self.sio.server)
         self.sio.start_background_task(self._run)
 
     def publish_heartbeat(self) -> None:

@@ -29,7 +29,7 @@ from taskbeam.web import fastws
 from taskbeam.web.fastws import listener, seams, transport
 from taskbeam.web.gunicorn_worker import Handler
 from taskbeam.web.metrics import Metrics
-from taskbeam.web.mq_listener import StockRedisManager
+from taskbeam.web.mq_listener import Heard, StockRedisManager, make_manager
 
 
 def test_the_installed_libraries_are_the_ones_the_seams_were_read_from():
@@ -375,3 +375,33 @@ def test_a_long_polling_socket_past_its_queue_bound_is_closed_by_engineio(monkey
     for _ in range(6):  # a long-polling client that stopped polling
         sock.send(eio_packet.Packet(eio_packet.MESSAGE, "x"))
     wait_for(lambda: sock.closed)
+
+
+# The switch.
+
+
+@pytest.fixture
+def fresh_usable():
+    fastws.usable.cache_clear()
+    yield
+    fastws.usable.cache_clear()
+
+
+def test_libraries_other_than_the_seams_were_read_from_mean_stock_and_one_warning(
+    fresh_usable, monkeypatch, caplog
+):
+    monkeypatch.setitem(seams.READ_FROM, "python-engineio", "4.14.0")
+    assert not fastws.usable()
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "python-engineio 4.15.1 (read from 4.14.0)" in warnings[0].message
+    assert isinstance(make_manager("redis://unused", "sio", Metrics()), StockRedisManager)
+
+
+def test_web_fast_transport_0_means_stock(fresh_usable, monkeypatch):
+    monkeypatch.setenv("WEB_FAST_TRANSPORT", "0")
+    assert not fastws.usable()
+    manager = make_manager("redis://unused", "sio", Metrics())
+    assert type(manager).__mro__[1:3] == (Heard, socketio.RedisManager)
+    monkeypatch.setenv("WEB_FAST_TRANSPORT", "1")
+    fastws.usable.cache_clear()
+    assert isinstance(make_manager("redis://unused", "sio", Metrics()), listener.FastRedisManager)

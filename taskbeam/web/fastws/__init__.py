@@ -61,7 +61,7 @@ def install(sio_server) -> None:
 
     eio = sio_server.eio
     seams.install_eio_classes(eio, transport.UpgradedWebSocket, transport.WakingQueue)
-    connect = eio.handlers.get("connect")
+    connect = seams.eio_handler(eio, "connect")
 
     def on_connect(sid, *args):
         # engine.io registers a socket, triggers `connect`, then schedules the first ping.

@@ -87,6 +87,22 @@ def mark_websocket_open(sock: engineio.socket.Socket, direct) -> None:
     sock.direct = direct
 
 
+def connected(sock: engineio.socket.Socket) -> bool:
+    """``Socket.connected``: False until a transport has carried the OPEN packet,
+    so a WebSocket request on such a socket is the client's first transport."""
+    return sock.connected
+
+
+def closed(sock: engineio.socket.Socket) -> bool:
+    """``Socket.closed``: set by ``Socket.close``."""
+    return sock.closed
+
+
+def eio_handler(eio: engineio.Server, event: str):
+    """``Server.handlers``: what ``on(event)`` registered (``on`` replaces it)."""
+    return eio.handlers.get(event)
+
+
 def upgraded(sock: engineio.socket.Socket) -> bool:
     """``Socket.upgraded``: set once a long-polling client finished its upgrade."""
     return sock.upgraded
@@ -106,6 +122,20 @@ def forget_socket(sock: engineio.socket.Socket) -> None:
 def eio_sockets(sio_server: socketio.Server) -> dict:
     """``engineio.Server.sockets``: engine.io sid -> Socket."""
     return sio_server.eio.sockets
+
+
+def start_listener_now(sio_server: socketio.Server) -> None:
+    """``Server.manager_initialized``: python-socketio starts the client manager
+    (and so its message-queue listener) at the first connection; here at boot,
+    so that the heartbeat can be heard before any client comes."""
+    if not sio_server.manager_initialized:
+        sio_server.manager_initialized = True
+        sio_server.manager.initialize()
+
+
+def rooms(manager: socketio.Manager) -> dict:
+    """``BaseManager.rooms``: namespace -> room -> {sid: eio_sid}."""
+    return manager.rooms
 
 
 def send_eio_packet(sio_server: socketio.Server, eio_sid: str, pkt) -> None:
@@ -223,9 +253,16 @@ def problems() -> list[str]:
     try:
         import geventwebsocket.websocket as gws
 
-        eio = engineio.Server(async_mode="gevent")
+        sio = socketio.Server(async_mode="gevent")
+        eio = sio.eio
         sock = engineio.socket.Socket(eio, "probe")
+        flags = ("connected", "upgraded", "closing", "closed", "last_ping", "queue")
         checks = {
+            "engineio.Server.sockets/handlers": isinstance(eio.sockets, dict)
+            and isinstance(eio.handlers, dict),
+            "engineio.Socket state flags": all(hasattr(sock, name) for name in flags),
+            "socketio.Server.manager_initialized": sio.manager_initialized is False,
+            "socketio BaseManager.rooms": isinstance(sio.manager.rooms, dict),
             "engineio.Server._async": "websocket" in eio._async and "queue" in eio._async,
             "engineio.Socket._websocket_handler": callable(sock._websocket_handler),
             "engineio.Socket.schedule_ping": callable(sock.schedule_ping)

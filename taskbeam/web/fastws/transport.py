@@ -306,7 +306,7 @@ class Connection(DirectWrites):
             )
             self.end(exc.code)
         except Exception as exc:
-            if not self.eio_socket.closed:
+            if not seams.closed(self.eio_socket):
                 server.logger.info(
                     '%s: Unexpected error "%s", closing connection', self.eio_socket.sid, exc
                 )
@@ -394,7 +394,7 @@ class Connection(DirectWrites):
         except OSError:
             pass
         self.tcp.close()  # also wakes a drainer blocked in sendall, with an error
-        if not sock.closed:  # a broken write: engine.io learns it here
+        if not seams.closed(sock):  # a broken write: engine.io learns it here
             sock.close(wait=False, abort=True, reason=sock.server.reason.TRANSPORT_CLOSE)
         seams.forget_socket(sock)
 
@@ -436,7 +436,7 @@ class UpgradedWebSocket(DirectWrites, WebSocketWSGI):
 
     def __call__(self, environ, start_response):
         self.eio_socket = seams.eio_socket_of(self.app)
-        if not self.eio_socket.connected:
+        if not seams.connected(self.eio_socket):
             self.app = functools.partial(hand_off, self.eio_socket, environ)
             return super().__call__(environ, start_response)
         self.eio_socket.direct = self
