@@ -52,12 +52,20 @@ lint: ## Check style: ruff check and ruff format --check over taskbeam/, tests/ 
 	.venv/bin/ruff check taskbeam tests web
 	.venv/bin/ruff format --check taskbeam tests web
 
+# The load tools are one client address with thousands of sockets: while they run,
+# Nginx's per-address limits are lifted (and put back from .env afterwards).
+LOAD_LIMITS = WS_CONNECTIONS_PER_IP=20000 CREATES_PER_MINUTE_PER_IP=60000 CREATE_BURST_PER_IP=10000
+
 bench: ## Benchmark the running stack (after `make up`): table, JSON and PNG in tests/bench/results/
 	@tests/run.sh venv
-	.venv/bin/python tests/bench/bench.py
+	$(LOAD_LIMITS) $(COMPOSE) up -d --no-deps --wait nginx
+	.venv/bin/python tests/bench/bench.py; status=$$?; \
+	  $(COMPOSE) up -d --no-deps --wait nginx; exit $$status
 	$(COMPOSE) exec -T worker python - < tests/bench/persist_overhead.py > tests/bench/results/persist.json
 	@cat tests/bench/results/persist.json
 
 soak: ## Soak the running stack: 1,000 idle sockets + 50 tasks for 3 minutes (after `make up`)
 	@tests/run.sh venv
-	.venv/bin/python tests/bench/soak.py --url http://127.0.0.1:$(or $(HTTP_PORT),8080)
+	$(LOAD_LIMITS) $(COMPOSE) up -d --no-deps --wait nginx
+	.venv/bin/python tests/bench/soak.py --url http://127.0.0.1:$(or $(HTTP_PORT),8080); \
+	  status=$$?; $(COMPOSE) up -d --no-deps --wait nginx; exit $$status

@@ -261,6 +261,7 @@ class TaskStore:
         """Remove a task that could not be enqueued, so no half-created task remains."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(self.task_key(task_id), self.events_key(task_id))
+        pipe.zrem(self.leases_key, task_id)
         pipe.zrem(self.owner_key(owner), task_id)
         pipe.srem(self.owner_active_key(owner), task_id)
         pipe.zrem(self.active_key, task_id)

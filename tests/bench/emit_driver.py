@@ -32,6 +32,7 @@ from taskbeam import protocol, worker
 
 PROCESSES = 2
 TICKS_PER_S = 100
+TOKENS = {}  # task id -> run token; the emitter processes inherit it (fork)
 
 
 class Raw:
@@ -112,15 +113,19 @@ def emit_batch(raw, envelopes, task_ids, first, count, progress, mode):
     store, emitter = worker.store, worker.emitter
     if mode == "emit":
         for i in range(first, first + count):
-            emitter.emit(task_ids[i % len(task_ids)], progress=progress, message="bench")
+            task_id = task_ids[i % len(task_ids)]
+            emitter.emit(task_id, token=TOKENS[task_id], progress=progress, message="bench")
         return
     now = time.time()
     targets = [task_ids[i % len(task_ids)] for i in range(first, first + count)]
     if mode == "persist":
-        args = (f"{now:.6f}", protocol.iso_utc(now), store.maxlen, store.retention_s,
-                "progress", repr(float(progress)), "message", "bench")
-        replies = raw.run([raw.command("EVALSHA", store._append.sha, 2, store.task_key(t),
-                                       store.events_key(t), *args) for t in targets])
+        # What TaskStore.append sends for a run's event: its token and an emit id.
+        head = (f"{now:.6f}", protocol.iso_utc(now), store.maxlen, store.retention_s)
+        tail = (store.owner_key(""), "progress", repr(float(progress)), "message", "bench")
+        replies = raw.run([raw.command("EVALSHA", store._append.sha, 4, store.task_key(t),
+                                       store.events_key(t), store.leases_key,
+                                       store.active_key, *head, store.new_emit_id(),
+                                       TOKENS[t], *tail) for t in targets])
         events = [reply[1] for reply in replies]  # the event JSON the Lua append wrote
     else:
         events = [json.dumps({"task_id": t, "seq": first + n + 1000, "state": protocol.RUNNING,
@@ -158,7 +163,10 @@ def main():
     ids = []
     for _ in range(count):
         task = store.create(kind="simulate", owner=owner, params={"steps": 1, "step_ms": 0})
-        store.append(task["id"], state=protocol.RUNNING, message="bench")
+        # Each task as a worker's run holds it: a lease and its token.
+        TOKENS[task["id"]] = store.claim_run(task["id"], 24 * 3600)
+        store.append(task["id"], token=TOKENS[task["id"]], state=protocol.RUNNING,
+                     message="bench")
         ids.append(task["id"])
     envelopes = Envelopes(ids)
     print(json.dumps({"task_ids": ids}), flush=True)
