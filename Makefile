@@ -40,10 +40,10 @@ ps: ## Show the services and their health
 scale: env ## Run N worker replicas, e.g. `make scale N=3`
 	$(COMPOSE) up -d --wait --scale worker=$(N)
 
-unit: ## Run only the unit tests (no Docker needed)
+unit: ## Run lint and the unit tests only (no Docker needed)
 	tests/run.sh unit
 
-test: ## Run unit tests, then integration tests on a throwaway stack (own project and port)
+test: ## Run lint, unit tests, then integration tests on a throwaway stack (own project and port)
 	tests/run.sh
 
 # Rules and line length: [tool.ruff] in pyproject.toml; ruff is pinned in the test extras.

@@ -1,4 +1,5 @@
 """The Celery application as both sides configure it: web sends, worker runs."""
+
 import json
 
 from celery import Celery
@@ -57,8 +58,9 @@ def queued_task_ids(redis, app):
     """
     prefix = app.conf.broker_transport_options["global_keyprefix"]
     queue = app.conf.task_default_queue
-    lists = [f"{prefix}{queue}"] + [f"{prefix}{queue}{_PRIORITY_SEPARATOR}{step}"
-                                    for step in _PRIORITY_STEPS[1:]]
+    lists = [f"{prefix}{queue}"] + [
+        f"{prefix}{queue}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS[1:]
+    ]
     pipe = redis.pipeline(transaction=False)
     for key in lists:
         pipe.llen(key)

@@ -4,6 +4,7 @@ Every variable is documented in ``.env.example``. A bad value stops the process
 with one clear line instead of failing later on the first request or task.
 Run ``python -m taskbeam.config`` to check the current environment.
 """
+
 import functools
 import os
 import sys
@@ -41,9 +42,11 @@ def _redis_url(env):
         raise ConfigError("REDIS_URL must look like redis://:PASSWORD@HOST:6379/0 (or rediss://)")
     # A URL without a password is allowed (a Redis of your own on a private network).
     if parts.password is not None and parts.password.lower() in PLACEHOLDER_SECRETS:
-        raise ConfigError("REDIS_URL has a placeholder password (REDIS_PASSWORD in .env is "
-                          "empty or the example's); `make up` writes a random one, or run: "
-                          "python3 -c 'import secrets; print(secrets.token_hex(24))'")
+        raise ConfigError(
+            "REDIS_URL has a placeholder password (REDIS_PASSWORD in .env is "
+            "empty or the example's); `make up` writes a random one, or run: "
+            "python3 -c 'import secrets; print(secrets.token_hex(24))'"
+        )
     return url
 
 
@@ -99,8 +102,9 @@ def _hosts(env, origins):
         if not item:
             continue
         if item != "*" and not item.replace("-", "").replace(".", "").isalnum():
-            raise ConfigError(f"ALLOWED_HOSTS entry {item!r} must be a host name "
-                              "(no scheme, no port) or *")
+            raise ConfigError(
+                f"ALLOWED_HOSTS entry {item!r} must be a host name (no scheme, no port) or *"
+            )
         hosts.append(item)
     for origin in origins:
         name = urlsplit(origin).hostname
@@ -177,8 +181,10 @@ DEMO_COLUMNS = ("id", "order_date", "customer", "product", "region", "quantity",
 def _database_url(env):
     url = env.get("DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL
     if "://" not in url:
-        raise ConfigError("DATABASE_URL must be an SQLAlchemy URL, e.g. "
-                          "postgresql+psycopg://user:password@host/db")
+        raise ConfigError(
+            "DATABASE_URL must be an SQLAlchemy URL, e.g. "
+            "postgresql+psycopg://user:password@host/db"
+        )
     return url
 
 

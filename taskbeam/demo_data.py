@@ -5,6 +5,7 @@ Created on first start when absent (``python -m taskbeam.demo_data PATH``), so
 lock lets one build it, into a temporary file renamed into place when complete,
 so nobody ever reads a half-written database.
 """
+
 import fcntl
 import os
 import random
@@ -19,11 +20,25 @@ DAYS = 731  # 2024-01-01 .. 2025-12-31
 REGIONS = ("North", "South", "East", "West", "Central", "Coastal", "Highlands", "Islands")
 PRODUCTS = tuple(
     (f"{kind} {size}", price)
-    for kind, base in (("Widget", 4.5), ("Gadget", 12.0), ("Gizmo", 7.25), ("Doohickey", 2.8),
-                       ("Sprocket", 1.15), ("Flange", 3.4), ("Valve", 18.9), ("Bracket", 0.95),
-                       ("Hinge", 1.6), ("Lever", 5.3))
-    for size, price in (("S", base), ("M", round(base * 1.5, 2)), ("L", round(base * 2.2, 2)),
-                        ("XL", round(base * 3.1, 2)), ("Pro", round(base * 4.8, 2)))
+    for kind, base in (
+        ("Widget", 4.5),
+        ("Gadget", 12.0),
+        ("Gizmo", 7.25),
+        ("Doohickey", 2.8),
+        ("Sprocket", 1.15),
+        ("Flange", 3.4),
+        ("Valve", 18.9),
+        ("Bracket", 0.95),
+        ("Hinge", 1.6),
+        ("Lever", 5.3),
+    )
+    for size, price in (
+        ("S", base),
+        ("M", round(base * 1.5, 2)),
+        ("L", round(base * 2.2, 2)),
+        ("XL", round(base * 3.1, 2)),
+        ("Pro", round(base * 4.8, 2)),
+    )
 )
 CUSTOMERS = 5000
 COLUMNS = ("id", "order_date", "customer", "product", "region", "quantity", "amount")
@@ -49,8 +64,15 @@ def rows(count, seed=20241):
     for i in range(count):
         product, price = PRODUCTS[rng.randrange(len(PRODUCTS))]
         quantity = rng.randint(1, 20)
-        yield (i + 1, days[i * DAYS // count], customers[rng.randrange(CUSTOMERS)], product,
-               REGIONS[rng.randrange(len(REGIONS))], quantity, round(quantity * price, 2))
+        yield (
+            i + 1,
+            days[i * DAYS // count],
+            customers[rng.randrange(CUSTOMERS)],
+            product,
+            REGIONS[rng.randrange(len(REGIONS))],
+            quantity,
+            round(quantity * price, 2),
+        )
 
 
 def build(path, count=DEFAULT_ROWS):

@@ -4,6 +4,7 @@ The event is written to the task's log in Redis (atomically with its seq), and
 only then published to the Socket.IO message queue. A subscriber that misses the
 live message reads it back from the log, so a lost publish loses nothing.
 """
+
 import json
 import logging
 import time
@@ -18,8 +19,15 @@ log = logging.getLogger(__name__)
 TRANSIENT = (ConnectionError, TimeoutError, BusyLoadingError)
 
 
-def retrying(action, *, deadline_s, first_delay_s=0.05, max_delay_s=2.0, sleep=time.sleep,
-             clock=time.monotonic):
+def retrying(
+    action,
+    *,
+    deadline_s,
+    first_delay_s=0.05,
+    max_delay_s=2.0,
+    sleep=time.sleep,
+    clock=time.monotonic,
+):
     """Run ``action()`` until it succeeds or ``deadline_s`` passes, with bounded backoff.
 
     Only :data:`TRANSIENT` errors are retried; the last one is re-raised.
@@ -62,7 +70,8 @@ class Emitter:
         emit_id = self.store.new_emit_id()
         event_json, cancel = retrying(
             lambda: self.store.append(task_id, token=token, emit_id=emit_id, **patch),
-            deadline_s=self.retry_for_s)
+            deadline_s=self.retry_for_s,
+        )
         event = json.loads(event_json)
         # Best effort (the manager logs and gives up after one retry): the event is
         # already in the log, and subscribers read it back when they resubscribe.

@@ -6,6 +6,7 @@ into a temporary file on the exports volume that is renamed into place only on
 success. A failed or cancelled export leaves no file behind. Nginx serves the
 finished file (X-Accel-Redirect); the bytes never pass through Python.
 """
+
 import csv
 import gzip
 import os
@@ -45,8 +46,11 @@ def export_params(params, settings=None):
         raise ParamError("columns", "must be a non-empty list of column names")
     for name in columns:
         if name not in settings.export_columns:
-            raise ParamError("columns", f"unknown column {str(name)[:40]!r} (allowed: "
-                                        f"{', '.join(settings.export_columns)})")
+            raise ParamError(
+                "columns",
+                f"unknown column {str(name)[:40]!r} (allowed: "
+                f"{', '.join(settings.export_columns)})",
+            )
     if len(set(columns)) != len(columns):
         raise ParamError("columns", "lists a column twice")
     clean["columns"] = columns
@@ -89,8 +93,9 @@ def export_file_name(task_id, run, fmt):
 def export_paths(settings, task_id, run, fmt):
     """The run's final path and the temporary path it writes first."""
     name = export_file_name(task_id, run, fmt)
-    return os.path.join(settings.export_dir, name), os.path.join(settings.export_dir,
-                                                                 f".{name}.tmp")
+    return os.path.join(settings.export_dir, name), os.path.join(
+        settings.export_dir, f".{name}.tmp"
+    )
 
 
 def _engine(url):
@@ -146,8 +151,9 @@ def run_export(params, task_id, run, settings):
             result = conn.execution_options(yield_per=BATCH_ROWS).execute(rows_stmt)
             opener = gzip.open if fmt == "csv.gz" else open
             with opener(tmp, "wt", newline="", encoding="utf-8") as out:
-                written = write_csv(result.partitions(), out, params["columns"], total,
-                                    progress.update)
+                written = write_csv(
+                    result.partitions(), out, params["columns"], total, progress.update
+                )
         os.replace(tmp, final)  # complete files only: the rename is atomic
     finally:
         if os.path.exists(tmp):
@@ -166,8 +172,7 @@ def run_export(params, task_id, run, settings):
 @job("export", validate=export_params)
 def export(params):
     """Export rows of the configured table as CSV; see :func:`export_params`."""
-    return run_export(params, progress.current_task_id(), progress.current_run(),
-                      config.current())
+    return run_export(params, progress.current_task_id(), progress.current_run(), config.current())
 
 
 def remove_expired_exports(settings, now=None):

@@ -3,8 +3,9 @@
 Pure functions only: no Redis, no Flask, no Celery, so both sides import it
 cheaply and the unit tests cover it without a broker.
 """
+
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 QUEUED, RUNNING, RETRYING = "queued", "running", "retrying"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -21,7 +22,7 @@ def task_room(task_id):
 
 def iso_utc(ts):
     """Unix seconds → ISO 8601 UTC with a trailing Z, as the contract says."""
-    stamp = datetime.fromtimestamp(ts, tz=timezone.utc)
+    stamp = datetime.fromtimestamp(ts, tz=UTC)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
 
 

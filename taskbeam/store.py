@@ -22,6 +22,7 @@ run that was frozen past its lease (and handed over) writes nothing after it
 thaws. The scripts name the owner's and the tasks' keys from their contents,
 which a single Redis (or a replicated one) allows; Redis Cluster does not.
 """
+
 import json
 import secrets
 import time
@@ -39,7 +40,9 @@ end
 
 # Stores a task and its first event unless the owner already has ``max_active``
 # unfinished tasks; ids of tasks that expired unfinished are forgotten on the way.
-_CREATE = _TERMINAL + """
+_CREATE = (
+    _TERMINAL
+    + """
 local task, events, owner_tasks, owner_active, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, now, max_active = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local ttl, owner_ttl, task_prefix = ARGV[4], ARGV[5], ARGV[8]
@@ -61,13 +64,16 @@ redis.call('EXPIRE', owner_active, owner_ttl)
 redis.call('ZADD', active, now, id)
 return 1
 """
+)
 
 # Increments seq, applies the patch and appends the event in one atomic step.
 # Refuses to write after a terminal state, which is what makes the terminal
 # event unique however many workers or retries race for it; refuses a run whose
 # token is not the current one (fencing); and answers a retried emit whose first
 # try was applied with that event instead of writing it twice.
-_APPEND = _TERMINAL + """
+_APPEND = (
+    _TERMINAL
+    + """
 local task, events, leases, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local emit_id, token = ARGV[5], ARGV[6]
 local cur = redis.call('HMGET', task, 'state', 'id', 'fence', 'last_emit', 'owner')
@@ -85,7 +91,8 @@ for i = 8, #ARGV, 2 do redis.call('HSET', task, ARGV[i], ARGV[i + 1]) end
 if emit_id ~= '' then redis.call('HSET', task, 'last_emit', emit_id) end
 local seq = redis.call('HINCRBY', task, 'seq', 1)
 redis.call('HSET', task, 'updated_at', ARGV[2])
-local f = redis.call('HMGET', task, 'id', 'state', 'progress', 'message', 'result', 'error', 'cancel')
+local f = redis.call('HMGET', task, 'id', 'state', 'progress', 'message', 'result', 'error',
+                     'cancel')
 local event = '{"task_id":' .. cjson.encode(f[1]) .. ',"seq":' .. seq
   .. ',"state":' .. cjson.encode(f[2]) .. ',"progress":' .. f[3]
   .. ',"message":' .. cjson.encode(f[4]) .. ',"ts":' .. ARGV[1]
@@ -101,6 +108,7 @@ if terminal(f[2]) then
 end
 return {seq, event, f[7] or '0'}
 """
+)
 
 # Leases use Redis's clock, so workers on hosts with skewed clocks agree.
 _NOW = """
@@ -110,7 +118,10 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 
 # -1: no such task; -2: already finished; 0: a live run holds the lease;
 # otherwise the new run's token.
-_CLAIM_RUN = _TERMINAL + _NOW + """
+_CLAIM_RUN = (
+    _TERMINAL
+    + _NOW
+    + """
 local state = redis.call('HGET', KEYS[2], 'state')
 if not state then return -1 end
 if terminal(state) then return -2 end
@@ -119,15 +130,20 @@ if expiry and tonumber(expiry) > now then return 0 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 return redis.call('HINCRBY', KEYS[2], 'fence', 1)
 """
+)
 
 # 1 if the run still holds the lease (now extended), 0 if it lost it.
-_RENEW_LEASE = _NOW + """
-if redis.call('HGET', KEYS[2], 'fence') ~= ARGV[2] or not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+_RENEW_LEASE = (
+    _NOW
+    + """
+local fence = redis.call('HGET', KEYS[2], 'fence')
+if fence ~= ARGV[2] or not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   return 0
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 return 1
 """
+)
 
 # Only the current run may give its lease up: a thawed loser must not free the
 # lease of the run that replaced it.
@@ -139,11 +155,14 @@ return 0
 """
 
 # Takes expired leases out of the set in one step, so exactly one reaper gets each.
-_REAP = _NOW + """
+_REAP = (
+    _NOW
+    + """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 if #ids > 0 then redis.call('ZREM', KEYS[1], unpack(ids)) end
 return ids
 """
+)
 
 
 class TaskGone(LookupError):
@@ -177,12 +196,14 @@ class TooManyActive(RuntimeError):
 def redis_client(settings, max_connections=None):
     """The Redis client both sides use. With ``max_connections`` the pool blocks
     (up to 10 s) instead of opening a connection per waiting greenlet."""
-    options = dict(decode_responses=True, socket_timeout=5, socket_connect_timeout=3,
-                   health_check_interval=30)
+    options = dict(
+        decode_responses=True, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30
+    )
     if max_connections is None:
         return redis_lib.Redis.from_url(settings.redis_url, **options)
     pool = redis_lib.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=max_connections, timeout=10, **options)
+        settings.redis_url, max_connections=max_connections, timeout=10, **options
+    )
     return redis_lib.Redis(connection_pool=pool)
 
 
@@ -240,19 +261,47 @@ class TaskStore:
         task_id = new_task_id()
         stamp = protocol.iso_utc(now)
         fields = {
-            "id": task_id, "kind": kind, "owner": owner, "params": json.dumps(params),
-            "state": protocol.QUEUED, "progress": _progress_text(0), "message": "Queued",
-            "seq": 1, "created_at": stamp, "updated_at": stamp, "attempts": 0, "cancel": 0,
+            "id": task_id,
+            "kind": kind,
+            "owner": owner,
+            "params": json.dumps(params),
+            "state": protocol.QUEUED,
+            "progress": _progress_text(0),
+            "message": "Queued",
+            "seq": 1,
+            "created_at": stamp,
+            "updated_at": stamp,
+            "attempts": 0,
+            "cancel": 0,
             "fence": 0,
         }
-        event = {"task_id": task_id, "seq": 1, "state": protocol.QUEUED, "progress": 0.0,
-                 "message": "Queued", "ts": round(now, 6)}
-        args = [task_id, f"{now:.6f}", max_active, self.unfinished_ttl_s,
-                self.retention_s * 2, self.maxlen, json.dumps(event), self.task_key("")]
+        event = {
+            "task_id": task_id,
+            "seq": 1,
+            "state": protocol.QUEUED,
+            "progress": 0.0,
+            "message": "Queued",
+            "ts": round(now, 6),
+        }
+        args = [
+            task_id,
+            f"{now:.6f}",
+            max_active,
+            self.unfinished_ttl_s,
+            self.retention_s * 2,
+            self.maxlen,
+            json.dumps(event),
+            self.task_key(""),
+        ]
         for item in fields.items():
             args += item
-        keys = [self.task_key(task_id), self.events_key(task_id), self.owner_key(owner),
-                self.owner_active_key(owner), self.active_key]
+        keys = [
+            self.task_key(task_id),
+            self.events_key(task_id),
+            self.owner_key(owner),
+            self.owner_active_key(owner),
+            self.active_key,
+        ]
         if not self._create(keys=keys, args=args):
             raise TooManyActive(max_active)
         return self.snapshot_of({k: str(v) for k, v in fields.items()})
@@ -281,16 +330,22 @@ class TaskStore:
         :raises LeaseLost: ``token`` is not the current run's; nothing was written.
         """
         ts = time.time() if ts is None else ts
-        args = [f"{ts:.6f}", protocol.iso_utc(ts), self.maxlen, self.retention_s,
-                emit_id or "", "" if token is None else str(token), self.owner_key("")]
+        args = [
+            f"{ts:.6f}",
+            protocol.iso_utc(ts),
+            self.maxlen,
+            self.retention_s,
+            emit_id or "",
+            "" if token is None else str(token),
+            self.owner_key(""),
+        ]
         for field, value in patch.items():
             if field == "progress":
                 value = _progress_text(value)
             elif field in ("result", "error"):
                 value = json.dumps(value)
             args += [field, value]
-        keys = [self.task_key(task_id), self.events_key(task_id), self.leases_key,
-                self.active_key]
+        keys = [self.task_key(task_id), self.events_key(task_id), self.leases_key, self.active_key]
         reply = self._append(keys=keys, args=args)
         code = int(reply[0])
         if code == -1:
@@ -339,8 +394,9 @@ class TaskStore:
         """Up to ``limit`` stored events with ``seq > after`` as their stored JSON text
         (not parsed: readers splice it). Returns ``(events, next_after, has_more)``;
         ``next_after`` is the last returned seq (``after`` if none)."""
-        entries = self.redis.xrange(self.events_key(task_id), min=f"{after + 1}-0", max="+",
-                                    count=limit + 1)
+        entries = self.redis.xrange(
+            self.events_key(task_id), min=f"{after + 1}-0", max="+", count=limit + 1
+        )
         page = entries[:limit]
         next_after = int(page[-1][0].split("-")[0]) if page else after
         return [fields["e"] for _, fields in page], next_after, len(entries) > limit
@@ -359,8 +415,9 @@ class TaskStore:
         :raises TaskGone: the task does not exist.
         :raises TaskFinished: the task already ended.
         """
-        code = int(self._claim_run(keys=[self.leases_key, self.task_key(task_id)],
-                                   args=[task_id, lease_s]))
+        code = int(
+            self._claim_run(keys=[self.leases_key, self.task_key(task_id)], args=[task_id, lease_s])
+        )
         if code == -1:
             raise TaskGone(task_id)
         if code == -2:
@@ -369,13 +426,15 @@ class TaskStore:
 
     def renew_lease(self, task_id, token, lease_s):
         """Extend the run's lease; False once the run has lost it (it must stop)."""
-        return bool(self._renew_lease(keys=[self.leases_key, self.task_key(task_id)],
-                                      args=[task_id, token, lease_s]))
+        return bool(
+            self._renew_lease(
+                keys=[self.leases_key, self.task_key(task_id)], args=[task_id, token, lease_s]
+            )
+        )
 
     def release_lease(self, task_id, token):
         """Give up the lease, if the run ``token`` still holds it."""
-        self._release_lease(keys=[self.leases_key, self.task_key(task_id)],
-                            args=[task_id, token])
+        self._release_lease(keys=[self.leases_key, self.task_key(task_id)], args=[task_id, token])
 
     def reap_expired_leases(self, limit=100):
         """Ids of runs whose worker stopped renewing; each is returned to one caller only."""
@@ -392,8 +451,9 @@ class TaskStore:
         Forgets ids whose task expired or finished. Returns raw hashes.
         """
         now = time.time() if now is None else now
-        ids = self.redis.zrangebyscore(self.active_key, "-inf", now - older_than_s,
-                                       start=0, num=limit)
+        ids = self.redis.zrangebyscore(
+            self.active_key, "-inf", now - older_than_s, start=0, num=limit
+        )
         if not ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
@@ -419,9 +479,13 @@ class TaskStore:
     def snapshot_of(rec):
         """The contract's snapshot from a stored hash; absent fields are omitted."""
         snap = {
-            "id": rec["id"], "kind": rec["kind"], "state": rec["state"],
-            "progress": float(rec["progress"]), "message": rec["message"],
-            "seq": int(rec["seq"]), "created_at": rec["created_at"],
+            "id": rec["id"],
+            "kind": rec["kind"],
+            "state": rec["state"],
+            "progress": float(rec["progress"]),
+            "message": rec["message"],
+            "seq": int(rec["seq"]),
+            "created_at": rec["created_at"],
             "updated_at": rec["updated_at"],
         }
         if rec["state"] == protocol.SUCCEEDED and rec.get("result"):

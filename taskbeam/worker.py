@@ -16,6 +16,7 @@ cut longer than the lease) loses its tasks the same way; its runs are fenced
 (see :mod:`taskbeam.store`), so when it thaws it writes nothing more. A sweeper
 sends again any unfinished task that holds no lease and has no broker message.
 """
+
 import json
 import logging
 import os
@@ -24,10 +25,11 @@ import threading
 import time
 from dataclasses import dataclass
 
-import redis
 from celery import bootsteps, signals
 from celery.exceptions import SoftTimeLimitExceeded
 from flask_socketio import SocketIO
+
+import redis
 
 from . import broker, config, export, jobs, progress, protocol
 from .emitter import Emitter
@@ -66,8 +68,9 @@ def make_runtime(settings, redis_conn=None, socketio=None):
     app) publishes the events, so the wire format is the stock one.
     """
     store = TaskStore(redis_conn or redis_client(settings), settings)
-    socketio = socketio or SocketIO(message_queue=settings.redis_url,
-                                    channel=settings.socketio_channel)
+    socketio = socketio or SocketIO(
+        message_queue=settings.redis_url, channel=settings.socketio_channel
+    )
     return Runtime(settings, broker.make_celery(settings), store, Emitter(store, socketio))
 
 
@@ -77,8 +80,11 @@ celery, store, emitter = runtime.celery, runtime.store, runtime.emitter
 
 
 def _error(code, message):
-    return {"state": protocol.FAILED, "message": message,
-            "error": {"code": code, "message": message}}
+    return {
+        "state": protocol.FAILED,
+        "message": message,
+        "error": {"code": code, "message": message},
+    }
 
 
 class TaskRun:
@@ -93,8 +99,9 @@ class TaskRun:
     def __init__(self, job, task_id, params, rt=None):
         self.job, self.task_id, self.params = job, task_id, params
         self.rt = rt or runtime
-        self.coalescer = protocol.Coalescer(self.rt.settings.progress_coalesce_ms / 1000,
-                                            time.monotonic)
+        self.coalescer = protocol.Coalescer(
+            self.rt.settings.progress_coalesce_ms / 1000, time.monotonic
+        )
         self.lease = None
 
     def emit(self, **patch):
@@ -132,9 +139,12 @@ class TaskRun:
         except (TaskFinished, TaskGone) as exc:
             log.info("task %s: nothing more to do (%s)", self.task_id, exc)
         except LeaseLost:
-            log.warning("task %s: this run lost its lease (it was paused for longer than "
-                        "%.0f s) and another run took over; it stops here", self.task_id,
-                        LEASE_S)
+            log.warning(
+                "task %s: this run lost its lease (it was paused for longer than "
+                "%.0f s) and another run took over; it stops here",
+                self.task_id,
+                LEASE_S,
+            )
             return
         # Anything else (say, Redis refusing the terminal write) keeps the lease: it
         # expires and the reaper sends the task again, instead of leaving it running.
@@ -144,12 +154,19 @@ class TaskRun:
         settings = self.rt.settings
         attempt = self.rt.store.count_attempt(self.task_id)
         if attempt > settings.max_redeliveries + 1:
-            self.emit(**_error("too_many_redeliveries",
-                               f"Gave up after {attempt - 1} runs; its worker kept dying."))
+            self.emit(
+                **_error(
+                    "too_many_redeliveries",
+                    f"Gave up after {attempt - 1} runs; its worker kept dying.",
+                )
+            )
             return
         if attempt > 1:
-            self.emit(state=protocol.RETRYING, progress=0,
-                      message=f"Worker lost; running again (attempt {attempt})")
+            self.emit(
+                state=protocol.RETRYING,
+                progress=0,
+                message=f"Worker lost; running again (attempt {attempt})",
+            )
         if self.emit(state=protocol.RUNNING, message="Running", worker=WORKER_NAME):
             self.emit(state=protocol.CANCELLED, message="Cancelled")
             return
@@ -159,8 +176,9 @@ class TaskRun:
         """Run the job's function; return the terminal event's fields."""
         try:
             params = self.job.validate(self.params, self.rt.settings)
-            with progress.reporting_to(self.report, task_id=self.task_id,
-                                       run=str(self.lease.token)):
+            with progress.reporting_to(
+                self.report, task_id=self.task_id, run=str(self.lease.token)
+            ):
                 result = self.job.func(params)
         except progress.Cancelled:
             return {"state": protocol.CANCELLED, "message": "Cancelled"}
@@ -169,15 +187,20 @@ class TaskRun:
         except progress.JobError as exc:
             return _error(exc.code, exc.message)
         except SoftTimeLimitExceeded:
-            return _error("time_limit",
-                          f"Stopped after the {self.rt.settings.task_time_limit_s}s time limit.")
+            return _error(
+                "time_limit", f"Stopped after the {self.rt.settings.task_time_limit_s}s time limit."
+            )
         except (TaskFinished, TaskGone):
             raise
         except Exception:
             log.exception("job %s failed", self.job.kind)
             return _error("internal_error", "The task failed unexpectedly.")
-        return {"state": protocol.SUCCEEDED, "progress": 100, "message": "Done",
-                "result": result if result is not None else {}}
+        return {
+            "state": protocol.SUCCEEDED,
+            "progress": 100,
+            "message": "Done",
+            "result": result if result is not None else {},
+        }
 
 
 class Lease:
@@ -191,8 +214,7 @@ class Lease:
         self.store, self.task_id, self.token = store, task_id, token
         self.lost = threading.Event()
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._renew, daemon=True,
-                                       name=f"lease-{task_id}")
+        self.thread = threading.Thread(target=self._renew, daemon=True, name=f"lease-{task_id}")
 
     def check(self):
         if self.lost.is_set():
@@ -226,8 +248,9 @@ def send_again(rt, rec):
         except (TaskFinished, TaskGone):
             pass
         return
-    rt.celery.send_task(job.celery_name, args=[rec["id"], json.loads(rec["params"])],
-                        task_id=rec["id"])
+    rt.celery.send_task(
+        job.celery_name, args=[rec["id"], json.loads(rec["params"])], task_id=rec["id"]
+    )
 
 
 def requeue_orphans(rt=None):
@@ -265,8 +288,9 @@ def sweep_stranded(rt=None):
     """
     rt = rt or runtime
     lock = f"{rt.settings.namespace}:sweeper"
-    if not rt.store.redis.set(lock, WORKER_NAME, nx=True,
-                              ex=int(SWEEP_ROUNDS * REAP_INTERVAL_S) - 1):
+    if not rt.store.redis.set(
+        lock, WORKER_NAME, nx=True, ex=int(SWEEP_ROUNDS * REAP_INTERVAL_S) - 1
+    ):
         return 0
     stranded = rt.store.unfinished_without_run(STRANDED_AFTER_S)
     if not stranded:
@@ -279,8 +303,11 @@ def sweep_stranded(rt=None):
     for rec in stranded:
         if rec["id"] in queued:
             continue
-        log.warning("task %s is %s with no worker and no queued message; sending it again",
-                    rec["id"], rec["state"])
+        log.warning(
+            "task %s is %s with no worker and no queued message; sending it again",
+            rec["id"],
+            rec["state"],
+        )
         send_again(rt, rec)
         sent += 1
     return sent

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The test command behind `make test`: unit tests, then the integration tests
+# The test command behind `make test`: lint, unit tests, then the integration tests
 # against a Compose project of its own (own name, own port, own secrets), which
 # is removed afterwards, also when a test or the start-up fails.
 #   tests/run.sh          unit + integration
-#   tests/run.sh unit     unit tests only
+#   tests/run.sh unit     lint and unit tests only
 #   tests/run.sh venv     only create the host virtualenv with the test tools
 set -o errexit -o nounset -o pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,10 @@ if [ ! -x "$venv/bin/pytest" ] || [ pyproject.toml -nt "$venv/.installed" ]; the
   touch "$venv/.installed"
 fi
 [ "${1:-all}" = venv ] && exit 0
+
+# Style first: it is the quickest to fail ([tool.ruff] in pyproject.toml).
+"$venv/bin/ruff" check taskbeam tests web
+"$venv/bin/ruff" format --check taskbeam tests web
 
 # Unit tests with a coverage report of the package; CPU-budget tests run apart,
 # without coverage's tracer, which would blow their budget.

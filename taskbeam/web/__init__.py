@@ -3,14 +3,16 @@
 Gunicorn runs ``taskbeam.web:create_app()`` in one gevent-websocket worker per
 container; more browsers means more ``web`` containers, not more workers.
 """
+
 import logging
 import secrets
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import redis
 from flask import Flask, request, session
 from flask_socketio import SocketIO
+
+import redis
 
 from .. import config
 from ..broker import make_celery
@@ -50,7 +52,8 @@ def origin_allowed(origin, settings, own):
     origin = (origin or "").rstrip("/")
     parts = urlsplit(origin)
     return bool(parts.scheme and parts.netloc) and (
-        origin == own or origin in settings.allowed_origins)
+        origin == own or origin in settings.allowed_origins
+    )
 
 
 def create_app(settings=None):
@@ -103,8 +106,14 @@ def create_app(settings=None):
     store = TaskStore(client, settings)
     watch = QueueWatch(socketio, manager, client)
     app.extensions["taskbeam"] = Services(
-        settings=settings, redis=client, store=store, emitter=Emitter(store, socketio),
-        celery=make_celery(settings), queue_watch=watch, metrics=metrics)
+        settings=settings,
+        redis=client,
+        store=store,
+        emitter=Emitter(store, socketio),
+        celery=make_celery(settings),
+        queue_watch=watch,
+        metrics=metrics,
+    )
 
     @app.before_request
     def ensure_owner():
@@ -114,6 +123,7 @@ def create_app(settings=None):
             session.permanent = True
 
     from . import api, sockets  # noqa: F401  (sockets registers its handlers on import)
+
     app.register_blueprint(api.bp)
     api.register_error_handlers(app)
     watch.start()

@@ -1,4 +1,5 @@
 """REST endpoints of docs/api.md. Every error is its JSON shape."""
+
 import json
 import logging
 import time
@@ -23,9 +24,15 @@ MAX_EVENTS_PAGE = 500
 MAX_SEQ_DIGITS = 18
 
 # snake_case codes for the HTTP errors Werkzeug raises on its own.
-HTTP_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found",
-              405: "method_not_allowed", 413: "payload_too_large",
-              415: "unsupported_media_type", 429: "rate_limited"}
+HTTP_CODES = {
+    400: "bad_request",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
 
 
 class ApiError(Exception):
@@ -81,8 +88,11 @@ def ascii_int(name, default, low, high):
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > MAX_SEQ_DIGITS \
-            or not low <= int(raw) <= high:
+    if (
+        not (raw.isascii() and raw.isdigit())
+        or len(raw) > MAX_SEQ_DIGITS
+        or not low <= int(raw) <= high
+    ):
         raise ApiError(400, "invalid_params", f"{name}: must be an integer from {low} to {high}")
     return int(raw)
 
@@ -96,17 +106,29 @@ def check_rate(owner):
     svc = services()
     now = int(time.time())
     window = now // 60
-    limits = ((f"{svc.settings.namespace}:rate:{owner}:{window}",
-               svc.settings.rate_limit_per_minute, "per session"),
-              (f"{svc.settings.namespace}:rate-ip:{request.remote_addr}:{window}",
-               svc.settings.rate_limit_per_ip_per_minute, "per address"))
+    limits = (
+        (
+            f"{svc.settings.namespace}:rate:{owner}:{window}",
+            svc.settings.rate_limit_per_minute,
+            "per session",
+        ),
+        (
+            f"{svc.settings.namespace}:rate-ip:{request.remote_addr}:{window}",
+            svc.settings.rate_limit_per_ip_per_minute,
+            "per address",
+        ),
+    )
     for key, limit, scope in limits:
         pipe = svc.redis.pipeline(transaction=True)
         pipe.incr(key)
         pipe.expire(key, 120)
         if pipe.execute()[0] > limit:
-            raise ApiError(429, "rate_limited", f"At most {limit} tasks per minute {scope}.",
-                           {"Retry-After": str(60 - now % 60)})
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"At most {limit} tasks per minute {scope}.",
+                {"Retry-After": str(60 - now % 60)},
+            )
 
 
 @bp.before_app_request
@@ -125,8 +147,9 @@ def create_task():
         raise ApiError(400, "invalid_params", f"{unknown[0]}: unknown field")
     job = jobs.JOBS.get(kind) if isinstance(kind, str) else None
     if job is None:
-        raise ApiError(400, "invalid_params",
-                       f"kind: must be one of {', '.join(sorted(jobs.JOBS))}")
+        raise ApiError(
+            400, "invalid_params", f"kind: must be one of {', '.join(sorted(jobs.JOBS))}"
+        )
     try:
         params = job.validate(params, services().settings)
     except jobs.ParamError as exc:
@@ -136,15 +159,19 @@ def create_task():
     check_rate(owner)
     svc = services()
     try:
-        snapshot = svc.store.create(kind=kind, owner=owner, params=params,
-                                    max_active=svc.settings.max_active_tasks)
+        snapshot = svc.store.create(
+            kind=kind, owner=owner, params=params, max_active=svc.settings.max_active_tasks
+        )
     except TooManyActive as exc:
-        raise ApiError(429, "too_many_active",
-                       f"At most {exc.limit} queued or running tasks at once; wait for one "
-                       "to finish or cancel one.", {"Retry-After": "5"}) from None
+        raise ApiError(
+            429,
+            "too_many_active",
+            f"At most {exc.limit} queued or running tasks at once; wait for one "
+            "to finish or cancel one.",
+            {"Retry-After": "5"},
+        ) from None
     try:
-        svc.celery.send_task(job.celery_name, args=[snapshot["id"], params],
-                             task_id=snapshot["id"])
+        svc.celery.send_task(job.celery_name, args=[snapshot["id"], params], task_id=snapshot["id"])
     except Exception:
         log.exception("could not enqueue task %s", snapshot["id"])
         svc.store.delete(snapshot["id"], owner)
@@ -169,11 +196,13 @@ def get_task(task_id):
 def task_events(task_id):
     """One page of stored events; the body is spliced from the stored JSON, not re-encoded."""
     owned_record(task_id)
-    after = ascii_int("after", 0, 0, 10 ** MAX_SEQ_DIGITS - 1)
+    after = ascii_int("after", 0, 0, 10**MAX_SEQ_DIGITS - 1)
     limit = ascii_int("limit", MAX_EVENTS_PAGE, 1, MAX_EVENTS_PAGE)
     events, next_after, has_more = services().store.events_page(task_id, after, limit)
-    body = (f'{{"events":[{",".join(events)}],'
-            f'"has_more":{"true" if has_more else "false"},"next_after":{next_after}}}')
+    body = (
+        f'{{"events":[{",".join(events)}],'
+        f'"has_more":{"true" if has_more else "false"},"next_after":{next_after}}}'
+    )
     return Response(body, mimetype="application/json")
 
 
@@ -228,8 +257,10 @@ def openapi():
 @bp.get("/metrics")
 def metrics():
     svc = services()
-    return Response(svc.metrics.render(svc.queue_watch.manager),
-                    content_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(
+        svc.metrics.render(svc.queue_watch.manager),
+        content_type="text/plain; version=0.0.4; charset=utf-8",
+    )
 
 
 @bp.get("/healthz")

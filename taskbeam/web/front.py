@@ -8,6 +8,7 @@
   points an attacker's domain at this server; the browser then sends that domain as
   Host *and* as Origin, which the Origin check alone would take for our own origin.
 """
+
 import ipaddress
 import json
 from urllib.parse import urlsplit
@@ -18,10 +19,14 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 # IP literals are always allowed too: a rebinding attack needs a domain name.
 DEFAULT_HOSTS = ("localhost", "web")
 
-_MISDIRECTED = json.dumps({"error": {
-    "code": "misdirected_request",
-    "message": "This server does not answer for that host name; add it to ALLOWED_HOSTS.",
-}}).encode()
+_MISDIRECTED = json.dumps(
+    {
+        "error": {
+            "code": "misdirected_request",
+            "message": "This server does not answer for that host name; add it to ALLOWED_HOSTS.",
+        }
+    }
+).encode()
 
 
 def trust_nginx(wsgi_app):
@@ -62,6 +67,8 @@ class HostCheck:
         host = environ.get("HTTP_HOST")
         if host is None or host_allowed(host, self.allowed):
             return self.wsgi_app(environ, start_response)
-        start_response("421 Misdirected Request", [
-            ("Content-Type", "application/json"), ("Content-Length", str(len(_MISDIRECTED)))])
+        start_response(
+            "421 Misdirected Request",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(_MISDIRECTED)))],
+        )
         return [_MISDIRECTED]

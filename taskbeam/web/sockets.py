@@ -1,4 +1,5 @@
 """Socket.IO handlers: ``subscribe`` and ``unsubscribe`` with acks (docs/api.md)."""
+
 import json
 import logging
 
@@ -15,7 +16,7 @@ log = logging.getLogger(__name__)
 MAX_SUBSCRIPTIONS = 200
 # As GET /events: `after` bounded (a stream id holds 64 bits), a longer backlog in
 # pages of MAX_EVENTS_PAGE (the ack says `more`).
-MAX_AFTER = 10 ** MAX_SEQ_DIGITS
+MAX_AFTER = 10**MAX_SEQ_DIGITS
 
 
 def _services():
@@ -70,8 +71,7 @@ def on_subscribe(data=None):
     missed = [json.loads(event) for event in page]
     _services().metrics.replayed(len(missed))
     # more: subscribe again with after=next_after for the next page.
-    return {"ok": True, "task": snapshot, "missed": missed, "more": more,
-            "next_after": next_after}
+    return {"ok": True, "task": snapshot, "missed": missed, "more": more, "next_after": next_after}
 
 
 @socketio.on("unsubscribe")
@@ -86,8 +86,9 @@ def on_unsubscribe(data=None):
 
 @socketio.on("*")
 def on_unknown_event(event, data=None):
-    return _error("unknown_event",
-                  f"Unknown event {str(event)[:40]!r}; use subscribe or unsubscribe.")
+    return _error(
+        "unknown_event", f"Unknown event {str(event)[:40]!r}; use subscribe or unsubscribe."
+    )
 
 
 @socketio.on_error_default

@@ -21,6 +21,7 @@ as median [min-max]. Prints a table, writes tests/bench/results/bench.json and
 a PNG plot.
     python tests/bench/bench.py [--url URL] [--runs N] [--smoke]
 """
+
 import argparse
 import asyncio
 import gc
@@ -54,8 +55,11 @@ def spread(values):
     values = [v for v in values if v is not None]
     if not values:
         return None
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
-            "max": round(max(values), 3)}
+    return {
+        "median": round(statistics.median(values), 3),
+        "min": round(min(values), 3),
+        "max": round(max(values), 3),
+    }
 
 
 def shown(figure, unit=""):
@@ -70,8 +74,22 @@ class Driver:
     def __init__(self, owner, tasks):
         script = (HERE / "emit_driver.py").read_text()
         self.proc = subprocess.Popen(
-            ["docker", "compose", "exec", "-T", "worker", "python", "-c", script, owner,
-             str(tasks)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            [
+                "docker",
+                "compose",
+                "exec",
+                "-T",
+                "worker",
+                "python",
+                "-c",
+                script,
+                owner,
+                str(tasks),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.task_ids = json.loads(self.proc.stdout.readline())["task_ids"]
 
     def run(self, rate, seconds, mode):
@@ -101,16 +119,21 @@ class Recorder:
 async def connect_all(url, cookie, count, on_event=None, batch=200):
     clients = []
     for start in range(0, count, batch):
-        clients += await asyncio.gather(*(Client(url, cookie, on_event).connect()
-                                          for _ in range(min(batch, count - start))))
+        clients += await asyncio.gather(
+            *(Client(url, cookie, on_event).connect() for _ in range(min(batch, count - start)))
+        )
     return clients
 
 
 async def subscribe_each(clients, task_ids, batch=100):
     pairs = list(zip(clients, task_ids))
     for start in range(0, len(pairs), batch):
-        acks = await asyncio.gather(*(c.call("subscribe", {"task_id": t, "after": 0})
-                                      for c, t in pairs[start:start + batch]))
+        acks = await asyncio.gather(
+            *(
+                c.call("subscribe", {"task_id": t, "after": 0})
+                for c, t in pairs[start : start + batch]
+            )
+        )
         assert all(a["ok"] for a in acks), [a for a in acks if not a["ok"]][:1]
 
 
@@ -125,9 +148,13 @@ async def latency(url, cookie, owner, events):
     await client.close()
     await asyncio.to_thread(driver.close)
     lat = recorder.latencies
-    return {"events": len(lat), "p50_ms": round(percentile(lat, 0.5), 3),
-            "p99_ms": round(percentile(lat, 0.99), 3), "max_ms": round(max(lat), 3),
-            "cdf_ms": sorted(lat)[:: max(1, len(lat) // 200)]}
+    return {
+        "events": len(lat),
+        "p50_ms": round(percentile(lat, 0.5), 3),
+        "p99_ms": round(percentile(lat, 0.99), 3),
+        "max_ms": round(max(lat), 3),
+        "cdf_ms": sorted(lat)[:: max(1, len(lat) // 200)],
+    }
 
 
 async def fan_in(url, cookie, owner, clients_count, rates, seconds, mode):
@@ -140,34 +167,48 @@ async def fan_in(url, cookie, owner, clients_count, rates, seconds, mode):
     steps = []
     for rate in rates:
         recorder.reset()
-        cpu_before = {s: await asyncio.to_thread(cpu_seconds, s)
-                      for s in ("web", "worker", "redis", "nginx")}
+        cpu_before = {
+            s: await asyncio.to_thread(cpu_seconds, s) for s in ("web", "worker", "redis", "nginx")
+        }
         sent = await asyncio.to_thread(driver.run, rate, seconds, mode)
         await asyncio.sleep(1.5)  # let the last events arrive
-        cpu = {s: round(await asyncio.to_thread(cpu_seconds, s) - cpu_before[s], 3)
-               for s in cpu_before}
+        cpu = {
+            s: round(await asyncio.to_thread(cpu_seconds, s) - cpu_before[s], 3) for s in cpu_before
+        }
         delivered = sum(len(s) for s in recorder.seqs.values())
-        step = {"offered_per_s": rate, "emitted": sent["emitted"],
-                "emitted_per_s": round(sent["emitted"] / sent["seconds"]),
-                "delivered": delivered, "delivered_per_s": round(delivered / sent["seconds"]),
-                "lost": sent["emitted"] - delivered,
-                "p50_ms": round(percentile(recorder.latencies, 0.5) or 0, 2),
-                "p99_ms": round(percentile(recorder.latencies, 0.99) or 0, 2),
-                "cpu_s": cpu,
-                "web_cpu_us_per_event": round(cpu["web"] / max(delivered, 1) * 1e6, 1)}
+        step = {
+            "offered_per_s": rate,
+            "emitted": sent["emitted"],
+            "emitted_per_s": round(sent["emitted"] / sent["seconds"]),
+            "delivered": delivered,
+            "delivered_per_s": round(delivered / sent["seconds"]),
+            "lost": sent["emitted"] - delivered,
+            "p50_ms": round(percentile(recorder.latencies, 0.5) or 0, 2),
+            "p99_ms": round(percentile(recorder.latencies, 0.99) or 0, 2),
+            "cpu_s": cpu,
+            "web_cpu_us_per_event": round(cpu["web"] / max(delivered, 1) * 1e6, 1),
+        }
         steps.append(step)
-        print(f"  fan-in {mode:>7} {rate:>6}/s: delivered {step['delivered_per_s']:>6}/s "
-              f"p99 {step['p99_ms']:>8} ms lost {step['lost']} "
-              f"web {step['web_cpu_us_per_event']} µs/event", flush=True)
+        print(
+            f"  fan-in {mode:>7} {rate:>6}/s: delivered {step['delivered_per_s']:>6}/s "
+            f"p99 {step['p99_ms']:>8} ms lost {step['lost']} "
+            f"web {step['web_cpu_us_per_event']} µs/event",
+            flush=True,
+        )
         if step["p99_ms"] >= P99_LIMIT_MS or step["lost"]:
             break
     await asyncio.gather(*(c.close() for c in clients))
     await asyncio.to_thread(driver.close)
     good = [s for s in steps if s["p99_ms"] < P99_LIMIT_MS and not s["lost"]]
     best = max(good, key=lambda s: s["delivered_per_s"], default=None)
-    return {"mode": mode, "clients": clients_count, "seconds_per_step": seconds, "steps": steps,
-            "max_delivered_per_s": best["delivered_per_s"] if best else 0,
-            "web_cpu_us_per_event": best["web_cpu_us_per_event"] if best else None}
+    return {
+        "mode": mode,
+        "clients": clients_count,
+        "seconds_per_step": seconds,
+        "steps": steps,
+        "max_delivered_per_s": best["delivered_per_s"] if best else 0,
+        "web_cpu_us_per_event": best["web_cpu_us_per_event"] if best else None,
+    }
 
 
 async def connections(url, cookie, levels):
@@ -177,16 +218,29 @@ async def connections(url, cookie, levels):
         try:
             held += await connect_all(url, cookie, level - len(held), batch=100)
         except Exception as exc:  # report how far it got rather than nothing
-            rows.append({"clients": level, "failed": f"{type(exc).__name__}: {exc}"[:200],
-                         "connected": len(held)})
+            rows.append(
+                {
+                    "clients": level,
+                    "failed": f"{type(exc).__name__}: {exc}"[:200],
+                    "connected": len(held),
+                }
+            )
             print(f"  {level:>6} idle clients: failed after {len(held)}: {exc}", flush=True)
             break
         await asyncio.sleep(2)
         rss = await asyncio.to_thread(rss_kb, "web")
-        rows.append({"clients": level, "web_rss_mb": round(rss / 1024, 1),
-                     "kb_per_client": round((rss - base) / level, 1)})
-        print(f"  {level:>6} idle clients: web RSS {rows[-1]['web_rss_mb']} MB, "
-              f"{rows[-1]['kb_per_client']} KB/client", flush=True)
+        rows.append(
+            {
+                "clients": level,
+                "web_rss_mb": round(rss / 1024, 1),
+                "kb_per_client": round((rss - base) / level, 1),
+            }
+        )
+        print(
+            f"  {level:>6} idle clients: web RSS {rows[-1]['web_rss_mb']} MB, "
+            f"{rows[-1]['kb_per_client']} KB/client",
+            flush=True,
+        )
     await asyncio.gather(*(c.close() for c in held))
     return {"web_rss_idle_mb": round(base / 1024, 1), "levels": rows}
 
@@ -204,8 +258,9 @@ async def push_vs_poll(url, cookie, seconds):
     push_bytes[0] += len(json.dumps(ack)) + 8
     polls, poll_bytes = 0, 0
     while True:
-        request = urllib.request.Request(f"{url}/api/tasks/{task['id']}",
-                                         headers={"Cookie": cookie})
+        request = urllib.request.Request(
+            f"{url}/api/tasks/{task['id']}", headers={"Cookie": cookie}
+        )
         response = await asyncio.to_thread(urllib.request.urlopen, request, timeout=10)
         body = response.read()
         polls += 1
@@ -215,14 +270,17 @@ async def push_vs_poll(url, cookie, seconds):
             break
         await asyncio.sleep(1)
     await client.close()
-    return {"task_seconds": seconds,
-            "push": {"requests": 1, "bytes": push_bytes[0] + 600},  # + upgrade handshake
-            "poll": {"requests": polls, "bytes": poll_bytes}}
+    return {
+        "task_seconds": seconds,
+        "push": {"requests": 1, "bytes": push_bytes[0] + 600},  # + upgrade handshake
+        "poll": {"requests": polls, "bytes": poll_bytes},
+    }
 
 
 def plot(result, path):
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -233,22 +291,38 @@ def plot(result, path):
     left.set(title="Single client: emit → receive", xlabel="ms", ylabel="fraction")
     for mode, fan in result["fan_in"].items():
         steps = fan["runs"][0]["steps"]
-        right.plot([s["offered_per_s"] for s in steps], [s["delivered_per_s"] for s in steps],
-                   "o-", label=mode)
+        right.plot(
+            [s["offered_per_s"] for s in steps],
+            [s["delivered_per_s"] for s in steps],
+            "o-",
+            label=mode,
+        )
     right.legend()
-    right.set(title=f"{result['fan_in_clients']} clients: throughput",
-              xlabel="offered events/s", ylabel="delivered events/s")
+    right.set(
+        title=f"{result['fan_in_clients']} clients: throughput",
+        xlabel="offered events/s",
+        ylabel="delivered events/s",
+    )
     fig.tight_layout()
     fig.savefig(path)
     return str(path)
 
 
 def machine():
-    return {"cores": os.cpu_count(), "kernel": platform.release(),
-            "cpu": next((line.split(":", 1)[1].strip() for line in
-                         Path("/proc/cpuinfo").read_text().splitlines()
-                         if line.startswith("model name")), "unknown"),
-            "docker": compose("version", "--short").strip(), "transport": transport()}
+    return {
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "cpu": next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "unknown",
+        ),
+        "docker": compose("version", "--short").strip(),
+        "transport": transport(),
+    }
 
 
 def transport():
@@ -263,8 +337,14 @@ def transport():
 
 
 def kb_per_client(runs, level):
-    return spread([row.get("kb_per_client") for run in runs for row in run["levels"]
-                   if row["clients"] == level])
+    return spread(
+        [
+            row.get("kb_per_client")
+            for run in runs
+            for row in run["levels"]
+            if row["clients"] == level
+        ]
+    )
 
 
 def summarise(result):
@@ -275,37 +355,51 @@ def summarise(result):
         # The first run grows a fresh heap; later runs reuse what it freed.
         "connections_kb_per_client_fresh": {
             str(level): kb_per_client(result["connections"]["runs"][:1], level)
-            for level in result["connections"]["levels"]},
+            for level in result["connections"]["levels"]
+        },
         "connections_kb_per_client_warm": {
             str(level): kb_per_client(result["connections"]["runs"][1:], level)
-            for level in result["connections"]["levels"]},
+            for level in result["connections"]["levels"]
+        },
     }
     for mode, fan in result["fan_in"].items():
         summary[f"fan_in_{mode}_events_per_s"] = spread(
-            [r["max_delivered_per_s"] for r in fan["runs"]])
+            [r["max_delivered_per_s"] for r in fan["runs"]]
+        )
         summary[f"fan_in_{mode}_web_cpu_us_per_event"] = spread(
-            [r["web_cpu_us_per_event"] for r in fan["runs"]])
+            [r["web_cpu_us_per_event"] for r in fan["runs"]]
+        )
 
 
 def report(result):
     s = result["summary"]
-    print(f"\nmedian [min-max] of {result['runs']} run(s), {result['machine']['cores']} cores, "
-          f"{result['machine']['transport']} WebSocket transport")
-    print(f"single client        p50 {shown(s['single_client_p50_ms'], ' ms')}  "
-          f"p99 {shown(s['single_client_p99_ms'], ' ms')}")
+    print(
+        f"\nmedian [min-max] of {result['runs']} run(s), {result['machine']['cores']} cores, "
+        f"{result['machine']['transport']} WebSocket transport"
+    )
+    print(
+        f"single client        p50 {shown(s['single_client_p50_ms'], ' ms')}  "
+        f"p99 {shown(s['single_client_p99_ms'], ' ms')}"
+    )
     for mode in result["fan_in"]:
-        print(f"fan-in {mode:<8}      {shown(s[f'fan_in_{mode}_events_per_s'])} events/s "
-              f"with p99 < {P99_LIMIT_MS} ms, {result['fan_in_clients']} clients; web "
-              f"{shown(s[f'fan_in_{mode}_web_cpu_us_per_event'], ' µs')} CPU per event")
+        print(
+            f"fan-in {mode:<8}      {shown(s[f'fan_in_{mode}_events_per_s'])} events/s "
+            f"with p99 < {P99_LIMIT_MS} ms, {result['fan_in_clients']} clients; web "
+            f"{shown(s[f'fan_in_{mode}_web_cpu_us_per_event'], ' µs')} CPU per event"
+        )
     for level, fresh in s["connections_kb_per_client_fresh"].items():
-        print(f"connections {level:>6}  web RSS per idle client: {shown(fresh, ' KB')} "
-              f"in a fresh process, {shown(s['connections_kb_per_client_warm'][level], ' KB')}"
-              " once warm")
+        print(
+            f"connections {level:>6}  web RSS per idle client: {shown(fresh, ' KB')} "
+            f"in a fresh process, {shown(s['connections_kb_per_client_warm'][level], ' KB')}"
+            " once warm"
+        )
     if "push_vs_poll" in result:
         pp = result["push_vs_poll"]
-        print(f"push vs poll         push {pp['push']['requests']} req / {pp['push']['bytes']} B, "
-              f"poll {pp['poll']['requests']} req / {pp['poll']['bytes']} B "
-              f"({pp['task_seconds']} s task)")
+        print(
+            f"push vs poll         push {pp['push']['requests']} req / {pp['push']['bytes']} B, "
+            f"poll {pp['poll']['requests']} req / {pp['poll']['bytes']} B "
+            f"({pp['task_seconds']} s task)"
+        )
     if "export" in result:
         print(f"export               {json.dumps(result['export'])}")
 
@@ -321,24 +415,43 @@ async def main(args):
     runs = 1 if smoke else args.runs
     clients = 20 if smoke else 1000
     levels = [100] if smoke else [1000, 5000, 10000]
-    result = {"machine": machine(), "url": args.url, "smoke": smoke, "runs": runs, "fan_in_clients": clients,
-              "latency": {"runs": []}, "fan_in": {m: {"runs": []} for m in args.modes},
-              "connections": {"levels": levels, "runs": []}}
+    result = {
+        "machine": machine(),
+        "url": args.url,
+        "smoke": smoke,
+        "runs": runs,
+        "fan_in_clients": clients,
+        "latency": {"runs": []},
+        "fan_in": {m: {"runs": []} for m in args.modes},
+        "connections": {"levels": levels, "runs": []},
+    }
     for run in range(1, runs + 1):
         print(f"run {run}/{runs}: latency …", flush=True)
         result["latency"]["runs"].append(
-            await latency(args.url, cookie, owner, 200 if smoke else 2000))
+            await latency(args.url, cookie, owner, 200 if smoke else 2000)
+        )
         for mode in args.modes:
-            result["fan_in"][mode]["runs"].append(await fan_in(
-                args.url, cookie, owner, clients, [200] if smoke else FAN_IN_RATES,
-                2 if smoke else 5, mode))
+            result["fan_in"][mode]["runs"].append(
+                await fan_in(
+                    args.url,
+                    cookie,
+                    owner,
+                    clients,
+                    [200] if smoke else FAN_IN_RATES,
+                    2 if smoke else 5,
+                    mode,
+                )
+            )
         print(f"run {run}/{runs}: connections …", flush=True)
         result["connections"]["runs"].append(await connections(args.url, cookie, levels))
     if not smoke:
         print("push vs poll (60 s) …", flush=True)
         result["push_vs_poll"] = await push_vs_poll(args.url, cookie, 60)
-        result["export"] = json.loads(compose(
-            "exec", "-T", "worker", "python", "-", input=(HERE / "export_bench.py").read_text()))
+        result["export"] = json.loads(
+            compose(
+                "exec", "-T", "worker", "python", "-", input=(HERE / "export_bench.py").read_text()
+            )
+        )
     summarise(result)
     RESULTS.mkdir(exist_ok=True)
     result["plot"] = plot(result, RESULTS / "bench.png")
@@ -351,7 +464,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="default: the Nginx container's address")
     parser.add_argument("--runs", type=int, default=3, help="repeat the measured parts")
-    parser.add_argument("--modes", nargs="+", default=["publish", "persist"],
-                        choices=["publish", "persist"], help="fan-in feeds (see above)")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["publish", "persist"],
+        choices=["publish", "persist"],
+        help="fan-in feeds (see above)",
+    )
     parser.add_argument("--smoke", action="store_true", help="a small, fast run")
     asyncio.run(main(parser.parse_args()))

@@ -21,6 +21,7 @@ The batched modes write RESP themselves (:class:`Raw`) and publish the external
 emitter's own message, from a template checked at start against what the
 emitter really publishes (:class:`Envelopes`).
 """
+
 import json
 import multiprocessing
 import sys
@@ -78,12 +79,26 @@ class Envelopes:
         self.channel = manager.channel
         self.templates = {}
         for task_id in task_ids:
-            message = {"method": "emit", "event": protocol.TASK_UPDATE_EVENT, "data": ["@"],
-                       "binary": False, "namespace": "/", "room": protocol.task_room(task_id),
-                       "skip_sid": None, "callback": None, "host_id": manager.host_id}
+            message = {
+                "method": "emit",
+                "event": protocol.TASK_UPDATE_EVENT,
+                "data": ["@"],
+                "binary": False,
+                "namespace": "/",
+                "room": protocol.task_room(task_id),
+                "skip_sid": None,
+                "callback": None,
+                "host_id": manager.host_id,
+            }
             self.templates[task_id] = manager.json.dumps(message).split('"@"')
-        sample = {"task_id": task_ids[0], "seq": 1, "state": protocol.RUNNING,
-                  "progress": 1.0, "message": "bench", "ts": time.time()}
+        sample = {
+            "task_id": task_ids[0],
+            "seq": 1,
+            "state": protocol.RUNNING,
+            "progress": 1.0,
+            "message": "bench",
+            "ts": time.time(),
+        }
         assert self.of(task_ids[0], json.dumps(sample)) == self.real(manager, sample)
 
     @staticmethod
@@ -98,8 +113,9 @@ class Envelopes:
             manager._redis_connect()
         real, manager.redis = manager.redis, Capture()
         try:
-            worker.emitter.socketio.emit(protocol.TASK_UPDATE_EVENT, event,
-                                         to=protocol.task_room(event["task_id"]))
+            worker.emitter.socketio.emit(
+                protocol.TASK_UPDATE_EVENT, event, to=protocol.task_room(event["task_id"])
+            )
         finally:
             manager.redis = real
         return published[0]
@@ -122,17 +138,45 @@ def emit_batch(raw, envelopes, task_ids, first, count, progress, mode):
         # What TaskStore.append sends for a run's event: its token and an emit id.
         head = (f"{now:.6f}", protocol.iso_utc(now), store.maxlen, store.retention_s)
         tail = (store.owner_key(""), "progress", repr(float(progress)), "message", "bench")
-        replies = raw.run([raw.command("EVALSHA", store._append.sha, 4, store.task_key(t),
-                                       store.events_key(t), store.leases_key,
-                                       store.active_key, *head, store.new_emit_id(),
-                                       TOKENS[t], *tail) for t in targets])
+        replies = raw.run(
+            [
+                raw.command(
+                    "EVALSHA",
+                    store._append.sha,
+                    4,
+                    store.task_key(t),
+                    store.events_key(t),
+                    store.leases_key,
+                    store.active_key,
+                    *head,
+                    store.new_emit_id(),
+                    TOKENS[t],
+                    *tail,
+                )
+                for t in targets
+            ]
+        )
         events = [reply[1] for reply in replies]  # the event JSON the Lua append wrote
     else:
-        events = [json.dumps({"task_id": t, "seq": first + n + 1000, "state": protocol.RUNNING,
-                              "progress": float(progress), "message": "bench", "ts": now})
-                  for n, t in enumerate(targets)]
-    raw.run([raw.command("PUBLISH", envelopes.channel, envelopes.of(t, e))
-             for t, e in zip(targets, events)])
+        events = [
+            json.dumps(
+                {
+                    "task_id": t,
+                    "seq": first + n + 1000,
+                    "state": protocol.RUNNING,
+                    "progress": float(progress),
+                    "message": "bench",
+                    "ts": now,
+                }
+            )
+            for n, t in enumerate(targets)
+        ]
+    raw.run(
+        [
+            raw.command("PUBLISH", envelopes.channel, envelopes.of(t, e))
+            for t, e in zip(targets, events)
+        ]
+    )
 
 
 def emit_share(task_ids, envelopes, rate, seconds, mode, start_at, index, processes, done):
@@ -165,8 +209,7 @@ def main():
         task = store.create(kind="simulate", owner=owner, params={"steps": 1, "step_ms": 0})
         # Each task as a worker's run holds it: a lease and its token.
         TOKENS[task["id"]] = store.claim_run(task["id"], 24 * 3600)
-        store.append(task["id"], token=TOKENS[task["id"]], state=protocol.RUNNING,
-                     message="bench")
+        store.append(task["id"], token=TOKENS[task["id"]], state=protocol.RUNNING, message="bench")
         ids.append(task["id"])
     envelopes = Envelopes(ids)
     print(json.dumps({"task_ids": ids}), flush=True)
@@ -177,8 +220,13 @@ def main():
         done = multiprocessing.Queue()
         start_at = time.time() + 0.2
         processes = min(PROCESSES, len(ids))
-        procs = [multiprocessing.Process(target=emit_share, args=(
-            ids, envelopes, rate, seconds, mode, start_at, i, processes, done)) for i in range(processes)]
+        procs = [
+            multiprocessing.Process(
+                target=emit_share,
+                args=(ids, envelopes, rate, seconds, mode, start_at, i, processes, done),
+            )
+            for i in range(processes)
+        ]
         for p in procs:
             p.start()
         emitted = sum(done.get() for _ in procs)

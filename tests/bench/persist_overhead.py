@@ -4,6 +4,7 @@ Runs inside a worker container, next to the stack's Redis, on the worker's own
 code path:  docker compose exec -T worker python - < tests/bench/persist_overhead.py
 Prints one JSON object; creates one scratch task per run and deletes it.
 """
+
 import json
 import statistics
 import time
@@ -20,8 +21,12 @@ def timed(fn, n):
         fn(i)
         samples.append((time.perf_counter() - start) * 1e6)
     samples.sort()
-    return {"n": n, "mean_us": round(statistics.fmean(samples), 1),
-            "p50_us": round(samples[n // 2], 1), "p99_us": round(samples[int(n * 0.99)], 1)}
+    return {
+        "n": n,
+        "mean_us": round(statistics.fmean(samples), 1),
+        "p50_us": round(samples[n // 2], 1),
+        "p99_us": round(samples[int(n * 0.99)], 1),
+    }
 
 
 def main():
@@ -33,29 +38,53 @@ def main():
         store.append(task_id, token=token, state=protocol.RUNNING)
         # The same append with each of the run's checks added in turn.
         plain = timed(lambda i: store.append(task_id, progress=i % 100, message="bench"), N)
-        idempotent = timed(lambda i: store.append(task_id, emit_id=store.new_emit_id(),
-                                                  progress=i % 100, message="bench"), N)
-        fenced = timed(lambda i: store.append(task_id, token=token, emit_id=store.new_emit_id(),
-                                              progress=i % 100, message="bench"), N)
-        emit = timed(lambda i: emitter.emit(task_id, token=token, progress=i % 100,
-                                            message="bench"), N)
+        idempotent = timed(
+            lambda i: store.append(
+                task_id, emit_id=store.new_emit_id(), progress=i % 100, message="bench"
+            ),
+            N,
+        )
+        fenced = timed(
+            lambda i: store.append(
+                task_id, token=token, emit_id=store.new_emit_id(), progress=i % 100, message="bench"
+            ),
+            N,
+        )
+        emit = timed(
+            lambda i: emitter.emit(task_id, token=token, progress=i % 100, message="bench"), N
+        )
         # What fsync on every write would cost (Redis ships `everysec`).
         fsync = store.redis.config_get("appendfsync")["appendfsync"]
         store.redis.config_set("appendfsync", "always")
         try:
-            always = timed(lambda i: store.append(task_id, token=token,
-                                                  emit_id=store.new_emit_id(),
-                                                  progress=i % 100, message="bench"), N // 5)
+            always = timed(
+                lambda i: store.append(
+                    task_id,
+                    token=token,
+                    emit_id=store.new_emit_id(),
+                    progress=i % 100,
+                    message="bench",
+                ),
+                N // 5,
+            )
         finally:
             store.redis.config_set("appendfsync", fsync)
         baseline = timed(lambda i: store.redis.ping(), N)
     finally:
         store.release_lease(task_id, token)
         store.delete(task_id, "bench")
-    print(json.dumps({"persist_event": fenced, "persist_and_publish": emit,
-                      "persist_without_checks": plain, "persist_idempotent_only": idempotent,
-                      "persist_appendfsync_always": always,
-                      "redis_ping_round_trip": baseline}))
+    print(
+        json.dumps(
+            {
+                "persist_event": fenced,
+                "persist_and_publish": emit,
+                "persist_without_checks": plain,
+                "persist_idempotent_only": idempotent,
+                "persist_appendfsync_always": always,
+                "redis_ping_round_trip": baseline,
+            }
+        )
+    )
 
 
 main()

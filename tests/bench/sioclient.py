@@ -5,6 +5,7 @@ and a socket, so one process holds thousands of connections and the load
 generator is never the bottleneck. It speaks only what the benchmarks need:
 connect, ping/pong, events, and emits with acks.
 """
+
 import asyncio
 import itertools
 import json
@@ -24,9 +25,12 @@ def session_cookie(base_url):
 
 def create_task(base_url, cookie, kind="simulate", **params):
     body = json.dumps({"kind": kind, "params": params}).encode()
-    request = urllib.request.Request(f"{base_url}/api/tasks", data=body, method="POST",
-                                     headers={"Content-Type": "application/json",
-                                              "Cookie": cookie})
+    request = urllib.request.Request(
+        f"{base_url}/api/tasks",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "Cookie": cookie},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
@@ -47,8 +51,13 @@ class Client:
 
     async def connect(self):
         self.ws = await websockets.connect(
-            self.url, origin=self.origin, additional_headers={"Cookie": self.cookie},
-            max_size=2**22, compression=None, ping_interval=None)
+            self.url,
+            origin=self.origin,
+            additional_headers={"Cookie": self.cookie},
+            max_size=2**22,
+            compression=None,
+            ping_interval=None,
+        )
         opened = await self.ws.recv()
         assert opened.startswith(OPEN), opened
         await self.ws.send(MESSAGE + SIO_CONNECT)

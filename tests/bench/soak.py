@@ -7,6 +7,7 @@ gapless with exactly one terminal event; the RSS of the web and worker processes
 is sampled and its slope reported. Prints a summary and writes JSON.
     python tests/bench/soak.py [--seconds 180] [--idle 1000] [--tasks 50]
 """
+
 import argparse
 import asyncio
 import json
@@ -43,8 +44,9 @@ async def soak(base_url, seconds, idle, concurrent):
 
     idle_clients = []
     for i in range(0, idle, 100):
-        idle_clients += await asyncio.gather(*(Client(base_url, cookie).connect()
-                                               for _ in range(min(100, idle - i))))
+        idle_clients += await asyncio.gather(
+            *(Client(base_url, cookie).connect() for _ in range(min(100, idle - i)))
+        )
     # Task creation is rate-limited per session: spread the tasks over owners,
     # each with a watching socket, at five concurrent tasks (~50/min) apiece.
     owners = []
@@ -56,8 +58,7 @@ async def soak(base_url, seconds, idle, concurrent):
 
     async def start_one(n):
         owner_cookie, watcher = owners[n % len(owners)]
-        task = await asyncio.to_thread(create_task, base_url, owner_cookie, steps=20,
-                                       step_ms=300)
+        task = await asyncio.to_thread(create_task, base_url, owner_cookie, steps=20, step_ms=300)
         ack = await watcher.call("subscribe", {"task_id": task["id"], "after": 0})
         for event in ack["missed"]:
             on_event("task_update", event)
@@ -70,13 +71,19 @@ async def soak(base_url, seconds, idle, concurrent):
                 running.discard(task_id)
                 finished.add(task_id)
         try:
-            await asyncio.gather(*(start_one(len(running) + n)
-                                   for n in range(concurrent - len(running))))
+            await asyncio.gather(
+                *(start_one(len(running) + n) for n in range(concurrent - len(running)))
+            )
         except Exception as exc:  # counted, and the soak goes on
             errors.append(repr(exc))
         if elapsed >= next_sample:
-            samples.append((elapsed, await asyncio.to_thread(rss_kb, "web"),
-                            await asyncio.to_thread(rss_kb, "worker")))
+            samples.append(
+                (
+                    elapsed,
+                    await asyncio.to_thread(rss_kb, "web"),
+                    await asyncio.to_thread(rss_kb, "worker"),
+                )
+            )
             next_sample += 10
         await asyncio.sleep(0.5)
     # Drain: tasks queued behind the workers' capacity still have to finish.
@@ -92,15 +99,19 @@ async def soak(base_url, seconds, idle, concurrent):
     for task_id in finished:
         seqs = events[task_id]
         states = [seqs[s] for s in sorted(seqs)]
-        if sorted(seqs) != list(range(1, len(seqs) + 1)) or \
-                sum(s in TERMINAL for s in states) != 1:
+        if sorted(seqs) != list(range(1, len(seqs) + 1)) or sum(s in TERMINAL for s in states) != 1:
             bad.append(task_id)
     dropped = sum(c.closed.is_set() for c in idle_clients)
     await asyncio.gather(*(c.close() for c in idle_clients + [w for _, w in owners]))
     return {
-        "seconds": seconds, "idle_sockets": idle, "concurrent_tasks": concurrent,
-        "tasks_finished": len(finished), "tasks_unfinished": len(running),
-        "tasks_with_lost_events": len(bad), "errors": errors[:10], "error_count": len(errors),
+        "seconds": seconds,
+        "idle_sockets": idle,
+        "concurrent_tasks": concurrent,
+        "tasks_finished": len(finished),
+        "tasks_unfinished": len(running),
+        "tasks_with_lost_events": len(bad),
+        "errors": errors[:10],
+        "error_count": len(errors),
         "idle_sockets_dropped": dropped,
         "web_rss_mb": [round(s[1] / 1024, 1) for s in samples],
         "worker_rss_mb": [round(s[2] / 1024, 1) for s in samples],
@@ -120,8 +131,12 @@ def main():
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "soak.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
-    ok = not (result["tasks_with_lost_events"] or result["error_count"]
-              or result["tasks_unfinished"] or result["idle_sockets_dropped"])
+    ok = not (
+        result["tasks_with_lost_events"]
+        or result["error_count"]
+        or result["tasks_unfinished"]
+        or result["idle_sockets_dropped"]
+    )
     raise SystemExit(0 if ok else 1)
 
 

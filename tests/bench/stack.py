@@ -1,10 +1,12 @@
 """Readings of the running Compose stack for the benchmarks (RSS, CPU time)."""
+
 import subprocess
 
 
 def compose(*args, **kwargs):
-    return subprocess.run(["docker", "compose", *args], capture_output=True, text=True,
-                          check=True, **kwargs).stdout
+    return subprocess.run(
+        ["docker", "compose", *args], capture_output=True, text=True, check=True, **kwargs
+    ).stdout
 
 
 def containers(service):
@@ -15,8 +17,9 @@ def rss_kb(service):
     """Total RSS (KB) of every process in a service's containers."""
     total = 0
     for cid in containers(service):
-        rows = subprocess.run(["docker", "top", cid, "-o", "pid,rss"], capture_output=True,
-                              text=True, check=True).stdout.splitlines()[1:]
+        rows = subprocess.run(
+            ["docker", "top", cid, "-o", "pid,rss"], capture_output=True, text=True, check=True
+        ).stdout.splitlines()[1:]
         total += sum(int(row.split()[1]) for row in rows)
     return total
 
@@ -25,13 +28,20 @@ def cpu_seconds(service):
     """CPU time used so far by a service's containers (cgroup v1, else v2)."""
     total = 0.0
     for cid in containers(service):
-        v1 = subprocess.run(["docker", "exec", cid, "cat", "/sys/fs/cgroup/cpuacct/cpuacct.usage"],
-                            capture_output=True, text=True)
+        v1 = subprocess.run(
+            ["docker", "exec", cid, "cat", "/sys/fs/cgroup/cpuacct/cpuacct.usage"],
+            capture_output=True,
+            text=True,
+        )
         if v1.returncode == 0:
             total += int(v1.stdout) / 1e9
             continue
-        stat = subprocess.run(["docker", "exec", cid, "cat", "/sys/fs/cgroup/cpu.stat"],
-                              capture_output=True, text=True, check=True).stdout
+        stat = subprocess.run(
+            ["docker", "exec", cid, "cat", "/sys/fs/cgroup/cpu.stat"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         total += int(stat.split("usage_usec", 1)[1].split()[0]) / 1e6
     return total
 
@@ -43,7 +53,16 @@ def container_url(service, port):
     userland proxy behind published ports.
     """
     cid = containers(service)[0]
-    ip = subprocess.run(["docker", "inspect", "-f",
-                         "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", cid],
-                        capture_output=True, text=True, check=True).stdout.split()[0]
+    ip = subprocess.run(
+        [
+            "docker",
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+            cid,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[0]
     return f"http://{ip}:{port}"

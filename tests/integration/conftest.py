@@ -4,6 +4,7 @@
 COMPOSE_PROJECT_NAME and COMPOSE_ENV_FILES, so `docker compose` here talks to
 that project and never to a stack the user has running.
 """
+
 import os
 import subprocess
 import threading
@@ -19,8 +20,9 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 
 def compose(*args, check=True, timeout=120):
     """Run `docker compose ARGS` for the test project; returns stdout."""
-    done = subprocess.run(["docker", "compose", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run(
+        ["docker", "compose", *args], capture_output=True, text=True, timeout=timeout
+    )
     if check and done.returncode != 0:
         raise AssertionError(f"docker compose {' '.join(args)} failed: {done.stderr}")
     return done.stdout
@@ -28,8 +30,9 @@ def compose(*args, check=True, timeout=120):
 
 def docker(*args, timeout=60):
     """Run `docker ARGS`; returns stdout."""
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True,
-                          timeout=timeout).stdout
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, check=True, timeout=timeout
+    ).stdout
 
 
 def wait_until(predicate, timeout, interval=0.1, what="condition"):
@@ -91,19 +94,24 @@ class Watcher:
     def __init__(self, api, reconnect=True, url=BASE_URL):
         self.api = api
         self.url = url
-        self.events = {}        # task_id -> {seq: event}
+        self.events = {}  # task_id -> {seq: event}
         self.duplicates = 0
         self.lock = threading.Condition()
-        self.sio = socketio.Client(reconnection=reconnect, reconnection_delay=0.2,
-                                   reconnection_delay_max=1)
+        self.sio = socketio.Client(
+            reconnection=reconnect, reconnection_delay=0.2, reconnection_delay_max=1
+        )
         self.sio.on("task_update", self._on_event)
         self.sio.on("connect", self._on_connect)
         self.connects = 0
         self.websockets = []
 
     def connect(self):
-        self.sio.connect(self.url, transports=["websocket"], wait_timeout=10,
-                         headers={"Cookie": self.api.cookie_header()})
+        self.sio.connect(
+            self.url,
+            transports=["websocket"],
+            wait_timeout=10,
+            headers={"Cookie": self.api.cookie_header()},
+        )
         return self
 
     def close(self):
@@ -165,6 +173,7 @@ class Watcher:
     def wait_terminal(self, task_ids, timeout=60):
         def finished():
             return all(any(e["state"] in TERMINAL for e in self.history(t)) for t in task_ids)
+
         wait_until(finished, timeout, what=f"terminal events of {len(task_ids)} tasks")
 
 
@@ -211,8 +220,9 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.section("chaos")
     terminalreporter.write_line(f"{header[0]:<20}" + "".join(f"{h:>14}" for h in header[1:]))
     for row in CHAOS_ROWS:
-        terminalreporter.write_line(f"{row['fault']:<20}"
-                                    + "".join(f"{row[h]!s:>14}" for h in header[1:]))
+        terminalreporter.write_line(
+            f"{row['fault']:<20}" + "".join(f"{row[h]!s:>14}" for h in header[1:])
+        )
 
 
 def stored_history(api, task_id, max_pages=100):
@@ -234,11 +244,18 @@ def worker_container(hostname):
     id; looking it up among this project's workers only keeps other stacks out of reach.
     """
     project = os.environ.get("COMPOSE_PROJECT_NAME", "taskbeam-test")
-    ids = docker("ps", "-q", "--no-trunc",
-                 "--filter", f"label=com.docker.compose.project={project}",
-                 "--filter", "label=com.docker.compose.service=worker").split()
-    found = [c for c in ids
-             if docker("inspect", "-f", "{{.Config.Hostname}}", c).strip() == hostname]
+    ids = docker(
+        "ps",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        f"label=com.docker.compose.project={project}",
+        "--filter",
+        "label=com.docker.compose.service=worker",
+    ).split()
+    found = [
+        c for c in ids if docker("inspect", "-f", "{{.Config.Hostname}}", c).strip() == hostname
+    ]
     assert len(found) == 1, f"no single worker of {project} has hostname {hostname!r}"
     return found[0]
 
@@ -260,8 +277,20 @@ def in_network_command(script, *args, interactive=False):
     all reach Nginx from one address). It reaches Nginx at http://nginx:8080."""
     tag = project_env().get("IMAGE_TAG") or "latest"
     network = f"{os.environ.get('COMPOSE_PROJECT_NAME', 'taskbeam-test')}_default"
-    return ["docker", "run", "--rm", *(["-i"] if interactive else []), "--network", network,
-            "--entrypoint", "python", f"taskbeam-app:{tag}", "-c", script, *map(str, args)]
+    return [
+        "docker",
+        "run",
+        "--rm",
+        *(["-i"] if interactive else []),
+        "--network",
+        network,
+        "--entrypoint",
+        "python",
+        f"taskbeam-app:{tag}",
+        "-c",
+        script,
+        *map(str, args),
+    ]
 
 
 def inject_events(task_id, first, last):
@@ -276,5 +305,16 @@ def inject_events(task_id, first, last):
       redis.call('XADD', KEYS[1], i .. '-0', 'e', e)
     end
     return redis.call('XLEN', KEYS[1])"""
-    compose("exec", "-T", "redis", "redis-cli", "EVAL", script, "1",
-            f"{namespace}:task:{task_id}:events", str(first), str(last), task_id)
+    compose(
+        "exec",
+        "-T",
+        "redis",
+        "redis-cli",
+        "EVAL",
+        script,
+        "1",
+        f"{namespace}:task:{task_id}:events",
+        str(first),
+        str(last),
+        task_id,
+    )

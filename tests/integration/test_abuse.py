@@ -5,6 +5,7 @@ abusive client runs in a throwaway container on the project's network, with an
 address of its own, and the host plays the other client. The limits are the test
 stack's (tests/run.sh), read from its env file.
 """
+
 import json
 import subprocess
 import time
@@ -84,8 +85,9 @@ def limit(name):
 
 
 def flood(method, path, total, per_second, body=None):
-    argv = in_network_command(FLOOD, method, path, total, per_second,
-                              *([json.dumps(body)] if body else []))
+    argv = in_network_command(
+        FLOOD, method, path, total, per_second, *([json.dumps(body)] if body else [])
+    )
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -112,8 +114,9 @@ def assert_rate_limited(result):
 def test_cookieless_creations_from_one_address_are_mostly_refused_and_others_still_served(api):
     per_minute, burst = limit("CREATES_PER_MINUTE_PER_IP"), limit("CREATE_BURST_PER_IP")
     baseline = [latency(api) for _ in range(20)]
-    process = flood("POST", "/api/tasks", 300, 100,
-                    {"kind": "simulate", "params": {"steps": 1, "step_ms": 0}})
+    process = flood(
+        "POST", "/api/tasks", 300, 100, {"kind": "simulate", "params": {"steps": 1, "step_ms": 0}}
+    )
     samples, deadline = [], time.monotonic() + 120
     while process.poll() is None and time.monotonic() < deadline:
         samples.append((time.time(), latency(api)))
@@ -148,9 +151,13 @@ def test_event_reads_are_limited_per_address():
 
 def test_one_address_cannot_open_more_than_its_sockets_and_others_still_connect(api):
     allowed = limit("WS_CONNECTIONS_PER_IP")
-    holder = subprocess.Popen(in_network_command(HOLD_SOCKETS, allowed + 10, interactive=True),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        in_network_command(HOLD_SOCKETS, allowed + 10, interactive=True),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = holder.stdout.readline()
         assert line, holder.stderr.read()
@@ -178,8 +185,9 @@ def test_a_long_history_is_read_in_pages_over_http_and_socketio(api, watcher):
     assert first["next_after"] == 500
     seqs, after = [], 0
     while True:
-        page = api.request("GET", f"/api/tasks/{task['id']}/events",
-                           params={"after": after, "limit": 450}).json()
+        page = api.request(
+            "GET", f"/api/tasks/{task['id']}/events", params={"after": after, "limit": 450}
+        ).json()
         seqs += [e["seq"] for e in page["events"]]
         after = page["next_after"]
         if not page["has_more"]:

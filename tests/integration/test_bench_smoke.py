@@ -1,4 +1,5 @@
 """A small run of `make bench` against the test stack: it works and loses nothing."""
+
 import json
 import os
 import subprocess
@@ -11,8 +12,13 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def test_bench_smoke_run_reports_latency_fan_in_and_connections():
-    done = subprocess.run([sys.executable, str(BENCH / "bench.py"), "--url", BASE_URL, "--smoke"],
-                          capture_output=True, text=True, timeout=300, env=os.environ)
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "bench.py"), "--url", BASE_URL, "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((BENCH / "results" / "bench.json").read_text())
     assert result["smoke"] is True

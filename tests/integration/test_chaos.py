@@ -2,6 +2,7 @@
 one fault at a time. Every task must reach exactly one terminal event, every event
 log must be gapless, no queued task may be lost, and the stack must be ready again
 within 60 s. The table is printed at the end of the run and saved as JSON."""
+
 import csv
 import gzip
 import json
@@ -12,10 +13,22 @@ import zlib
 from pathlib import Path
 
 import pytest
-
-from conftest import (BASE_URL, CHAOS_ROWS, TERMINAL, Api, Watcher,
-                      assert_gapless_single_terminal, compose, container_health, docker, gaps,
-                      is_ready, stored_history, wait_until, worker_container)
+from conftest import (
+    BASE_URL,
+    CHAOS_ROWS,
+    TERMINAL,
+    Api,
+    Watcher,
+    assert_gapless_single_terminal,
+    compose,
+    container_health,
+    docker,
+    gaps,
+    is_ready,
+    stored_history,
+    wait_until,
+    worker_container,
+)
 
 TASKS = 10
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -109,27 +122,41 @@ def test_every_task_ends_once_and_gapless_through(fault):
             watcher = Watcher(api, url=proxy.url if proxy else BASE_URL).connect()
             watcher.follow(task["id"])
             watchers.append(watcher)
-        wait_until(lambda: all(w.last_seq(t["id"]) >= 3 for w, t in zip(watchers, tasks)), 60,
-                   what="every task under way")
+        wait_until(
+            lambda: all(w.last_seq(t["id"]) >= 3 for w, t in zip(watchers, tasks)),
+            60,
+            what="every task under way",
+        )
         ctx = {"api": api, "tasks": tasks, "proxy": proxy}
         before = {t["id"]: w.last_seq(t["id"]) for w, t in zip(watchers, tasks)}
         started = time.monotonic()
         FAULTS[fault](ctx)
         # Ready again: /readyz answers 200 and every task has moved on since the fault.
-        wait_until(lambda: is_ready() and all(
-            w.last_seq(t["id"]) > before[t["id"]] for w, t in zip(watchers, tasks)),
-            60, interval=0.2, what="the stack to recover")
+        wait_until(
+            lambda: (
+                is_ready()
+                and all(w.last_seq(t["id"]) > before[t["id"]] for w, t in zip(watchers, tasks))
+            ),
+            60,
+            interval=0.2,
+            what="the stack to recover",
+        )
         recovery = time.monotonic() - started
         for watcher, task in zip(watchers, tasks):
             watcher.wait_terminal([task["id"]], timeout=120)
 
         histories = {t["id"]: w.history(t["id"]) for w, t in zip(watchers, tasks)}
-        terminal = sum(1 for h in histories.values()
-                       if [e["state"] in TERMINAL for e in h].count(True) == 1)
-        row = {"fault": fault, "tasks": TASKS, "terminal": terminal,
-               "gaps": sum(gaps(h) for h in histories.values()),
-               "dups dropped": sum(w.duplicates for w in watchers),
-               "recovery s": round(recovery, 1)}
+        terminal = sum(
+            1 for h in histories.values() if [e["state"] in TERMINAL for e in h].count(True) == 1
+        )
+        row = {
+            "fault": fault,
+            "tasks": TASKS,
+            "terminal": terminal,
+            "gaps": sum(gaps(h) for h in histories.values()),
+            "dups dropped": sum(w.duplicates for w in watchers),
+            "recovery s": round(recovery, 1),
+        }
         CHAOS_ROWS.append(row)
         ARTIFACTS.mkdir(exist_ok=True)
         (ARTIFACTS / "chaos.json").write_text(json.dumps(CHAOS_ROWS, indent=1))
@@ -165,9 +192,17 @@ def freeze_run(api, watcher, task_id, pause_when, min_freeze_s, lead_by):
     ahead of the frozen one, so that a run that is not fenced would visibly write behind.
     Returns the container, the seconds from the pause to the handover and the frozen
     run's last stored progress."""
-    snapshot = wait_until(lambda: (s := api.snapshot(task_id))["state"] == "running"
-                          and s.get("worker") and pause_when(s) and s, 60, interval=0.05,
-                          what="the task to run")
+    snapshot = wait_until(
+        lambda: (
+            (s := api.snapshot(task_id))["state"] == "running"
+            and s.get("worker")
+            and pause_when(s)
+            and s
+        ),
+        60,
+        interval=0.05,
+        what="the task to run",
+    )
     container = worker_container(snapshot["worker"])
     docker("pause", container)
     paused = time.monotonic()
@@ -175,21 +210,32 @@ def freeze_run(api, watcher, task_id, pause_when, min_freeze_s, lead_by):
         frozen_at = max(e["progress"] for e in stored_history(api, task_id))
 
         def handed_over():
-            return next((i for i, e in enumerate(watcher.history(task_id))
-                         if e["state"] == "retrying"), None)
+            return next(
+                (i for i, e in enumerate(watcher.history(task_id)) if e["state"] == "retrying"),
+                None,
+            )
 
-        wait_until(lambda: handed_over() is not None, LEASE_S * 4, interval=0.05,
-                   what="the handover (retrying)")
+        wait_until(
+            lambda: handed_over() is not None,
+            LEASE_S * 4,
+            interval=0.05,
+            what="the handover (retrying)",
+        )
         handover_s = time.monotonic() - paused
         retry_index = handed_over()
 
         def new_run_ahead():
             after = watcher.history(task_id)[retry_index:]
-            return (time.monotonic() - paused >= min_freeze_s
-                    and any(e["progress"] >= frozen_at + lead_by for e in after))
+            return time.monotonic() - paused >= min_freeze_s and any(
+                e["progress"] >= frozen_at + lead_by for e in after
+            )
 
-        wait_until(new_run_ahead, min_freeze_s + 60, interval=0.05,
-                   what="the new run to get ahead of the frozen one")
+        wait_until(
+            new_run_ahead,
+            min_freeze_s + 60,
+            interval=0.05,
+            what="the new run to get ahead of the frozen one",
+        )
     finally:
         docker("unpause", container)
     return container, handover_s, frozen_at
@@ -199,45 +245,67 @@ def check_fenced_history(api, watcher, task_id, fault, handover_s):
     """Both the live and the stored history: one handover, then a single run's events."""
     live = watcher.history(task_id)
     stored = stored_history(api, task_id)
-    CHAOS_ROWS.append({"fault": fault, "tasks": 1,
-                       "terminal": int([e["state"] in TERMINAL for e in stored].count(True) == 1),
-                       "gaps": gaps(stored), "dups dropped": watcher.duplicates,
-                       "recovery s": round(handover_s, 1)})
+    CHAOS_ROWS.append(
+        {
+            "fault": fault,
+            "tasks": 1,
+            "terminal": int([e["state"] in TERMINAL for e in stored].count(True) == 1),
+            "gaps": gaps(stored),
+            "dups dropped": watcher.duplicates,
+            "recovery s": round(handover_s, 1),
+        }
+    )
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "chaos.json").write_text(json.dumps(CHAOS_ROWS, indent=1))
 
     states = [e["state"] for e in stored]
     assert states.count("retrying") == 1, f"expected one handover, got states {states}"
-    after = stored[states.index("retrying"):]
+    after = stored[states.index("retrying") :]
     shown = [(e["seq"], e["state"], e["progress"], e["message"]) for e in after]
     backwards = [(a, b) for a, b in zip(shown, shown[1:]) if b[2] < a[2]]
-    assert not backwards, (f"progress went backwards {len(backwards)} times after the handover "
-                           f"(two runs writing), first: {backwards[:3]}; events from the "
-                           f"handover: {shown[:30]}")
+    assert not backwards, (
+        f"progress went backwards {len(backwards)} times after the handover "
+        f"(two runs writing), first: {backwards[:3]}; events from the "
+        f"handover: {shown[:30]}"
+    )
     messages = [e["message"] for e in after if e["state"] == "running"]
     repeated = sorted({m for m in messages if messages.count(m) > 1})
-    assert not repeated, (f"{len(repeated)} progress reports appear twice after the handover "
-                          f"(two runs writing): {repeated[:5]}")
+    assert not repeated, (
+        f"{len(repeated)} progress reports appear twice after the handover "
+        f"(two runs writing): {repeated[:5]}"
+    )
     assert_gapless_single_terminal(stored)
-    assert [(e["seq"], e["state"], e["progress"]) for e in live] == \
-        [(e["seq"], e["state"], e["progress"]) for e in stored], "live and stored histories differ"
+    assert [(e["seq"], e["state"], e["progress"]) for e in live] == [
+        (e["seq"], e["state"], e["progress"]) for e in stored
+    ], "live and stored histories differ"
 
 
 def wait_run_ended(container, task_id):
     """Wait until the thawed worker no longer executes ``task_id`` (Celery's inspect)."""
-    def running_there():
-        return task_id in docker("exec", container, "sh", "-c",
-                                 "celery -A taskbeam.worker inspect active --json -t 5 "
-                                 "-d worker@$(hostname)", timeout=30)
 
-    wait_until(lambda: not running_there(), 60, interval=0.5,
-               what="the thawed run to end on its worker")
+    def running_there():
+        return task_id in docker(
+            "exec",
+            container,
+            "sh",
+            "-c",
+            "celery -A taskbeam.worker inspect active --json -t 5 -d worker@$(hostname)",
+            timeout=30,
+        )
+
+    wait_until(
+        lambda: not running_there(), 60, interval=0.5, what="the thawed run to end on its worker"
+    )
 
 
 def wait_healthy(container):
     # Unpaused after a long pause, a worker reports unhealthy until a health check passes.
-    wait_until(lambda: container_health(container) == "healthy", 90, interval=0.5,
-               what="the thawed worker to be healthy again")
+    wait_until(
+        lambda: container_health(container) == "healthy",
+        90,
+        interval=0.5,
+        what="the thawed worker to be healthy again",
+    )
 
 
 def test_freeze_worker_mid_simulate_then_thawed_run_writes_nothing(api, watcher):
@@ -248,8 +316,13 @@ def test_freeze_worker_mid_simulate_then_thawed_run_writes_nothing(api, watcher)
     task = api.create(steps=40, step_ms=500)
     watcher.follow(task["id"])
     container, handover_s, _ = freeze_run(
-        api, watcher, task["id"], pause_when=lambda s: s["progress"] >= 10,
-        min_freeze_s=2 * LEASE_S, lead_by=10)
+        api,
+        watcher,
+        task["id"],
+        pause_when=lambda s: s["progress"] >= 10,
+        min_freeze_s=2 * LEASE_S,
+        lead_by=10,
+    )
     try:
         watcher.wait_terminal([task["id"]], timeout=60)
         wait_run_ended(container, task["id"])  # whatever the frozen run wrote is stored now
@@ -269,7 +342,8 @@ def test_freeze_worker_mid_export_then_file_is_whole(api, watcher, tmp_path):
     task = api.create("export", format="csv.gz")
     watcher.follow(task["id"])
     container, handover_s, _ = freeze_run(
-        api, watcher, task["id"], pause_when=lambda s: True, min_freeze_s=LEASE_S, lead_by=50)
+        api, watcher, task["id"], pause_when=lambda s: True, min_freeze_s=LEASE_S, lead_by=50
+    )
     path = tmp_path / "export.csv.gz"
     try:
         watcher.wait_terminal([task["id"]], timeout=60)
@@ -277,8 +351,9 @@ def test_freeze_worker_mid_export_then_file_is_whole(api, watcher, tmp_path):
         snapshot = api.snapshot(task["id"])
         if snapshot["state"] == "succeeded":
             # Without delay: the test stack's exports expire after EXPORT_TTL=20 s.
-            with api.request("GET", f"/api/tasks/{task['id']}/download", stream=True,
-                             timeout=60) as response:
+            with api.request(
+                "GET", f"/api/tasks/{task['id']}/download", stream=True, timeout=60
+            ) as response:
                 assert response.status_code == 200, response.text
                 with open(path, "wb") as out:
                     for chunk in response.iter_content(1 << 20):
@@ -315,6 +390,8 @@ def file_problem(path, result):
     except (OSError, EOFError, UnicodeDecodeError, zlib.error, csv.Error) as exc:
         return f"the file is corrupt after {rows} rows: {exc!r}"
     if rows != result["rows"] or widths_ok != rows:
-        return (f"the file has {rows} data rows ({widths_ok} of the header's width "
-                f"{len(header)}), its result says {result['rows']}")
+        return (
+            f"the file has {rows} data rows ({widths_ok} of the header's width "
+            f"{len(header)}), its result says {result['rows']}"
+        )
     return None

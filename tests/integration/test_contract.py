@@ -1,9 +1,9 @@
 """CONTRACT.md's REST and Socket.IO surface, group by group, through Nginx."""
+
 import re
 
 import pytest
 import requests
-
 from conftest import BASE_URL, Api, Watcher, assert_gapless_single_terminal, wait_until
 
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -20,9 +20,11 @@ def assert_error(response, status, code):
 
 # --- REST shapes -----------------------------------------------------------
 
+
 def test_create_answers_202_with_location_and_a_queued_snapshot(api):
-    response = api.request("POST", "/api/tasks",
-                           json={"kind": "simulate", "params": {"steps": 2, "step_ms": 0}})
+    response = api.request(
+        "POST", "/api/tasks", json={"kind": "simulate", "params": {"steps": 2, "step_ms": 0}}
+    )
     assert response.status_code == 202
     snap = response.json()
     assert response.headers["Location"] == f"/api/tasks/{snap['id']}"
@@ -52,8 +54,11 @@ def test_events_after_returns_the_stored_tail(api, watcher):
     assert final["seq"] == everything[-1]["seq"] and final["result"] == {"steps": 4}
     assert final["progress"] == 100 and everything[-1]["result"] == final["result"]
     for after in ("-1", "x", "1.5"):
-        assert_error(api.request("GET", f"/api/tasks/{task['id']}/events?after={after}"),
-                     400, "invalid_params")
+        assert_error(
+            api.request("GET", f"/api/tasks/{task['id']}/events?after={after}"),
+            400,
+            "invalid_params",
+        )
 
 
 def test_failing_task_ends_failed_with_its_error(api, watcher):
@@ -71,15 +76,21 @@ def test_failing_task_ends_failed_with_its_error(api, watcher):
 def test_cancel_stops_a_running_task_then_409(api, watcher):
     task = api.create(steps=200, step_ms=100)
     watcher.follow(task["id"])
-    wait_until(lambda: any(e["state"] == "running" and e["progress"] > 0
-                           for e in watcher.history(task["id"])), 30, what="progress")
+    wait_until(
+        lambda: any(
+            e["state"] == "running" and e["progress"] > 0 for e in watcher.history(task["id"])
+        ),
+        30,
+        what="progress",
+    )
     response = api.request("POST", f"/api/tasks/{task['id']}/cancel")
     assert response.status_code == 202 and response.json()["id"] == task["id"]
     watcher.wait_terminal([task["id"]], timeout=15)
     assert_gapless_single_terminal(watcher.history(task["id"]), state="cancelled")
     assert api.snapshot(task["id"])["state"] == "cancelled"
-    assert_error(api.request("POST", f"/api/tasks/{task['id']}/cancel", json={}),
-                 409, "already_finished")
+    assert_error(
+        api.request("POST", f"/api/tasks/{task['id']}/cancel", json={}), 409, "already_finished"
+    )
 
 
 def test_openapi_document_is_served(api):
@@ -89,18 +100,26 @@ def test_openapi_document_is_served(api):
 
 # --- Errors: bad input changes nothing -------------------------------------
 
-@pytest.mark.parametrize("body, code, field", [
-    ({"kind": "nope"}, "invalid_params", "kind"),
-    ({"params": {}}, "invalid_params", "kind"),
-    ({"kind": "simulate", "params": {"steps": 0}}, "invalid_params", "params.steps"),
-    ({"kind": "simulate", "params": {"steps": "5"}}, "invalid_params", "params.steps"),
-    ({"kind": "simulate", "params": {"steps": True}}, "invalid_params", "params.steps"),
-    ({"kind": "simulate", "params": {"step_ms": 60001}}, "invalid_params", "params.step_ms"),
-    ({"kind": "simulate", "params": {"steps": 3, "fail_at": 4}}, "invalid_params", "params.fail_at"),
-    ({"kind": "simulate", "params": {"colour": "red"}}, "invalid_params", "params.colour"),
-    ({"kind": "simulate", "params": []}, "invalid_params", "params"),
-    ({"kind": "simulate", "extra": 1}, "invalid_params", "extra"),
-])
+
+@pytest.mark.parametrize(
+    "body, code, field",
+    [
+        ({"kind": "nope"}, "invalid_params", "kind"),
+        ({"params": {}}, "invalid_params", "kind"),
+        ({"kind": "simulate", "params": {"steps": 0}}, "invalid_params", "params.steps"),
+        ({"kind": "simulate", "params": {"steps": "5"}}, "invalid_params", "params.steps"),
+        ({"kind": "simulate", "params": {"steps": True}}, "invalid_params", "params.steps"),
+        ({"kind": "simulate", "params": {"step_ms": 60001}}, "invalid_params", "params.step_ms"),
+        (
+            {"kind": "simulate", "params": {"steps": 3, "fail_at": 4}},
+            "invalid_params",
+            "params.fail_at",
+        ),
+        ({"kind": "simulate", "params": {"colour": "red"}}, "invalid_params", "params.colour"),
+        ({"kind": "simulate", "params": []}, "invalid_params", "params"),
+        ({"kind": "simulate", "extra": 1}, "invalid_params", "extra"),
+    ],
+)
 def test_bad_task_requests_name_the_field_and_create_nothing(api, body, code, field):
     message = assert_error(api.request("POST", "/api/tasks", json=body), 400, code)
     assert message.startswith(field), message
@@ -109,22 +128,33 @@ def test_bad_task_requests_name_the_field_and_create_nothing(api, body, code, fi
 
 def test_malformed_json_wrong_type_and_oversized_bodies(api):
     headers = {"Content-Type": "application/json"}
-    assert_error(api.request("POST", "/api/tasks", data="{nope", headers=headers),
-                 400, "invalid_json")
-    assert_error(api.request("POST", "/api/tasks", data="[1]", headers=headers),
-                 400, "invalid_json")
-    assert_error(api.request("POST", "/api/tasks", data="kind=simulate",
-                             headers={"Content-Type": "application/x-www-form-urlencoded"}),
-                 415, "unsupported_media_type")
+    assert_error(
+        api.request("POST", "/api/tasks", data="{nope", headers=headers), 400, "invalid_json"
+    )
+    assert_error(
+        api.request("POST", "/api/tasks", data="[1]", headers=headers), 400, "invalid_json"
+    )
+    assert_error(
+        api.request(
+            "POST",
+            "/api/tasks",
+            data="kind=simulate",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        ),
+        415,
+        "unsupported_media_type",
+    )
     big = '{"kind": "simulate", "params": {"x": "' + "a" * (1024 * 1024 + 10) + '"}}'
-    assert_error(api.request("POST", "/api/tasks", data=big, headers=headers),
-                 413, "payload_too_large")
+    assert_error(
+        api.request("POST", "/api/tasks", data=big, headers=headers), 413, "payload_too_large"
+    )
     assert api.request("GET", "/api/tasks").json() == {"tasks": []}
 
 
 def test_foreign_origin_is_refused(api):
-    response = api.request("POST", "/api/tasks", json={"kind": "simulate"},
-                           headers={"Origin": "http://evil.example"})
+    response = api.request(
+        "POST", "/api/tasks", json={"kind": "simulate"}, headers={"Origin": "http://evil.example"}
+    )
     assert_error(response, 403, "forbidden_origin")
     assert api.request("GET", "/api/tasks").json() == {"tasks": []}
 
@@ -135,30 +165,45 @@ def test_unknown_api_path_is_json_404():
 
 # --- Ownership ---------------------------------------------------------------
 
+
 def test_another_session_sees_nothing_of_a_task(api):
     task = api.create(steps=50, step_ms=100)
     stranger = Api()
-    for method, path in [("GET", f"/api/tasks/{task['id']}"),
-                         ("GET", f"/api/tasks/{task['id']}/events?after=0"),
-                         ("POST", f"/api/tasks/{task['id']}/cancel")]:
+    for method, path in [
+        ("GET", f"/api/tasks/{task['id']}"),
+        ("GET", f"/api/tasks/{task['id']}/events?after=0"),
+        ("POST", f"/api/tasks/{task['id']}/cancel"),
+    ]:
         response = stranger.request(method, path, json={} if method == "POST" else None)
         assert_error(response, 404, "not_found")
-        missing = stranger.request(method, path.replace(task["id"], "no-such-task"),
-                                   json={} if method == "POST" else None)
+        missing = stranger.request(
+            method, path.replace(task["id"], "no-such-task"), json={} if method == "POST" else None
+        )
         assert missing.json() == response.json(), "a foreign task must look like a missing one"
     spy = Watcher(stranger).connect()
     try:
         ack = spy.subscribe(task["id"])
-        assert ack == {"ok": False, "error": {"code": "not_found", "message": ack["error"]["message"]}}
+        assert ack == {
+            "ok": False,
+            "error": {"code": "not_found", "message": ack["error"]["message"]},
+        }
     finally:
         spy.close()
     assert api.snapshot(task["id"])["state"] in ("queued", "running")
     api.request("POST", f"/api/tasks/{task['id']}/cancel", json={})
 
 
-@pytest.mark.parametrize("payload", [
-    None, "abc", {"after": 0}, {"task_id": 5}, {"task_id": ""}, {"task_id": "x" * 65},
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        None,
+        "abc",
+        {"after": 0},
+        {"task_id": 5},
+        {"task_id": ""},
+        {"task_id": "x" * 65},
+    ],
+)
 def test_subscribe_with_bad_task_id_gets_invalid_params(watcher, payload):
     ack = watcher.sio.call("subscribe", payload, timeout=10)
     assert ack["ok"] is False and ack["error"]["code"] == "invalid_params"
@@ -179,8 +224,14 @@ def test_unsubscribe_stops_live_events(api, watcher):
     assert watcher.sio.call("unsubscribe", {"task_id": task["id"]}, timeout=10) == {"ok": True}
     seen = watcher.last_seq(task["id"])
     stream = api.request("GET", f"/api/tasks/{task['id']}/events?after=0").json()["events"]
-    wait_until(lambda: len(api.request("GET", f"/api/tasks/{task['id']}/events?after=0")
-                           .json()["events"]) > len(stream) + 3, 20, what="more stored events")
+    wait_until(
+        lambda: (
+            len(api.request("GET", f"/api/tasks/{task['id']}/events?after=0").json()["events"])
+            > len(stream) + 3
+        ),
+        20,
+        what="more stored events",
+    )
     # Anything delivered after the ack would exceed what was seen right after it.
     assert watcher.last_seq(task["id"]) <= seen + 1
     api.request("POST", f"/api/tasks/{task['id']}/cancel", json={})

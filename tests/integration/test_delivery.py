@@ -1,11 +1,19 @@
 """The delivery guarantee: replay by seq, isolation, and faults mid-task."""
+
 import subprocess
 import threading
 
 import requests
-
-from conftest import (BASE_URL, Api, Watcher, assert_gapless_single_terminal, compose, docker,
-                      wait_ready, wait_until)
+from conftest import (
+    BASE_URL,
+    Api,
+    Watcher,
+    assert_gapless_single_terminal,
+    compose,
+    docker,
+    wait_ready,
+    wait_until,
+)
 
 
 def test_late_subscriber_gets_the_whole_history_or_the_tail(api, watcher):
@@ -29,8 +37,11 @@ def test_disconnect_mid_task_then_resubscribe_gives_a_gapless_union(api):
     seen = first.history(task["id"])
     second = Watcher(api).connect()
     try:
-        wait_until(lambda: api.snapshot(task["id"])["seq"] > seen[-1]["seq"] + 2, 30,
-                   what="events while disconnected")
+        wait_until(
+            lambda: api.snapshot(task["id"])["seq"] > seen[-1]["seq"] + 2,
+            30,
+            what="events while disconnected",
+        )
         for event in seen:
             second._keep(event)
         second.subscribe(task["id"], after=seen[-1]["seq"])
@@ -55,8 +66,10 @@ def test_thirty_concurrent_sessions_see_only_their_own_tasks():
             except Exception as exc:  # reported below, with the session's index
                 errors.append(exc)
 
-        threads = [threading.Thread(target=follow, args=(w, t, tasks[(i + 1) % 30]))
-                   for i, (w, t) in enumerate(zip(watchers, tasks))]
+        threads = [
+            threading.Thread(target=follow, args=(w, t, tasks[(i + 1) % 30]))
+            for i, (w, t) in enumerate(zip(watchers, tasks))
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -64,8 +77,9 @@ def test_thirty_concurrent_sessions_see_only_their_own_tasks():
         assert not errors, errors
         for w, task in zip(watchers, tasks):
             assert set(w.events) <= {task["id"], tasks[(tasks.index(task) + 1) % 30]["id"]}
-            assert all(not seen for tid, seen in w.events.items() if tid != task["id"]), \
+            assert all(not seen for tid, seen in w.events.items() if tid != task["id"]), (
                 "a session received another session's events"
+            )
             assert_gapless_single_terminal(w.history(task["id"]))
     finally:
         for w in watchers:
@@ -78,12 +92,17 @@ def test_redis_restart_mid_task_loses_no_event_and_readyz_reports_it(api, watche
     tasks = [api.create(steps=30, step_ms=400) for _ in range(3)]
     for task in tasks:
         watcher.follow(task["id"])
-    wait_until(lambda: all(watcher.last_seq(t["id"]) >= 3 for t in tasks), 30,
-               what="tasks under way")
+    wait_until(
+        lambda: all(watcher.last_seq(t["id"]) >= 3 for t in tasks), 30, what="tasks under way"
+    )
     compose("stop", "redis", timeout=60)
     try:
-        wait_until(lambda: readyz_status() == 503, 20, interval=0.5,
-                   what="/readyz to turn 503 while Redis is down")
+        wait_until(
+            lambda: readyz_status() == 503,
+            20,
+            interval=0.5,
+            what="/readyz to turn 503 while Redis is down",
+        )
     finally:
         compose("start", "redis", timeout=60)
     wait_ready()
@@ -109,9 +128,11 @@ def test_a_task_whose_workers_keep_dying_ends_failed_past_the_redelivery_cap(api
     killed = []
     try:
         for attempt in (1, 2):
-            worker = wait_until(lambda: (w := api.snapshot(task["id"]).get("worker"))
-                                and w not in killed and w, 60,
-                                what=f"run {attempt} to start on a live worker")
+            worker = wait_until(
+                lambda: (w := api.snapshot(task["id"]).get("worker")) and w not in killed and w,
+                60,
+                what=f"run {attempt} to start on a live worker",
+            )
             wait_until(lambda: api.snapshot(task["id"])["progress"] > 0, 30, what="progress")
             docker("kill", "--signal", "KILL", worker)
             killed.append(worker)
@@ -138,8 +159,11 @@ def test_cancelling_a_queued_task_ends_it_at_once(api, watcher):
     # 3 workers x 4 slots: twelve long tasks fill them, the thirteenth waits in the queue.
     fillers = [api.create(steps=100, step_ms=200) for _ in range(12)]
     try:
-        wait_until(lambda: all(api.snapshot(t["id"])["state"] == "running" for t in fillers),
-                   60, what="every worker slot busy")
+        wait_until(
+            lambda: all(api.snapshot(t["id"])["state"] == "running" for t in fillers),
+            60,
+            what="every worker slot busy",
+        )
         queued = api.create(steps=1, step_ms=0)
         watcher.follow(queued["id"])
         assert api.snapshot(queued["id"])["state"] == "queued"
@@ -152,14 +176,23 @@ def test_cancelling_a_queued_task_ends_it_at_once(api, watcher):
         for t in fillers:
             api.request("POST", f"/api/tasks/{t['id']}/cancel", json={})
     # The revoked message never runs: once the slots free up, it stays as it was.
-    wait_until(lambda: all(api.snapshot(t["id"])["state"] == "cancelled" for t in fillers), 30,
-               what="the fillers to stop")
+    wait_until(
+        lambda: all(api.snapshot(t["id"])["state"] == "cancelled" for t in fillers),
+        30,
+        what="the fillers to stop",
+    )
     assert [e["state"] for e in watcher.history(queued["id"])] == ["queued", "cancelled"]
 
 
 def worker_healthy(container):
-    return subprocess.run(["docker", "exec", container, "/app/worker/healthcheck.sh"],
-                          capture_output=True, timeout=30).returncode == 0
+    return (
+        subprocess.run(
+            ["docker", "exec", container, "/app/worker/healthcheck.sh"],
+            capture_output=True,
+            timeout=30,
+        ).returncode
+        == 0
+    )
 
 
 def test_the_worker_healthcheck_reports_a_stuck_worker_and_its_recovery():
@@ -169,9 +202,14 @@ def test_the_worker_healthcheck_reports_a_stuck_worker_and_its_recovery():
     wait_until(lambda: worker_healthy(container), 60, interval=1, what="a healthy worker")
     docker("kill", "--signal", "STOP", container)
     try:
-        wait_until(lambda: not worker_healthy(container), 30, interval=1,
-                   what="the healthcheck of a frozen worker to fail")
+        wait_until(
+            lambda: not worker_healthy(container),
+            30,
+            interval=1,
+            what="the healthcheck of a frozen worker to fail",
+        )
     finally:
         docker("kill", "--signal", "CONT", container)
-    wait_until(lambda: worker_healthy(container), 60, interval=1,
-               what="the healthcheck to pass again")
+    wait_until(
+        lambda: worker_healthy(container), 60, interval=1, what="the healthcheck to pass again"
+    )

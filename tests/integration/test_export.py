@@ -1,4 +1,5 @@
 """The data export, for real: database → CSV → download through Nginx."""
+
 import csv
 import gzip
 import io
@@ -6,7 +7,6 @@ import time
 from datetime import datetime
 
 import pytest
-
 from conftest import Api, Watcher, compose, wait_until
 
 COLUMNS = ["id", "order_date", "customer", "product", "region", "quantity", "amount"]
@@ -33,8 +33,10 @@ def parse_csv(data):
 
 def direct_count(where):
     """Count rows with a query run right on the demo database, in a worker container."""
-    script = ("import sqlite3; db = sqlite3.connect('/data/demo/orders.sqlite3'); "
-              f"print(db.execute(\"SELECT count(*) FROM orders WHERE {where}\").fetchone()[0])")
+    script = (
+        "import sqlite3; db = sqlite3.connect('/data/demo/orders.sqlite3'); "
+        f'print(db.execute("SELECT count(*) FROM orders WHERE {where}").fetchone()[0])'
+    )
     return int(compose("exec", "-T", "worker", "python", "-c", script).strip())
 
 
@@ -83,8 +85,11 @@ def test_progress_rose_through_intermediate_values(owner, default_export):
 
 def test_date_range_exports_exactly_the_matching_rows_and_gzip_matches(owner):
     api, watcher = owner
-    params = {"date_from": "2025-03-01", "date_to": "2025-03-31",
-              "columns": ["id", "order_date", "amount"]}
+    params = {
+        "date_from": "2025-03-01",
+        "date_to": "2025-03-31",
+        "columns": ["id", "order_date", "amount"],
+    }
     plain = run_export(api, watcher, **params)
     zipped = run_export(api, watcher, format="csv.gz", **params)
     plain_rows = parse_csv(download(api, plain).content)
@@ -109,8 +114,12 @@ def test_cancel_mid_export_leaves_no_file(owner):
     api, watcher = owner
     task = api.create("export", format="csv.gz")
     watcher.follow(task["id"])
-    wait_until(lambda: any(0 < e["progress"] < 50 for e in watcher.history(task["id"])), 60,
-               interval=0.02, what="the export to be under way")
+    wait_until(
+        lambda: any(0 < e["progress"] < 50 for e in watcher.history(task["id"])),
+        60,
+        interval=0.02,
+        what="the export to be under way",
+    )
     assert api.request("POST", f"/api/tasks/{task['id']}/cancel", json={}).status_code == 202
     watcher.wait_terminal([task["id"]], timeout=60)
     assert watcher.history(task["id"])[-1]["state"] == "cancelled"
@@ -126,10 +135,12 @@ def test_another_session_and_crafted_paths_get_404(owner):
     response = stranger.request("GET", snap["result"]["download_url"])
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
     stranger.http.close()
-    for path in [f"/_exports/{snap['id']}.csv",
-                 "/api/tasks/..%2F..%2Fetc%2Fpasswd/download",
-                 f"/api/tasks/{snap['id']}%2F..%2F..%2Fetc%2Fpasswd/download",
-                 "/_exports/../../etc/passwd"]:
+    for path in [
+        f"/_exports/{snap['id']}.csv",
+        "/api/tasks/..%2F..%2Fetc%2Fpasswd/download",
+        f"/api/tasks/{snap['id']}%2F..%2F..%2Fetc%2Fpasswd/download",
+        "/_exports/../../etc/passwd",
+    ]:
         response = api.request("GET", path)
         assert response.status_code == 404, path
         assert response.json()["error"]["code"] == "not_found", path
@@ -141,22 +152,28 @@ def test_expired_export_answers_410(owner):
     download(api, snap)
     expires = datetime.fromisoformat(snap["result"]["expires_at"].replace("Z", "+00:00"))
     assert expires.timestamp() > time.time(), "the test stack's EXPORT_TTL is too short"
-    wait_until(lambda: api.request("GET", snap["result"]["download_url"]).status_code == 410,
-               timeout=expires.timestamp() - time.time() + 15, interval=1,
-               what="the export to expire")
+    wait_until(
+        lambda: api.request("GET", snap["result"]["download_url"]).status_code == 410,
+        timeout=expires.timestamp() - time.time() + 15,
+        interval=1,
+        what="the export to expire",
+    )
     response = api.request("GET", snap["result"]["download_url"])
     assert response.json()["error"]["code"] == "expired"
 
 
-@pytest.mark.parametrize("params, field", [
-    ({"format": "xlsx"}, "params.format"),
-    ({"columns": ["id", "password"]}, "params.columns"),
-    ({"columns": []}, "params.columns"),
-    ({"date_from": "2025-02-30"}, "params.date_from"),
-    ({"date_from": "2025-03-02", "date_to": "2025-03-01"}, "params.date_to"),
-    ({"limit": 0}, "params.limit"),
-    ({"path": "/etc/passwd"}, "params.path"),
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"format": "xlsx"}, "params.format"),
+        ({"columns": ["id", "password"]}, "params.columns"),
+        ({"columns": []}, "params.columns"),
+        ({"date_from": "2025-02-30"}, "params.date_from"),
+        ({"date_from": "2025-03-02", "date_to": "2025-03-01"}, "params.date_to"),
+        ({"limit": 0}, "params.limit"),
+        ({"path": "/etc/passwd"}, "params.path"),
+    ],
+)
 def test_bad_export_params_get_400_naming_the_field(api, params, field):
     response = api.request("POST", "/api/tasks", json={"kind": "export", "params": params})
     assert response.status_code == 400
@@ -166,8 +183,14 @@ def test_bad_export_params_get_400_naming_the_field(api, params, field):
 
 def test_openapi_describes_export_params(api):
     doc = api.request("GET", "/api/openapi.json").json()
-    variants = doc["paths"]["/api/tasks"]["post"]["requestBody"]["content"][
-        "application/json"]["schema"]["oneOf"]
+    variants = doc["paths"]["/api/tasks"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]["oneOf"]
     export = next(v for v in variants if v["properties"]["kind"]["enum"] == ["export"])
     assert set(export["properties"]["params"]["properties"]) == {
-        "date_from", "date_to", "columns", "format", "limit"}
+        "date_from",
+        "date_to",
+        "columns",
+        "format",
+        "limit",
+    }

@@ -2,30 +2,38 @@
 
 Screenshots are saved under tests/artifacts/ (git-ignored).
 """
+
 import csv
 import os
 import re
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
-
 from conftest import BASE_URL, compose, wait_ready
+from playwright.sync_api import expect, sync_playwright
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 AXE = Path(__file__).resolve().parents[1] / "vendor" / "axe-core-4.10.3.min.js"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 # Without the background-networking flags Chromium floods the closed network.
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # Records every value the progress bars take, from the first render on.
 RECORD_BARS = """
 window.__bars = [];
 new MutationObserver((records) => {
   for (const r of records) {
     const bars = r.type === "attributes" ? [r.target]
-      : [...r.addedNodes].flatMap((n) => n.querySelectorAll ? [...n.querySelectorAll('[role=progressbar]')] : []);
+      : [...r.addedNodes].flatMap(
+          (n) => n.querySelectorAll ? [...n.querySelectorAll('[role=progressbar]')] : []);
     for (const bar of bars) {
       if (bar.getAttribute && bar.getAttribute("role") === "progressbar")
         window.__bars.push(Number(bar.getAttribute("aria-valuenow")));
@@ -132,7 +140,8 @@ def test_cancel_ends_cancelled_without_a_download(page):
     page.get_by_role("button", name="Export data").click()
     task = first_task(page)
     expect(task.get_by_role("progressbar")).to_have_attribute(
-        "aria-valuenow", re.compile(r"^[1-9]\d?$"), timeout=30_000)
+        "aria-valuenow", re.compile(r"^[1-9]\d?$"), timeout=30_000
+    )
     task.get_by_role("button", name="Cancel").click()
     expect(task.locator(".state")).to_have_text("cancelled", timeout=30_000)
     expect(task.get_by_role("link", name="Download")).to_be_hidden()

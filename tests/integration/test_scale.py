@@ -1,14 +1,21 @@
 """Scale out: several web replicas behind Nginx, a worker from another Compose
 project that shares only the Redis URL, Flower, and per-process metrics."""
+
 import os
 import subprocess
 import threading
 
 import pytest
 import requests
-
-from conftest import (BASE_URL, Api, Watcher, assert_gapless_single_terminal, compose,
-                      wait_ready, wait_until)
+from conftest import (
+    BASE_URL,
+    Api,
+    Watcher,
+    assert_gapless_single_terminal,
+    compose,
+    wait_ready,
+    wait_until,
+)
 from test_security import env_file
 
 REMOTE_REDIS_PORT = int(os.environ.get("TEST_REDIS_PORT", "16379"))
@@ -16,14 +23,21 @@ REMOTE_REDIS_PORT = int(os.environ.get("TEST_REDIS_PORT", "16379"))
 
 def web_metrics():
     """`/metrics` of every web replica, read from inside each container."""
-    script = ("import urllib.request; print(urllib.request.urlopen("
-              "'http://127.0.0.1:8000/metrics', timeout=5).read().decode())")
+    script = (
+        "import urllib.request; print(urllib.request.urlopen("
+        "'http://127.0.0.1:8000/metrics', timeout=5).read().decode())"
+    )
     replicas = compose("ps", "-q", "web").split()
     out = []
     for index in range(1, len(replicas) + 1):
         text = compose("exec", "-T", "--index", str(index), "web", "python", "-c", script)
-        out.append({line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-                    if line and not line.startswith("#")})
+        out.append(
+            {
+                line.split()[0]: float(line.split()[1])
+                for line in text.splitlines()
+                if line and not line.startswith("#")
+            }
+        )
     return out
 
 
@@ -53,15 +67,20 @@ def test_forty_clients_over_two_web_replicas_and_one_replica_removed(two_web_rep
         assert len(per_replica) == 2
         assert all(m["taskbeam_connected_clients"] > 0 for m in per_replica), per_replica
         assert sum(m["taskbeam_subscriptions"] for m in per_replica) - subscriptions_before == 40
-        wait_until(lambda: all(w.last_seq(t["id"]) >= 3 for w, t in zip(watchers, tasks)), 60,
-                   what="every task under way")
+        wait_until(
+            lambda: all(w.last_seq(t["id"]) >= 3 for w, t in zip(watchers, tasks)),
+            60,
+            what="every task under way",
+        )
         compose("up", "-d", "--wait", "--scale", "web=1", "--scale", "worker=3", timeout=180)
         for watcher, task in zip(watchers, tasks):
             watcher.wait_terminal([task["id"]], timeout=120)
             assert_gapless_single_terminal(watcher.history(task["id"]))
         assert sum(w.connects > 1 for w in watchers) > 0, "nobody had to move"
-        workers = {api.snapshot(t["id"])["worker"] for api, t in
-                   zip([sessions[i % 4] for i in range(40)], tasks)}
+        workers = {
+            api.snapshot(t["id"])["worker"]
+            for api, t in zip([sessions[i % 4] for i in range(40)], tasks)
+        }
         assert len(workers) >= 2
     finally:
         for i, task in enumerate(tasks):  # no backlog left for the next test on failure
@@ -79,28 +98,46 @@ def remote_worker():
     env = env_file()
     override = ["-f", "docker-compose.yml", "-f", "redis/expose.yml"]
     os.environ["REDIS_PORT"] = str(REMOTE_REDIS_PORT)
-    remote_env = {**os.environ, "COMPOSE_ENV_FILES": os.environ["COMPOSE_ENV_FILES"],
-                  "REDIS_URL": f"redis://:{env['REDIS_PASSWORD']}@127.0.0.1:{REMOTE_REDIS_PORT}/0",
-                  "WORKER_NETWORK_MODE": "host", "DEMO_DATA": "0"}
-    remote = ["docker", "compose", "-p", f"{os.environ['COMPOSE_PROJECT_NAME']}-remote",
-              "-f", "worker/compose.yml"]
+    remote_env = {
+        **os.environ,
+        "COMPOSE_ENV_FILES": os.environ["COMPOSE_ENV_FILES"],
+        "REDIS_URL": f"redis://:{env['REDIS_PASSWORD']}@127.0.0.1:{REMOTE_REDIS_PORT}/0",
+        "WORKER_NETWORK_MODE": "host",
+        "DEMO_DATA": "0",
+    }
+    remote = [
+        "docker",
+        "compose",
+        "-p",
+        f"{os.environ['COMPOSE_PROJECT_NAME']}-remote",
+        "-f",
+        "worker/compose.yml",
+    ]
     try:
         compose(*override, "up", "-d", "--wait", "--scale", "worker=0", timeout=180)
-        subprocess.run([*remote, "up", "-d", "--wait"], env=remote_env, check=True,
-                       capture_output=True, timeout=300)
+        subprocess.run(
+            [*remote, "up", "-d", "--wait"],
+            env=remote_env,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
         wait_ready()  # Redis was recreated: the web listener resubscribes first
         yield subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip()
     finally:
-        subprocess.run([*remote, "down", "-v", "--timeout", "10"], env=remote_env,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [*remote, "down", "-v", "--timeout", "10"],
+            env=remote_env,
+            capture_output=True,
+            timeout=120,
+        )
         os.environ.pop("REDIS_PORT", None)
         # Without the override: Redis is recreated unpublished, as it was.
         compose("up", "-d", "--wait", "--scale", "worker=3", timeout=180)
         wait_ready()
 
 
-def test_a_worker_from_another_compose_project_runs_tasks_sent_here(remote_worker, api,
-                                                                     watcher):
+def test_a_worker_from_another_compose_project_runs_tasks_sent_here(remote_worker, api, watcher):
     tasks = [api.create(steps=5, step_ms=100) for _ in range(3)]
     for task in tasks:
         watcher.follow(task["id"])
@@ -118,8 +155,11 @@ def test_flower_is_behind_basic_auth():
         assert anonymous.status_code == 401
         wrong = requests.get(f"{BASE_URL}/flower/", auth=("admin", "nope"), timeout=10)
         assert wrong.status_code == 401
-        ok = requests.get(f"{BASE_URL}/flower/", timeout=10,
-                          auth=(env.get("FLOWER_USER", "admin"), env["FLOWER_PASSWORD"]))
+        ok = requests.get(
+            f"{BASE_URL}/flower/",
+            timeout=10,
+            auth=(env.get("FLOWER_USER", "admin"), env["FLOWER_PASSWORD"]),
+        )
         assert ok.status_code == 200 and "Flower" in ok.text
     finally:
         compose("--profile", "monitoring", "stop", "flower", timeout=60)
@@ -130,9 +170,11 @@ def test_polling_transport_works_with_one_web_replica(api):
     """The documented limit: long-polling needs every request of a session on one
     replica, so it is supported with one `web`; with more, clients use WebSocket."""
     import socketio
+
     client = socketio.Client(reconnection=False)
-    client.connect(BASE_URL, transports=["polling"], wait_timeout=10,
-                   headers={"Cookie": api.cookie_header()})
+    client.connect(
+        BASE_URL, transports=["polling"], wait_timeout=10, headers={"Cookie": api.cookie_header()}
+    )
     try:
         task = api.create(steps=3, step_ms=100)
         events = []
@@ -142,6 +184,7 @@ def test_polling_transport_works_with_one_web_replica(api):
             events.append(event)
             if event["state"] == "succeeded":
                 done.set()
+
         client.on("task_update", on_update)
         ack = client.call("subscribe", {"task_id": task["id"], "after": 0}, timeout=10)
         assert ack["ok"]

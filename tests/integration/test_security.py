@@ -1,4 +1,5 @@
 """Security by default, checked on the running stack."""
+
 import os
 import socket
 import subprocess
@@ -27,15 +28,29 @@ def test_no_secret_is_baked_into_an_image():
 
 
 def test_redis_refuses_clients_without_the_password():
-    out = compose("exec", "-T", "redis", "env", "-u", "REDISCLI_AUTH", "redis-cli", "ping",
-                  check=False)
+    out = compose(
+        "exec", "-T", "redis", "env", "-u", "REDISCLI_AUTH", "redis-cli", "ping", check=False
+    )
     assert "NOAUTH" in out and "PONG" not in out, out
 
 
 def test_a_placeholder_secret_key_stops_the_web_service_with_a_clear_message():
-    done = subprocess.run(["docker", "compose", "run", "--rm", "--no-deps", "-T",
-                           "-e", "SECRET_KEY=change-me", "web"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            "docker",
+            "compose",
+            "run",
+            "--rm",
+            "--no-deps",
+            "-T",
+            "-e",
+            "SECRET_KEY=change-me",
+            "web",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0
     assert "SECRET_KEY is missing, a placeholder" in done.stderr + done.stdout
     assert "Traceback" not in done.stderr + done.stdout
@@ -52,8 +67,12 @@ def test_socketio_refuses_a_foreign_origin(api):
 def test_the_page_sends_csp_and_the_usual_security_headers():
     headers = requests.get(f"{BASE_URL}/", timeout=5).headers
     csp = headers["Content-Security-Policy"]
-    for directive in ("default-src 'self'", "script-src 'self'", "frame-ancestors 'none'",
-                      "object-src 'none'"):
+    for directive in (
+        "default-src 'self'",
+        "script-src 'self'",
+        "frame-ancestors 'none'",
+        "object-src 'none'",
+    ):
         assert directive in csp
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert headers["X-Frame-Options"] == "DENY"
@@ -68,8 +87,9 @@ def test_task_creation_is_rate_limited_per_session_with_retry_after(api):
     # while this runs, so at most two windows' worth are needed to see the limit.
     created = []
     for _ in range(125):
-        response = api.request("POST", "/api/tasks",
-                               json={"kind": "simulate", "params": {"steps": 1, "step_ms": 0}})
+        response = api.request(
+            "POST", "/api/tasks", json={"kind": "simulate", "params": {"steps": 1, "step_ms": 0}}
+        )
         if response.status_code == 429:
             break
         assert response.status_code == 202
@@ -82,16 +102,20 @@ def test_task_creation_is_rate_limited_per_session_with_retry_after(api):
     assert listed == set(created), "a refused creation must not leave a task behind"
 
 
-@pytest.mark.parametrize("event, payload", [
-    ("subscribe", {"task_id": "x" * 200_000}),
-    ("subscribe", {"task_id": ["a"], "after": {}}),
-    ("subscribe", [1, 2, 3]),
-    ("unsubscribe", 42),
-    ("no_such_event", {"task_id": "x"}),
-    ("subscribe", {"task_id": "a-task-of-somebody-else", "after": 0}),
-])
+@pytest.mark.parametrize(
+    "event, payload",
+    [
+        ("subscribe", {"task_id": "x" * 200_000}),
+        ("subscribe", {"task_id": ["a"], "after": {}}),
+        ("subscribe", [1, 2, 3]),
+        ("unsubscribe", 42),
+        ("no_such_event", {"task_id": "x"}),
+        ("subscribe", {"task_id": "a-task-of-somebody-else", "after": 0}),
+    ],
+)
 def test_malformed_socket_payloads_get_error_acks_and_the_connection_stays_usable(
-        api, watcher, event, payload):
+    api, watcher, event, payload
+):
     ack = watcher.sio.call(event, payload, timeout=10)
     assert ack["ok"] is False
     assert ack["error"]["code"] in ("invalid_params", "not_found", "unknown_event")
@@ -114,22 +138,53 @@ def test_a_socket_message_over_the_limit_closes_only_that_connection(api):
 
 
 def test_a_placeholder_redis_password_stops_the_web_service_with_a_clear_message():
-    done = subprocess.run(["docker", "compose", "run", "--rm", "--no-deps", "-T",
-                           "-e", "REDIS_URL=redis://:change-me@redis:6379/0", "web"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            "docker",
+            "compose",
+            "run",
+            "--rm",
+            "--no-deps",
+            "-T",
+            "-e",
+            "REDIS_URL=redis://:change-me@redis:6379/0",
+            "web",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0
     assert "REDIS_URL has a placeholder password" in done.stderr + done.stdout
     assert "Traceback" not in done.stderr + done.stdout
 
 
 def test_session_cookie_secure_marks_the_cookie_secure():
-    script = ("from gevent import monkey; monkey.patch_all(); "
-              "import os; from taskbeam.web import create_app; "
-              "print(create_app().test_client().get('/healthz').headers['Set-Cookie'], "
-              "flush=True); os._exit(0)")
-    done = subprocess.run(["docker", "compose", "run", "--rm", "--no-deps", "-T",
-                           "-e", "SESSION_COOKIE_SECURE=1", "web", "python", "-c", script],
-                          capture_output=True, text=True, timeout=120)
+    script = (
+        "from gevent import monkey; monkey.patch_all(); "
+        "import os; from taskbeam.web import create_app; "
+        "print(create_app().test_client().get('/healthz').headers['Set-Cookie'], "
+        "flush=True); os._exit(0)"
+    )
+    done = subprocess.run(
+        [
+            "docker",
+            "compose",
+            "run",
+            "--rm",
+            "--no-deps",
+            "-T",
+            "-e",
+            "SESSION_COOKIE_SECURE=1",
+            "web",
+            "python",
+            "-c",
+            script,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "; Secure" in done.stdout
     # Off by default: the stack under test is plain HTTP.
@@ -140,10 +195,12 @@ def websocket_opening(host, port):
     """What the server sends on a direct WebSocket open with this Host: the handshake
     and, if a session opened, Engine.IO's open packet (read until it or EOF)."""
     with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as raw:
-        raw.sendall(f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
-                    f"Host: {host}\r\nOrigin: http://{host}\r\n"
-                    "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode())
+        raw.sendall(
+            f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
+            f"Host: {host}\r\nOrigin: http://{host}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode()
+        )
         data = b""
         while b'"sid"' not in data:
             chunk = raw.recv(4096)
@@ -160,8 +217,12 @@ def test_an_unknown_host_name_gets_421_on_the_api_and_the_socket_handshake(api):
         response = api.request("GET", path, headers=rebound)
         assert response.status_code == 421, (path, response.text)
         assert response.json()["error"]["code"] == "misdirected_request"
-    assert api.request("POST", "/api/tasks", headers=rebound,
-                       json={"kind": "simulate", "params": {"steps": 1}}).status_code == 421
+    assert (
+        api.request(
+            "POST", "/api/tasks", headers=rebound, json={"kind": "simulate", "params": {"steps": 1}}
+        ).status_code
+        == 421
+    )
     # A WebSocket that opens directly (no polling first) is refused too: the
     # WebSocket handler answers 101 before the app runs, so what shows is that no
     # Engine.IO session opens (no "sid") and the connection ends.
@@ -182,8 +243,11 @@ def test_vendor_files_and_downloads_keep_the_security_headers(api):
     assert vendor.status_code == 200 and "immutable" in vendor.headers["Cache-Control"]
     assert_security_headers(vendor.headers)
     task = api.create("export", limit=10)
-    done = wait_until(lambda: (s := api.snapshot(task["id"]))["state"] in ("succeeded", "failed")
-                      and s, 60, what="the export to finish")
+    done = wait_until(
+        lambda: (s := api.snapshot(task["id"]))["state"] in ("succeeded", "failed") and s,
+        60,
+        what="the export to finish",
+    )
     assert done["state"] == "succeeded", done
     download = api.request("GET", done["result"]["download_url"])
     assert download.status_code == 200 and "no-store" in download.headers["Cache-Control"]
@@ -193,8 +257,9 @@ def test_vendor_files_and_downloads_keep_the_security_headers(api):
 
 
 def test_malformed_input_gets_the_contract_error_not_a_500(api):
-    nested = api.request("POST", "/api/tasks", data="[" * 100_000,
-                         headers={"Content-Type": "application/json"})
+    nested = api.request(
+        "POST", "/api/tasks", data="[" * 100_000, headers={"Content-Type": "application/json"}
+    )
     assert nested.status_code == 400 and nested.json()["error"]["code"] == "invalid_json"
     task = api.create(steps=1, step_ms=0)
     for after in ("²", "١٢", "9" * 30):
@@ -203,8 +268,11 @@ def test_malformed_input_gets_the_contract_error_not_a_500(api):
         assert response.json()["error"]["code"] == "invalid_params"
     # "<id>:events" would name the task's event stream: a known id and an unknown
     # one must look alike.
-    for path in (f"/api/tasks/{task['id']}:events", "/api/tasks/AAAAAAAAAAAAAAAA:events",
-                 f"/api/tasks/{task['id']}:events/events"):
+    for path in (
+        f"/api/tasks/{task['id']}:events",
+        "/api/tasks/AAAAAAAAAAAAAAAA:events",
+        f"/api/tasks/{task['id']}:events/events",
+    ):
         response = api.request("GET", path)
         assert response.status_code == 404, (path, response.text)
         assert response.json()["error"]["code"] == "not_found"
@@ -214,12 +282,21 @@ def test_flowers_password_is_not_on_any_command_line():
     env = env_file()
     compose("--profile", "monitoring", "up", "-d", "--wait", "flower", timeout=180)
     try:
-        cmdlines = compose("exec", "-T", "flower", "sh", "-c",
-                           "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done")
+        cmdlines = compose(
+            "exec",
+            "-T",
+            "flower",
+            "sh",
+            "-c",
+            "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done",
+        )
         assert "flower" in cmdlines
         assert env["FLOWER_PASSWORD"] not in cmdlines
-        ok = requests.get(f"{BASE_URL}/flower/", timeout=10,
-                          auth=(env.get("FLOWER_USER", "admin"), env["FLOWER_PASSWORD"]))
+        ok = requests.get(
+            f"{BASE_URL}/flower/",
+            timeout=10,
+            auth=(env.get("FLOWER_USER", "admin"), env["FLOWER_PASSWORD"]),
+        )
         assert ok.status_code == 200
         assert requests.get(f"{BASE_URL}/flower/", timeout=10).status_code == 401
     finally:

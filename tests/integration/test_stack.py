@@ -1,8 +1,8 @@
 """The stack as a user gets it from `make up`: healthy, locked down, live progress end to end."""
+
 import json
 
 import requests
-
 from conftest import BASE_URL, assert_gapless_single_terminal, compose, docker
 
 SERVICES = ("redis", "web", "worker", "nginx")
@@ -21,10 +21,8 @@ def test_readyz_and_healthz_answer_through_nginx():
 def test_every_service_runs_as_non_root():
     for service in SERVICES:
         for index in range(1, int(compose("ps", "-q", service).count("\n")) + 1):
-            status = compose("exec", "-T", "--index", str(index), service,
-                             "cat", "/proc/1/status")
-            uid = next(line.split()[1] for line in status.splitlines()
-                       if line.startswith("Uid:"))
+            status = compose("exec", "-T", "--index", str(index), service, "cat", "/proc/1/status")
+            uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
             assert uid != "0", f"{service} #{index} runs as root"
 
 

@@ -4,11 +4,13 @@
 .ci/provision.sh) on a Unix socket of its own, so the store's Lua scripts and the
 listener's parser are tested against the real thing without touching any port.
 """
+
 import shutil
 import subprocess
 import time
 
 import pytest
+
 import redis as redis_lib
 
 
@@ -19,8 +21,10 @@ def redis_server(tmp_path_factory):
     if binary is None:
         pytest.fail("redis-server is needed: apt-get install redis-server (.ci/provision.sh does)")
     sock = str(tmp_path_factory.mktemp("redis") / "redis.sock")
-    proc = subprocess.Popen([binary, "--port", "0", "--unixsocket", sock, "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [binary, "--port", "0", "--unixsocket", sock, "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
     client = redis_lib.Redis(unix_socket_path=sock)
     deadline = time.monotonic() + 10
     while True:

@@ -1,6 +1,7 @@
 """Unit tests for the REST layer's input handling, on a Flask app with stub services:
 bad ``after``/``limit``, malformed task ids, deeply nested JSON, per-IP rate limit,
 the active-task cap, paged events spliced from stored JSON, and the Host allow-list."""
+
 import json
 from types import SimpleNamespace
 
@@ -34,6 +35,7 @@ class StubRedis:
                 key = ops[0]
                 redis.counts[key] = redis.counts.get(key, 0) + 1
                 return [redis.counts[key], True]
+
         return Pipe()
 
 
@@ -52,7 +54,7 @@ class StubStore:
         return rec
 
     def events_page(self, task_id, after, limit):
-        page = self.events[after:after + limit]
+        page = self.events[after : after + limit]
         return page, after + len(page), after + limit < len(self.events)
 
     def create(self, *, kind, owner, params, max_active=0):
@@ -62,13 +64,15 @@ class StubStore:
 
 
 def make_app(store=None, **env):
-    settings = config.load({"REDIS_URL": "redis://:pw@redis:6379/0",
-                            "SECRET_KEY": "k" * 40, **env})
+    settings = config.load({"REDIS_URL": "redis://:pw@redis:6379/0", "SECRET_KEY": "k" * 40, **env})
     app = Flask(__name__)
     app.config.update(SECRET_KEY=settings.secret_key)
     app.extensions["taskbeam"] = SimpleNamespace(
-        settings=settings, redis=StubRedis(), store=store or StubStore(),
-        celery=SimpleNamespace(send_task=lambda *a, **k: None))
+        settings=settings,
+        redis=StubRedis(),
+        store=store or StubStore(),
+        celery=SimpleNamespace(send_task=lambda *a, **k: None),
+    )
 
     @app.before_request
     def owner():
@@ -81,8 +85,17 @@ def make_app(store=None, **env):
 
 
 def events(n):
-    return [{"task_id": KNOWN, "seq": s, "state": "running", "progress": s / n * 100,
-             "message": f"step {s}", "ts": 1.5} for s in range(1, n + 1)]
+    return [
+        {
+            "task_id": KNOWN,
+            "seq": s,
+            "state": "running",
+            "progress": s / n * 100,
+            "message": f"step {s}",
+            "ts": 1.5,
+        }
+        for s in range(1, n + 1)
+    ]
 
 
 def code_of(response):
@@ -91,16 +104,18 @@ def code_of(response):
 
 @pytest.mark.parametrize("after", ["²", "١٢", "1²", "-1", "1.0", " 1", "", "9" * 19, "0x1"])
 def test_after_must_be_ascii_digits_within_bounds(after):
-    response = make_app().test_client().get(f"/api/tasks/{KNOWN}/events",
-                                            query_string={"after": after})
+    response = (
+        make_app().test_client().get(f"/api/tasks/{KNOWN}/events", query_string={"after": after})
+    )
     assert response.status_code == 400
     assert code_of(response) == "invalid_params"
 
 
 @pytest.mark.parametrize("limit", ["0", "501", "²", "ten", ""])
 def test_limit_must_be_1_to_500(limit):
-    response = make_app().test_client().get(f"/api/tasks/{KNOWN}/events",
-                                            query_string={"limit": limit})
+    response = (
+        make_app().test_client().get(f"/api/tasks/{KNOWN}/events", query_string={"limit": limit})
+    )
     assert response.status_code == 400
     assert code_of(response) == "invalid_params"
 
@@ -131,13 +146,25 @@ def test_events_body_is_the_stored_json_spliced():
     assert body.startswith('{"events":[' + ",".join(store.events) + "]")
 
 
-@pytest.mark.parametrize("task_id", [f"{KNOWN}:events", KNOWN[:-1], KNOWN + "x", "a" * 200,
-                                     "AbCdEfGh.jKlMn_-", "AbCdEfGhIjKlMn_%C3%A9"])
+@pytest.mark.parametrize(
+    "task_id",
+    [
+        f"{KNOWN}:events",
+        KNOWN[:-1],
+        KNOWN + "x",
+        "a" * 200,
+        "AbCdEfGh.jKlMn_-",
+        "AbCdEfGhIjKlMn_%C3%A9",
+    ],
+)
 def test_malformed_task_ids_are_404_without_a_lookup(task_id):
     store = StubStore()
     client = make_app(store).test_client()
-    for path in (f"/api/tasks/{task_id}", f"/api/tasks/{task_id}/events",
-                 f"/api/tasks/{task_id}/download"):
+    for path in (
+        f"/api/tasks/{task_id}",
+        f"/api/tasks/{task_id}/events",
+        f"/api/tasks/{task_id}/download",
+    ):
         response = client.get(path)
         assert response.status_code == 404 and code_of(response) == "not_found", path
     assert store.looked_up == []
@@ -151,16 +178,21 @@ def test_valid_task_id():
 
 @pytest.mark.parametrize("body", ["[" * 100_000, '{"a":' * 100_000, "[" * 100_000 + "]" * 100_000])
 def test_deeply_nested_json_is_invalid_json_not_500(body):
-    response = make_app().test_client().post("/api/tasks", data=body,
-                                             content_type="application/json")
+    response = (
+        make_app().test_client().post("/api/tasks", data=body, content_type="application/json")
+    )
     assert response.status_code == 400
     assert code_of(response) == "invalid_json"
 
 
 def create(client, ip, xff=None):
     headers = {"X-Forwarded-For": xff} if xff else {}
-    return client.post("/api/tasks", json={"kind": "simulate", "params": {"steps": 1}},
-                       environ_base={"REMOTE_ADDR": ip}, headers=headers)
+    return client.post(
+        "/api/tasks",
+        json={"kind": "simulate", "params": {"steps": 1}},
+        environ_base={"REMOTE_ADDR": ip},
+        headers=headers,
+    )
 
 
 def test_creations_are_limited_per_client_address_across_sessions():
@@ -179,8 +211,10 @@ def test_creations_are_limited_per_client_address_across_sessions():
 def test_only_the_last_forwarded_address_counts():
     """X-Forwarded-For is trusted for one hop (Nginx's): a client's own entries are ignored."""
     app = make_app(RATE_LIMIT_PER_IP_PER_MINUTE="60")
-    statuses = [create(app.test_client(), "172.18.0.1", f"10.0.0.{i}, 203.0.113.9").status_code
-                for i in range(61)]
+    statuses = [
+        create(app.test_client(), "172.18.0.1", f"10.0.0.{i}, 203.0.113.9").status_code
+        for i in range(61)
+    ]
     assert statuses[-1] == 429
 
 
@@ -193,15 +227,34 @@ def test_too_many_active_tasks_is_429_too_many_active():
     assert "10" in response.get_json()["error"]["message"]
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1:18181", "localhost", "LOCALHOST:8080", "[::1]:8080",
-                                  "10.1.2.3", "web:8000", "tasks.example", "partner.example:8443"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1:18181",
+        "localhost",
+        "LOCALHOST:8080",
+        "[::1]:8080",
+        "10.1.2.3",
+        "web:8000",
+        "tasks.example",
+        "partner.example:8443",
+    ],
+)
 def test_allowed_hosts(host):
     app = make_app(ALLOWED_HOSTS="tasks.example", ALLOWED_ORIGINS="https://partner.example")
     assert app.test_client().get("/healthz", headers={"Host": host}).status_code == 200
 
 
-@pytest.mark.parametrize("host", ["evil.example", "evil.example:8080", "localhost.evil.example",
-                                  "tasks.example.evil", "127.0.0.1.nip.io"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example",
+        "evil.example:8080",
+        "localhost.evil.example",
+        "tasks.example.evil",
+        "127.0.0.1.nip.io",
+    ],
+)
 def test_other_hosts_get_421_in_the_contract_shape(host):
     app = make_app(ALLOWED_HOSTS="tasks.example")
     for path in ("/api/tasks", "/socket.io/?EIO=4&transport=polling"):

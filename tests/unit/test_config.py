@@ -1,4 +1,5 @@
 """Unit tests for environment validation in taskbeam.config."""
+
 import pytest
 
 from taskbeam import config
@@ -59,11 +60,14 @@ def test_non_integer_refused():
         config.load(env(EVENT_LOG_MAXLEN="ten"))
 
 
-@pytest.mark.parametrize("name, value", [
-    ("RATE_LIMIT_PER_MINUTE", "10"),
-    ("PROGRESS_COALESCE_MS", "-1"),
-    ("TASK_MAX_REDELIVERIES", "101"),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("RATE_LIMIT_PER_MINUTE", "10"),
+        ("PROGRESS_COALESCE_MS", "-1"),
+        ("TASK_MAX_REDELIVERIES", "101"),
+    ],
+)
 def test_out_of_range_integer_refused(name, value):
     with pytest.raises(config.ConfigError, match=f"{name} must be between"):
         config.load(env(**{name: value}))
@@ -113,8 +117,15 @@ def test_load_or_exit_returns_settings():
     assert config.load_or_exit(env=env()).secret_key == SECRET
 
 
-@pytest.mark.parametrize("url", ["redis://:change-me@redis:6379/0", "redis://:CHANGEME@redis:6379/0",
-                                 "rediss://user:change-me@redis:6380/0", "redis://:@redis:6379/0"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:change-me@redis:6379/0",
+        "redis://:CHANGEME@redis:6379/0",
+        "rediss://user:change-me@redis:6380/0",
+        "redis://:@redis:6379/0",
+    ],
+)
 def test_placeholder_redis_password_refused(url):
     with pytest.raises(config.ConfigError, match="REDIS_URL has a placeholder password"):
         config.load(env(REDIS_URL=url), need_secret=False)
@@ -134,8 +145,10 @@ def test_limit_and_cookie_defaults():
     assert settings.allowed_hosts == ()
 
 
-@pytest.mark.parametrize("raw, expected", [("1", True), ("true", True), ("YES", True),
-                                           ("0", False), ("false", False), ("", False)])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [("1", True), ("true", True), ("YES", True), ("0", False), ("false", False), ("", False)],
+)
 def test_session_cookie_secure_parsed(raw, expected):
     assert config.load(env(SESSION_COOKIE_SECURE=raw)).session_cookie_secure is expected
 
@@ -146,8 +159,12 @@ def test_session_cookie_secure_garbage_refused():
 
 
 def test_allowed_hosts_parsed_and_include_the_allowed_origins_hosts():
-    settings = config.load(env(ALLOWED_HOSTS=" App.Example, tasks.example ,,",
-                               ALLOWED_ORIGINS="https://partner.example:8443"))
+    settings = config.load(
+        env(
+            ALLOWED_HOSTS=" App.Example, tasks.example ,,",
+            ALLOWED_ORIGINS="https://partner.example:8443",
+        )
+    )
     assert settings.allowed_hosts == ("app.example", "tasks.example", "partner.example")
 
 

@@ -1,4 +1,5 @@
 """Unit tests for the deterministic demo dataset in taskbeam.demo_data."""
+
 import os
 import sqlite3
 from contextlib import closing

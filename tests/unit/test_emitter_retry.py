@@ -1,4 +1,5 @@
 """Unit tests for emitter.retrying, the bounded backoff around Redis calls."""
+
 import pytest
 from redis.exceptions import ConnectionError
 
@@ -41,8 +42,14 @@ def test_returns_on_first_success():
 
 def test_retries_with_growing_capped_delays():
     fake, action = FakeTime(), failing(6)
-    result = retrying(action, deadline_s=60, first_delay_s=0.5, max_delay_s=2.0,
-                      sleep=fake.sleep, clock=fake.clock)
+    result = retrying(
+        action,
+        deadline_s=60,
+        first_delay_s=0.5,
+        max_delay_s=2.0,
+        sleep=fake.sleep,
+        clock=fake.clock,
+    )
     assert result == "ok"
     assert len(action.calls) == 7
     assert fake.sleeps == [0.5, 1.0, 2.0, 2.0, 2.0, 2.0]
@@ -51,9 +58,15 @@ def test_retries_with_growing_capped_delays():
 def test_reraises_after_deadline():
     fake, action = FakeTime(), failing(1000)
     with pytest.raises(ConnectionError):
-        retrying(action, deadline_s=5, first_delay_s=1.0, max_delay_s=2.0,
-                 sleep=fake.sleep, clock=fake.clock)
-    assert fake.sleeps == [1.0, 2.0, 2.0]   # a fourth wait would pass the deadline
+        retrying(
+            action,
+            deadline_s=5,
+            first_delay_s=1.0,
+            max_delay_s=2.0,
+            sleep=fake.sleep,
+            clock=fake.clock,
+        )
+    assert fake.sleeps == [1.0, 2.0, 2.0]  # a fourth wait would pass the deadline
     assert fake.now <= 5
 
 

@@ -1,4 +1,5 @@
 """Unit tests for the export job: params, CSV writing, end-to-end runs and cleanup."""
+
 import csv
 import gzip
 import io
@@ -25,8 +26,11 @@ def db_path(tmp_path_factory):
 
 
 def make_settings(db_path, tmp_path, **env):
-    base = {"REDIS_URL": "redis://r:6379/0", "DATABASE_URL": f"sqlite:///{db_path}",
-            "EXPORT_DIR": str(tmp_path / "exports")}
+    base = {
+        "REDIS_URL": "redis://r:6379/0",
+        "DATABASE_URL": f"sqlite:///{db_path}",
+        "EXPORT_DIR": str(tmp_path / "exports"),
+    }
     base.update(env)
     return config.load(base, need_secret=False)
 
@@ -41,8 +45,9 @@ def run(settings, params, task_id="t1", callback=None, run_id="1"):
     calls = []
     callback = callback or (lambda *args: calls.append(args))
     with progress.reporting_to(callback, task_id=task_id, run=run_id):
-        result = export.run_export(export.export_params(params, settings), task_id, run_id,
-                                   settings)
+        result = export.run_export(
+            export.export_params(params, settings), task_id, run_id, settings
+        )
     return result, calls
 
 
@@ -59,21 +64,36 @@ def sql_count(db_path, where="", args=()):
 
 # --- export_params -----------------------------------------------------------
 
+
 def test_export_is_registered():
     assert jobs.JOBS["export"].celery_name == "taskbeam.export"
 
 
 def test_params_defaults(settings):
     assert export.export_params({}, settings) == {
-        "format": "csv", "columns": list(settings.export_columns)}
+        "format": "csv",
+        "columns": list(settings.export_columns),
+    }
 
 
 def test_params_keeps_and_normalises_good_values(settings):
-    clean = export.export_params({"format": "csv.gz", "columns": ["amount", "id"],
-                                  "date_from": "20240301", "date_to": "2024-06-30",
-                                  "limit": 10}, settings)
-    assert clean == {"format": "csv.gz", "columns": ["amount", "id"],
-                     "date_from": "2024-03-01", "date_to": "2024-06-30", "limit": 10}
+    clean = export.export_params(
+        {
+            "format": "csv.gz",
+            "columns": ["amount", "id"],
+            "date_from": "20240301",
+            "date_to": "2024-06-30",
+            "limit": 10,
+        },
+        settings,
+    )
+    assert clean == {
+        "format": "csv.gz",
+        "columns": ["amount", "id"],
+        "date_from": "2024-03-01",
+        "date_to": "2024-06-30",
+        "limit": 10,
+    }
 
 
 def test_params_same_day_range_is_allowed(settings):
@@ -86,25 +106,28 @@ def test_params_none_values_are_absent(settings):
     assert clean == {"format": "csv", "columns": list(settings.export_columns)}
 
 
-@pytest.mark.parametrize("params, field", [
-    ({"format": "xlsx"}, "format"),
-    ({"format": "CSV"}, "format"),
-    ({"columns": []}, "columns"),
-    ({"columns": ["id", "password"]}, "columns"),
-    ({"columns": ["id", "id"]}, "columns"),
-    ({"columns": "id"}, "columns"),
-    ({"columns": {"id": True}}, "columns"),
-    ({"columns": None}, "columns"),
-    ({"date_from": "2024-13-01"}, "date_from"),
-    ({"date_from": 20240101}, "date_from"),
-    ({"date_to": "yesterday"}, "date_to"),
-    ({"date_from": "2024-06-01", "date_to": "2024-05-31"}, "date_to"),
-    ({"limit": 0}, "limit"),
-    ({"limit": True}, "limit"),
-    ({"limit": "10"}, "limit"),
-    ({"limit": export.MAX_LIMIT + 1}, "limit"),
-    ({"table": "users"}, "table"),
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"format": "xlsx"}, "format"),
+        ({"format": "CSV"}, "format"),
+        ({"columns": []}, "columns"),
+        ({"columns": ["id", "password"]}, "columns"),
+        ({"columns": ["id", "id"]}, "columns"),
+        ({"columns": "id"}, "columns"),
+        ({"columns": {"id": True}}, "columns"),
+        ({"columns": None}, "columns"),
+        ({"date_from": "2024-13-01"}, "date_from"),
+        ({"date_from": 20240101}, "date_from"),
+        ({"date_to": "yesterday"}, "date_to"),
+        ({"date_from": "2024-06-01", "date_to": "2024-05-31"}, "date_to"),
+        ({"limit": 0}, "limit"),
+        ({"limit": True}, "limit"),
+        ({"limit": "10"}, "limit"),
+        ({"limit": export.MAX_LIMIT + 1}, "limit"),
+        ({"table": "users"}, "table"),
+    ],
+)
 def test_params_errors_name_the_field(settings, params, field):
     with pytest.raises(jobs.ParamError) as exc_info:
         export.export_params(params, settings)
@@ -117,6 +140,7 @@ def test_params_unknown_column_is_named(settings):
 
 
 # --- write_csv -----------------------------------------------------------------
+
 
 def test_write_csv_quotes_and_reports():
     out, calls = io.StringIO(), []
@@ -137,6 +161,7 @@ def test_write_csv_with_no_rows_writes_the_header():
 
 
 # --- run_export -----------------------------------------------------------------
+
 
 def test_export_whole_table(settings):
     result, calls = run(settings, {})
@@ -166,8 +191,7 @@ def test_export_job_uses_the_task_id(settings, monkeypatch):
 
 def test_export_date_range_is_inclusive(settings, db_path):
     result, calls = run(settings, {"date_from": "2024-03-01", "date_to": "2024-03-31"})
-    expected = sql_count(db_path, "WHERE order_date BETWEEN ? AND ?",
-                         ("2024-03-01", "2024-03-31"))
+    expected = sql_count(db_path, "WHERE order_date BETWEEN ? AND ?", ("2024-03-01", "2024-03-31"))
     assert 0 < expected < ROWS
     assert result["rows"] == expected
     rows = read_csv(export.export_paths(settings, "t1", "1", "csv")[0])[1:]
@@ -188,7 +212,8 @@ def test_export_empty_range(settings):
     result, calls = run(settings, {"date_from": "2030-01-01"})
     assert result["rows"] == 0
     assert read_csv(export.export_paths(settings, "t1", "1", "csv")[0]) == [
-        list(settings.export_columns)]
+        list(settings.export_columns)
+    ]
     assert calls[-1][:2] == (0, 0)
 
 
@@ -238,10 +263,12 @@ def test_export_missing_table_column_is_a_job_error(db_path, tmp_path):
 
 def raise_after_first_batch(exc, folder, seen):
     """A progress callback that records the folder's files, then raises after batch one."""
+
     def callback(done, total, message):
         if done > 0:
             seen.append((done, total, sorted(os.listdir(folder))))
             raise exc
+
     return callback
 
 

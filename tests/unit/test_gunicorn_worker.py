@@ -1,4 +1,5 @@
 """The web role's connection handler: a small read buffer that still reads whole requests."""
+
 import sys
 
 import gevent

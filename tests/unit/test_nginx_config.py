@@ -3,6 +3,7 @@
 The running config is checked by Nginx itself in the integration stack; these catch
 a limit that is not filled in, a bad value that would start anyway, and a location
 that loses the security headers (a location with any add_header inherits none)."""
+
 import os
 import re
 import subprocess
@@ -11,16 +12,23 @@ from pathlib import Path
 import pytest
 
 NGINX = Path(__file__).resolve().parents[2] / "nginx"
-LIMITS = {"CREATES_PER_MINUTE_PER_IP": "7", "CREATE_BURST_PER_IP": "3",
-          "EVENT_READS_PER_SECOND_PER_IP": "11", "EVENT_READS_BURST_PER_IP": "13",
-          "WS_CONNECTIONS_PER_IP": "17"}
+LIMITS = {
+    "CREATES_PER_MINUTE_PER_IP": "7",
+    "CREATE_BURST_PER_IP": "3",
+    "EVENT_READS_PER_SECOND_PER_IP": "11",
+    "EVENT_READS_BURST_PER_IP": "13",
+    "WS_CONNECTIONS_PER_IP": "17",
+}
 
 
 def render(**env):
-    return subprocess.run(["sh", str(NGINX / "start.sh"), "render"], capture_output=True,
-                          text=True, timeout=10,
-                          env={"PATH": os.environ["PATH"],
-                               "NGINX_TEMPLATE": str(NGINX / "nginx.conf"), **env})
+    return subprocess.run(
+        ["sh", str(NGINX / "start.sh"), "render"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        env={"PATH": os.environ["PATH"], "NGINX_TEMPLATE": str(NGINX / "nginx.conf"), **env},
+    )
 
 
 def config_lines(text):
@@ -90,6 +98,9 @@ def test_every_location_with_its_own_headers_includes_the_security_headers():
 
 def test_the_snippet_sets_the_three_headers():
     snippet = (NGINX / "security-headers.conf").read_text()
-    for header in ("X-Content-Type-Options nosniff", "X-Frame-Options DENY",
-                   "Referrer-Policy same-origin"):
+    for header in (
+        "X-Content-Type-Options nosniff",
+        "X-Frame-Options DENY",
+        "Referrer-Policy same-origin",
+    ):
         assert f"add_header {header} always;" in snippet

@@ -1,4 +1,5 @@
 """Unit tests for the OpenAPI document served at /api/openapi.json."""
+
 import json
 
 from taskbeam import config
@@ -6,8 +7,9 @@ from taskbeam.web import openapi
 
 
 def openapi_document():
-    return openapi.openapi_document(config.load({"REDIS_URL": "redis://redis:6379/0"},
-                                                need_secret=False))
+    return openapi.openapi_document(
+        config.load({"REDIS_URL": "redis://redis:6379/0"}, need_secret=False)
+    )
 
 
 def test_openapi_version():

@@ -1,4 +1,5 @@
 """Unit tests for web.origin_allowed, the Socket.IO origin check."""
+
 from types import SimpleNamespace
 
 import pytest
@@ -9,20 +10,33 @@ OWN = "https://app.example"
 SETTINGS = SimpleNamespace(allowed_origins=("https://partner.example", "http://localhost:3000"))
 
 
-@pytest.mark.parametrize("origin", [
-    OWN, OWN + "/", "https://partner.example", "http://localhost:3000/",
-])
+@pytest.mark.parametrize(
+    "origin",
+    [
+        OWN,
+        OWN + "/",
+        "https://partner.example",
+        "http://localhost:3000/",
+    ],
+)
 def test_allowed(origin):
     assert origin_allowed(origin, SETTINGS, OWN)
 
 
-@pytest.mark.parametrize("origin", [
-    "https://evil.example",
-    "http://app.example",             # other scheme
-    "https://app.example:8443",       # other port
-    "https://partner.example.evil",
-    "", None, "null", "not a url", "://",
-])
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://evil.example",
+        "http://app.example",  # other scheme
+        "https://app.example:8443",  # other port
+        "https://partner.example.evil",
+        "",
+        None,
+        "null",
+        "not a url",
+        "://",
+    ],
+)
 def test_refused(origin):
     assert not origin_allowed(origin, SETTINGS, OWN)
 

@@ -1,20 +1,24 @@
 """Unit tests for the pure helpers in taskbeam.protocol."""
+
 import pytest
 
 from taskbeam import protocol
 
 
-@pytest.mark.parametrize("done, total, expected", [
-    (0, 10, 0.0),
-    (5, 10, 50.0),
-    (10, 10, 100.0),
-    (15, 10, 100.0),   # clamped above
-    (-3, 10, 0.0),     # clamped below
-    (1, 3, 33.3),      # rounded to 0.1
-    (2, 3, 66.7),
-    (0, 0, 100.0),     # nothing to do means done
-    (3, -1, 100.0),
-])
+@pytest.mark.parametrize(
+    "done, total, expected",
+    [
+        (0, 10, 0.0),
+        (5, 10, 50.0),
+        (10, 10, 100.0),
+        (15, 10, 100.0),  # clamped above
+        (-3, 10, 0.0),  # clamped below
+        (1, 3, 33.3),  # rounded to 0.1
+        (2, 3, 66.7),
+        (0, 0, 100.0),  # nothing to do means done
+        (3, -1, 100.0),
+    ],
+)
 def test_percent(done, total, expected):
     assert protocol.percent(done, total) == expected
 
@@ -69,7 +73,7 @@ def test_coalescer_admits_after_window(coalescer, clock):
     assert coalescer.admit(protocol.RUNNING, 1.0)
     clock.now += 0.25
     assert not coalescer.admit(protocol.RUNNING, 2.0)
-    clock.now += 0.25   # a full window since the last admitted report
+    clock.now += 0.25  # a full window since the last admitted report
     assert coalescer.admit(protocol.RUNNING, 3.0)
 
 

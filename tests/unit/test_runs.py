@@ -5,12 +5,13 @@ The worker module is imported with a placeholder REDIS_URL (nothing connects at
 import); every test builds its own runtime on the throwaway Redis, with a
 recording stand-in for Flask-SocketIO's emitter and Celery's ``send_task``.
 """
+
 import json
 import os
 
 import pytest
-import redis as redis_lib
 
+import redis as redis_lib
 from taskbeam import broker, config, progress, protocol
 from taskbeam.emitter import Emitter
 from taskbeam.store import LeaseLost, TaskFinished, TaskStore, TooManyActive
@@ -43,14 +44,16 @@ class Sent:
 
 @pytest.fixture
 def settings():
-    return config.load({"REDIS_URL": "redis://placeholder:6379/0", "TASKBEAM_NAMESPACE": "t"},
-                       need_secret=False)
+    return config.load(
+        {"REDIS_URL": "redis://placeholder:6379/0", "TASKBEAM_NAMESPACE": "t"}, need_secret=False
+    )
 
 
 @pytest.fixture
 def rt(redis_client, settings, monkeypatch):
-    runtime = worker.Runtime(settings, worker.broker.make_celery(settings),
-                             TaskStore(redis_client, settings), None)
+    runtime = worker.Runtime(
+        settings, worker.broker.make_celery(settings), TaskStore(redis_client, settings), None
+    )
     runtime.emitter = Emitter(runtime.store, Published(), retry_for_s=1)
     monkeypatch.setattr(runtime.celery, "send_task", Sent())
     return runtime
@@ -88,7 +91,10 @@ def test_a_run_that_lost_its_lease_writes_nothing(rt):
     rt.store.release_lease(task_id, old)  # the loser cannot free the new run's lease
     assert rt.store.renew_lease(task_id, new, 10) is True
     assert [(e["state"], e["progress"]) for e in history(rt, task_id)] == [
-        ("queued", 0), ("running", 40), ("retrying", 0)]
+        ("queued", 0),
+        ("running", 40),
+        ("retrying", 0),
+    ]
 
 
 def test_a_reaped_lease_fences_the_old_run_before_anyone_claims(rt):
@@ -229,8 +235,10 @@ def test_sweeper_fails_a_task_whose_kind_is_gone(rt, monkeypatch):
 
 
 def test_active_task_cap_per_owner(rt):
-    tasks = [rt.store.create(kind="simulate", owner="alice", params={}, max_active=2)["id"]
-             for _ in range(2)]
+    tasks = [
+        rt.store.create(kind="simulate", owner="alice", params={}, max_active=2)["id"]
+        for _ in range(2)
+    ]
     with pytest.raises(TooManyActive):
         rt.store.create(kind="simulate", owner="alice", params={}, max_active=2)
     rt.store.create(kind="simulate", owner="bob", params={}, max_active=2)  # per owner

@@ -1,4 +1,5 @@
 """Unit tests that the vendored browser code matches its recorded checksum."""
+
 import hashlib
 import re
 from pathlib import Path
