@@ -238,7 +238,7 @@ class Lease:
         self.thread.join()
 
 
-def send_again(rt, rec):
+def send_again(rt, rec, connection):
     """Put an unfinished task back on the queue (a kind no longer known fails)."""
     job = jobs.JOBS.get(rec.get("kind"))
     if job is None:
@@ -249,7 +249,10 @@ def send_again(rt, rec):
             pass
         return
     rt.celery.send_task(
-        job.celery_name, args=[rec["id"], json.loads(rec["params"])], task_id=rec["id"]
+        job.celery_name,
+        args=[rec["id"], json.loads(rec["params"])],
+        task_id=rec["id"],
+        connection=connection,
     )
 
 
@@ -260,22 +263,33 @@ def requeue_orphans(rt=None):
     round tries it again, and the others still go out.
     """
     rt = rt or runtime
+    orphans = rt.store.reap_expired_leases()
+    if not orphans:
+        return 0
     sent = 0
-    for task_id in rt.store.reap_expired_leases():
-        try:
-            rec = rt.store.record(task_id)
-            if rec is None or rec["state"] in protocol.TERMINAL_STATES:
-                continue
-            log.warning("task %s lost its worker; sending it again", task_id)
-            send_again(rt, rec)
-            sent += 1
-        except Exception as exc:
-            log.warning("could not send task %s again (%s); retrying next round", task_id, exc)
+    with broker_connection(rt) as connection:
+        for task_id in orphans:
             try:
-                rt.store.restore_lease(task_id)
-            except redis.RedisError:
-                pass  # the sweeper finds it: unfinished, no lease, no message
+                rec = rt.store.record(task_id)
+                if rec is None or rec["state"] in protocol.TERMINAL_STATES:
+                    continue
+                log.warning("task %s lost its worker; sending it again", task_id)
+                send_again(rt, rec, connection)
+                sent += 1
+            except Exception as exc:
+                log.warning("could not send task %s again (%r); retrying next round", task_id, exc)
+                try:
+                    rt.store.restore_lease(task_id)
+                except redis.RedisError:
+                    pass  # the sweeper finds it: unfinished, no lease, no message
     return sent
+
+
+def broker_connection(rt):
+    """A broker connection of its own for housekeeping's sends, closed after each
+    round: the app's pooled producer lives in the same process as the consumer,
+    and after a broker restart kombu can leave it broken for good."""
+    return rt.celery.connection_for_write()
 
 
 def sweep_stranded(rt=None):
@@ -299,18 +313,17 @@ def sweep_stranded(rt=None):
     if queued is None:
         log.warning("sweeper: the queue is too long to scan; skipped")
         return 0
-    sent = 0
-    for rec in stranded:
-        if rec["id"] in queued:
-            continue
-        log.warning(
-            "task %s is %s with no worker and no queued message; sending it again",
-            rec["id"],
-            rec["state"],
-        )
-        send_again(rt, rec)
-        sent += 1
-    return sent
+    stranded = [rec for rec in stranded if rec["id"] not in queued]
+    if stranded:
+        with broker_connection(rt) as connection:
+            for rec in stranded:
+                log.warning(
+                    "task %s is %s with no worker and no queued message; sending it again",
+                    rec["id"],
+                    rec["state"],
+                )
+                send_again(rt, rec, connection)
+    return len(stranded)
 
 
 def _housekeeping_forever():

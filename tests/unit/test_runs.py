@@ -36,7 +36,7 @@ class Sent:
     def __init__(self, failing=()):
         self.ids, self.failing = [], set(failing)
 
-    def __call__(self, name, args=None, task_id=None):
+    def __call__(self, name, args=None, task_id=None, connection=None):
         if task_id in self.failing:
             raise ConnectionError("broker unreachable")
         self.ids.append(task_id)
