@@ -34,26 +34,22 @@ def test_redis_refuses_clients_without_the_password():
     assert "NOAUTH" in out and "PONG" not in out, out
 
 
-def test_a_placeholder_secret_key_stops_the_web_service_with_a_clear_message():
+def start_web_with(setting):
+    """Start a one-off `web` with ``setting`` (NAME=value); its exit code and output."""
     done = subprocess.run(
-        [
-            "docker",
-            "compose",
-            "run",
-            "--rm",
-            "--no-deps",
-            "-T",
-            "-e",
-            "SECRET_KEY=change-me",
-            "web",
-        ],
+        ["docker", "compose", "run", "--rm", "--no-deps", "-T", "-e", setting, "web"],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert done.returncode != 0
-    assert "SECRET_KEY is missing, a placeholder" in done.stderr + done.stdout
-    assert "Traceback" not in done.stderr + done.stdout
+    return done.returncode, done.stderr + done.stdout
+
+
+def test_a_placeholder_secret_key_stops_the_web_service_with_a_clear_message():
+    status, output = start_web_with("SECRET_KEY=change-me")
+    assert status != 0
+    assert "SECRET_KEY is missing, a placeholder" in output
+    assert "Traceback" not in output
 
 
 def test_socketio_refuses_a_foreign_origin(api):
@@ -138,25 +134,10 @@ def test_a_socket_message_over_the_limit_closes_only_that_connection(api):
 
 
 def test_a_placeholder_redis_password_stops_the_web_service_with_a_clear_message():
-    done = subprocess.run(
-        [
-            "docker",
-            "compose",
-            "run",
-            "--rm",
-            "--no-deps",
-            "-T",
-            "-e",
-            "REDIS_URL=redis://:change-me@redis:6379/0",
-            "web",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode != 0
-    assert "REDIS_URL has a placeholder password" in done.stderr + done.stdout
-    assert "Traceback" not in done.stderr + done.stdout
+    status, output = start_web_with("REDIS_URL=redis://:change-me@redis:6379/0")
+    assert status != 0
+    assert "REDIS_URL has a placeholder password" in output
+    assert "Traceback" not in output
 
 
 def test_session_cookie_secure_marks_the_cookie_secure():

@@ -49,3 +49,16 @@ def redis_client(redis_server):
     client.flushall()
     yield client
     client.close()
+
+
+def client_frame(opcode, payload, fin=True, key=b"\x01\x02\x03\x04", masked=True, rsv=0):
+    """A WebSocket frame as a client sends it (RFC 6455 5.2: masked unless told not)."""
+    size = len(payload)
+    if size < 126:
+        length = bytes((0x80 * masked | size,))
+    elif size < 1 << 16:
+        length = bytes((0x80 * masked | 126,)) + size.to_bytes(2, "big")
+    else:
+        length = bytes((0x80 * masked | 127,)) + size.to_bytes(8, "big")
+    body = bytes(b ^ key[i % 4] for i, b in enumerate(payload)) if masked else payload
+    return bytes((0x80 * fin | rsv | opcode,)) + length + (key if masked else b"") + body

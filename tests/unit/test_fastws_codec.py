@@ -5,22 +5,11 @@ import os
 import time
 
 import pytest
+from conftest import client_frame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from taskbeam.web.fastws import codec, transport
-
-
-def client_frame(opcode, payload, fin=True, key=b"\x01\x02\x03\x04", masked=True, rsv=0):
-    size = len(payload)
-    if size < 126:
-        length = bytes((0x80 * masked | size,))
-    elif size < 1 << 16:
-        length = bytes((0x80 * masked | 126,)) + size.to_bytes(2, "big")
-    else:
-        length = bytes((0x80 * masked | 127,)) + size.to_bytes(8, "big")
-    body = bytes(b ^ key[i % 4] for i, b in enumerate(payload)) if masked else payload
-    return bytes((0x80 * fin | rsv | opcode,)) + length + (key if masked else b"") + body
 
 
 def feed_all(reader, data, step):

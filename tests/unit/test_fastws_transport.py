@@ -10,6 +10,7 @@ import gevent.pool
 import gevent.socket
 import greenlet
 import pytest
+from conftest import client_frame
 from engineio import packet as eio_packet
 from geventwebsocket.websocket import Header, WebSocket
 
@@ -286,18 +287,6 @@ def test_a_broken_connection_ends_the_drainer_without_leaving_packets_behind():
 
 # The Connection: a WebSocket after the handshake, read by a watcher, on a real
 # socket pair (the test is the client: its frames are masked, as RFC 6455 wants).
-
-
-def client_frame(opcode, payload, fin=True, key=b"\x01\x02\x03\x04", masked=True):
-    size = len(payload)
-    if size < 126:
-        length = bytes((0x80 * masked | size,))
-    elif size < 1 << 16:
-        length = bytes((0x80 * masked | 126,)) + size.to_bytes(2, "big")
-    else:
-        length = bytes((0x80 * masked | 127,)) + size.to_bytes(8, "big")
-    body = bytes(b ^ key[i % 4] for i, b in enumerate(payload)) if masked else payload
-    return bytes((0x80 * fin | opcode,)) + length + (key if masked else b"") + body
 
 
 def server_frames(data):
