@@ -5,6 +5,7 @@
 listener's parser are tested against the real thing without touching any port.
 """
 
+import os
 import shutil
 import subprocess
 import time
@@ -12,6 +13,10 @@ import time
 import pytest
 
 import redis as redis_lib
+
+# The unit tests choose the transport themselves (WEB_FAST_TRANSPORT=0 in the shell
+# that runs them, e.g. for a stock-mode stack, must not switch the fast path off here).
+os.environ.pop("WEB_FAST_TRANSPORT", None)
 
 
 @pytest.fixture(scope="session")

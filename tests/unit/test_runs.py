@@ -259,10 +259,13 @@ def test_an_unfinished_task_expires(rt, settings):
     assert rt.store.redis.zscore(rt.store.active_key, task_id) is None
 
 
-def test_queued_task_ids_reads_what_celery_really_sends(redis_server, redis_client, settings):
+def test_queued_task_ids_reads_what_celery_really_sends(
+    redis_server, redis_client, settings, request
+):
     """kombu's own key layout (prefix, queue list, unacked hash), not a guess."""
     app = broker.make_celery(settings)
     app.conf.broker_url = f"redis+socket://{redis_server}"
+    request.addfinalizer(app.close)  # its pooled broker connection
     app.send_task("taskbeam.simulate", args=["abc", {}], task_id="abc")
     assert broker.queued_task_ids(redis_client, app) == {"abc"}
     with app.connection_for_read() as conn:
