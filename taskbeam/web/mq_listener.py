@@ -153,19 +153,19 @@ class QueueWatch:
             was_healthy = healthy
 
     def _disconnect_all(self):
-        for sid, _eio_sid in list(self.manager.get_participants("/", None)):
-            try:
-                self.sio.server.disconnect(sid, namespace="/", ignore_queue=True)
-            except Exception:  # a socket already closing must not stop the others
-                log.exception("could not disconnect %s", sid)
+        self._close_connections()
 
     def _reconnect_all(self):
+        log.warning("message-queue listener is back; closing connections so clients resubscribe")
+        self._close_connections()
+
+    def _close_connections(self):
+        """Close every connection as a dropped network would: Socket.IO clients then
+        reconnect on their own (after a server-side disconnect they would not), and
+        are refused here until the listener receives again."""
         eio = self.sio.server.eio
         sids = [eio_sid for _sid, eio_sid in self.manager.get_participants("/", None)]
-        log.warning(
-            "message-queue listener is back; closing %d connections so their clients resubscribe",
-            len(sids),
-        )
+        log.warning("closing %d client connections", len(sids))
         for eio_sid in sids:
             try:
                 fastws.cut_or_close(eio, eio_sid)

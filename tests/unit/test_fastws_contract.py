@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import engineio.socket
 import gevent
@@ -25,7 +26,7 @@ from engineio import packet as eio_packet
 from websockets.exceptions import ConnectionClosed
 
 import redis
-from taskbeam.web import fastws
+from taskbeam.web import fastws, mq_listener
 from taskbeam.web.fastws import listener, seams, transport
 from taskbeam.web.gunicorn_worker import Handler
 from taskbeam.web.metrics import Metrics
@@ -46,9 +47,10 @@ def in_thread(fn, *args, timeout=10):
 class Server:
     """python-socketio on pywsgi with gevent-websocket's handler, as in the image."""
 
-    def __init__(self, **options):
+    def __init__(self, fast=True, **options):
         self.sio = socketio.Server(async_mode="gevent", max_http_buffer_size=1000, **options)
-        fastws.install(self.sio)
+        if fast:
+            fastws.install(self.sio)
         self.sio.on("echo", lambda sid, data: data)
         self.wsgi = gevent.pywsgi.WSGIServer(
             ("127.0.0.1", 0), socketio.WSGIApp(self.sio), handler_class=Handler, log=None
@@ -405,3 +407,26 @@ def test_web_fast_transport_0_means_stock(fresh_usable, monkeypatch):
     monkeypatch.setenv("WEB_FAST_TRANSPORT", "1")
     fastws.usable.cache_clear()
     assert isinstance(make_manager("redis://unused", "sio", Metrics()), listener.FastRedisManager)
+
+
+# python-socketio's client leaves the socket of a dropped connection to the GC.
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("fast", [True, False])
+def test_clients_reconnect_by_themselves_after_a_deaf_listener_drops_them(fast):
+    """QueueWatch drops every client when the listener goes silent: a real client
+    must come back on its own (a Socket.IO server-side disconnect would stop it)."""
+    server = Server(fast=fast, ping_interval=5, ping_timeout=5)
+    client = socketio.Client(reconnection=True, reconnection_delay=0.1, reconnection_delay_max=0.2)
+    connects = []
+    client.on("connect", lambda: connects.append(time.monotonic()))
+    in_thread(lambda: client.connect(f"http://127.0.0.1:{server.port}", transports=["websocket"]))
+    try:
+        wait_for(lambda: len(connects) == 1)
+        watch = mq_listener.QueueWatch(SimpleNamespace(server=server.sio), server.sio.manager, None)
+        watch._disconnect_all()
+        wait_for(lambda: len(connects) == 2, timeout=10)
+    finally:
+        in_thread(client.disconnect)
+        server.stop()
+        gc.collect()  # here, where its warning is expected
