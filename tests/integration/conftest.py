@@ -150,11 +150,16 @@ class Watcher:
     def subscribe(self, task_id, after=0):
         with self.lock:
             self.events.setdefault(task_id, {})
-        ack = self.sio.call("subscribe", {"task_id": task_id, "after": after}, timeout=10)
-        if ack.get("ok"):
+        for _ in range(100):  # pages of stored events, as the page asks for them
+            ack = self.sio.call("subscribe", {"task_id": task_id, "after": after}, timeout=10)
+            if not ack.get("ok"):
+                return ack
             for event in ack["missed"]:
                 self._keep(event)
-        return ack
+            if not ack.get("more"):
+                return ack
+            after = ack["next_after"]
+        raise AssertionError(f"more than 100 pages of events for {task_id}")
 
     def follow(self, task_id):
         ack = self.subscribe(task_id)

@@ -197,8 +197,8 @@ def test_a_long_history_is_read_in_pages_over_http_and_socketio(api, watcher):
         response = api.request("GET", f"/api/tasks/{task['id']}/events?limit={bad}")
         assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_params"
 
-    ack = watcher.subscribe(task["id"], after=0)
+    ack = watcher.sio.call("subscribe", {"task_id": task["id"], "after": 0}, timeout=10)
     assert ack["ok"] and len(ack["missed"]) == 500 and ack["more"] is True
-    while ack["more"]:
-        ack = watcher.subscribe(task["id"], after=ack["next_after"])
+    ack = watcher.subscribe(task["id"], after=0)  # follows `more` page by page
+    assert ack["ok"] and not ack.get("more")
     assert [e["seq"] for e in watcher.history(task["id"])] == list(range(1, 1201))
