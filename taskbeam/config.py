@@ -9,7 +9,7 @@ import functools
 import os
 import sys
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 # Values shipped in .env.example; refused so a copied example never runs as is.
 PLACEHOLDER_SECRETS = {"", "change-me", "changeme", "secret", "dev", "please-change-me"}
@@ -31,6 +31,43 @@ def _int(env, name, default, low, high):
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
     return value
+
+
+# Secrets may come from files instead (Docker and Kubernetes secrets): NAME_FILE
+# names the file; its content, less surrounding whitespace, is NAME.
+SECRET_FILE_VARIABLES = ("SECRET_KEY", "REDIS_URL", "REDIS_PASSWORD", "DATABASE_URL")
+MAX_SECRET_FILE_BYTES = 65_536
+
+
+def _with_secret_files(env):
+    """``env`` with every ``NAME_FILE`` of :data:`SECRET_FILE_VARIABLES` read into
+    ``NAME``, and ``REDIS_PASSWORD`` put into a ``REDIS_URL`` that has none."""
+    env = dict(env)
+    for name in SECRET_FILE_VARIABLES:
+        path = env.pop(f"{name}_FILE", "").strip()
+        if not path:
+            continue
+        if env.get(name, "").strip():
+            raise ConfigError(f"set {name} or {name}_FILE, not both")
+        try:
+            with open(path, encoding="utf-8") as f:
+                value = f.read(MAX_SECRET_FILE_BYTES + 1).strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{name}_FILE: cannot read {path!r} ({exc})") from None
+        if len(value) > MAX_SECRET_FILE_BYTES or not value:
+            raise ConfigError(f"{name}_FILE: {path!r} is empty or larger than 64 KiB")
+        env[name] = value
+    password = env.pop("REDIS_PASSWORD", "").strip()
+    if password:
+        parts = urlsplit(env.get("REDIS_URL", "").strip())
+        if parts.password is not None or not parts.hostname:
+            raise ConfigError(
+                "REDIS_PASSWORD (or REDIS_PASSWORD_FILE) needs a REDIS_URL without a "
+                "password, e.g. redis://redis:6379/0"
+            )
+        netloc = f":{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
+        env["REDIS_URL"] = urlunsplit(parts._replace(netloc=netloc))
+    return env
 
 
 def _redis_url(env):
@@ -144,7 +181,7 @@ class Settings:
 
 def load(env=None, *, need_secret=True):
     """Read and validate settings; ``need_secret`` is False for the worker."""
-    env = os.environ if env is None else env
+    env = _with_secret_files(os.environ if env is None else env)
     namespace = env.get("TASKBEAM_NAMESPACE", "taskbeam").strip()
     if not namespace.replace("-", "").replace("_", "").isalnum():
         raise ConfigError("TASKBEAM_NAMESPACE may hold only letters, digits, '-' and '_'")

@@ -172,3 +172,41 @@ def test_allowed_hosts_parsed_and_include_the_allowed_origins_hosts():
 def test_bad_allowed_host_refused(host):
     with pytest.raises(config.ConfigError, match="ALLOWED_HOSTS"):
         config.load(env(ALLOWED_HOSTS=host))
+
+
+def test_secrets_read_from_files(tmp_path):
+    # Docker and Kubernetes secrets arrive as files: NAME_FILE names one.
+    (tmp_path / "key").write_text("k" * 40 + "\n")
+    (tmp_path / "redis").write_text("p@ss/word\n")
+    (tmp_path / "db").write_text("postgresql+psycopg://u:p@db/shop")
+    settings = config.load(
+        env(
+            SECRET_KEY=None,
+            SECRET_KEY_FILE=str(tmp_path / "key"),
+            REDIS_URL="redis://redis:6379/0",
+            REDIS_PASSWORD_FILE=str(tmp_path / "redis"),
+            DATABASE_URL_FILE=str(tmp_path / "db"),
+        )
+    )
+    assert settings.secret_key == "k" * 40
+    assert settings.redis_url == "redis://:p%40ss%2Fword@redis:6379/0"
+    assert settings.database_url == "postgresql+psycopg://u:p@db/shop"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"SECRET_KEY_FILE": "/nonexistent/key"}, "set SECRET_KEY or SECRET_KEY_FILE"),
+        ({"REDIS_URL": None, "REDIS_URL_FILE": "/nonexistent/url"}, "cannot read"),
+        ({"REDIS_PASSWORD": "x" * 24}, "REDIS_URL without a password"),
+    ],
+)
+def test_bad_secret_settings_refused(overrides, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.load(env(**overrides))
+
+
+def test_an_empty_secret_file_is_refused(tmp_path):
+    (tmp_path / "key").write_text("\n")
+    with pytest.raises(config.ConfigError, match="empty"):
+        config.load(env(SECRET_KEY=None, SECRET_KEY_FILE=str(tmp_path / "key")))
