@@ -17,9 +17,11 @@ env: ## Create .env from .env.example with fresh random secrets (kept if it exis
 	  sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')/" \
 	      -e "s/^REDIS_PASSWORD=.*/REDIS_PASSWORD=$$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
 	      -e "s/^FLOWER_PASSWORD=.*/FLOWER_PASSWORD=$$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')/" \
+	      -e "s/^POSTGRES_PASSWORD=.*/POSTGRES_PASSWORD=$$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
+	      -e "s/^POSTGRES_EXPORT_PASSWORD=.*/POSTGRES_EXPORT_PASSWORD=$$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
 	      .env.example > .env && chmod 600 .env && echo "Created .env with fresh secrets"; \
 	  if [ -s "$(OFFLINE_IMAGES)" ]; then \
-	    grep -v -E '^(PYTHON|REDIS|NGINX)_IMAGE=' .env > .env.tmp && cat "$(OFFLINE_IMAGES)" >> .env.tmp \
+	    grep -v -E '^(PYTHON|REDIS|NGINX|POSTGRES)_IMAGE=' .env > .env.tmp && cat "$(OFFLINE_IMAGES)" >> .env.tmp \
 	      && mv .env.tmp .env && echo "Using the offline base images of $(OFFLINE_IMAGES)"; \
 	  fi; \
 	fi
