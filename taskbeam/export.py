@@ -105,11 +105,27 @@ def export_paths(settings, task_id, run, fmt):
     )
 
 
+# libpq settings for PostgreSQL connections unless DATABASE_URL sets them. A server
+# that goes away mid-COPY (restarted, or its host gone) may never send another byte
+# while the client only reads: TCP keepalives find that out in seconds, not hours.
+PG_CONNECT_ARGS = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+
+
 def _engine(url):
     import sqlalchemy  # the web process never needs it
 
     if url not in _engines:
-        _engines[url] = sqlalchemy.create_engine(url, pool_pre_ping=True)
+        parsed = sqlalchemy.make_url(url)
+        connect_args = {}
+        if parsed.get_backend_name() == "postgresql":
+            connect_args = {k: v for k, v in PG_CONNECT_ARGS.items() if k not in parsed.query}
+        _engines[url] = sqlalchemy.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     return _engines[url]
 
 
@@ -169,6 +185,11 @@ def _copy_csv(conn, rows_stmt, out, total):
     bound by psycopg on the client (COPY takes none on the server). The server
     sends one message per row, after one for the header: counting messages counts
     rows, also where a value holds a newline. Returns the data rows written.
+
+    Anything that ends the copy early (a cancel, a lost lease, a broken connection)
+    closes the connection first: the server then ends the COPY and its transaction
+    at its next write. psycopg's own clean-up would send a cancel request and wait
+    for the rest of the data, which hangs while the server restarts.
     """
     compiled = rows_stmt.compile(dialect=conn.dialect)
     statement = f"COPY ({compiled}) TO STDOUT WITH (FORMAT csv, HEADER)"
@@ -176,11 +197,15 @@ def _copy_csv(conn, rows_stmt, out, total):
     written = -1
     write = out.write
     with cursor.copy(statement, compiled.params) as copy:
-        for chunk in copy:
-            write(chunk)
-            written += 1
-            if written % BATCH_ROWS == 0 and written:
-                progress.update(written, total, f"Exported {written:,} of {total:,} rows")
+        try:
+            for chunk in copy:
+                write(chunk)
+                written += 1
+                if written % BATCH_ROWS == 0 and written:
+                    progress.update(written, total, f"Exported {written:,} of {total:,} rows")
+        except BaseException:
+            conn.invalidate()  # closes the DBAPI connection; the pool opens a new one
+            raise
     written = max(written, 0)
     progress.update(written, total, f"Exported {written:,} of {total:,} rows")
     return written
