@@ -4,7 +4,7 @@ N ?= 1
 HTTP_PORT ?= $(shell sed -n 's/^HTTP_PORT=//p' .env 2>/dev/null | tail -n1)
 
 .DEFAULT_GOAL := help
-.PHONY: help env up down logs ps scale test unit lint bench soak
+.PHONY: help env up down logs ps scale test unit lint bench bench-export soak
 
 help: ## Show the targets and what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -65,6 +65,10 @@ bench: ## Benchmark the running stack (after `make up`): table, JSON and PNG in 
 	  $(COMPOSE) up -d --no-deps --wait nginx; exit $$status
 	$(COMPOSE) exec -T worker python - < tests/bench/persist_overhead.py > tests/bench/results/persist.json
 	@cat tests/bench/results/persist.json
+
+bench-export: ## Export rows/s and RSS: SQLite, PostgreSQL (generic, COPY), psql (stack on PostgreSQL)
+	@tests/run.sh venv
+	.venv/bin/python tests/bench/export_db_bench.py
 
 soak: ## Soak the running stack: 1,000 idle sockets + 50 tasks for 3 minutes (after `make up`)
 	@tests/run.sh venv
