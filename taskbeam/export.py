@@ -105,7 +105,7 @@ def export_paths(settings, task_id, run, fmt):
     )
 
 
-# libpq settings for PostgreSQL connections unless DATABASE_URL sets them. A server
+# libpq settings (psycopg, psycopg2) unless DATABASE_URL sets them. A server
 # that goes away mid-COPY (restarted, or its host gone) may never send another byte
 # while the client only reads: TCP keepalives find that out in seconds, not hours.
 PG_CONNECT_ARGS = {
@@ -123,7 +123,7 @@ def _engine(url):
     if url not in _engines:
         parsed = sqlalchemy.make_url(url)
         connect_args = {}
-        if parsed.get_backend_name() == "postgresql":
+        if parsed.get_driver_name() in ("psycopg", "psycopg2"):
             connect_args = {k: v for k, v in PG_CONNECT_ARGS.items() if k not in parsed.query}
         _engines[url] = sqlalchemy.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     return _engines[url]
@@ -158,8 +158,9 @@ def _snapshot(engine, settings):
     """A connection inside one transaction that the count and the rows share.
 
     On PostgreSQL: REPEATABLE READ, read only, and the statement timeout. Leaving
-    the block (also by ``progress.Cancelled``) rolls back, which ends any COPY or
-    server-side cursor with it: no session is left ``idle in transaction``.
+    the block (also by ``progress.Cancelled``) rolls back and ends the server-side
+    cursor with it (the COPY path closes its connection instead, see ``_copy_csv``):
+    no session is left ``idle in transaction``.
     """
     with engine.connect() as conn:
         postgres = engine.dialect.name == "postgresql"
