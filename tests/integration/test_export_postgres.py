@@ -108,7 +108,8 @@ def start_and_wait_under_way(api, watcher, **params):
     task = api.create("export", **params)
     watcher.follow(task["id"])
     wait_until(
-        lambda: any(0 < e["progress"] < 50 for e in watcher.history(task["id"])),
+        # Early on, so the fault lands well before the last row (1M rows take ~4 s).
+        lambda: any(0 < e["progress"] < 25 for e in watcher.history(task["id"])),
         60,
         interval=0.02,
         what="the export to be under way",
