@@ -4,6 +4,8 @@ import json
 
 from celery import Celery
 
+from . import broker_transport
+
 # A task may be redelivered only after the broker stops hearing from its worker
 # for this long beyond the task's time limit (kombu's Redis visibility timeout).
 VISIBILITY_MARGIN_S = 300
@@ -18,6 +20,8 @@ def make_celery(settings):
     """
     app = Celery("taskbeam", broker=settings.redis_url, set_as_current=False)
     app.conf.update(
+        # kombu's Redis transport, or ours that survives a broker restart (see there).
+        broker_transport=broker_transport.selected(),
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.task_time_limit_s + VISIBILITY_MARGIN_S,

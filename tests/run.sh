@@ -74,7 +74,7 @@ with_postgres=docker-compose.yml:postgres/compose.yml
 cleanup() {
   status=$?
   if [ "$status" != 0 ]; then
-    COMPOSE_FILE=$with_postgres docker compose logs --no-color --tail=200 > "$work/stack.log" 2>&1 || true
+    COMPOSE_FILE=$with_postgres docker compose logs --no-color --tail=3000 > "$work/stack.log" 2>&1 || true
     mkdir -p tests/artifacts && cp "$work/stack.log" tests/artifacts/stack.log || true
     echo "stack logs saved to tests/artifacts/stack.log" >&2
   fi
@@ -98,13 +98,9 @@ if [ "${TEST_STOCK_TRANSPORT:-1}" != 0 ]; then
   docker compose logs web | grep -q "WEB_FAST_TRANSPORT=0: stock" \
     || { echo "web did not start with the stock transport" >&2; exit 1; }
   status=0
-  # Killing a worker does not involve the transport and runs in the first pass. Run
-  # again here, after the first pass, it failed intermittently (4 of 6 runs; never in
-  # the first pass or alone) and is not understood yet: see the README's Tests.
-  kill_worker="tests/integration/test_chaos.py::test_every_task_ends_once_and_gapless_through[kill -9 worker]"
   TASKBEAM_URL=http://127.0.0.1:$TEST_HTTP_PORT WEB_FAST_TRANSPORT=0 "$venv/bin/pytest" -q \
     tests/integration/test_delivery.py tests/integration/test_chaos.py \
-    tests/integration/test_page.py --deselect "$kill_worker" ${PYTEST_ARGS:-} || status=$?
+    tests/integration/test_page.py ${PYTEST_ARGS:-} || status=$?
   [ "$status" = 0 ] || [ "$status" = 5 ]  # 5: PYTEST_ARGS selected none of these
 fi
 # The export from PostgreSQL (postgres/compose.yml): PostgreSQL and its demo data are

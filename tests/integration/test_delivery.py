@@ -1,5 +1,7 @@
 """The delivery guarantee: replay by seq, isolation, and faults mid-task."""
 
+import os
+import signal
 import subprocess
 import threading
 
@@ -195,12 +197,19 @@ def worker_healthy(container):
     )
 
 
+def signal_main_process(container, sig):
+    # From the host, by pid: `docker kill --signal` (any signal) marks the container as
+    # stopped by hand, so `restart: unless-stopped` would never restart it afterwards;
+    # and from inside, the kernel drops SIGSTOP sent to a namespace's pid 1.
+    os.kill(int(docker("inspect", "-f", "{{.State.Pid}}", container)), sig)
+
+
 def test_the_worker_healthcheck_reports_a_stuck_worker_and_its_recovery():
     # Celery's main process frozen: its consumer loop stops touching the alive file.
     # (A broker outage stops it too; a test of that would disconnect every client.)
     container = compose("ps", "-q", "worker").split()[0]
     wait_until(lambda: worker_healthy(container), 60, interval=1, what="a healthy worker")
-    docker("kill", "--signal", "STOP", container)
+    signal_main_process(container, signal.SIGSTOP)
     try:
         wait_until(
             lambda: not worker_healthy(container),
@@ -209,7 +218,7 @@ def test_the_worker_healthcheck_reports_a_stuck_worker_and_its_recovery():
             what="the healthcheck of a frozen worker to fail",
         )
     finally:
-        docker("kill", "--signal", "CONT", container)
+        signal_main_process(container, signal.SIGCONT)
     wait_until(
         lambda: worker_healthy(container), 60, interval=1, what="the healthcheck to pass again"
     )

@@ -1,0 +1,72 @@
+"""kombu's Redis transport, fixed so that a worker survives a broker restart.
+
+With kombu 5.7.0 and Celery 5.7.0, a worker whose broker connection drops does
+not reconnect: it exits with ``Unrecoverable error: AttributeError("'NoneType'
+object has no attribute 'hostname'")``. Celery's consumer first *collects* the
+broken connection; that fails half-way when Redis is down (deleting the worker's
+auto-delete broadcast queue needs Redis) and still detaches kombu's transport
+from the connection (``transport.client = None``). Celery then *closes* the
+connection; the channel restores its unacknowledged messages through a new Redis
+pool, built from ``transport.client``, and the AttributeError escapes every
+error handler. Acknowledging a running task's message on that channel fails the
+same way. Docker restarts the worker; an operator without a restart policy loses it.
+
+:class:`Channel` builds its connection parameters when it opens and uses them
+once detached, so the restore and the acks reach Redis
+again, or fail with a connection error that Celery handles. This is the one
+place that overrides a private kombu method (``Channel._connparams``).
+
+- ``BROKER_TRANSPORT_FIX=0`` uses kombu's stock transport.
+- On a kombu version other than :data:`KOMBU_VERSIONS`, or one without the
+  method, the stock transport is used, with one warning.
+"""
+
+import logging
+import os
+
+import kombu
+from kombu.transport import redis as kombu_redis
+
+log = logging.getLogger(__name__)
+
+# The versions this was written and tested against (tests/unit/test_broker_transport.py).
+KOMBU_VERSIONS = ("5.7.0",)
+TRANSPORT = f"{__name__}:Transport"
+
+
+class Channel(kombu_redis.Channel):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Built while attached: what the restore and the acks use once detached.
+        self._attached_params = super()._connparams()
+
+    def _connparams(self, asynchronous=False):
+        if self.connection.client is None and not asynchronous:
+            return dict(self._attached_params)
+        return super()._connparams(asynchronous=asynchronous)
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
+
+
+def problems():
+    """Why the fix cannot be used with the installed kombu (empty when it can)."""
+    found = []
+    if kombu.__version__ not in KOMBU_VERSIONS:
+        found.append(f"kombu {kombu.__version__} (written for {', '.join(KOMBU_VERSIONS)})")
+    if not callable(getattr(kombu_redis.Channel, "_connparams", None)):
+        found.append("kombu's Redis Channel has no _connparams")
+    return found
+
+
+def selected():
+    """The ``broker_transport`` setting for Celery: this transport, or None for
+    kombu's own (``BROKER_TRANSPORT_FIX=0``, or a kombu it was not written for)."""
+    if os.environ.get("BROKER_TRANSPORT_FIX", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    found = problems()
+    if found:
+        log.warning("broker transport fix off, kombu's stock Redis transport: %s", "; ".join(found))
+        return None
+    return TRANSPORT

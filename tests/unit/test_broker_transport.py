@@ -1,0 +1,126 @@
+"""taskbeam.broker_transport against the real kombu and a real redis-server that
+is stopped and started again, the way Celery's consumer meets a Redis restart:
+it collects the broken connection, then closes it, and the tasks still running
+acknowledge their messages afterwards."""
+
+import shutil
+import socket
+import subprocess
+import time
+
+import kombu
+import pytest
+
+import redis as redis_lib
+from taskbeam import broker_transport
+
+
+class RestartableRedis:
+    """A redis-server on a free loopback port, persisted so a restart keeps its data."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server"), "--bind", "127.0.0.1", "--port", str(self.port),
+             "--dir", str(self.workdir), "--appendonly", "yes", "--save", ""],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis_lib.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return client
+            except redis_lib.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def server(tmp_path):
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is needed: apt-get install redis-server (.ci/provision.sh does)")
+    srv = RestartableRedis(tmp_path)
+    srv.start()
+    yield srv
+    if srv.proc.poll() is None:
+        srv.stop()
+
+
+def consume_one_unacked(url, transport):
+    """A connection holding one delivered, unacknowledged message, consuming
+    the auto-delete broadcast queue a Celery worker also consumes (its pidbox)."""
+    conn = kombu.Connection(url, transport=transport)
+    tasks = kombu.Queue("tasks")
+    with conn.Producer() as producer:
+        producer.publish({"n": 1}, routing_key="tasks", declare=[tasks])
+    received = []
+    broadcast = kombu.Queue("bcast", kombu.Exchange("bx", type="fanout"), auto_delete=True)
+    consumer = conn.Consumer([tasks, broadcast], callbacks=[lambda body, m: received.append(m)])
+    consumer.consume()
+    # Until idle, as a worker waiting for more is: a BRPOP in flight when Redis goes.
+    for _ in range(10):
+        try:
+            conn.drain_events(timeout=0.5)
+        except TimeoutError:
+            break
+    else:
+        pytest.fail("the consumer never went idle")
+    assert len(received) == 1
+    return conn, received[0]
+
+
+def lose_the_broker(server, conn):
+    """What Celery's consumer does when Redis goes away under it."""
+    server.stop()
+    try:
+        conn.collect(socket_timeout=1)
+    except Exception:  # Celery ignores every error here
+        pass
+    conn.close()
+
+
+def test_stock_kombu_still_has_the_bug_this_module_works_around(server):
+    # If this fails after a kombu upgrade, upstream fixed it: drop the module.
+    conn, _ = consume_one_unacked(server.url, "redis")
+    with pytest.raises(AttributeError, match="hostname"):
+        lose_the_broker(server, conn)
+
+
+def test_a_lost_broker_closes_cleanly_and_running_tasks_still_ack(server):
+    conn, message = consume_one_unacked(server.url, broker_transport.TRANSPORT)
+    lose_the_broker(server, conn)  # no AttributeError
+    client = server.start()
+    assert client.hlen("unacked") == 1  # the running task's message, kept
+    message.ack()
+    assert client.hlen("unacked") == 0
+    assert client.llen("tasks") == 0  # not delivered a second time
+
+
+def test_closing_with_the_broker_up_still_gives_unacked_messages_back(server):
+    conn, _ = consume_one_unacked(server.url, broker_transport.TRANSPORT)
+    conn.close()
+    client = redis_lib.Redis(port=server.port)
+    assert client.hlen("unacked") == 0 and client.llen("tasks") == 1
+
+
+def test_the_switch_and_the_version_check_choose_the_stock_transport(monkeypatch, caplog):
+    assert broker_transport.selected() == broker_transport.TRANSPORT
+    monkeypatch.setenv("BROKER_TRANSPORT_FIX", "0")
+    assert broker_transport.selected() is None
+    monkeypatch.delenv("BROKER_TRANSPORT_FIX")
+    monkeypatch.setattr(kombu, "__version__", "9.9.9")
+    assert broker_transport.selected() is None
+    assert "kombu 9.9.9" in caplog.text
