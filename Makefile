@@ -4,7 +4,7 @@ N ?= 1
 HTTP_PORT ?= $(shell sed -n 's/^HTTP_PORT=//p' .env 2>/dev/null | tail -n1)
 
 .DEFAULT_GOAL := help
-.PHONY: help env up down logs ps scale test unit lint bench soak
+.PHONY: help env up down logs ps scale test unit lint bench bench-export soak
 
 help: ## Show the targets and what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -17,9 +17,11 @@ env: ## Create .env from .env.example with fresh random secrets (kept if it exis
 	  sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')/" \
 	      -e "s/^REDIS_PASSWORD=.*/REDIS_PASSWORD=$$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
 	      -e "s/^FLOWER_PASSWORD=.*/FLOWER_PASSWORD=$$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')/" \
+	      -e "s/^POSTGRES_PASSWORD=.*/POSTGRES_PASSWORD=$$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
+	      -e "s/^POSTGRES_EXPORT_PASSWORD=.*/POSTGRES_EXPORT_PASSWORD=$$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
 	      .env.example > .env && chmod 600 .env && echo "Created .env with fresh secrets"; \
 	  if [ -s "$(OFFLINE_IMAGES)" ]; then \
-	    grep -v -E '^(PYTHON|REDIS|NGINX)_IMAGE=' .env > .env.tmp && cat "$(OFFLINE_IMAGES)" >> .env.tmp \
+	    grep -v -E '^(PYTHON|REDIS|NGINX|POSTGRES)_IMAGE=' .env > .env.tmp && cat "$(OFFLINE_IMAGES)" >> .env.tmp \
 	      && mv .env.tmp .env && echo "Using the offline base images of $(OFFLINE_IMAGES)"; \
 	  fi; \
 	fi
@@ -63,6 +65,10 @@ bench: ## Benchmark the running stack (after `make up`): table, JSON and PNG in 
 	  $(COMPOSE) up -d --no-deps --wait nginx; exit $$status
 	$(COMPOSE) exec -T worker python - < tests/bench/persist_overhead.py > tests/bench/results/persist.json
 	@cat tests/bench/results/persist.json
+
+bench-export: ## Export rows/s and RSS: SQLite, PostgreSQL (generic, COPY), psql (stack on PostgreSQL)
+	@tests/run.sh venv
+	.venv/bin/python tests/bench/export_db_bench.py
 
 soak: ## Soak the running stack: 1,000 idle sockets + 50 tasks for 3 minutes (after `make up`)
 	@tests/run.sh venv

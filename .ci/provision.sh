@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Provision a Debian 12 host for Taskbeam: Docker engine, Compose v2 and, when no
-# container registry answers, local stand-ins for the three base images.
+# container registry answers, local stand-ins for the base images.
 # Idempotent; safe to run again. Writes the dockerd PID to $DOCKERD_PIDFILE when it
 # starts one, so the caller can stop only the engine it started.
 set -o errexit -o nounset -o pipefail
@@ -96,7 +96,7 @@ debian_base() {
 standin_context() {
   ctx=$state/standin-ctx-$1
   rm -rf "$ctx"; mkdir -p "$ctx/ca"
-  cp "$here"/standins/*.Dockerfile "$ctx/"
+  cp "$here"/standins/*.Dockerfile "$here"/standins/*.sh "$ctx/"
   # Outbound TLS here may be re-signed by a local CA; only the stand-in trusts it.
   cp /usr/local/share/ca-certificates/*.crt "$ctx/ca/" 2>/dev/null || true
 }
@@ -123,23 +123,18 @@ DOCKERFILE
     -f "$ctx/python-unit.Dockerfile" -t "$tag" "$ctx" >/dev/null
 }
 
-# Stand-ins are built only when the image is missing; a host that can pull the
+# Stand-ins are built only when the image is missing (each on its own, so a host
+# provisioned before one was added builds just that one); a host that can pull the
 # official images never needs them.
+STANDINS="python:taskbeam-standin/python:3.12-slim redis:taskbeam-standin/redis:7
+  nginx:taskbeam-standin/nginx:1.27 postgres:taskbeam-standin/postgres:15"
 build_standins() {
-  local missing=0
-  for img in taskbeam-standin/python:3.12-slim taskbeam-standin/redis:7 taskbeam-standin/nginx:1.27; do
-    docker image inspect "$img" >/dev/null 2>&1 || missing=1
-  done
-  [ "$missing" = 1 ] || return 0
-  debian_base bookworm
-  standin_context bookworm
-  for name in python redis nginx; do
-    local tag
-    case $name in
-      python) tag=taskbeam-standin/python:3.12-slim ;;
-      redis)  tag=taskbeam-standin/redis:7 ;;
-      nginx)  tag=taskbeam-standin/nginx:1.27 ;;
-    esac
+  local item name tag
+  for item in $STANDINS; do
+    name=${item%%:*} tag=${item#*:}
+    docker image inspect "$tag" >/dev/null 2>&1 && continue
+    debian_base bookworm
+    [ "${ctx:-}" = "$state/standin-ctx-bookworm" ] || standin_context bookworm
     log "building stand-in $tag"
     DOCKER_BUILDKIT=0 docker build -q --label org.taskbeam.standin=1 \
       -f "$ctx/$name.Dockerfile" -t "$tag" "$ctx" >/dev/null
@@ -162,6 +157,7 @@ if [ "${TASKBEAM_STANDINS:-auto}" = always ] || ! timeout 20 docker pull -q redi
 PYTHON_IMAGE=taskbeam-standin/python:3.12-slim
 REDIS_IMAGE=taskbeam-standin/redis:7
 NGINX_IMAGE=taskbeam-standin/nginx:1.27
+POSTGRES_IMAGE=taskbeam-standin/postgres:15
 ENV
 else
   : >"$state/images.env"

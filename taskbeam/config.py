@@ -172,6 +172,7 @@ class Settings:
     export_table: str
     export_columns: tuple
     export_date_column: str
+    export_statement_timeout_s: int
 
     @property
     def socketio_channel(self):
@@ -207,6 +208,7 @@ def load(env=None, *, need_secret=True):
         export_table=_names(env, "EXPORT_TABLE", ("orders",))[0],
         export_columns=_names(env, "EXPORT_COLUMNS", DEMO_COLUMNS),
         export_date_column=_names(env, "EXPORT_DATE_COLUMN", ("order_date",))[0],
+        export_statement_timeout_s=_int(env, "EXPORT_STATEMENT_TIMEOUT_S", 3_600, 0, 7 * 86_400),
     )
 
 
@@ -221,6 +223,12 @@ def _database_url(env):
         raise ConfigError(
             "DATABASE_URL must be an SQLAlchemy URL, e.g. "
             "postgresql+psycopg://user:password@host/db"
+        )
+    password = urlsplit(url).password
+    if password is not None and password.lower() in PLACEHOLDER_SECRETS:
+        raise ConfigError(
+            "DATABASE_URL has a placeholder password (for the PostgreSQL demo: "
+            "POSTGRES_EXPORT_PASSWORD in .env); `make up` writes random ones"
         )
     return url
 

@@ -1,9 +1,12 @@
-"""The demo dataset: a deterministic ``orders`` table in SQLite.
+"""The demo dataset: a deterministic ``orders`` table in SQLite (or PostgreSQL).
 
 Created on first start when absent (``python -m taskbeam.demo_data PATH``), so
 ``make up`` needs nothing else. Several containers may start at once: a file
 lock lets one build it, into a temporary file renamed into place when complete,
 so nobody ever reads a half-written database.
+
+``python -m taskbeam.demo_data --postgres`` loads the same rows into PostgreSQL
+(``postgres/compose.yml`` runs it once per start): see :func:`load_postgres`.
 """
 
 import fcntl
@@ -103,9 +106,78 @@ def ensure(path, count=DEFAULT_ROWS):
         return time.monotonic() - started
 
 
+# The same table in PostgreSQL, with real types: a DATE the index serves and money
+# as NUMERIC (both export paths print it as 12.50, as stored).
+PG_SCHEMA = """
+CREATE TABLE orders (
+    id integer PRIMARY KEY,
+    order_date date NOT NULL,
+    customer text NOT NULL,
+    product text NOT NULL,
+    region text NOT NULL,
+    quantity integer NOT NULL,
+    amount numeric(10, 2) NOT NULL
+);
+"""
+EXPORT_ROLE = "taskbeam_export"
+
+
+def load_postgres(url, count=DEFAULT_ROWS, export_password=None):
+    """Create and fill ``orders`` in PostgreSQL unless it exists; set up the export role.
+
+    One transaction: the table, its rows (COPY), the date index and the statistics
+    appear together or not at all, so a loader killed half-way leaves nothing and
+    the next start loads again. ``export_password`` (re)sets the read-only role the
+    workers log in as. Returns the seconds spent loading (0 when the table existed).
+    """
+    import psycopg
+    from psycopg import sql
+
+    started = time.monotonic()
+    with psycopg.connect(url) as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(20241)")  # one loader at a time
+        absent = conn.execute("SELECT to_regclass('orders') IS NULL").fetchone()[0]
+        if absent:
+            conn.execute(PG_SCHEMA)
+            with conn.cursor().copy(f"COPY orders ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+                for row in rows(count):
+                    copy.write_row(row)
+            conn.execute("CREATE INDEX orders_order_date ON orders (order_date)")
+            conn.execute("ANALYZE orders")  # the planner knows the index pays off at once
+        if export_password:
+            role = sql.Identifier(EXPORT_ROLE)
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [EXPORT_ROLE])
+            if not exists.fetchone():
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+            for statement in (
+                "ALTER ROLE {} PASSWORD {}",
+                # Read-only whatever the client asks; a session a dead worker left
+                # inside a transaction is ended by the server.
+                "ALTER ROLE {} SET default_transaction_read_only = on",
+                "ALTER ROLE {} SET idle_in_transaction_session_timeout = '60s'",
+                "GRANT CONNECT ON DATABASE {db} TO {}",
+                "GRANT USAGE ON SCHEMA public TO {}",
+                "GRANT SELECT ON orders TO {}",
+            ):
+                params = [role, sql.Literal(export_password)] if "PASSWORD" in statement else [role]
+                db = sql.Identifier(conn.info.dbname)
+                conn.execute(sql.SQL(statement).format(*params, db=db))
+    return time.monotonic() - started if absent else 0.0
+
+
 if __name__ == "__main__":
-    target = sys.argv[1]
     count = int(os.environ.get("DEMO_ROWS", DEFAULT_ROWS))
+    if sys.argv[1] == "--postgres":
+        spent = load_postgres(
+            os.environ["DEMO_DATABASE_URL"], count, os.environ.get("EXPORT_ROLE_PASSWORD")
+        )
+        if spent:
+            print(
+                f"taskbeam: loaded the demo dataset ({count} orders) into PostgreSQL "
+                f"in {spent:.0f}s"
+            )
+        raise SystemExit(0)
+    target = sys.argv[1]
     spent = ensure(target, count)
     if spent:
         print(f"taskbeam: built the demo dataset ({count} orders) in {spent:.1f}s at {target}")

@@ -48,9 +48,12 @@ export COMPOSE_ENV_FILES=$work/test.env
 sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')/" \
     -e "s/^REDIS_PASSWORD=.*/REDIS_PASSWORD=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
     -e "s/^FLOWER_PASSWORD=.*/FLOWER_PASSWORD=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')/" \
+    -e "s/^POSTGRES_PASSWORD=.*/POSTGRES_PASSWORD=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
+    -e "s/^POSTGRES_EXPORT_PASSWORD=.*/POSTGRES_EXPORT_PASSWORD=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
     -e "s/^HTTP_PORT=.*/HTTP_PORT=$TEST_HTTP_PORT/" \
     -e "s/^WORKER_REPLICAS=.*/WORKER_REPLICAS=3/" \
-    -e "s/^IMAGE_TAG=.*/IMAGE_TAG=test/" \
+    -e "s/^IMAGE_TAG=.*/IMAGE_TAG=${TEST_IMAGE_TAG:-test}/" \
+    -e "s/^PIP_EXTRAS=.*/PIP_EXTRAS=postgres/" \
     -e "s/^EXPORT_TTL=.*/EXPORT_TTL=$TEST_EXPORT_TTL/" \
     -e "s/^TASK_MAX_REDELIVERIES=.*/TASK_MAX_REDELIVERIES=1/" \
     -e "s/^TASK_TIME_LIMIT_S=.*/TASK_TIME_LIMIT_S=30/" \
@@ -64,16 +67,18 @@ sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n
     -e "s/^WS_CONNECTIONS_PER_IP=.*/WS_CONNECTIONS_PER_IP=300/" \
     .env.example > "$COMPOSE_ENV_FILES"
 # Keep the base images the user's own stack builds from (a mirror, or offline stand-ins).
-[ -f .env ] && grep -E '^(PYTHON|REDIS|NGINX)_IMAGE=' .env >> "$COMPOSE_ENV_FILES" || true
+[ -f .env ] && grep -E '^(PYTHON|REDIS|NGINX|POSTGRES)_IMAGE=' .env >> "$COMPOSE_ENV_FILES" || true
 
+# The PostgreSQL pass below adds this override; cleanup removes its service and volume too.
+with_postgres=docker-compose.yml:postgres/compose.yml
 cleanup() {
   status=$?
   if [ "$status" != 0 ]; then
-    docker compose logs --no-color --tail=3000 > "$work/stack.log" 2>&1 || true
+    COMPOSE_FILE=$with_postgres docker compose logs --no-color --tail=3000 > "$work/stack.log" 2>&1 || true
     mkdir -p tests/artifacts && cp "$work/stack.log" tests/artifacts/stack.log || true
     echo "stack logs saved to tests/artifacts/stack.log" >&2
   fi
-  docker compose --profile monitoring down -v --remove-orphans --timeout 10 >/dev/null 2>&1 || true
+  COMPOSE_FILE=$with_postgres docker compose --profile monitoring down -v --remove-orphans --timeout 10 >/dev/null 2>&1 || true
   REDIS_URL=redis://unused docker compose -p "$COMPOSE_PROJECT_NAME-remote" -f worker/compose.yml \
     down -v --timeout 10 \
     >/dev/null 2>&1 || true
@@ -96,5 +101,15 @@ if [ "${TEST_STOCK_TRANSPORT:-1}" != 0 ]; then
   TASKBEAM_URL=http://127.0.0.1:$TEST_HTTP_PORT WEB_FAST_TRANSPORT=0 "$venv/bin/pytest" -q \
     tests/integration/test_delivery.py tests/integration/test_chaos.py \
     tests/integration/test_page.py ${PYTEST_ARGS:-} || status=$?
+  [ "$status" = 0 ] || [ "$status" = 5 ]  # 5: PYTEST_ARGS selected none of these
+fi
+# The export from PostgreSQL (postgres/compose.yml): PostgreSQL and its demo data are
+# added, the workers are recreated to read from it, and its own tests run
+# (TEST_POSTGRES=0 skips this pass).
+if [ "${TEST_POSTGRES:-1}" != 0 ]; then
+  COMPOSE_FILE=$with_postgres docker compose up -d --wait
+  status=0
+  COMPOSE_FILE=$with_postgres TASKBEAM_URL=http://127.0.0.1:$TEST_HTTP_PORT TEST_DATABASE=postgres \
+    "$venv/bin/pytest" -q tests/integration/test_export_postgres.py ${PYTEST_ARGS:-} || status=$?
   [ "$status" = 0 ] || [ "$status" = 5 ]  # 5: PYTEST_ARGS selected none of these
 fi

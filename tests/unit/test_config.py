@@ -210,3 +210,28 @@ def test_an_empty_secret_file_is_refused(tmp_path):
     (tmp_path / "key").write_text("\n")
     with pytest.raises(config.ConfigError, match="empty"):
         config.load(env(SECRET_KEY=None, SECRET_KEY_FILE=str(tmp_path / "key")))
+
+
+def test_export_statement_timeout_default_and_bounds():
+    assert config.load(env()).export_statement_timeout_s == 3_600
+    assert config.load(env(EXPORT_STATEMENT_TIMEOUT_S="0")).export_statement_timeout_s == 0
+    with pytest.raises(config.ConfigError, match="EXPORT_STATEMENT_TIMEOUT_S"):
+        config.load(env(EXPORT_STATEMENT_TIMEOUT_S="-1"))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://taskbeam_export:change-me@postgres:5432/taskbeam",
+        "postgresql+psycopg://taskbeam_export:@postgres:5432/taskbeam",
+    ],
+)
+def test_placeholder_database_password_refused(url):
+    with pytest.raises(config.ConfigError, match="DATABASE_URL has a placeholder password") as exc:
+        config.load(env(DATABASE_URL=url), need_secret=False)
+    assert "change-me@" not in str(exc.value)
+
+
+def test_database_url_without_password_accepted():
+    url = "postgresql+psycopg://reader@db.internal/shop"
+    assert config.load(env(DATABASE_URL=url)).database_url == url

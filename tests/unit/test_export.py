@@ -355,3 +355,55 @@ def test_remove_expired_exports_uses_configured_ttl(db_path, tmp_path):
 def test_remove_expired_exports_without_folder(settings):
     assert not os.path.exists(settings.export_dir)
     assert export.remove_expired_exports(settings, now=NOW) == 0
+
+
+# --- database failures the user reads ------------------------------------------------
+
+
+class FakeOperationalError(Exception):
+    def __init__(self, sqlstate=None):
+        super().__init__("driver message")
+        self.sqlstate = sqlstate
+
+
+class FakeWrapped(Exception):
+    """SQLAlchemy's DBAPIError: the driver's exception in ``orig``."""
+
+    def __init__(self, orig, connection_invalidated=False):
+        super().__init__(str(orig))
+        self.orig = orig
+        self.connection_invalidated = connection_invalidated
+
+
+def fake_engine(name):
+    dialect = type("Dialect", (), {"name": name, "dbapi": type("DBAPI", (), {})})()
+    dialect.dbapi.OperationalError = FakeOperationalError
+    return type("Engine", (), {"dialect": dialect})()
+
+
+@pytest.mark.parametrize(
+    "exc, code",
+    [
+        (FakeOperationalError("57014"), "query_timeout"),  # statement timeout
+        (FakeWrapped(FakeOperationalError("57014")), "query_timeout"),
+        (FakeOperationalError("57P01"), "database_unavailable"),  # admin shutdown (restart)
+        (FakeOperationalError(None), "database_unavailable"),  # connection refused or broken
+        (FakeWrapped(FakeOperationalError("08006")), "database_unavailable"),
+        (FakeWrapped(ValueError("x"), connection_invalidated=True), "database_unavailable"),
+        (FakeOperationalError("42P01"), None),  # undefined table: a bug or bad settings
+        (ValueError("not a database error"), None),
+        (progress.Cancelled(), None),
+    ],
+)
+def test_database_errors_map_to_codes_the_user_reads(settings, exc, code):
+    error = export._database_error(exc, fake_engine("postgresql"), settings)
+    assert (error.code if error else None) == code
+    if code == "query_timeout":
+        assert "EXPORT_STATEMENT_TIMEOUT_S" in error.message
+
+
+def test_other_databases_map_only_lost_connections(settings):
+    engine = fake_engine("sqlite")
+    assert export._database_error(FakeOperationalError(None), engine, settings) is None
+    lost = FakeWrapped(FakeOperationalError(None), connection_invalidated=True)
+    assert export._database_error(lost, engine, settings).code == "database_unavailable"
