@@ -111,9 +111,8 @@ def test_a_websocket_is_handed_off_from_pywsgi_and_gets_direct_writes(server):
         assert in_thread(ws.recv).startswith("40{")  # Socket.IO CONNECT
         (sock,) = server.eio_sockets()
         assert isinstance(sock.direct, transport.Connection)
-        gevent.sleep(0.05)
-        # pywsgi's handler ended (a watcher waits); engine.io's service task started.
-        assert live_greenlets() == idle + 1
+        # pywsgi's handler ends (a watcher waits); engine.io's service task started.
+        wait_for(lambda: live_greenlets() == idle + 1)
         in_thread(ws.send, '421["echo","hi"]')
         assert in_thread(ws.recv) == '431["hi"]'
         sid = next(iter(server.sio.manager.rooms["/"][None]))
@@ -165,7 +164,8 @@ def test_engineio_pings_on_schedule_and_a_pong_starts_the_next_cycle(server):
             return times
 
     first, second = in_thread(session)
-    assert 0.25 <= first < 0.6 and 0.25 <= second - first < 0.6
+    # Never early; the upper bound leaves room for a loaded machine (the timeout is 5 s).
+    assert 0.25 <= first < 1.5 and 0.25 <= second - first < 1.5
 
 
 def test_a_client_upgrading_from_long_polling_keeps_engineios_handler_with_direct_writes(server):
