@@ -23,7 +23,7 @@ def test_bench_smoke_run_reports_latency_fan_in_and_connections():
     result = json.loads((BENCH / "results" / "bench.json").read_text())
     assert result["smoke"] is True
     latency = result["latency"]["runs"][0]
-    assert latency["events"] == 200 and latency["p50_ms"] > 0
+    assert latency["events"] == latency["emitted"] > 0 and latency["p50_ms"] > 0
     for mode in ("publish", "persist"):
         step = result["fan_in"][mode]["runs"][0]["steps"][0]
         assert step["lost"] == 0 and step["delivered"] == step["emitted"] > 0, mode
