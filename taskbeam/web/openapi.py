@@ -124,7 +124,17 @@ def openapi_document(settings=None):
                         "200": {"description": "OK", **_json(snapshot)},
                         **_error_responses(404),
                     },
-                }
+                },
+                "delete": {
+                    "summary": "Clear a finished task and its events",
+                    "description": "409 `not_finished` unless the task is succeeded, "
+                    "failed or cancelled.",
+                    "parameters": [task_id],
+                    "responses": {
+                        "204": {"description": "Removed"},
+                        **_error_responses(404, 409),
+                    },
+                },
             },
             "/api/tasks/{task_id}/events": {
                 "get": {
@@ -254,6 +264,12 @@ def openapi_document(settings=None):
                         "worker": {
                             "type": "string",
                             "description": "Host name of the worker that ran it.",
+                        },
+                        "queue_position": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "description": "While queued: place among all tasks not "
+                            "started yet (1 = next).",
                         },
                         "result": {"type": "object"},
                         "error": {
