@@ -26,6 +26,7 @@ which a single Redis (or a replicated one) allows; Redis Cluster does not.
 """
 
 import json
+import math
 import secrets
 import time
 import uuid
@@ -91,7 +92,15 @@ if terminal(cur[1]) then return {0, cur[1]} end
 if token ~= '' and (cur[3] ~= token or not redis.call('ZSCORE', leases, cur[2])) then
   return {-2, 'fenced'}
 end
-for i = 8, #ARGV, 2 do redis.call('HSET', task, ARGV[i], ARGV[i + 1]) end
+-- done/total (a progress report's counts) go into this event only, not the snapshot.
+local counts = ''
+for i = 8, #ARGV, 2 do
+  if ARGV[i] == 'done' or ARGV[i] == 'total' then
+    counts = counts .. ',"' .. ARGV[i] .. '":' .. ARGV[i + 1]
+  else
+    redis.call('HSET', task, ARGV[i], ARGV[i + 1])
+  end
+end
 if emit_id ~= '' then redis.call('HSET', task, 'last_emit', emit_id) end
 local seq = redis.call('HINCRBY', task, 'seq', 1)
 redis.call('HSET', task, 'updated_at', ARGV[2])
@@ -99,7 +108,7 @@ local f = redis.call('HMGET', task, 'id', 'state', 'progress', 'message', 'resul
                      'cancel')
 local event = '{"task_id":' .. cjson.encode(f[1]) .. ',"seq":' .. seq
   .. ',"state":' .. cjson.encode(f[2]) .. ',"progress":' .. f[3]
-  .. ',"message":' .. cjson.encode(f[4]) .. ',"ts":' .. ARGV[1]
+  .. ',"message":' .. cjson.encode(f[4]) .. ',"ts":' .. ARGV[1] .. counts
 if f[2] == 'succeeded' and f[5] then event = event .. ',"result":' .. f[5] end
 if f[2] == 'failed' and f[6] then event = event .. ',"error":' .. f[6] end
 event = event .. '}'
@@ -231,6 +240,11 @@ def redis_client(settings, max_connections=None):
 
 def new_task_id():
     return secrets.token_urlsafe(12)
+
+
+def _count_text(count):
+    # A JSON number, spliced into the event as it is: 20000, not 20000.0.
+    return str(int(count)) if float(count).is_integer() else repr(float(count))
 
 
 def _progress_text(progress):
@@ -405,6 +419,10 @@ class TaskStore:
         for field, value in patch.items():
             if field == "progress":
                 value = _progress_text(value)
+            elif field in ("done", "total"):
+                if not math.isfinite(value):
+                    continue
+                value = _count_text(value)
             elif field in ("result", "error"):
                 value = json.dumps(value)
             args += [field, value]

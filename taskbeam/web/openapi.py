@@ -291,6 +291,11 @@ def openapi_document(settings=None):
                         "progress": {"type": "number"},
                         "message": {"type": "string"},
                         "ts": {"type": "number"},
+                        "done": {
+                            "type": "number",
+                            "description": "A progress report's count done (rows, steps).",
+                        },
+                        "total": {"type": "number", "description": "The report's total."},
                         "result": {"type": "object"},
                         "error": {"type": "object"},
                     },
