@@ -104,6 +104,9 @@ end
 if emit_id ~= '' then redis.call('HSET', task, 'last_emit', emit_id) end
 local seq = redis.call('HINCRBY', task, 'seq', 1)
 redis.call('HSET', task, 'updated_at', ARGV[2])
+local state = redis.call('HGET', task, 'state')
+if state == 'running' then redis.call('HSETNX', task, 'started_at', ARGV[2]) end
+if terminal(state) then redis.call('HSET', task, 'finished_at', ARGV[2]) end
 local f = redis.call('HMGET', task, 'id', 'state', 'progress', 'message', 'result', 'error',
                      'cancel')
 local event = '{"task_id":' .. cjson.encode(f[1]) .. ',"seq":' .. seq
@@ -581,4 +584,9 @@ class TaskStore:
             snap["error"] = json.loads(rec["error"])
         if rec.get("worker"):
             snap["worker"] = rec["worker"]
+        for field in ("started_at", "finished_at"):
+            if rec.get(field):
+                snap[field] = rec[field]
+        if rec.get("params"):
+            snap["params"] = json.loads(rec["params"])
         return snap

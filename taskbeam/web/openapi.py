@@ -265,6 +265,9 @@ def openapi_document(settings=None):
                             "type": "string",
                             "description": "Host name of the worker that ran it.",
                         },
+                        "started_at": {"type": "string", "format": "date-time"},
+                        "finished_at": {"type": "string", "format": "date-time"},
+                        "params": {"type": "object", "description": "As validated."},
                         "queue_position": {
                             "type": "integer",
                             "minimum": 1,

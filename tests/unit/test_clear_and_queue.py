@@ -155,3 +155,17 @@ def test_snapshots_carry_the_queue_position_while_queued(client, store):
     store.append(first, state=protocol.RUNNING, message="Running")
     store.append(mine, state=protocol.RUNNING, message="Running")
     assert "queue_position" not in client.get(f"/api/tasks/{mine}").json
+
+
+def test_snapshots_say_when_a_task_started_and_finished_and_with_what_params(store):
+    task_id = store.create(kind="simulate", owner="alice", params={"steps": 3}, now=100)["id"]
+    snap = store.snapshot_of(store.record(task_id))
+    assert snap["params"] == {"steps": 3}
+    assert "started_at" not in snap and "finished_at" not in snap
+    store.append(task_id, 101.5, state=protocol.RUNNING, message="Running")
+    store.append(task_id, 102, state=protocol.RETRYING, message="again")
+    store.append(task_id, 103, state=protocol.RUNNING, message="Running")  # keeps the first
+    store.append(task_id, 104.25, state=protocol.SUCCEEDED, progress=100, message="Done")
+    snap = store.snapshot_of(store.record(task_id))
+    assert snap["started_at"] == protocol.iso_utc(101.5)
+    assert snap["finished_at"] == protocol.iso_utc(104.25)
