@@ -14,6 +14,8 @@ const LOG_LIVE_MAX = 2000;   // past this, a log stops growing live: "Load more"
 const RATE_WINDOW_S = 15;    // the rate is measured over this much recent history
 const ETA_MIN_SPAN_S = 2;    // ... and shown once the history spans this long
 const QUEUE_POLL_MS = 3000;  // the queue moving sends no event: ask for positions
+const CLOCK_PAINTS = 25;     // tasks whose times are redrawn per frame
+const OFFSCREEN_PAINTS = 25; // off-screen tasks redrawn per frame, each at most once a second
 
 const tasks = new Map(); // id -> task {snapshot, el, f (its nodes), est, log}
 const order = [];        // ids, newest first
@@ -21,6 +23,7 @@ const dirty = new Set();
 let listDirty = true;
 let frame = 0;
 let shownLimit = TASKS_PAGE;
+let clockPaints = 0;
 const $ = (id) => document.getElementById(id);
 const list = $("tasks");
 const indicator = $("connection");
@@ -90,7 +93,7 @@ function describe(s) {
 // Write only what changed: a repaint of 100 tasks then touches few nodes (an
 // equal write still invalidates style and layout).
 function setText(node, text) {
-  if (node.textContent !== text) node.textContent = text;
+  if (node.shown !== text) node.textContent = node.shown = text;
 }
 
 function show(node, visible) {
@@ -169,6 +172,7 @@ function timeFact(task, name, iso) {
 }
 
 function paint(task, now) {
+  task.paintedAt = now;
   const s = task.snapshot;
   const f = task.f;
   const active = !TERMINAL.has(s.state);
@@ -198,8 +202,10 @@ function paint(task, now) {
   const r = active && rateOf(task);
   fact(task, "rate", r ? rateText(r.rate, c ? unit : "%") : null);
   fact(task, "error", s.state === "failed" && s.error ? `${s.error.message} (${s.error.code})` : null);
-  // What moves with the clock only: once a second, or when the state changes.
-  if (now - task.clockAt < 1000 && task.clockState === s.state) return;
+  // What moves with the clock only: once a second, or when the state changes,
+  // for at most CLOCK_PAINTS tasks a frame (the others wait a frame or two).
+  if (task.clockState === s.state && (now - task.clockAt < 1000 || clockPaints <= 0)) return;
+  clockPaints--;
   task.clockAt = now;
   task.clockState = s.state;
   const started = s.started_at && Date.parse(s.started_at);
@@ -248,18 +254,35 @@ function paintTitle() {
   if (document.title !== title) document.title = title;
 }
 
+// Tasks on screen are redrawn every frame they change; the others at most once a
+// second, a few a frame: the work per frame stays bounded however many tasks run.
+const onScreen = new IntersectionObserver((entries) => {
+  for (const entry of entries) {
+    const task = entry.target.task;
+    task.onScreen = entry.isIntersecting;
+    if (task.onScreen) changed(task, false);
+  }
+});
+
 function flush() {
   frame = 0;
+  clockPaints = CLOCK_PAINTS;
+  let offscreen = OFFSCREEN_PAINTS;
   const now = performance.now();
   if (listDirty) { listDirty = false; paintList(); }
   for (const task of dirty) {
-    if (!task.el.hidden) paint(task, now);
     if (!task.el.isConnected) {
+      paint(task, now); // before insertion: the bar never shows 0 for a task under way
       if (task.atTop) list.prepend(task.el); else list.append(task.el);
+      onScreen.observe(task.el);
+    } else if (!task.el.hidden) {
+      if (!task.onScreen && (now - task.paintedAt < 1000 || offscreen-- <= 0)) continue;
+      paint(task, now);
     }
+    dirty.delete(task);
   }
-  dirty.clear();
   paintTitle();
+  if (dirty.size) schedule();
 }
 
 // A hidden tab gets no animation frames; its title and notifications still matter.
@@ -292,7 +315,9 @@ function track(snapshot, atTop) {
       f[row.dataset.fact] = row;
     }
     f.bar.setAttribute("aria-label", `${snapshot.kind} progress`);
-    task = { snapshot, el, f, atTop, est: { samples: [], shown: null }, log: null, clockAt: -1e9 };
+    task = { snapshot, el, f, atTop, est: { samples: [], shown: null }, log: null,
+             clockAt: -1e9, paintedAt: -1e9, onScreen: true };
+    el.task = task;
     el.hidden = true; // until the list shows it
     f.cancel.addEventListener("click", () => cancel(snapshot.id));
     f.again.addEventListener("click", () => runAgain(task));
@@ -376,7 +401,10 @@ async function clearFinished() {
       } catch (err) {
         if (err.status !== 404) { formError.textContent = err.message; continue; }
       }
-      tasks.get(id).el.remove();
+      const task = tasks.get(id);
+      onScreen.unobserve(task.el);
+      task.el.remove();
+      dirty.delete(task);
       tasks.delete(id);
       order.splice(order.indexOf(id), 1);
     }
@@ -527,7 +555,7 @@ document.addEventListener("visibilitychange", () => { if (frame) flush(); });
 
 // Elapsed, time left and "x minutes ago" move with the clock.
 setInterval(() => {
-  tasks.forEach((task) => { if (!task.el.hidden) dirty.add(task); });
+  tasks.forEach((task) => { if (!task.el.hidden) dirty.add(task); });  // bounded per frame
   schedule();
 }, 1000);
 
