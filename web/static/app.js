@@ -115,7 +115,8 @@ function sample(task, ev) {
   const total = ev.total || 100;
   const x = ev.total ? ev.done : ev.progress;
   const last = e.samples[e.samples.length - 1];
-  if (last && (last.total !== total || x < last.x)) e.samples = [];
+  // Measure from the last report before work moved (an export counts rows first).
+  if (last && (last.total !== total || x < last.x || x === e.samples[0].x)) e.samples = [];
   e.samples.push({ ts: ev.ts, x, total, at: performance.now() });
   while (e.samples.length > 3 && ev.ts - e.samples[1].ts >= RATE_WINDOW_S) e.samples.shift();
   if (e.samples.length > 200) e.samples.splice(1, 1);
@@ -457,7 +458,16 @@ async function loadLog(task) {
     const id = encodeURIComponent(task.snapshot.id);
     const page = await api("GET", `/api/tasks/${id}/events?after=${log.after}&limit=${EVENTS_PAGE}`);
     log.more = page.has_more;
+    const first = page.events[0];
+    if (first && first.seq > log.after + 1) { // trimmed (EVENT_LOG_MAXLEN): say so, go on
+      const li = document.createElement("li");
+      li.textContent = `Events ${log.after + 1} to ${first.seq - 1} are no longer stored.`;
+      log.list.append(li);
+      log.after = first.seq - 1;
+    }
     logAppend(log, page.events);
+    // Caught up, but an event went by while this page was read: read on.
+    if (!log.more && page.events.length && task.snapshot.seq > log.after) setTimeout(() => loadLog(task));
   } catch (err) {
     log.more = true;
     formError.textContent = err.message;
@@ -465,7 +475,6 @@ async function loadLog(task) {
   log.loading = false;
   more.disabled = false;
   more.hidden = !log.more;
-  if (!log.more && task.snapshot.seq > log.after) loadLog(task);
 }
 
 // Live: appends the next event, or reads what it missed (up to LOG_LIVE_MAX
@@ -516,7 +525,8 @@ function notify(task) {
   if (!document.hidden || !notifyOn()) return;
   const s = task.snapshot;
   const body = s.state === "failed" && s.error ? s.error.message : describe(s);
-  new Notification(`${KIND_NAMES[s.kind] || s.kind} ${s.state}`, { body, tag: s.id });
+  const note = new Notification(`${KIND_NAMES[s.kind] || s.kind} ${s.state}`, { body, tag: s.id });
+  note.onclick = () => window.focus();
 }
 
 // Permission is asked only from this click, never on load.
