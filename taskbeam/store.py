@@ -8,6 +8,8 @@ Keys (``ns`` is TASKBEAM_NAMESPACE):
 - ``ns:owner:<owner>``        sorted set of the owner's task ids by creation time
 - ``ns:owner:<owner>:active`` set of the owner's tasks that have not finished
 - ``ns:active``               sorted set of every unfinished task id by creation time
+- ``ns:queued``               sorted set of the task ids not yet started, by creation time
+                              (a task's queue position is its rank here)
 - ``ns:leases``               sorted set of running task ids by lease expiry (Redis clock)
 
 A new task's keys expire after ``TASK_RETENTION_S`` plus the task time limit even
@@ -24,6 +26,7 @@ which a single Redis (or a replicated one) allows; Redis Cluster does not.
 """
 
 import json
+import math
 import secrets
 import time
 import uuid
@@ -44,6 +47,7 @@ _CREATE = (
     _TERMINAL
     + """
 local task, events, owner_tasks, owner_active, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local queued = KEYS[6]
 local id, now, max_active = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local ttl, owner_ttl, task_prefix = ARGV[4], ARGV[5], ARGV[8]
 if max_active > 0 and redis.call('SCARD', owner_active) >= max_active then
@@ -62,6 +66,7 @@ redis.call('EXPIRE', owner_tasks, owner_ttl)
 redis.call('SADD', owner_active, id)
 redis.call('EXPIRE', owner_active, owner_ttl)
 redis.call('ZADD', active, now, id)
+redis.call('ZADD', queued, now, id)
 return 1
 """
 )
@@ -74,7 +79,7 @@ return 1
 _APPEND = (
     _TERMINAL
     + """
-local task, events, leases, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local task, events, leases, active, queued = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local emit_id, token = ARGV[5], ARGV[6]
 local cur = redis.call('HMGET', task, 'state', 'id', 'fence', 'last_emit', 'owner')
 if not cur[1] then return {-1, ''} end
@@ -87,19 +92,31 @@ if terminal(cur[1]) then return {0, cur[1]} end
 if token ~= '' and (cur[3] ~= token or not redis.call('ZSCORE', leases, cur[2])) then
   return {-2, 'fenced'}
 end
-for i = 8, #ARGV, 2 do redis.call('HSET', task, ARGV[i], ARGV[i + 1]) end
+-- done/total (a progress report's counts) go into this event only, not the snapshot.
+local counts = ''
+for i = 8, #ARGV, 2 do
+  if ARGV[i] == 'done' or ARGV[i] == 'total' then
+    counts = counts .. ',"' .. ARGV[i] .. '":' .. ARGV[i + 1]
+  else
+    redis.call('HSET', task, ARGV[i], ARGV[i + 1])
+  end
+end
 if emit_id ~= '' then redis.call('HSET', task, 'last_emit', emit_id) end
 local seq = redis.call('HINCRBY', task, 'seq', 1)
 redis.call('HSET', task, 'updated_at', ARGV[2])
+local state = redis.call('HGET', task, 'state')
+if state == 'running' then redis.call('HSETNX', task, 'started_at', ARGV[2]) end
+if terminal(state) then redis.call('HSET', task, 'finished_at', ARGV[2]) end
 local f = redis.call('HMGET', task, 'id', 'state', 'progress', 'message', 'result', 'error',
                      'cancel')
 local event = '{"task_id":' .. cjson.encode(f[1]) .. ',"seq":' .. seq
   .. ',"state":' .. cjson.encode(f[2]) .. ',"progress":' .. f[3]
-  .. ',"message":' .. cjson.encode(f[4]) .. ',"ts":' .. ARGV[1]
+  .. ',"message":' .. cjson.encode(f[4]) .. ',"ts":' .. ARGV[1] .. counts
 if f[2] == 'succeeded' and f[5] then event = event .. ',"result":' .. f[5] end
 if f[2] == 'failed' and f[6] then event = event .. ',"error":' .. f[6] end
 event = event .. '}'
 redis.call('XADD', events, 'MAXLEN', '~', ARGV[3], seq .. '-0', 'e', event)
+if f[2] ~= 'queued' then redis.call('ZREM', queued, f[1]) end
 if terminal(f[2]) then
   redis.call('EXPIRE', task, ARGV[4])
   redis.call('EXPIRE', events, ARGV[4])
@@ -107,6 +124,23 @@ if terminal(f[2]) then
   if cur[5] then redis.call('SREM', ARGV[7] .. cur[5] .. ':active', f[1]) end
 end
 return {seq, event, f[7] or '0'}
+"""
+)
+
+# Removes a finished task of its owner and every key naming it, in one step:
+# -1 no such task (or not the owner's), 0 not finished yet, 1 removed.
+_REMOVE_FINISHED = (
+    _TERMINAL
+    + """
+local task, events, owner_tasks, owner_active, active, queued, leases =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local cur = redis.call('HMGET', task, 'state', 'owner')
+if not cur[1] or cur[2] ~= ARGV[2] then return -1 end
+if not terminal(cur[1]) then return 0 end
+redis.call('DEL', task, events)
+for _, key in ipairs({owner_tasks, active, queued, leases}) do redis.call('ZREM', key, ARGV[1]) end
+redis.call('SREM', owner_active, ARGV[1])
+return 1
 """
 )
 
@@ -211,6 +245,11 @@ def new_task_id():
     return secrets.token_urlsafe(12)
 
 
+def _count_text(count):
+    # A JSON number, spliced into the event as it is: 20000, not 20000.0.
+    return str(int(count)) if float(count).is_integer() else repr(float(count))
+
+
 def _progress_text(progress):
     # Stored as the JSON number the events carry.
     return repr(float(progress))
@@ -236,8 +275,10 @@ class TaskStore:
         self._renew_lease = redis.register_script(_RENEW_LEASE)
         self._release_lease = redis.register_script(_RELEASE_LEASE)
         self._reap = redis.register_script(_REAP)
+        self._remove_finished = redis.register_script(_REMOVE_FINISHED)
         self.leases_key = f"{self.ns}:leases"
         self.active_key = f"{self.ns}:active"
+        self.queued_key = f"{self.ns}:queued"
 
     def task_key(self, task_id):
         return f"{self.ns}:task:{task_id}"
@@ -301,6 +342,7 @@ class TaskStore:
             self.owner_key(owner),
             self.owner_active_key(owner),
             self.active_key,
+            self.queued_key,
         ]
         if not self._create(keys=keys, args=args):
             raise TooManyActive(max_active)
@@ -314,7 +356,45 @@ class TaskStore:
         pipe.zrem(self.owner_key(owner), task_id)
         pipe.srem(self.owner_active_key(owner), task_id)
         pipe.zrem(self.active_key, task_id)
+        pipe.zrem(self.queued_key, task_id)
         pipe.execute()
+
+    def remove_finished(self, task_id, owner):
+        """Remove a terminal task of ``owner`` with its events, atomically.
+
+        :returns: True if removed; False if the task is not finished yet.
+        :raises TaskGone: no such task, or not ``owner``'s.
+        """
+        keys = [
+            self.task_key(task_id),
+            self.events_key(task_id),
+            self.owner_key(owner),
+            self.owner_active_key(owner),
+            self.active_key,
+            self.queued_key,
+            self.leases_key,
+        ]
+        code = int(self._remove_finished(keys=keys, args=[task_id, owner]))
+        if code == -1:
+            raise TaskGone(task_id)
+        return code == 1
+
+    def add_queue_positions(self, snapshots, now=None):
+        """Set ``queue_position`` (1 = next to start) on the queued ones among
+        ``snapshots``: one ZRANK each, O(log n). Entries of tasks that expired
+        before they started are dropped first, so they do not count."""
+        queued = [s for s in snapshots if s["state"] == protocol.QUEUED]
+        if not queued:
+            return snapshots
+        now = time.time() if now is None else now
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(self.queued_key, "-inf", now - self.unfinished_ttl_s)
+        for snap in queued:
+            pipe.zrank(self.queued_key, snap["id"])
+        for snap, rank in zip(queued, pipe.execute()[1:]):
+            if rank is not None:
+                snap["queue_position"] = rank + 1
+        return snapshots
 
     def append(self, task_id, ts=None, *, token=None, emit_id=None, **patch):
         """Apply ``patch`` (state, progress, message, result, error, worker...) and log
@@ -342,10 +422,20 @@ class TaskStore:
         for field, value in patch.items():
             if field == "progress":
                 value = _progress_text(value)
+            elif field in ("done", "total"):
+                if not math.isfinite(value):
+                    continue
+                value = _count_text(value)
             elif field in ("result", "error"):
                 value = json.dumps(value)
             args += [field, value]
-        keys = [self.task_key(task_id), self.events_key(task_id), self.leases_key, self.active_key]
+        keys = [
+            self.task_key(task_id),
+            self.events_key(task_id),
+            self.leases_key,
+            self.active_key,
+            self.queued_key,
+        ]
         reply = self._append(keys=keys, args=args)
         code = int(reply[0])
         if code == -1:
@@ -494,4 +584,9 @@ class TaskStore:
             snap["error"] = json.loads(rec["error"])
         if rec.get("worker"):
             snap["worker"] = rec["worker"]
+        for field in ("started_at", "finished_at"):
+            if rec.get(field):
+                snap[field] = rec[field]
+        if rec.get("params"):
+            snap["params"] = json.loads(rec["params"])
         return snap

@@ -116,7 +116,9 @@ class TaskRun:
         self.lease.check()
         pct = protocol.percent(done, total)
         if self.coalescer.admit(protocol.RUNNING, pct):
-            if self.emit(state=protocol.RUNNING, progress=pct, message=message):
+            if self.emit(
+                state=protocol.RUNNING, progress=pct, message=message, done=done, total=total
+            ):
                 raise progress.Cancelled()
 
     def __call__(self):

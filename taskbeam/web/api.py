@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 from .. import export, jobs, protocol
-from ..store import TaskFinished, TooManyActive
+from ..store import TaskFinished, TaskGone, TooManyActive
 from . import origin_allowed, own_origin
 from .openapi import openapi_document
 
@@ -184,12 +184,30 @@ def create_task():
 
 @bp.get("/api/tasks")
 def list_tasks():
-    return {"tasks": services().store.list_for_owner(session["owner"])}
+    store = services().store
+    return {"tasks": store.add_queue_positions(store.list_for_owner(session["owner"]))}
 
 
 @bp.get("/api/tasks/<task_id>")
 def get_task(task_id):
-    return services().store.snapshot_of(owned_record(task_id))
+    snapshot = services().store.snapshot_of(owned_record(task_id))
+    return services().store.add_queue_positions([snapshot])[0]
+
+
+@bp.delete("/api/tasks/<task_id>")
+def delete_task(task_id):
+    """Clear a finished task: its snapshot and events are gone for good."""
+    json_body(allow_empty=True)
+    rec = owned_record(task_id)
+    try:
+        removed = services().store.remove_finished(task_id, session["owner"])
+    except TaskGone:
+        raise not_found() from None  # expired since the lookup
+    if not removed:
+        raise ApiError(
+            409, "not_finished", f"The task is {rec['state']}; cancel it or wait for it to end."
+        )
+    return Response(status=204)
 
 
 @bp.get("/api/tasks/<task_id>/events")

@@ -124,7 +124,17 @@ def openapi_document(settings=None):
                         "200": {"description": "OK", **_json(snapshot)},
                         **_error_responses(404),
                     },
-                }
+                },
+                "delete": {
+                    "summary": "Clear a finished task and its events",
+                    "description": "409 `not_finished` unless the task is succeeded, "
+                    "failed or cancelled.",
+                    "parameters": [task_id],
+                    "responses": {
+                        "204": {"description": "Removed"},
+                        **_error_responses(404, 409),
+                    },
+                },
             },
             "/api/tasks/{task_id}/events": {
                 "get": {
@@ -255,6 +265,15 @@ def openapi_document(settings=None):
                             "type": "string",
                             "description": "Host name of the worker that ran it.",
                         },
+                        "started_at": {"type": "string", "format": "date-time"},
+                        "finished_at": {"type": "string", "format": "date-time"},
+                        "params": {"type": "object", "description": "As validated."},
+                        "queue_position": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "description": "While queued: place among all tasks not "
+                            "started yet (1 = next).",
+                        },
                         "result": {"type": "object"},
                         "error": {
                             "type": "object",
@@ -275,6 +294,11 @@ def openapi_document(settings=None):
                         "progress": {"type": "number"},
                         "message": {"type": "string"},
                         "ts": {"type": "number"},
+                        "done": {
+                            "type": "number",
+                            "description": "A progress report's count done (rows, steps).",
+                        },
+                        "total": {"type": "number", "description": "The report's total."},
                         "result": {"type": "object"},
                         "error": {"type": "object"},
                     },

@@ -143,11 +143,12 @@ def emit_batch(raw, envelopes, task_ids, first, count, progress, mode):
                 raw.command(
                     "EVALSHA",
                     store._append.sha,
-                    4,
+                    5,
                     store.task_key(t),
                     store.events_key(t),
                     store.leases_key,
                     store.active_key,
+                    store.queued_key,
                     *head,
                     store.new_emit_id(),
                     TOKENS[t],

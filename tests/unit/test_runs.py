@@ -277,3 +277,19 @@ def test_queued_task_ids_reads_what_celery_really_sends(
         message.ack()
         queue.close()
     assert broker.queued_task_ids(redis_client, app) == set()
+
+
+# --- progress counts ------------------------------------------------------------
+
+
+def test_progress_events_carry_the_reports_counts_but_the_snapshot_does_not(rt):
+    """done/total let a page show rows done and rows/s; they belong to one report."""
+    task_id = new_task(rt, steps=4)
+    run = worker.TaskRun(jobs.JOBS["simulate"], task_id, {"steps": 4, "step_ms": 0}, rt=rt)
+    run()
+    events = history(rt, task_id)
+    reports = [(e.get("done"), e.get("total")) for e in events if e["message"].startswith("Step")]
+    assert reports and reports[-1] == (4, 4)
+    assert all(total == 4 and 1 <= done <= 4 for done, total in reports)
+    assert all("done" not in e for e in events if not e["message"].startswith("Step"))
+    assert "done" not in rt.store.record(task_id)

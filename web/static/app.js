@@ -1,13 +1,40 @@
 // Taskbeam page: starts tasks over REST, follows them over Socket.IO.
 // Every task keeps the last seq applied; events at or below it are duplicates,
 // a jump above it is a gap, answered by resubscribing with that seq.
+// Events only change state and mark tasks dirty; the DOM is written once per
+// animation frame (100 tasks at 10 events/s each would otherwise stall the page).
 "use strict";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
-const tasks = new Map(); // id -> {snapshot, el}
-const list = document.getElementById("tasks");
-const indicator = document.getElementById("connection");
-const formError = document.getElementById("form-error");
+const KIND_NAMES = { export: "Export", simulate: "Simulation" };
+const UNITS = { export: "rows", simulate: "steps" };
+const TASKS_PAGE = 20;       // tasks shown per "Show older tasks"
+const EVENTS_PAGE = 50;      // events per page of a task's log
+const LOG_LIVE_MAX = 2000;   // past this, a log stops growing live: "Load more" reads on
+const RATE_WINDOW_S = 15;    // the rate is measured over this much recent history
+const ETA_MIN_SPAN_S = 2;    // ... and shown once the history spans this long
+const QUEUE_POLL_MS = 3000;  // the queue moving sends no event: ask for positions
+const CLOCK_PAINTS = 25;     // tasks whose times are redrawn per frame
+const OFFSCREEN_PAINTS = 25; // off-screen tasks redrawn per frame, each at most once a second
+
+const tasks = new Map(); // id -> task {snapshot, el, f (its nodes), est, log}
+const order = [];        // ids, newest first
+const dirty = new Set();
+let listDirty = true;
+let frame = 0;
+let shownLimit = TASKS_PAGE;
+let clockPaints = 0;
+const $ = (id) => document.getElementById(id);
+const list = $("tasks");
+const indicator = $("connection");
+const formError = $("form-error");
+
+const locale = undefined; // the browser's
+const num0 = new Intl.NumberFormat(locale, { maximumFractionDigits: 0 });
+const num1 = new Intl.NumberFormat(locale, { minimumFractionDigits: 1, maximumFractionDigits: 1 });
+const absolute = new Intl.DateTimeFormat(locale, { dateStyle: "medium", timeStyle: "medium" });
+const clock = new Intl.DateTimeFormat(locale, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+const relative = new Intl.RelativeTimeFormat(locale, { numeric: "auto" });
 
 // Connected only after the first API answer: that response sets the session
 // cookie the Socket.IO handshake must carry to be bound to its owner.
@@ -25,15 +52,37 @@ async function api(method, path, body) {
     init.body = JSON.stringify(body);
   }
   const response = await fetch(path, init);
-  const data = await response.json().catch(() => ({}));
+  const data = response.status === 204 ? {} : await response.json().catch(() => ({}));
   if (!response.ok) {
-    throw new Error((data.error && data.error.message) || `HTTP ${response.status}`);
+    const err = new Error((data.error && data.error.message) || `HTTP ${response.status}`);
+    err.status = response.status;
+    throw err;
   }
   return data;
 }
 
+// --- formatting ---------------------------------------------------------------
+
+function duration(s) {
+  s = Math.max(0, Math.round(s));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+}
+
+function ago(ms) {
+  const s = (ms - Date.now()) / 1000;
+  for (const [unit, size] of [["day", 86400], ["hour", 3600], ["minute", 60]]) {
+    if (Math.abs(s) >= size) return relative.format(Math.round(s / size), unit);
+  }
+  return relative.format(Math.abs(s) < 10 ? 0 : Math.round(s), "second");
+}
+
+function rateText(rate, unit) {
+  return `${rate >= 100 ? num0.format(rate) : num1.format(rate)} ${unit}/s`;
+}
+
 function describe(s) {
-  if (s.state === "failed" && s.error) return s.error.message;
   if (s.state === "succeeded" && s.result && s.result.rows !== undefined) {
     const mb = (s.result.bytes / 1e6).toFixed(1);
     return `Exported ${s.result.rows.toLocaleString("en")} rows (${mb} MB)`;
@@ -41,38 +90,247 @@ function describe(s) {
   return s.message;
 }
 
-function render(task) {
-  const s = task.snapshot;
-  const el = task.el;
-  el.dataset.state = s.state;
-  el.querySelector(".kind").textContent = s.kind;
-  el.querySelector(".state").textContent = s.state;
-  const bar = el.querySelector(".bar");
-  bar.setAttribute("aria-valuenow", String(Math.round(s.progress)));
-  bar.setAttribute("aria-label", `${s.kind} progress`);
-  el.querySelector(".fill").style.width = `${s.progress}%`;
-  el.querySelector(".message").textContent = describe(s);
-  el.querySelector(".cancel").hidden = TERMINAL.has(s.state);
-  const link = el.querySelector(".download");
-  const url = s.state === "succeeded" && s.result && s.result.download_url;
-  link.hidden = !url;
-  if (url) link.href = url;
-  document.getElementById("empty").hidden = tasks.size > 0;
+// Write only what changed: a repaint of 100 tasks then touches few nodes (an
+// equal write still invalidates style and layout).
+function setText(node, text) {
+  if (node.shown !== text) node.textContent = node.shown = text;
 }
+
+function show(node, visible) {
+  if (node.hidden === visible) node.hidden = !visible;
+}
+
+// --- rate and time left, from the task's own event timestamps -----------------
+
+// Samples are (server ts, amount done) of running events; the rate is the slope
+// over the last RATE_WINDOW_S. A report with counts (done/total) measures in its
+// units (rows, steps), one without in percent; a change of unit or a step back
+// (a retry starting over) starts the history again.
+function sample(task, ev) {
+  const e = task.est;
+  if (ev.state !== "running" || typeof ev.ts !== "number") {
+    if (ev.state !== "running") e.samples = [];
+    return;
+  }
+  const total = ev.total || 100;
+  const x = ev.total ? ev.done : ev.progress;
+  const last = e.samples[e.samples.length - 1];
+  // Measure from the last report before work moved (an export counts rows first).
+  if (last && (last.total !== total || x < last.x || x === e.samples[0].x)) e.samples = [];
+  e.samples.push({ ts: ev.ts, x, total, at: performance.now() });
+  while (e.samples.length > 3 && ev.ts - e.samples[1].ts >= RATE_WINDOW_S) e.samples.shift();
+  if (e.samples.length > 200) e.samples.splice(1, 1);
+  if (ev.total) task.counts = { done: ev.done, total: ev.total };
+}
+
+function rateOf(task) {
+  const s = task.est.samples;
+  if (s.length < 3) return null;
+  const first = s[0], last = s[s.length - 1];
+  const span = last.ts - first.ts;
+  if (span < ETA_MIN_SPAN_S || last.x <= first.x) return null;
+  return { rate: (last.x - first.x) / span, last };
+}
+
+// The shown value counts down with the clock and moves a little toward each new
+// estimate (a 3-s time constant), so it never jumps about.
+function timeLeft(task, now) {
+  const e = task.est;
+  const r = rateOf(task);
+  if (!r || task.snapshot.state !== "running") {
+    e.shown = null;
+    return null;
+  }
+  const raw = Math.max(0, (r.last.total - r.last.x) / r.rate - (now - r.last.at) / 1000);
+  if (e.shown === null) e.shown = raw;
+  else {
+    const counted = Math.max(0, e.shown - (now - e.shownAt) / 1000);
+    e.shown = counted + (1 - Math.exp(-(now - e.shownAt) / 3000)) * (raw - counted);
+  }
+  e.shownAt = now;
+  return e.shown;
+}
+
+// --- painting (once per frame) ------------------------------------------------
+
+function fact(task, name, text) {
+  const row = task.f[name];
+  show(row, text !== null);
+  if (text !== null) setText(row.lastElementChild, text);
+}
+
+function timeFact(task, name, iso) {
+  const row = task.f[name];
+  show(row, !!iso);
+  if (!iso) return;
+  const time = row.querySelector("time");
+  const ms = Date.parse(iso);
+  if (time.dateTime !== iso) {
+    time.dateTime = iso;
+    time.title = absolute.format(ms);
+  }
+  setText(time, ago(ms));
+}
+
+function paint(task, now) {
+  task.paintedAt = now;
+  const s = task.snapshot;
+  const f = task.f;
+  const active = !TERMINAL.has(s.state);
+  if (task.el.dataset.state !== s.state) task.el.dataset.state = s.state;
+  setText(f.kind, s.kind);
+  setText(f.state, s.state);
+  const pct = String(Math.round(s.progress));
+  if (f.bar.getAttribute("aria-valuenow") !== pct) {
+    f.bar.setAttribute("aria-valuenow", pct);
+    f.fill.style.transform = `scaleX(${s.progress / 100})`;
+  }
+  show(f.message, !(s.state === "failed" && s.error));
+  setText(f.message, describe(s) || "");
+  show(f.cancel, active);
+  show(f.again, !!s.params && (s.state === "failed" || s.state === "cancelled"));
+  const url = s.state === "succeeded" && s.result && s.result.download_url;
+  show(f.download, !!url);
+  if (url && f.download.getAttribute("href") !== url) f.download.href = url;
+
+  const unit = UNITS[s.kind] || "items";
+  const c = task.counts;
+  fact(task, "progress", `${Math.floor(s.progress)} %` +
+    (c ? ` · ${num0.format(c.done)} of ${num0.format(c.total)} ${unit}` : ""));
+  fact(task, "queue", s.state === "queued" && s.queue_position ? num0.format(s.queue_position) : null);
+  const left = timeLeft(task, now);
+  fact(task, "left", left === null ? null : duration(left));
+  const r = active && rateOf(task);
+  fact(task, "rate", r ? rateText(r.rate, c ? unit : "%") : null);
+  fact(task, "error", s.state === "failed" && s.error ? `${s.error.message} (${s.error.code})` : null);
+  // What moves with the clock only: once a second, or when the state changes,
+  // for at most CLOCK_PAINTS tasks a frame (the others wait a frame or two).
+  if (task.clockState === s.state && (now - task.clockAt < 1000 || clockPaints <= 0)) return;
+  clockPaints--;
+  task.clockAt = now;
+  task.clockState = s.state;
+  const started = s.started_at && Date.parse(s.started_at);
+  const end = s.finished_at ? Date.parse(s.finished_at) : Date.now();
+  fact(task, "elapsed", started ? duration((end - started) / 1000) : null);
+  timeFact(task, "created", s.created_at);
+  timeFact(task, "started", s.started_at);
+  timeFact(task, "finished", s.finished_at);
+}
+
+function matches(task) {
+  const state = $("filter-state").value;
+  const kind = $("filter-kind").value;
+  const s = task.snapshot.state;
+  if (state === "active" ? TERMINAL.has(s) : state && state !== s) return false;
+  return !kind || kind === task.snapshot.kind;
+}
+
+function paintList() {
+  let shown = 0;
+  let matching = 0;
+  for (const id of order) {
+    const task = tasks.get(id);
+    const visible = matches(task) && matching++ < shownLimit;
+    if (visible) shown++;
+    if (task.el.hidden === visible) {
+      task.el.hidden = !visible;
+      if (visible) dirty.add(task);
+    }
+  }
+  const empty = $("empty");
+  show(empty, shown === 0);
+  setText(empty, tasks.size ? "No tasks match these filters." : "No tasks yet.");
+  show($("older"), matching > shownLimit);
+  $("clear").disabled = ![...tasks.values()].some((t) => TERMINAL.has(t.snapshot.state));
+}
+
+// The title shows how far the unfinished tasks are, for a page in another tab.
+function paintTitle() {
+  let sum = 0;
+  let n = 0;
+  tasks.forEach((t) => {
+    if (!TERMINAL.has(t.snapshot.state)) { sum += t.snapshot.progress; n++; }
+  });
+  const title = n ? `${Math.floor(sum / n)} % · Taskbeam` : "Taskbeam";
+  if (document.title !== title) document.title = title;
+}
+
+// Tasks on screen are redrawn every frame they change; the others at most once a
+// second, a few a frame: the work per frame stays bounded however many tasks run.
+const onScreen = new IntersectionObserver((entries) => {
+  for (const entry of entries) {
+    const task = entry.target.task;
+    task.onScreen = entry.isIntersecting;
+    if (task.onScreen) changed(task, false);
+  }
+});
+
+function flush() {
+  frame = 0;
+  clockPaints = CLOCK_PAINTS;
+  let offscreen = OFFSCREEN_PAINTS;
+  const now = performance.now();
+  if (listDirty) { listDirty = false; paintList(); }
+  for (const task of dirty) {
+    if (!task.el.isConnected) {
+      paint(task, now); // before insertion: the bar never shows 0 for a task under way
+      if (task.atTop) list.prepend(task.el); else list.append(task.el);
+      onScreen.observe(task.el);
+    } else if (!task.el.hidden) {
+      if (!task.onScreen && (now - task.paintedAt < 1000 || offscreen-- <= 0)) continue;
+      paint(task, now);
+    }
+    dirty.delete(task);
+  }
+  paintTitle();
+  if (dirty.size) schedule();
+}
+
+// A hidden tab gets no animation frames; its title and notifications still matter.
+function schedule() {
+  if (frame) return;
+  frame = document.hidden ? setTimeout(flush, 250) : requestAnimationFrame(flush);
+}
+
+function changed(task, listToo) {
+  dirty.add(task);
+  if (listToo) listDirty = true;
+  schedule();
+}
+
+// --- tasks --------------------------------------------------------------------
 
 function track(snapshot, atTop) {
   let task = tasks.get(snapshot.id);
   if (!task) {
-    const el = document.getElementById("task-template").content.firstElementChild.cloneNode(true);
-    el.querySelector(".cancel").addEventListener("click", () => cancel(snapshot.id));
-    task = { snapshot, el };
+    const el = $("task-template").content.firstElementChild.cloneNode(true);
+    const f = { kind: el.querySelector(".kind"), state: el.querySelector(".state"),
+      bar: el.querySelector(".bar"), fill: el.querySelector(".fill"),
+      message: el.querySelector(".message"), cancel: el.querySelector(".cancel"),
+      again: el.querySelector(".again"), download: el.querySelector(".download") };
+    for (const row of el.querySelectorAll("[data-fact]")) {
+      const term = row.firstElementChild;
+      term.id = `${snapshot.id}-${row.dataset.fact}`;
+      row.lastElementChild.setAttribute("aria-labelledby", term.id);
+      row.hidden = true;
+      f[row.dataset.fact] = row;
+    }
+    f.bar.setAttribute("aria-label", `${snapshot.kind} progress`);
+    task = { snapshot, el, f, atTop, est: { samples: [], shown: null }, log: null,
+             clockAt: -1e9, paintedAt: -1e9, onScreen: true };
+    el.task = task;
+    el.hidden = true; // until the list shows it
+    f.cancel.addEventListener("click", () => cancel(snapshot.id));
+    f.again.addEventListener("click", () => runAgain(task));
+    el.querySelector(".log-toggle").addEventListener("click", () => toggleLog(task));
+    el.querySelector(".log-more").addEventListener("click", () => loadLog(task));
     tasks.set(snapshot.id, task);
-    render(task); // before insertion: the bar never shows 0 for a task under way
-    if (atTop) list.prepend(el); else list.append(el);
+    if (atTop) order.unshift(snapshot.id); else order.push(snapshot.id);
   } else if (snapshot.seq >= task.snapshot.seq) {
-    task.snapshot = snapshot;
+    task.snapshot = Object.assign(task.snapshot, snapshot);
+    if (snapshot.state !== "queued") delete task.snapshot.queue_position;
   }
-  render(task);
+  changed(task, true);
   if (!TERMINAL.has(task.snapshot.state)) subscribe(snapshot.id);
 }
 
@@ -84,11 +342,22 @@ function apply(event) {
     return;
   }
   const s = task.snapshot;
+  const wasActive = !TERMINAL.has(s.state);
+  const stamp = new Date(event.ts * 1000).toISOString();
   Object.assign(s, { seq: event.seq, state: event.state, progress: event.progress,
-                     message: event.message });
+                     message: event.message, updated_at: stamp });
+  if (event.state !== "queued") delete s.queue_position;
+  if (event.state === "running" && !s.started_at) s.started_at = stamp;
   if (event.result) s.result = event.result;
   if (event.error) s.error = event.error;
-  render(task);
+  sample(task, event);
+  logLive(task, event);
+  const ended = wasActive && TERMINAL.has(event.state);
+  if (ended) {
+    s.finished_at = stamp;
+    notify(task);
+  }
+  changed(task, ended);
 }
 
 function subscribe(id) {
@@ -110,15 +379,169 @@ async function cancel(id) {
   }
 }
 
-function onSubmit(formId, kind, paramsOf) {
-  document.getElementById(formId).addEventListener("submit", async (e) => {
-    e.preventDefault();
-    formError.textContent = "";
-    try {
-      track(await api("POST", "/api/tasks", { kind, params: paramsOf(new FormData(e.target)) }), true);
-    } catch (err) {
-      formError.textContent = err.message;
+async function start(kind, params) {
+  formError.textContent = "";
+  try {
+    track(await api("POST", "/api/tasks", { kind, params }), true);
+  } catch (err) {
+    formError.textContent = err.message;
+  }
+}
+
+function runAgain(task) {
+  return start(task.snapshot.kind, task.snapshot.params);
+}
+
+// Clears every finished task, four requests at a time.
+async function clearFinished() {
+  const ids = order.filter((id) => TERMINAL.has(tasks.get(id).snapshot.state));
+  const next = async () => {
+    for (let id = ids.shift(); id; id = ids.shift()) {
+      try {
+        await api("DELETE", `/api/tasks/${encodeURIComponent(id)}`);
+      } catch (err) {
+        if (err.status !== 404) { formError.textContent = err.message; continue; }
+      }
+      const task = tasks.get(id);
+      onScreen.unobserve(task.el);
+      task.el.remove();
+      dirty.delete(task);
+      tasks.delete(id);
+      order.splice(order.indexOf(id), 1);
     }
+  };
+  await Promise.all([next(), next(), next(), next()]);
+  listDirty = true;
+  schedule();
+}
+
+// Where a queued task stands in the queue; at most 20 requests a round.
+async function pollQueue() {
+  const queued = order.filter((id) => tasks.get(id).snapshot.state === "queued").slice(0, 20);
+  for (const id of queued) {
+    try {
+      const snap = await api("GET", `/api/tasks/${encodeURIComponent(id)}`);
+      const task = tasks.get(id);
+      if (task && snap.seq === task.snapshot.seq) {
+        task.snapshot.queue_position = snap.queue_position;
+        changed(task, false);
+      }
+    } catch (err) { /* next round */ }
+  }
+  setTimeout(pollQueue, QUEUE_POLL_MS);
+}
+
+// --- the event log ------------------------------------------------------------
+
+function toggleLog(task) {
+  const button = task.el.querySelector(".log-toggle");
+  const box = task.el.querySelector(".log");
+  const open = button.getAttribute("aria-expanded") !== "true";
+  button.setAttribute("aria-expanded", String(open));
+  button.textContent = open ? "Hide log" : "Show log";
+  box.hidden = !open;
+  if (open && !task.log) {
+    task.log = { after: 0, more: false, loading: false, count: 0, list: box.querySelector("ol") };
+    loadLog(task);
+  }
+}
+
+// One page after the last event shown; once caught up, live events append
+// themselves (see apply), and anything missed meanwhile is read again.
+async function loadLog(task) {
+  const log = task.log;
+  if (log.loading) return;
+  log.loading = true;
+  const more = task.el.querySelector(".log-more");
+  more.disabled = true;
+  try {
+    const id = encodeURIComponent(task.snapshot.id);
+    const page = await api("GET", `/api/tasks/${id}/events?after=${log.after}&limit=${EVENTS_PAGE}`);
+    log.more = page.has_more;
+    const first = page.events[0];
+    if (first && first.seq > log.after + 1) { // trimmed (EVENT_LOG_MAXLEN): say so, go on
+      const li = document.createElement("li");
+      li.textContent = `Events ${log.after + 1} to ${first.seq - 1} are no longer stored.`;
+      log.list.append(li);
+      log.after = first.seq - 1;
+    }
+    logAppend(log, page.events);
+    // Caught up, but an event went by while this page was read: read on.
+    if (!log.more && page.events.length && task.snapshot.seq > log.after) setTimeout(() => loadLog(task));
+  } catch (err) {
+    log.more = true;
+    formError.textContent = err.message;
+  }
+  log.loading = false;
+  more.disabled = false;
+  more.hidden = !log.more;
+}
+
+// Live: appends the next event, or reads what it missed (up to LOG_LIVE_MAX
+// entries; past that, "Load more" reads on when asked).
+function logLive(task, event) {
+  const log = task.log;
+  if (!log || log.more || event.seq <= log.after) return;
+  if (log.count >= LOG_LIVE_MAX) {
+    log.more = true;
+    task.el.querySelector(".log-more").hidden = false;
+  } else if (event.seq === log.after + 1) logAppend(log, [event]);
+  else loadLog(task);
+}
+
+function logAppend(log, events) {
+  const items = document.createDocumentFragment();
+  for (const ev of events) {
+    if (ev.seq !== log.after + 1) continue;
+    const li = document.createElement("li");
+    const time = document.createElement("time");
+    time.dateTime = new Date(ev.ts * 1000).toISOString();
+    time.textContent = clock.format(ev.ts * 1000);
+    li.append(time);
+    for (const [cls, text] of [["log-seq", String(ev.seq)], ["log-state", ev.state],
+                               ["", `${Math.floor(ev.progress)} %`], ["", ev.message]]) {
+      const span = document.createElement("span");
+      if (cls) span.className = cls;
+      span.textContent = text;
+      li.append(" ", span);
+    }
+    items.append(li);
+    log.after = ev.seq;
+    log.count++;
+  }
+  log.list.append(items);
+}
+
+// --- notifications ------------------------------------------------------------
+
+const canNotify = "Notification" in window && window.isSecureContext;
+const notifyButton = $("notify");
+
+function notifyOn() {
+  return canNotify && Notification.permission === "granted" && localStorage.getItem("notify") === "1";
+}
+
+function notify(task) {
+  if (!document.hidden || !notifyOn()) return;
+  const s = task.snapshot;
+  const body = s.state === "failed" && s.error ? s.error.message : describe(s);
+  const note = new Notification(`${KIND_NAMES[s.kind] || s.kind} ${s.state}`, { body, tag: s.id });
+  note.onclick = () => window.focus();
+}
+
+// Permission is asked only from this click, never on load.
+notifyButton.hidden = !canNotify || Notification.permission === "denied" || notifyOn();
+notifyButton.addEventListener("click", async () => {
+  if (await Notification.requestPermission() === "granted") localStorage.setItem("notify", "1");
+  notifyButton.hidden = notifyOn() || Notification.permission === "denied";
+});
+
+// --- wiring -------------------------------------------------------------------
+
+function onSubmit(formId, kind, paramsOf) {
+  $(formId).addEventListener("submit", (e) => {
+    e.preventDefault();
+    start(kind, paramsOf(new FormData(e.target)));
   });
 }
 
@@ -131,6 +554,20 @@ onSubmit("export-form", "export", (form) => {
 onSubmit("simulate-form", "simulate", (form) => ({
   steps: Number(form.get("steps")), step_ms: Number(form.get("step_ms")),
 }));
+
+for (const id of ["filter-state", "filter-kind"]) {
+  $(id).addEventListener("change", () => { shownLimit = TASKS_PAGE; listDirty = true; schedule(); });
+}
+$("older").addEventListener("click", () => { shownLimit += TASKS_PAGE; listDirty = true; schedule(); });
+$("clear").addEventListener("click", clearFinished);
+// A frame asked for just before the tab was hidden would never come: paint now.
+document.addEventListener("visibilitychange", () => { if (frame) flush(); });
+
+// Elapsed, time left and "x minutes ago" move with the clock.
+setInterval(() => {
+  tasks.forEach((task) => { if (!task.el.hidden) dirty.add(task); });  // bounded per frame
+  schedule();
+}, 1000);
 
 socket.on("connect", () => {
   setConnection("connected", "Connected");
@@ -149,4 +586,4 @@ socket.on("task_update", apply);
 api("GET", "/api/tasks")
   .then((data) => data.tasks.forEach((snapshot) => track(snapshot, false)))
   .catch((err) => { formError.textContent = err.message; })
-  .finally(() => socket.connect());
+  .finally(() => { socket.connect(); setTimeout(pollQueue, QUEUE_POLL_MS); });
