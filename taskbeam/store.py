@@ -104,11 +104,13 @@ end
 if emit_id ~= '' then redis.call('HSET', task, 'last_emit', emit_id) end
 local seq = redis.call('HINCRBY', task, 'seq', 1)
 redis.call('HSET', task, 'updated_at', ARGV[2])
-local state = redis.call('HGET', task, 'state')
-if state == 'running' then redis.call('HSETNX', task, 'started_at', ARGV[2]) end
-if terminal(state) then redis.call('HSET', task, 'finished_at', ARGV[2]) end
 local f = redis.call('HMGET', task, 'id', 'state', 'progress', 'message', 'result', 'error',
                      'cancel')
+if f[2] ~= cur[1] then  -- a state change; progress events skip all of this
+  if cur[1] == 'queued' then redis.call('ZREM', queued, f[1]) end
+  if f[2] == 'running' then redis.call('HSETNX', task, 'started_at', ARGV[2]) end
+  if terminal(f[2]) then redis.call('HSET', task, 'finished_at', ARGV[2]) end
+end
 local event = '{"task_id":' .. cjson.encode(f[1]) .. ',"seq":' .. seq
   .. ',"state":' .. cjson.encode(f[2]) .. ',"progress":' .. f[3]
   .. ',"message":' .. cjson.encode(f[4]) .. ',"ts":' .. ARGV[1] .. counts
@@ -116,7 +118,6 @@ if f[2] == 'succeeded' and f[5] then event = event .. ',"result":' .. f[5] end
 if f[2] == 'failed' and f[6] then event = event .. ',"error":' .. f[6] end
 event = event .. '}'
 redis.call('XADD', events, 'MAXLEN', '~', ARGV[3], seq .. '-0', 'e', event)
-if f[2] ~= 'queued' then redis.call('ZREM', queued, f[1]) end
 if terminal(f[2]) then
   redis.call('EXPIRE', task, ARGV[4])
   redis.call('EXPIRE', events, ARGV[4])
