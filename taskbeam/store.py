@@ -293,6 +293,17 @@ class TaskStore:
     def owner_active_key(self, owner):
         return f"{self.ns}:owner:{owner}:active"
 
+    def _keys_of(self, task_id, owner):
+        """The keys a task's creation and removal touch (the Lua scripts' KEYS)."""
+        return [
+            self.task_key(task_id),
+            self.events_key(task_id),
+            self.owner_key(owner),
+            self.owner_active_key(owner),
+            self.active_key,
+            self.queued_key,
+        ]
+
     def create(self, *, kind, owner, params, max_active=0, now=None):
         """Store a new task with its first event (seq 1, ``queued``); return its snapshot.
 
@@ -337,15 +348,7 @@ class TaskStore:
         ]
         for item in fields.items():
             args += item
-        keys = [
-            self.task_key(task_id),
-            self.events_key(task_id),
-            self.owner_key(owner),
-            self.owner_active_key(owner),
-            self.active_key,
-            self.queued_key,
-        ]
-        if not self._create(keys=keys, args=args):
+        if not self._create(keys=self._keys_of(task_id, owner), args=args):
             raise TooManyActive(max_active)
         return self.snapshot_of({k: str(v) for k, v in fields.items()})
 
@@ -366,15 +369,7 @@ class TaskStore:
         :returns: True if removed; False if the task is not finished yet.
         :raises TaskGone: no such task, or not ``owner``'s.
         """
-        keys = [
-            self.task_key(task_id),
-            self.events_key(task_id),
-            self.owner_key(owner),
-            self.owner_active_key(owner),
-            self.active_key,
-            self.queued_key,
-            self.leases_key,
-        ]
+        keys = [*self._keys_of(task_id, owner), self.leases_key]
         code = int(self._remove_finished(keys=keys, args=[task_id, owner]))
         if code == -1:
             raise TaskGone(task_id)
