@@ -323,3 +323,13 @@ def inject_events(task_id, first, last):
         str(last),
         task_id,
     )
+
+
+@pytest.fixture(scope="module")
+def owner():
+    """One session and its watcher, shared by a module's tests."""
+    api = Api()
+    watcher = Watcher(api).connect()
+    yield api, watcher
+    watcher.close()
+    api.http.close()

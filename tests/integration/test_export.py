@@ -7,7 +7,7 @@ import time
 from datetime import datetime
 
 import pytest
-from conftest import Api, Watcher, compose, wait_until
+from conftest import Api, compose, wait_until
 
 COLUMNS = ["id", "order_date", "customer", "product", "region", "quantity", "amount"]
 
@@ -42,15 +42,6 @@ def direct_count(where):
 
 def export_files():
     return compose("exec", "-T", "worker", "ls", "-A", "/data/exports").split()
-
-
-@pytest.fixture(scope="module")
-def owner():
-    api = Api()
-    watcher = Watcher(api).connect()
-    yield api, watcher
-    watcher.close()
-    api.http.close()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import Api, Watcher, compose, wait_until
+from conftest import compose, wait_until
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("TEST_DATABASE") != "postgres",
@@ -93,15 +93,6 @@ def wait_postgres_healthy():
         interval=0.5,
         what="PostgreSQL to be healthy again",
     )
-
-
-@pytest.fixture(scope="module")
-def owner():
-    api = Api()
-    watcher = Watcher(api).connect()
-    yield api, watcher
-    watcher.close()
-    api.http.close()
 
 
 def start_and_wait_under_way(api, watcher, **params):
