@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from celery import bootsteps, signals
 from celery.exceptions import SoftTimeLimitExceeded
 from flask_socketio import SocketIO
+from socketio import RedisManager
 
 import redis
 
@@ -68,8 +69,12 @@ def make_runtime(settings, redis_conn=None, socketio=None):
     app) publishes the events, so the wire format is the stock one.
     """
     store = TaskStore(redis_conn or redis_client(settings), settings)
+    # python-socketio's Redis manager, as Flask-SocketIO builds it for a redis:// URL;
+    # named here because Flask-SocketIO would take a redis+sentinel:// URL for kombu's.
     socketio = socketio or SocketIO(
-        message_queue=settings.redis_url, channel=settings.socketio_channel
+        client_manager=RedisManager(
+            settings.redis_url, channel=settings.socketio_channel, write_only=True
+        )
     )
     return Runtime(settings, broker.make_celery(settings), store, Emitter(store, socketio))
 
