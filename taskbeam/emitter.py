@@ -71,7 +71,7 @@ class Emitter:
         # a failover before any replica had it) writes the same event.
         emit_id, ts = self.store.new_emit_id(), time.time()
         event_json, cancel = retrying(
-            lambda: self.store.append(task_id, ts, token=token, emit_id=emit_id, **patch),
+            lambda: self.store.append(task_id, ts=ts, token=token, emit_id=emit_id, **patch),
             deadline_s=self.retry_for_s,
         )
         event = json.loads(event_json)

@@ -13,8 +13,9 @@ primary: the store and the web's listener through redis-py's
 
 from urllib.parse import quote, unquote, urlsplit
 
-import redis as redis_lib
 from redis.sentinel import Sentinel, SentinelConnectionPool
+
+import redis as redis_lib
 
 SCHEME = "redis+sentinel"
 
@@ -61,9 +62,7 @@ def master_client(url, max_connections=None, **options):
     manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)
     kwargs = dict(options, db=db, username=username, password=password)
     if max_connections is not None:
-        kwargs.update(
-            connection_pool_class=SentinelBlockingPool, max_connections=max_connections
-        )
+        kwargs.update(connection_pool_class=SentinelBlockingPool, max_connections=max_connections)
     return manager.master_for(name, **kwargs)
 
 

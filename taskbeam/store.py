@@ -549,7 +549,9 @@ class TaskStore:
         """
         # Replicated before the run writes: a failover must not take its lease away.
         code = int(
-            self._call(self._claim_run, [self.leases_key, self.task_key(task_id)], [task_id, lease_s])
+            self._call(
+                self._claim_run, [self.leases_key, self.task_key(task_id)], [task_id, lease_s]
+            )
         )
         if code == -1:
             raise TaskGone(task_id)

@@ -72,9 +72,10 @@ def make_runtime(settings, redis_conn=None, socketio=None):
     # python-socketio's Redis manager, as Flask-SocketIO builds it for a redis:// URL;
     # named here because Flask-SocketIO would take a redis+sentinel:// URL for kombu's.
     socketio = socketio or SocketIO(
+        message_queue=settings.redis_url,  # with no app, this makes it an emitter
         client_manager=RedisManager(
             settings.redis_url, channel=settings.socketio_channel, write_only=True
-        )
+        ),
     )
     return Runtime(settings, broker.make_celery(settings), store, Emitter(store, socketio))
 

@@ -215,18 +215,18 @@ def watcher(api):
     w.close()
 
 
-CHAOS_ROWS = []  # filled by test_chaos.py, printed at the end of the run
+CHAOS_ROWS = []  # filled by test_chaos.py and test_ha.py, printed at the end of the run
 
 
 def pytest_terminal_summary(terminalreporter):
     if not CHAOS_ROWS:
         return
-    header = ("fault", "tasks", "terminal", "gaps", "dups dropped", "recovery s")
+    header = ("fault", "tasks", "terminal", "gaps", "dups dropped", "recovery s", "failover s")
     terminalreporter.section("chaos")
     terminalreporter.write_line(f"{header[0]:<20}" + "".join(f"{h:>14}" for h in header[1:]))
     for row in CHAOS_ROWS:
         terminalreporter.write_line(
-            f"{row['fault']:<20}" + "".join(f"{row[h]!s:>14}" for h in header[1:])
+            f"{row['fault']:<20}" + "".join(f"{row.get(h, '-')!s:>14}" for h in header[1:])
         )
 
 

@@ -67,7 +67,9 @@ def test_redis_password_goes_into_a_sentinel_url(tmp_path):
     )
 
 
-@pytest.mark.parametrize("name,value", [("REDIS_WAIT_REPLICAS", "11"), ("REDIS_WAIT_TIMEOUT_MS", "5")])
+@pytest.mark.parametrize(
+    "name,value", [("REDIS_WAIT_REPLICAS", "11"), ("REDIS_WAIT_TIMEOUT_MS", "5")]
+)
 def test_replica_ack_settings_bounded(name, value):
     with pytest.raises(config.ConfigError, match=name):
         config.load(env(**{name: value}))

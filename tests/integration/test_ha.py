@@ -1,0 +1,286 @@
+"""High availability (redis/ha.yml): Redis faults on a primary, two replicas and three
+Sentinels, with ten running tasks watched by ten reconnecting clients, as in
+test_chaos.py. Every task must reach exactly one terminal event, gapless, and every
+event a client received must be in the final stored history, unchanged.
+
+``failover s`` is measured by a prober on the project's network that writes through
+the Sentinels as the store does (a write, then WAIT for one replica) every 50 ms:
+from its first refused write to its first accepted one after it.
+
+Runs only on the HA stack (tests/run.sh's HA pass sets TEST_HA_STACK=1); the rows run
+in order, each starting from a healthy set of three data nodes and three Sentinels.
+"""
+
+import json
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+from conftest import (
+    BASE_URL,
+    CHAOS_ROWS,
+    TERMINAL,
+    Api,
+    Watcher,
+    compose,
+    docker,
+    gaps,
+    project_env,
+    stored_history,
+    wait_until,
+)
+from test_chaos import ARTIFACTS
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TEST_HA_STACK") != "1", reason="needs the HA stack (tests/run.sh HA pass)"
+)
+
+TASKS = 10
+DATA_NODES = ("redis", "redis-2", "redis-3")
+SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
+PROJECT = os.environ.get("COMPOSE_PROJECT_NAME", "taskbeam-test")
+
+PROBE = """
+import sys, time
+from taskbeam import sentinel
+url = sys.argv[1]
+client = None
+end = time.time() + 600
+while time.time() < end:
+    try:
+        if client is None:
+            client = sentinel.master_client(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        pipe = client.pipeline(transaction=False)
+        pipe.set("taskbeam-ha-probe", time.time())
+        pipe.execute_command("WAIT", 1, 500)
+        ok = pipe.execute()[1] >= 1
+    except Exception:
+        ok, client = False, None
+    print(f"{time.time():.3f} {int(ok)}", flush=True)
+    time.sleep(0.05)
+"""
+
+
+class Prober:
+    """Writes as the store does, every 50 ms, from a container on the project's network."""
+
+    def __init__(self):
+        env = project_env()
+        url = (
+            f"redis+sentinel://:{env['REDIS_PASSWORD']}@"
+            + ",".join(f"{s}:26379" for s in SENTINELS)
+            + "/0/taskbeam"
+        )
+        tag = env.get("IMAGE_TAG") or "latest"
+        self.name = f"{PROJECT}-ha-probe"
+        subprocess.run(["docker", "rm", "-f", self.name], capture_output=True)
+        self.proc = subprocess.Popen(
+            ["docker", "run", "--rm", "--name", self.name, "--network", f"{PROJECT}_default",
+             "--entrypoint", "python", f"taskbeam-app:{tag}", "-c", PROBE, url],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.samples = []
+        threading.Thread(target=self._read, daemon=True).start()
+        wait_until(lambda: any(ok for _, ok in self.samples), 60, what="the prober's first write")
+
+    def _read(self):
+        for line in self.proc.stdout:
+            t, ok = line.split()
+            self.samples.append((float(t), ok == "1"))
+
+    def failover_s(self, since):
+        """Seconds from the first refused write after ``since`` to the next accepted one."""
+        samples = [s for s in self.samples if s[0] >= since]
+        refused = next((t for t, ok in samples if not ok), None)
+        if refused is None:
+            return 0.0
+        accepted = next((t for t, ok in samples if ok and t > refused), None)
+        return round(accepted - refused, 1) if accepted else None
+
+    def close(self):
+        subprocess.run(["docker", "rm", "-f", self.name], capture_output=True)
+        self.proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def prober():
+    p = Prober()
+    yield p
+    p.close()
+
+
+def container(service):
+    ids = compose("ps", "-a", "-q", service).split()
+    assert len(ids) == 1, (service, ids)
+    return ids[0]
+
+
+def exec_in(service, *argv):
+    """Output of ``argv`` run in ``service``'s container; None if it is not running
+    or did not answer within 10 s (a busy machine)."""
+    try:
+        done = subprocess.run(
+            ["docker", "exec", container(service), *argv],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return None
+    return done.stdout + done.stderr if done.returncode == 0 else None
+
+
+def sentinel_says(*args, among=SENTINELS):
+    """The first answer of a running Sentinel."""
+    for name in among:
+        out = exec_in(name, "redis-cli", "-p", "26379", *args)
+        if out and out.strip():
+            return out.split()
+    return [None]
+
+
+def primary(among=SENTINELS):
+    """The data node the Sentinels name as primary."""
+    return sentinel_says("SENTINEL", "get-master-addr-by-name", "taskbeam", among=among)[0]
+
+
+def role(service):
+    out = exec_in(service, "redis-cli", "ROLE")
+    return out.split()[0] if out else None
+
+
+def write_refused(service):
+    return "READONLY" in (exec_in(service, "redis-cli", "SET", "taskbeam-ha-split", "1") or "")
+
+
+def rejoined(service):
+    """``service`` runs again as a replica of the current primary and refuses writes."""
+    wait_until(
+        lambda: role(service) == "slave" and write_refused(service),
+        90,
+        interval=0.5,
+        what=f"{service} to rejoin as a replica",
+    )
+    new = primary()
+    assert new != service
+    wait_until(
+        lambda: f"ip={service}," in (exec_in(new, "redis-cli", "INFO", "replication") or ""),
+        60,
+        interval=0.5,
+        what=f"{new} to list {service} as its replica",
+    )
+
+
+def failed_over(old, among=SENTINELS):
+    wait_until(
+        lambda: (p := primary(among)) and p != old and role(p) == "master",
+        60,
+        interval=0.2,
+        what=f"a replica of {old} to be promoted",
+    )
+
+
+def kill_primary(ctx):
+    ctx["old"] = primary()
+    docker("kill", container(ctx["old"]))
+    failed_over(ctx["old"])
+
+
+def primary_back(ctx):
+    # The primary killed by the previous row (or any stopped data node) starts again.
+    for service in DATA_NODES:
+        if role(service) is None:
+            docker("start", container(service))
+            rejoined(service)
+
+
+def kill_sentinel_then_primary(ctx):
+    docker("kill", container(SENTINELS[0]))
+    ctx["old"] = primary(among=SENTINELS[1:])
+    docker("kill", container(ctx["old"]))
+    failed_over(ctx["old"], among=SENTINELS[1:])
+
+
+def partition_primary(ctx):
+    ctx["old"] = primary()
+    network = f"{PROJECT}_default"
+    docker("network", "disconnect", network, container(ctx["old"]))
+    try:
+        failed_over(ctx["old"])  # longer than the Sentinels' down-after time
+    finally:
+        docker("network", "connect", "--alias", ctx["old"], network, container(ctx["old"]))
+    rejoined(ctx["old"])
+
+
+FAULTS = {
+    "HA kill primary": kill_primary,
+    "HA old primary back": primary_back,
+    "HA sentinel+primary": kill_sentinel_then_primary,
+    "HA partition primary": partition_primary,
+}
+
+
+def restore():
+    """Every data node and Sentinel running again, the stopped ones rejoined."""
+    for service in SENTINELS:
+        if docker("inspect", "-f", "{{.State.Running}}", container(service)).strip() != "true":
+            docker("start", container(service))
+    primary_back({})
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_ha_every_task_ends_once_and_nothing_seen_is_lost(fault, prober):
+    api = Api()
+    watchers = []
+    try:
+        tasks = [api.create(steps=30, step_ms=300) for _ in range(TASKS)]
+        for task in tasks:
+            watcher = Watcher(api, url=BASE_URL).connect()
+            watcher.follow(task["id"])
+            watchers.append(watcher)
+        wait_until(
+            lambda: all(w.last_seq(t["id"]) >= 3 for w, t in zip(watchers, tasks)),
+            60,
+            what="every task under way",
+        )
+        ctx = {}
+        fault_at = time.time()
+        FAULTS[fault](ctx)
+        for watcher, task in zip(watchers, tasks):
+            watcher.wait_terminal([task["id"]], timeout=180)
+
+        histories = {t["id"]: stored_history(api, t["id"]) for t in tasks}
+        terminal = sum(
+            1 for h in histories.values() if [e["state"] in TERMINAL for e in h].count(True) == 1
+        )
+        # Every event a client received is in the final history, as it was received.
+        changed = [
+            (t["id"], e)
+            for w, t in zip(watchers, tasks)
+            for e in w.history(t["id"])
+            if e not in histories[t["id"]]
+        ]
+        row = {
+            "fault": fault,
+            "tasks": TASKS,
+            "terminal": terminal,
+            "gaps": sum(gaps(h) for h in histories.values()),
+            "dups dropped": sum(w.duplicates for w in watchers),
+            "recovery s": "-",
+            "failover s": prober.failover_s(fault_at),
+        }
+        CHAOS_ROWS.append(row)
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "chaos.json").write_text(json.dumps(CHAOS_ROWS, indent=1))
+
+        assert terminal == TASKS and row["gaps"] == 0, row
+        assert not changed, f"events received but not in the stored history: {changed[:3]}"
+        for history in histories.values():
+            assert [e["seq"] for e in history] == list(range(1, len(history) + 1))
+            assert history[-1]["state"] == "succeeded", (fault, history[-1])
+    finally:
+        for watcher in watchers:
+            watcher.close()
+        api.http.close()
+        if fault != "HA kill primary":  # the next row brings that primary back itself
+            restore()
