@@ -102,6 +102,7 @@ class Prober:
     def close(self):
         subprocess.run(["docker", "rm", "-f", self.name], capture_output=True)
         self.proc.wait(30)
+        self.proc.stdout.close()
 
 
 @pytest.fixture(scope="module")

@@ -296,18 +296,23 @@ def lose_the_primary(ha, transport):
     return received[0], None
 
 
-def test_stock_sentinel_transport_still_has_the_bug(ha):
-    # If this fails after a kombu upgrade, upstream fixed it: drop SentinelChannel.
-    _, error = lose_the_primary(ha, "sentinel")
-    assert isinstance(error, AttributeError), error
+def ack_after_the_failover(ha, message):
+    """Acknowledge ``message`` once the replica is the primary; what it raised, or None."""
+    # Until the Sentinel's failover is over (clients are told of no master meanwhile).
+    wait_for(lambda: ha["sentinel"].client.sentinel_master("tb")["port"] == ha["replica"].port)
+    wait_for(lambda: ha["replica"].client.hlen("unacked") == 1)
+    try:
+        message.ack()  # on the new primary
+    except Exception as exc:
+        return exc
+    return None
 
 
+# kombu's own SentinelChannel fails this (AttributeError on close or on the ack) in
+# about half the runs here (2 of 4): timing decides whether its pool is rebuilt after
+# Celery detached it, so there is no test that it still has the bug.
 def test_the_broker_survives_a_failover_and_the_running_task_acks(ha):
     message, error = lose_the_primary(ha, broker_transport.SENTINEL_TRANSPORT)
     assert error is None
-    # Until the Sentinel's failover is over (clients are told of no master meanwhile).
-    wait_for(lambda: ha["sentinel"].client.sentinel_master("tb")["port"] == ha["replica"].port)
-    new_primary = ha["replica"].client
-    wait_for(lambda: new_primary.hlen("unacked") == 1)
-    message.ack()  # acknowledged on the new primary
-    assert new_primary.hlen("unacked") == 0
+    assert ack_after_the_failover(ha, message) is None
+    assert ha["replica"].client.hlen("unacked") == 0
