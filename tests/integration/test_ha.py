@@ -41,6 +41,13 @@ TASKS = 10
 DATA_NODES = ("redis", "redis-2", "redis-3")
 SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
 PROJECT = os.environ.get("COMPOSE_PROJECT_NAME", "taskbeam-test")
+NETWORK = f"{PROJECT}_redis-ha"  # redis/ha.yml: fixed addresses from .11
+
+
+def address(service):
+    net = project_env().get("REDIS_HA_NET") or "10.218.18"
+    return f"{net}.{11 + DATA_NODES.index(service)}"
+
 
 PROBE = """
 import sys, time
@@ -77,7 +84,7 @@ class Prober:
         self.name = f"{PROJECT}-ha-probe"
         subprocess.run(["docker", "rm", "-f", self.name], capture_output=True)
         self.proc = subprocess.Popen(
-            ["docker", "run", "--rm", "--name", self.name, "--network", f"{PROJECT}_default",
+            ["docker", "run", "--rm", "--name", self.name, "--network", NETWORK,
              "--entrypoint", "python", f"taskbeam-app:{tag}", "-c", PROBE, url],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
@@ -142,7 +149,8 @@ def sentinel_says(*args, among=SENTINELS):
 
 def primary(among=SENTINELS):
     """The data node the Sentinels name as primary."""
-    return sentinel_says("SENTINEL", "get-master-addr-by-name", "taskbeam", among=among)[0]
+    ip = sentinel_says("SENTINEL", "get-master-addr-by-name", "taskbeam", among=among)[0]
+    return next((s for s in DATA_NODES if address(s) == ip), None)
 
 
 def role(service):
@@ -165,7 +173,9 @@ def rejoined(service):
     new = primary()
     assert new != service
     wait_until(
-        lambda: f"ip={service}," in (exec_in(new, "redis-cli", "INFO", "replication") or ""),
+        lambda: (
+            f"ip={address(service)}," in (exec_in(new, "redis-cli", "INFO", "replication") or "")
+        ),
         60,
         interval=0.5,
         what=f"{new} to list {service} as its replica",
@@ -204,12 +214,12 @@ def kill_sentinel_then_primary(ctx):
 
 def partition_primary(ctx):
     ctx["old"] = primary()
-    network = f"{PROJECT}_default"
-    docker("network", "disconnect", network, container(ctx["old"]))
+    docker("network", "disconnect", NETWORK, container(ctx["old"]))
     try:
         failed_over(ctx["old"])  # longer than the Sentinels' down-after time
     finally:
-        docker("network", "connect", "--alias", ctx["old"], network, container(ctx["old"]))
+        docker("network", "connect", "--ip", address(ctx["old"]), "--alias", ctx["old"],
+               NETWORK, container(ctx["old"]))  # fmt: skip
     rejoined(ctx["old"])
 
 
