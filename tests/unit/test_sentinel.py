@@ -137,7 +137,7 @@ def ha(tmp_path):
     """A primary with one replica, watched by one Sentinel (quorum 1)."""
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is needed: apt-get install redis-server (.ci/provision.sh does)")
-    primary = Server(tmp_path)
+    primary = Server(tmp_path, "--repl-diskless-sync-delay", "0")  # replicas sync at once
     replica = Server(tmp_path, "--replicaof", "127.0.0.1", str(primary.port))
     wait_for(lambda: replica.client.info("replication")["master_link_status"] == "up")
     watcher = Server(
@@ -148,7 +148,6 @@ def ha(tmp_path):
             "sentinel failover-timeout tb 5000\n"
         ),
     )
-    wait_for(lambda: watcher.client.sentinel_master("tb")["num-slaves"] == 1)
     servers = {"primary": primary, "replica": replica, "sentinel": watcher}
     servers["url"] = f"redis+sentinel://127.0.0.1:{watcher.port}/0/tb"
     yield servers
@@ -158,6 +157,11 @@ def ha(tmp_path):
 
 def settings_for(url, **extra):
     return config.load(env(REDIS_URL=url, REDIS_WAIT_TIMEOUT_MS="200", **extra))
+
+
+def sentinel_knows_the_replica(ha):
+    # It learns of replicas from the primary's INFO (up to 10 s): needed to fail over.
+    wait_for(lambda: ha["sentinel"].client.sentinel_master("tb")["num-slaves"] == 1)
 
 
 def failover_started(watcher):
@@ -170,6 +174,7 @@ def failover_started(watcher):
 
 
 def test_clients_follow_a_failover(ha):
+    sentinel_knows_the_replica(ha)
     client = sentinel.master_client(ha["url"], decode_responses=True, socket_timeout=2)
     client.set("k", "v")
     assert ha["primary"].client.get("k") == "v"
@@ -268,6 +273,7 @@ def lose_the_primary(ha, transport):
     """What Celery's consumer does when its primary dies under it (see
     tests/unit/test_broker_transport.py), through kombu's Sentinel transport.
     Returns the held message and what closing raised (None if nothing)."""
+    sentinel_knows_the_replica(ha)
     url = f"sentinel://127.0.0.1:{ha['sentinel'].port}/0"
     conn = kombu.Connection(url, transport=transport, transport_options={"master_name": "tb"})
     tasks = kombu.Queue("tasks")
