@@ -140,6 +140,8 @@ def ha(tmp_path):
     primary = Server(tmp_path, "--repl-diskless-sync-delay", "0")  # replicas sync at once
     replica = Server(tmp_path, "--replicaof", "127.0.0.1", str(primary.port))
     wait_for(lambda: replica.client.info("replication")["master_link_status"] == "up")
+    primary.client.set("synced", 1)
+    wait_for(lambda: primary.client.execute_command("WAIT", 1, 100) == 1)  # acknowledging
     watcher = Server(
         tmp_path,
         sentinel_conf=(
