@@ -50,6 +50,14 @@ install_browser() {
   apt_install chromium
 }
 
+# kubectl renders the Kubernetes overlays in tests/unit/test_kubernetes.py: any one
+# on the host, else Debian's (1.20; its kustomize reads the overlays as written).
+install_kubectl() {
+  if command -v kubectl >/dev/null; then return; fi
+  log "installing kubectl (kubernetes-client)"
+  apt_install kubernetes-client
+}
+
 # Debian 12 ships only Compose v1; trixie's docker-compose (v2) is a static Go plugin.
 # Fetched with a private apt state so nothing is added to /etc/apt.
 install_compose_v2() {
@@ -149,6 +157,7 @@ fi
 install_engine
 install_redis_server
 install_browser
+install_kubectl
 install_compose_v2
 start_engine
 if [ "${TASKBEAM_STANDINS:-auto}" = always ] || ! timeout 20 docker pull -q redis:7-alpine >/dev/null 2>&1; then

@@ -9,9 +9,10 @@ from flask import Blueprint, Response, current_app, jsonify, request, session, u
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
-from .. import export, jobs, protocol
+from .. import broker, export, jobs, protocol
 from ..store import TaskFinished, TaskGone, TooManyActive
 from . import origin_allowed, own_origin
+from .metrics import render_operator_gauges
 from .openapi import openapi_document
 
 log = logging.getLogger(__name__)
@@ -275,10 +276,14 @@ def openapi():
 @bp.get("/metrics")
 def metrics():
     svc = services()
-    return Response(
-        svc.metrics.render(svc.queue_watch.manager),
-        content_type="text/plain; version=0.0.4; charset=utf-8",
-    )
+    text = svc.metrics.render(svc.queue_watch.manager)
+    try:
+        gauges = svc.store.operator_gauges()
+        gauges["queue_length"] = broker.queue_length(svc.redis, svc.celery)
+        text += render_operator_gauges(gauges)
+    except RedisError:
+        pass  # Redis down: this process's own counters still answer
+    return Response(text, content_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @bp.get("/healthz")
