@@ -19,22 +19,8 @@ for name in CREATES_PER_MINUTE_PER_IP CREATE_BURST_PER_IP EVENT_READS_PER_SECOND
   esac
 done
 
-# Where the web replicas are: `web` on Docker's DNS under Compose; Kubernetes sets the
-# Service's full name (Nginx's resolver ignores search domains) and its DNS server.
-: "${WEB_UPSTREAM:=web:8000}"
-: "${NGINX_RESOLVER:=$(awk '$1 == "nameserver" {print $2; exit}' /etc/resolv.conf)}"
-case "$WEB_UPSTREAM" in
-  *[!A-Za-z0-9.:-]*|'') echo "taskbeam-nginx: WEB_UPSTREAM must be host:port, got '$WEB_UPSTREAM'" >&2
-                        exit 2 ;;
-esac
-case "$NGINX_RESOLVER" in
-  *[!A-Za-z0-9.:-]*|'') echo "taskbeam-nginx: NGINX_RESOLVER must be an address, got '$NGINX_RESOLVER'" >&2
-                        exit 2 ;;
-esac
-
 render() {
-  sed -e "s/\${WEB_UPSTREAM}/$WEB_UPSTREAM/g" -e "s/\${NGINX_RESOLVER}/$NGINX_RESOLVER/g" \
-      -e "s/\${CREATES_PER_MINUTE_PER_IP}/$CREATES_PER_MINUTE_PER_IP/g" \
+  sed -e "s/\${CREATES_PER_MINUTE_PER_IP}/$CREATES_PER_MINUTE_PER_IP/g" \
       -e "s/\${CREATE_BURST_PER_IP}/$CREATE_BURST_PER_IP/g" \
       -e "s/\${EVENT_READS_PER_SECOND_PER_IP}/$EVENT_READS_PER_SECOND_PER_IP/g" \
       -e "s/\${EVENT_READS_BURST_PER_IP}/$EVENT_READS_BURST_PER_IP/g" \

@@ -104,23 +104,3 @@ def test_the_snippet_sets_the_three_headers():
         "Referrer-Policy same-origin",
     ):
         assert f"add_header {header} always;" in snippet
-
-
-def test_the_web_upstream_and_resolver_default_to_compose_and_can_be_set():
-    """Compose: `web` on the DNS server of /etc/resolv.conf (Docker's, 127.0.0.11);
-    Kubernetes: the Service's full name (deploy/kubernetes/base/nginx.yaml)."""
-    compose = render(**LIMITS)
-    assert "set $web http://web:8000;" in compose.stdout
-    assert re.search(r"resolver [0-9a-f.:]+ valid=5s", compose.stdout)
-    kube = render(
-        **LIMITS, WEB_UPSTREAM="web.ns.svc.cluster.local:8000", NGINX_RESOLVER="10.96.0.10"
-    )
-    assert "set $web http://web.ns.svc.cluster.local:8000;" in kube.stdout
-    assert "resolver 10.96.0.10 valid=5s" in kube.stdout
-
-
-@pytest.mark.parametrize("name", ["WEB_UPSTREAM", "NGINX_RESOLVER"])
-def test_an_upstream_or_resolver_that_would_inject_config_is_refused(name):
-    done = render(**LIMITS, **{name: "web:8000; include /etc/passwd"})
-    assert done.returncode == 2
-    assert name in done.stderr
