@@ -17,6 +17,13 @@ case "$WEB_UPSTREAM" in
   *[!A-Za-z0-9.-]*|.*|-*) echo "taskbeam-nginx: WEB_UPSTREAM must be a host name, got '$WEB_UPSTREAM'" >&2
                           exit 2 ;;
 esac
+# Nginx's resolver reads no /etc/resolv.conf: its first server (Docker's 127.0.0.11,
+# or the cluster DNS under Kubernetes), unless set.
+: "${NGINX_RESOLVER:=$(awk '$1 == "nameserver" {print $2; exit}' /etc/resolv.conf)}"
+case "$NGINX_RESOLVER" in
+  ''|*[!A-Za-z0-9.:-]*) echo "taskbeam-nginx: NGINX_RESOLVER must be an address, got '$NGINX_RESOLVER'" >&2
+                        exit 2 ;;
+esac
 for name in CREATES_PER_MINUTE_PER_IP CREATE_BURST_PER_IP EVENT_READS_PER_SECOND_PER_IP \
             EVENT_READS_BURST_PER_IP WS_CONNECTIONS_PER_IP; do
   eval "value=\$$name"
@@ -33,6 +40,7 @@ render() {
       -e "s/\${EVENT_READS_BURST_PER_IP}/$EVENT_READS_BURST_PER_IP/g" \
       -e "s/\${WS_CONNECTIONS_PER_IP}/$WS_CONNECTIONS_PER_IP/g" \
       -e "s/\${WEB_UPSTREAM}/$WEB_UPSTREAM/g" \
+      -e "s/\${NGINX_RESOLVER}/$NGINX_RESOLVER/g" \
       "$template"
 }
 

@@ -143,9 +143,9 @@ def test_images_commands_and_ports_are_the_compose_ones(base, compose):
     nginx_port = int(compose["nginx"]["ports"][0].rsplit(":", 1)[1])
     assert container(base, "nginx")["ports"][0]["containerPort"] == nginx_port
     assert container(base, "web")["ports"][0]["containerPort"] == 8000
-    assert "set $web http://${WEB_UPSTREAM}" in (ROOT / "nginx" / "nginx.conf").read_text()
-    web_upstream = {e["name"]: e.get("value") for e in container(base, "nginx")["env"]}
-    assert web_upstream["WEB_UPSTREAM"].endswith(".svc.cluster.local:8000")
+    assert "set $web http://${WEB_UPSTREAM}:8000;" in (ROOT / "nginx" / "nginx.conf").read_text()
+    nginx_env = {e["name"]: e.get("value") for e in container(base, "nginx")["env"]}
+    assert nginx_env["WEB_UPSTREAM"] == "web.$(POD_NAMESPACE).svc.cluster.local"
 
 
 def test_every_compose_setting_is_set_with_the_same_default(base, compose):

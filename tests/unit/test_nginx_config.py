@@ -117,3 +117,18 @@ def test_a_bad_web_upstream_stops_the_start(value):
     done = render(WEB_UPSTREAM=value)
     assert done.returncode == 2
     assert "WEB_UPSTREAM must be a host name" in done.stderr
+
+
+def test_the_resolver_is_the_hosts_dns_server_unless_set():
+    """/etc/resolv.conf's first server: Docker's under Compose, the cluster DNS under
+    Kubernetes (Nginx itself never reads that file)."""
+    with open("/etc/resolv.conf") as f:
+        first = next(line.split()[1] for line in f if line.startswith("nameserver"))
+    assert f"resolver {first} valid=5s" in render().stdout
+    assert "resolver 10.96.0.10 valid=5s" in render(NGINX_RESOLVER="10.96.0.10").stdout
+
+
+def test_a_resolver_that_would_inject_config_stops_the_start():
+    done = render(NGINX_RESOLVER="10.0.0.1; include /etc/passwd")
+    assert done.returncode == 2
+    assert "NGINX_RESOLVER must be an address" in done.stderr
