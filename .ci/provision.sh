@@ -50,6 +50,13 @@ install_browser() {
   apt_install chromium
 }
 
+# certutil (libnss3-tools): the HTTPS browser test trusts the local CA through an NSS db.
+install_nss_tools() {
+  if command -v certutil >/dev/null 2>&1; then return; fi
+  log "installing libnss3-tools"
+  apt_install libnss3-tools
+}
+
 # Debian 12 ships only Compose v1; trixie's docker-compose (v2) is a static Go plugin.
 # Fetched with a private apt state so nothing is added to /etc/apt.
 install_compose_v2() {
@@ -149,6 +156,7 @@ fi
 install_engine
 install_redis_server
 install_browser
+install_nss_tools
 install_compose_v2
 start_engine
 if [ "${TASKBEAM_STANDINS:-auto}" = always ] || ! timeout 20 docker pull -q redis:7-alpine >/dev/null 2>&1; then
