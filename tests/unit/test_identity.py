@@ -279,3 +279,28 @@ def test_rest_without_credentials_is_401_with_www_authenticate():
 def test_rest_in_session_mode_is_unchanged():
     response = rest_client({}).get("/api/tasks")
     assert response.status_code == 200 and response.json["tasks"][0]["owner"] == "cookie-owner"
+
+
+# --- the CONNECT auth payload reaches the connect handler on both transports -----------
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("fast", [True, False])
+def test_the_connect_auth_payload_reaches_the_handler_on_both_transports(fast):
+    """AUTH_MODE=jwt reads the token there: WEB_FAST_TRANSPORT=1 and =0 alike."""
+    import socketio
+    from test_fastws_contract import Server, in_thread, wait_for
+
+    server = Server(fast=fast, ping_interval=5, ping_timeout=5)
+    seen = []
+    server.sio.on("connect", lambda sid, environ, auth: seen.append(auth))
+    client = socketio.Client(reconnection=False)
+    url = f"http://127.0.0.1:{server.port}"
+    in_thread(lambda: client.connect(url, transports=["websocket"], auth={"token": "t0k"}))
+    try:
+        wait_for(lambda: seen)
+        assert seen == [{"token": "t0k"}]
+    finally:
+        in_thread(client.disconnect)
+        server.stop()
