@@ -133,6 +133,9 @@ def create_app(settings=None, owner_of=None):
 
     app.register_blueprint(api.bp)
     if app.extensions["taskbeam"].identity.dev_login:
+        logging.getLogger(__name__).warning(
+            "AUTH_DEV_LOGIN=1: POST /api/dev/token mints a token for any name (demos only)"
+        )
         app.register_blueprint(api.dev_bp)
     api.register_error_handlers(app)
     watch.start()

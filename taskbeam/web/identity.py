@@ -150,7 +150,9 @@ class Identity:
             if token is None:
                 token = _bearer(request.headers.get("Authorization", ""))
             claims = self.verifier.claims(token)
-            return owner_id("jwt", json.dumps([claims["iss"], claims["sub"]])), claims["exp"]
+            # The socket lives as long as REST would accept the token: exp plus the leeway.
+            expires_at = claims["exp"] + self.verifier.leeway
+            return owner_id("jwt", json.dumps([claims["iss"], claims["sub"]])), expires_at
         if self.mode == "header":
             user = request.headers.get(PROXY_HEADER, "")
             if not user or len(user) > MAX_USER_CHARS:
