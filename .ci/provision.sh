@@ -50,11 +50,12 @@ install_browser() {
   apt_install chromium
 }
 
-# certutil (libnss3-tools): the HTTPS browser test trusts the local CA through an NSS db.
-install_nss_tools() {
-  if command -v certutil >/dev/null 2>&1; then return; fi
-  log "installing libnss3-tools"
-  apt_install libnss3-tools
+# The HTTPS tests (tests/integration/test_identity.py): certutil (libnss3-tools) trusts
+# the local CA in the browser's NSS db; curl checks TLS versions and headers.
+install_tls_tools() {
+  if command -v certutil >/dev/null 2>&1 && command -v curl >/dev/null 2>&1; then return; fi
+  log "installing libnss3-tools and curl"
+  apt_install libnss3-tools curl
 }
 
 # Debian 12 ships only Compose v1; trixie's docker-compose (v2) is a static Go plugin.
@@ -156,7 +157,7 @@ fi
 install_engine
 install_redis_server
 install_browser
-install_nss_tools
+install_tls_tools
 install_compose_v2
 start_engine
 if [ "${TASKBEAM_STANDINS:-auto}" = always ] || ! timeout 20 docker pull -q redis:7-alpine >/dev/null 2>&1; then
