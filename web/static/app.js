@@ -36,14 +36,18 @@ const absolute = new Intl.DateTimeFormat(locale, { dateStyle: "medium", timeStyl
 const clock = new Intl.DateTimeFormat(locale, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 const relative = new Intl.RelativeTimeFormat(locale, { numeric: "auto" });
 
-// AUTH_MODE=jwt: the bearer token lives in localStorage under this key, put there by
-// the demo login (AUTH_DEV_LOGIN=1) or by the application that embeds the page.
-const TOKEN_KEY = "taskbeam.token";
-const token = () => localStorage.getItem(TOKEN_KEY);
+// AUTH_MODE=jwt (README "Identity"): the token, and auth.js for the rest.
+const token = () => localStorage.getItem("taskbeam.token");
+let authJs;
+function auth(refused) {
+  if (refused) localStorage.removeItem("taskbeam.token");
+  if (self.showLogin) refused && showLogin();
+  else authJs ||= document.head.appendChild(Object.assign(document.createElement("script"), { src: "/auth.js" }));
+}
+if (token()) auth();
 
 // Connected only after the first API answer: that response sets the session
-// cookie the Socket.IO handshake must carry to be bound to its owner. With a
-// token, every (re)connect sends the current one in the CONNECT auth payload.
+// cookie the Socket.IO handshake must carry to be bound to its owner (or a token).
 const socket = io({ transports: ["websocket", "polling"], autoConnect: false,
                     auth: (cb) => cb(token() ? { token: token() } : undefined) });
 
@@ -64,7 +68,7 @@ async function api(method, path, body) {
   if (!response.ok) {
     const err = new Error((data.error && data.error.message) || `HTTP ${response.status}`);
     err.status = response.status;
-    if (response.status === 401) signIn();
+    if (response.status === 401) auth(true);
     throw err;
   }
   return data;
@@ -545,42 +549,6 @@ notifyButton.addEventListener("click", async () => {
   notifyButton.hidden = notifyOn() || Notification.permission === "denied";
 });
 
-// --- identity (README "Identity") -----------------------------------------------
-
-// No or no longer valid credentials: forget the token and offer the demo login.
-function signIn() {
-  localStorage.removeItem(TOKEN_KEY);
-  $("login").hidden = false;
-}
-
-$("login-form").addEventListener("submit", async (e) => {
-  e.preventDefault();
-  try {
-    const reply = await api("POST", "/api/dev/token", { user: new FormData(e.target).get("user") });
-    localStorage.setItem(TOKEN_KEY, reply.token);
-    location.reload();
-  } catch (err) {
-    $("login-error").textContent = err.status === 404
-      ? "Sign in through your application (the demo login is off)." : err.message;
-  }
-});
-
-// A link cannot send the Authorization header: with a token, fetch the file and save it.
-list.addEventListener("click", async (e) => {
-  const link = e.target.closest("a.download");
-  if (!link || !token() || link.dataset.fetched) return;
-  e.preventDefault();
-  const response = await fetch(link.href, { headers: { Authorization: `Bearer ${token()}` } });
-  if (!response.ok) { formError.textContent = `Download failed (HTTP ${response.status})`; return; }
-  const name = /filename="([^"]+)"/.exec(response.headers.get("Content-Disposition") || "");
-  const save = document.createElement("a");
-  save.href = URL.createObjectURL(await response.blob());
-  save.download = name ? name[1] : "export";
-  save.dataset.fetched = "1";
-  save.click();
-  setTimeout(() => URL.revokeObjectURL(save.href), 60000);
-});
-
 // --- wiring -------------------------------------------------------------------
 
 function onSubmit(formId, kind, paramsOf) {
@@ -622,19 +590,14 @@ socket.on("disconnect", () => setConnection("reconnecting", "Reconnecting…"));
 // A refusal by the server (e.g. it lost Redis) stops automatic reconnection: retry.
 socket.on("connect_error", (err) => {
   setConnection("reconnecting", "Reconnecting…");
-  if (err && err.data && ["unauthenticated", "token_expired"].includes(err.data.code)) {
-    signIn();
-    return;
-  }
+  if (/^(unauthenticated|token_expired)/.test(err.message)) return auth(true);
   if (!socket.active) setTimeout(() => socket.connect(), 1000);
 });
 socket.io.on("reconnect_attempt", () => setConnection("reconnecting", "Reconnecting…"));
 socket.io.on("reconnect_failed", () => setConnection("offline", "Offline"));
 socket.on("task_update", apply);
-// Tasks follow the user: one started in another browser of the same user.
-socket.on("task_created", (snapshot) => { if (!tasks.has(snapshot.id)) track(snapshot, true); });
-// The token expired while connected; the server closes the socket after this.
-socket.on("error", (err) => { if (err && err.code === "token_expired") signIn(); });
+socket.on("task_created", (snapshot) => tasks.has(snapshot.id) || track(snapshot, true));
+socket.on("error", (err) => err.code === "token_expired" && auth(true));
 
 api("GET", "/api/tasks")
   .then((data) => data.tasks.forEach((snapshot) => track(snapshot, false)))
