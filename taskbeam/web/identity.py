@@ -22,8 +22,6 @@ import hashlib
 import json
 import time
 
-import jwt
-
 # Nginx sets it (nginx/nginx.conf); a client's copy is replaced there.
 PROXY_HEADER = "X-Taskbeam-User"
 MAX_TOKEN_BYTES = 8192
@@ -57,9 +55,15 @@ def _user_name(value, what):
 
 
 class JwtVerifier:
-    """Checks tokens against one key and one algorithm, both from the settings."""
+    """Checks tokens against one key and one algorithm, both from the settings.
+
+    PyJWT is imported here, after Gunicorn's gevent monkey-patching (gunicorn.conf.py
+    imports this package first; PyJWT's JWKS client imports ``ssl``)."""
 
     def __init__(self, auth):
+        import jwt
+
+        self.jwt = jwt
         self.algorithm = auth.jwt_algorithm
         self.issuer, self.audience, self.leeway = (
             auth.jwt_issuer,
@@ -77,6 +81,7 @@ class JwtVerifier:
                 self.jwks = jwt.PyJWKSet.from_json(f.read())
 
     def _key_for(self, token):
+        jwt = self.jwt
         if self.jwks is None:
             return self.key
         kid = jwt.get_unverified_header(token).get("kid")
@@ -93,6 +98,7 @@ class JwtVerifier:
             )
         if len(token) > MAX_TOKEN_BYTES:
             raise self._refused("unauthenticated", "The token is too long.")
+        jwt = self.jwt
         try:
             claims = jwt.decode(
                 token,
@@ -124,7 +130,7 @@ class JwtVerifier:
         now = int(time.time())
         claims = {"sub": user, "iss": self.issuer, "aud": self.audience, "iat": now}
         claims["exp"] = now + ttl_s
-        return jwt.encode(claims, self.key, algorithm=self.algorithm)
+        return self.jwt.encode(claims, self.key, algorithm=self.algorithm)
 
 
 class Identity:

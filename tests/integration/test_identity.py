@@ -227,7 +227,7 @@ def test_a_token_expiring_under_an_open_socket_closes_it_and_a_fresh_one_resumes
     task = alice.create(steps=40, step_ms=200)
     short = Client("alice", token=token_for("alice", ttl=4))
     sock = short.socket()
-    ack = sock.call("subscribe", {"task_id": task["id"], "after": 0}, timeout=10)
+    ack = sock.call("subscribe", {"task_id": task["id"], "after": 0}, timeout=30)
     assert ack["ok"], ack
     closed = threading.Event()
     sock.on("disconnect", lambda *a: closed.set())
@@ -238,7 +238,7 @@ def test_a_token_expiring_under_an_open_socket_closes_it_and_a_fresh_one_resumes
     seen = max([0] + [e["seq"] for e in sock.events + ack["missed"]])
     fresh = alice.socket()  # reconnect with a fresh token and resume with `after`
     try:
-        resumed = fresh.call("subscribe", {"task_id": task["id"], "after": seen}, timeout=10)
+        resumed = fresh.call("subscribe", {"task_id": task["id"], "after": seen}, timeout=30)
         assert resumed["ok"], resumed
         assert all(e["seq"] > seen for e in resumed["missed"])
         wait_until(
