@@ -122,7 +122,8 @@ def test_every_location_that_reaches_the_app_sets_the_identity_header_itself():
 
 
 def test_no_auth_proxy_address_means_the_header_is_never_believed():
-    geo = render().stdout.split("geo $from_auth_proxy {", 1)[1].split("}", 1)[0]
+    geo = render().stdout.split("geo $realip_remote_addr $from_auth_proxy {", 1)[1]
+    geo = geo.split("}", 1)[0]
     assert [line.strip() for line in config_lines(geo) if line.strip()] == ["default 0;"]
 
 
