@@ -4,7 +4,7 @@ N ?= 1
 HTTP_PORT ?= $(shell sed -n 's/^HTTP_PORT=//p' .env 2>/dev/null | tail -n1)
 
 .DEFAULT_GOAL := help
-.PHONY: help env up down logs ps scale test unit lint bench bench-export soak
+.PHONY: help env up down logs ps scale test unit lint bench bench-export soak certs
 
 help: ## Show the targets and what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -75,3 +75,8 @@ soak: ## Soak the running stack: 1,000 idle sockets + 50 tasks for 3 minutes (af
 	$(LOAD_LIMITS) $(COMPOSE) up -d --no-deps --wait nginx
 	.venv/bin/python tests/bench/soak.py --url http://127.0.0.1:$(or $(HTTP_PORT),8080); \
 	  status=$$?; $(COMPOSE) up -d --no-deps --wait nginx; exit $$status
+
+# For HTTPS on this machine (nginx/tls.yml): trust certs/ca.pem in the browser once.
+CERTS ?= certs
+certs: ## Create a local CA and a localhost certificate in certs/ (for nginx/tls.yml)
+	tests/make_certs.sh $(CERTS)

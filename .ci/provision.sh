@@ -58,6 +58,14 @@ install_kubectl() {
   apt_install kubernetes-client
 }
 
+# The HTTPS tests (tests/integration/test_identity.py): certutil (libnss3-tools) trusts
+# the local CA in the browser's NSS db; curl checks TLS versions and headers.
+install_tls_tools() {
+  if command -v certutil >/dev/null 2>&1 && command -v curl >/dev/null 2>&1; then return; fi
+  log "installing libnss3-tools and curl"
+  apt_install libnss3-tools curl
+}
+
 # Debian 12 ships only Compose v1; trixie's docker-compose (v2) is a static Go plugin.
 # Fetched with a private apt state so nothing is added to /etc/apt.
 install_compose_v2() {
@@ -158,6 +166,7 @@ install_engine
 install_redis_server
 install_browser
 install_kubectl
+install_tls_tools
 install_compose_v2
 start_engine
 if [ "${TASKBEAM_STANDINS:-auto}" = always ] || ! timeout 20 docker pull -q redis:7-alpine >/dev/null 2>&1; then

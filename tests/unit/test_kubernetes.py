@@ -27,7 +27,7 @@ VERSIONS = ("1.30", kubernetes_validate.latest_version())
 # Kinds that come from add-ons (KEDA): no schema offline, checked field by field below.
 ADD_ON_KINDS = {"ScaledObject", "TriggerAuthentication"}
 # Compose settings that Kubernetes gets another way: from the Secret's files.
-FROM_SECRET_FILES = {"SECRET_KEY": "SECRET_KEY_FILE"}
+FROM_SECRET_FILES = {"SECRET_KEY": "SECRET_KEY_FILE", "JWT_SECRET": "JWT_SECRET_FILE"}
 
 
 def kubectl():
