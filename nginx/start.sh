@@ -10,6 +10,13 @@ template=${NGINX_TEMPLATE:-/etc/nginx/nginx.conf.template}
 : "${CREATES_PER_MINUTE_PER_IP:=120}" "${CREATE_BURST_PER_IP:=30}"
 : "${EVENT_READS_PER_SECOND_PER_IP:=20}" "${EVENT_READS_BURST_PER_IP:=100}"
 : "${WS_CONNECTIONS_PER_IP:=200}"
+# The web replicas' DNS name: `web` (Compose), `tasks.web` (Swarm: one address per
+# replica; the service's virtual IP would pin every connection to IPVS's choice).
+: "${WEB_UPSTREAM:=web}"
+case "$WEB_UPSTREAM" in
+  *[!A-Za-z0-9.-]*|.*|-*) echo "taskbeam-nginx: WEB_UPSTREAM must be a host name, got '$WEB_UPSTREAM'" >&2
+                          exit 2 ;;
+esac
 for name in CREATES_PER_MINUTE_PER_IP CREATE_BURST_PER_IP EVENT_READS_PER_SECOND_PER_IP \
             EVENT_READS_BURST_PER_IP WS_CONNECTIONS_PER_IP; do
   eval "value=\$$name"
@@ -25,6 +32,7 @@ render() {
       -e "s/\${EVENT_READS_PER_SECOND_PER_IP}/$EVENT_READS_PER_SECOND_PER_IP/g" \
       -e "s/\${EVENT_READS_BURST_PER_IP}/$EVENT_READS_BURST_PER_IP/g" \
       -e "s/\${WS_CONNECTIONS_PER_IP}/$WS_CONNECTIONS_PER_IP/g" \
+      -e "s/\${WEB_UPSTREAM}/$WEB_UPSTREAM/g" \
       "$template"
 }
 

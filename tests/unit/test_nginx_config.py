@@ -104,3 +104,16 @@ def test_the_snippet_sets_the_three_headers():
         "Referrer-Policy same-origin",
     ):
         assert f"add_header {header} always;" in snippet
+
+
+def test_the_web_upstream_is_web_unless_set():
+    # Swarm sets tasks.web: each replica's address instead of the service's virtual IP.
+    assert "set $web http://web:8000;" in render().stdout
+    assert "set $web http://tasks.web:8000;" in render(WEB_UPSTREAM="tasks.web").stdout
+
+
+@pytest.mark.parametrize("value", ["web;evil", "-web", "web:8000", "a b"])
+def test_a_bad_web_upstream_stops_the_start(value):
+    done = render(WEB_UPSTREAM=value)
+    assert done.returncode == 2
+    assert "WEB_UPSTREAM must be a host name" in done.stderr
