@@ -1,0 +1,212 @@
+"""The stack on a two-node Docker Swarm (deploy/swarm/stack.yml), run by tests/swarm/run.sh,
+which builds the swarm from two engines in containers and sets SWARM_* (skipped otherwise).
+
+Tasks run by both nodes' workers reach browser-like clients gaplessly; an export written
+on one node downloads through Nginx on the other; a rolling update of `web` and draining
+the second node mid-task lose nothing: the chaos table's checks, printed as its rows."""
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import (
+    CHAOS_ROWS,
+    TERMINAL,
+    Api,
+    Watcher,
+    assert_gapless_single_terminal,
+    gaps,
+    is_ready,
+    wait_until,
+)
+
+pytestmark = pytest.mark.skipif(
+    "SWARM_MANAGER" not in os.environ, reason="runs on the swarm of tests/swarm/run.sh"
+)
+MANAGER = os.environ.get("SWARM_MANAGER", "")
+NODES = os.environ.get("SWARM_NODES", "").split()
+STACK = os.environ.get("SWARM_STACK", "taskbeam")
+TASKS = 10  # as in test_chaos.py
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+def on(node, *args, timeout=60):
+    """`docker ARGS` on a swarm node's own engine (the node is a container here)."""
+    done = subprocess.run(
+        ["docker", "exec", node, "docker", *args], capture_output=True, text=True, timeout=timeout
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} on {node} failed: {done.stderr}")
+    return done.stdout
+
+
+def worker_nodes():
+    """Worker container hostname (a snapshot's ``worker``) -> the swarm node running it."""
+    found = {}
+    for node in NODES:
+        ids = on(
+            node,
+            "ps",
+            "-q",
+            "--filter",
+            f"label=com.docker.swarm.service.name={STACK}_worker",
+        ).split()
+        for container in ids:
+            found[on(node, "inspect", "-f", "{{.Config.Hostname}}", container).strip()] = node
+    return found
+
+
+def node_name(node_container):
+    return on(node_container, "info", "-f", "{{.Name}}").strip()
+
+
+def converged():
+    """Every service of the stack at its replica count (and /readyz answering)."""
+    replicas = on(
+        MANAGER,
+        "service",
+        "ls",
+        "--filter",
+        f"label=com.docker.stack.namespace={STACK}",
+        "--format",
+        "{{.Replicas}}",
+    ).split()
+    return is_ready() and all(r.split("/")[0] == r.split("/")[1] for r in replicas)
+
+
+def watched_tasks(api, count, steps=30, step_ms=300):
+    tasks = [api.create(steps=steps, step_ms=step_ms) for _ in range(count)]
+    watchers = []
+    for task in tasks:
+        watcher = Watcher(api).connect()
+        watcher.follow(task["id"])
+        watchers.append(watcher)
+    return tasks, watchers
+
+
+def test_tasks_from_both_nodes_reach_clients_gaplessly(api):
+    tasks, watchers = watched_tasks(api, TASKS, steps=20, step_ms=200)
+    try:
+        ran_on = {}
+        for watcher, task in zip(watchers, tasks):
+            watcher.wait_terminal([task["id"]], timeout=120)
+            assert_gapless_single_terminal(watcher.history(task["id"]))
+            ran_on[task["id"]] = api.snapshot(task["id"])["worker"]
+        nodes = worker_nodes()
+        used = {nodes.get(w) for w in ran_on.values()}
+        assert used == set(NODES), f"tasks ran on {used}, not on every node {NODES}"
+    finally:
+        for watcher in watchers:
+            watcher.close()
+
+
+def test_export_written_on_one_node_downloads_through_nginx_on_the_other(api, watcher):
+    # Nginx runs on node1 only (the edge label); exports are shared storage. A few
+    # exports at once so both nodes' workers write some.
+    exports = [api.create("export") for _ in range(6)]
+    for task in exports:
+        watcher.follow(task["id"])
+    watcher.wait_terminal([t["id"] for t in exports], timeout=180)
+    nodes = worker_nodes()
+    by_node = {}
+    for task in exports:
+        snap = api.snapshot(task["id"])
+        assert snap["state"] == "succeeded", snap
+        response = api.request("GET", snap["result"]["download_url"], timeout=60)
+        by_node.setdefault(nodes.get(snap["worker"]), []).append(response.status_code)
+        assert response.status_code == 200, (nodes.get(snap["worker"]), response.text[:200])
+        assert len(response.content) == snap["result"]["bytes"]
+    assert NODES[1] in by_node, f"no export ran on the node without Nginx: {by_node}"
+
+
+def chaos_row(fault, fault_action):
+    """The chaos table's run (tests/integration/test_chaos.py) around ``fault_action``:
+    ten watched tasks under way, the fault, then ready again and every task moved on,
+    each ending once, gapless. ``fault_action`` returns the ids of the tasks whose run
+    it stopped: those have moved on when a new run took them over (``retrying``) or
+    they ended. Tasks of 30 s, so that they outlast the fault."""
+    api = Api()
+    tasks, watchers = watched_tasks(api, TASKS, steps=60, step_ms=500)
+    try:
+        wait_until(
+            lambda: all(w.last_seq(t["id"]) >= 3 for w, t in zip(watchers, tasks)),
+            60,
+            what="every task under way",
+        )
+        before = {t["id"]: w.last_seq(t["id"]) for w, t in zip(watchers, tasks)}
+        started = time.monotonic()
+        stopped = fault_action(api, tasks) or ()
+
+        def moved_on(watcher, task_id):
+            if task_id in stopped:
+                after = watcher.history(task_id)[before[task_id] :]
+                return any(e["state"] in TERMINAL | {"retrying"} for e in after)
+            return watcher.last_seq(task_id) > before[task_id]
+
+        def stalled():
+            return [t["id"] for w, t in zip(watchers, tasks) if not moved_on(w, t["id"])]
+
+        try:
+            wait_until(
+                lambda: is_ready() and not stalled(), 120, interval=0.2, what="the stack to recover"
+            )
+        except AssertionError as exc:
+            states = {t: (api.snapshot(t)["state"], api.snapshot(t)["progress"]) for t in stalled()}
+            raise AssertionError(f"{exc}; ready: {is_ready()}; stalled tasks: {states}") from None
+        recovery = time.monotonic() - started
+        for watcher, task in zip(watchers, tasks):
+            watcher.wait_terminal([task["id"]], timeout=180)
+        histories = {t["id"]: w.history(t["id"]) for w, t in zip(watchers, tasks)}
+        terminal = sum(
+            1 for h in histories.values() if [e["state"] in TERMINAL for e in h].count(True) == 1
+        )
+        row = {
+            "fault": fault,
+            "tasks": TASKS,
+            "terminal": terminal,
+            "gaps": sum(gaps(h) for h in histories.values()),
+            "dups dropped": sum(w.duplicates for w in watchers),
+            "recovery s": round(recovery, 1),
+        }
+        CHAOS_ROWS.append(row)
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "swarm-chaos.json").write_text(json.dumps(CHAOS_ROWS, indent=1))
+        assert terminal == TASKS and row["gaps"] == 0, row
+        for history in histories.values():
+            assert_gapless_single_terminal(history)
+        return row
+    finally:
+        for watcher in watchers:
+            watcher.close()
+        api.http.close()
+
+
+def test_rolling_update_of_web_loses_nothing():
+    # Returns once every replica is replaced (start-first, each healthy before the next).
+    chaos_row(
+        "swarm: update web",
+        lambda api, tasks: on(MANAGER, "service", "update", "--force", f"{STACK}_web", timeout=300),
+    )
+    wait_until(converged, 120, interval=1, what="the stack to converge")
+
+
+def test_draining_the_second_node_mid_task_loses_nothing():
+    node = node_name(NODES[1])
+
+    def drain(api, tasks):
+        nodes = worker_nodes()
+        there = [
+            t["id"] for t in tasks if nodes.get(api.snapshot(t["id"]).get("worker")) == NODES[1]
+        ]
+        assert there, "no task was running on the node to drain"
+        on(MANAGER, "node", "update", "--availability", "drain", node)
+        return there
+
+    try:
+        chaos_row("swarm: drain node", drain)
+    finally:
+        on(MANAGER, "node", "update", "--availability", "active", node)
+    wait_until(converged, 120, interval=1, what="the stack to converge")
