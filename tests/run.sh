@@ -113,3 +113,8 @@ if [ "${TEST_POSTGRES:-1}" != 0 ]; then
     "$venv/bin/pytest" -q tests/integration/test_export_postgres.py ${PYTEST_ARGS:-} || status=$?
   [ "$status" = 0 ] || [ "$status" = 5 ]  # 5: PYTEST_ARGS selected none of these
 fi
+# The stack on a two-node Docker Swarm (two engines in containers; tests/swarm/run.sh
+# removes all it creates). TEST_SWARM=0 skips this pass.
+if [ "${TEST_SWARM:-1}" != 0 ]; then
+  TEST_SWARM_BUILD=0 TEST_SWARM_HTTP_PORT=$((TEST_HTTP_PORT + 1)) tests/swarm/run.sh
+fi

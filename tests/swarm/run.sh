@@ -17,6 +17,13 @@ prefix=${TEST_PROJECT:-taskbeam-test}-swarm
 port=${TEST_SWARM_HTTP_PORT:-$(( ${TEST_HTTP_PORT:-18080} + 1 ))}
 tag=${TEST_IMAGE_TAG:-test}
 node_image=${SWARM_NODE_IMAGE:-taskbeam-standin/swarm-node:bookworm}
+# Base images: the environment's, else the user's .env (a mirror or offline stand-ins).
+for name in PYTHON_IMAGE REDIS_IMAGE NGINX_IMAGE; do
+  if [ -z "${!name:-}" ] && [ -f .env ]; then
+    value=$(sed -n "s/^$name=//p" .env | tail -n1)
+    [ -z "$value" ] || export "$name=$value"
+  fi
+done
 redis_image=${REDIS_IMAGE:-redis:7-alpine}
 stack=taskbeam
 nodes=(node1 node2)
@@ -57,14 +64,16 @@ trap cleanup EXIT INT TERM
 docker image inspect "$node_image" >/dev/null 2>&1 \
   || { log "no $node_image: run bash .ci/provision.sh"; exit 2; }
 
-# The images the stack runs, as tests/run.sh builds them (cached layers if it did).
-docker compose version >/dev/null
-log "building taskbeam-app:$tag and taskbeam-nginx:$tag"
-docker build -q --label org.taskbeam.project=taskbeam \
-  --build-arg PYTHON_IMAGE="${PYTHON_IMAGE:-python:3.12-slim}" --build-arg PIP_EXTRAS=postgres \
-  -t "taskbeam-app:$tag" . >/dev/null
-docker build -q --label org.taskbeam.project=taskbeam -f nginx/Dockerfile \
-  --build-arg NGINX_IMAGE="${NGINX_IMAGE:-nginx:1.27-alpine}" -t "taskbeam-nginx:$tag" . >/dev/null
+# The images the stack runs, built as tests/run.sh builds them (which passes
+# TEST_SWARM_BUILD=0: it has just built them).
+if [ "${TEST_SWARM_BUILD:-1}" != 0 ]; then
+  log "building taskbeam-app:$tag and taskbeam-nginx:$tag"
+  docker build -q --label org.taskbeam.project=taskbeam \
+    --build-arg PYTHON_IMAGE="${PYTHON_IMAGE:-python:3.12-slim}" --build-arg PIP_EXTRAS=postgres \
+    -t "taskbeam-app:$tag" . >/dev/null
+  docker build -q --label org.taskbeam.project=taskbeam -f nginx/Dockerfile \
+    --build-arg NGINX_IMAGE="${NGINX_IMAGE:-nginx:1.27-alpine}" -t "taskbeam-nginx:$tag" . >/dev/null
+fi
 
 # Two engines in containers (flags: --privileged is refused here; SYS_PTRACE lets the
 # inner engine exec into containers that run as another user: health checks).
