@@ -7,6 +7,8 @@
 #      SECRET_KEY_SECRET / REDIS_PASSWORD_SECRET at them)
 #   3. node labels: this node gets taskbeam.redis and taskbeam.edge unless some node has them
 #   4. docker stack deploy, with the settings of .env (stack deploy reads no .env itself)
+# ENV_FILE names another settings file; SWARM_BUILD=0 skips step 1 (the images are on
+# every node already: tests/swarm/run.sh loads them by docker save | docker load).
 set -o errexit -o nounset -o pipefail
 cd "$(dirname "$0")/../.."
 stack=${STACK:-taskbeam}
@@ -15,19 +17,26 @@ stack=${STACK:-taskbeam}
   echo "Not a Swarm manager: run \`docker swarm init\` here (and join the other servers) first." >&2
   exit 2
 }
+env_file=${ENV_FILE:-.env}
+[ -f "$env_file" ] || { echo "No $env_file: run \`make env\` first." >&2; exit 2; }
 set -a
-. ./.env
+. "$env_file"
 set +a
 
 tag=${IMAGE_TAG:-latest}
-docker compose build web nginx
-if [ -n "${IMAGE_REPO:-}" ]; then
+if [ "${SWARM_BUILD:-1}" != 0 ]; then
+  docker compose --env-file "$env_file" build web nginx
   for image in taskbeam-app taskbeam-nginx; do
-    docker tag "$image:$tag" "$IMAGE_REPO$image:$tag"
-    docker push "$IMAGE_REPO$image:$tag"
+    [ -z "${IMAGE_REPO:-}" ] || { docker tag "$image:$tag" "$IMAGE_REPO$image:$tag" &&
+                                  docker push "$IMAGE_REPO$image:$tag"; }
   done
-elif [ "$(docker node ls -q | wc -l)" -gt 1 ]; then
-  echo "Warning: IMAGE_REPO is empty; nodes other than this one need the images loaded by hand." >&2
+fi
+# Without a registry the images are each node's own: no digest to look up.
+resolve=never
+if [ -n "${IMAGE_REPO:-}" ]; then
+  resolve=always
+elif [ "$(docker node ls -q | wc -l)" != 1 ]; then
+  echo "Warning: IMAGE_REPO is empty; the other nodes need the images loaded by hand." >&2
 fi
 
 secret() {  # name value
@@ -44,5 +53,6 @@ for label in taskbeam.redis taskbeam.edge; do
   fi
 done
 
-docker stack deploy --with-registry-auth -c deploy/swarm/stack.yml "$stack"
+docker stack deploy --with-registry-auth --resolve-image "$resolve" \
+  -c deploy/swarm/stack.yml "$stack"
 echo "Deployed stack $stack; Nginx listens on port ${HTTP_PORT:-8080} of the taskbeam.edge nodes."
