@@ -29,6 +29,7 @@ pytestmark = pytest.mark.skipif(
 MANAGER = os.environ.get("SWARM_MANAGER", "")
 NODES = os.environ.get("SWARM_NODES", "").split()
 STACK = os.environ.get("SWARM_STACK", "taskbeam")
+SERVICES = ("redis", "web", "worker", "nginx")
 TASKS = 10  # as in test_chaos.py
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
@@ -85,6 +86,52 @@ def watched_tasks(api, count, steps=30, step_ms=300):
         watcher.follow(task["id"])
         watchers.append(watcher)
     return tasks, watchers
+
+
+def service_spec(service):
+    return json.loads(on(MANAGER, "service", "inspect", f"{STACK}_{service}"))[0]["Spec"]
+
+
+def compose_environment(service):
+    """The environment docker-compose.yml gives ``service`` (placeholder secrets)."""
+    done = subprocess.run(
+        ["docker", "compose", "-f", "docker-compose.yml", "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+        env={"PATH": os.environ["PATH"], "SECRET_KEY": "x", "REDIS_PASSWORD": "x"},
+    )
+    return json.loads(done.stdout)["services"][service]["environment"]
+
+
+def test_the_stack_has_the_compose_settings_with_secrets_in_files():
+    # The settings file tests/swarm/run.sh deployed with (its last value of each wins).
+    lines = Path(os.environ["SWARM_ENV_FILE"]).read_text().splitlines()
+    settings = dict(line.split("=", 1) for line in lines if "=" in line)
+    inspected = on(MANAGER, "service", "inspect", *(f"{STACK}_{s}" for s in SERVICES))
+    for secret in ("SECRET_KEY", "REDIS_PASSWORD"):
+        assert settings[secret].strip() not in inspected, f"{secret} is in a service spec"
+    for service in ("web", "worker"):
+        spec = service_spec(service)
+        container = spec["TaskTemplate"]["ContainerSpec"]
+        env = dict(e.split("=", 1) for e in container["Env"])
+        missing = set(compose_environment(service)) - set(env) - {"SECRET_KEY"}
+        assert not missing, f"{service}: settings of docker-compose.yml missing: {missing}"
+        assert "@" not in env["REDIS_URL"] and env["REDIS_PASSWORD_FILE"]
+        assert {s["SecretName"] for s in container["Secrets"]} >= {"taskbeam_redis_password"}
+        assert spec["UpdateConfig"]["Order"] == "start-first"
+        assert spec["UpdateConfig"]["FailureAction"] == "rollback"
+        assert container["Healthcheck"]["Test"]
+    assert service_spec("web")["EndpointSpec"]["Mode"] == "dnsrr"
+    redis = service_spec("redis")
+    assert redis["EndpointSpec"]["Mode"] == "dnsrr"
+    assert redis["TaskTemplate"]["Placement"]["Constraints"] == [
+        "node.labels.taskbeam.redis == true"
+    ]
+    nginx_env = service_spec("nginx")["TaskTemplate"]["ContainerSpec"]["Env"]
+    assert "WEB_UPSTREAM=tasks.web" in nginx_env
 
 
 def test_tasks_from_both_nodes_reach_clients_gaplessly(api):

@@ -2,7 +2,9 @@
 # The multi-node Swarm test (`make swarm-test`, and a pass of tests/run.sh): a swarm of
 # two Docker engines, each running in a container on this host's engine (the host's
 # own engine never joins a swarm), deploys deploy/swarm/stack.yml and runs
-# tests/integration/test_swarm.py against it through Nginx. Everything it creates
+# tests/integration/test_swarm.py against it through Nginx. The deploy is
+# `make swarm-up`'s own (deploy/swarm/up.sh, with the host's client talking to the
+# manager's engine through its socket). Everything it creates
 # (node containers, their volumes, the network, the shared export directory) is
 # removed at the end, also when a step fails.
 #   node1: manager, labelled taskbeam.redis and taskbeam.edge (Redis, Nginx), web, worker
@@ -47,7 +49,7 @@ cleanup() {
     log "swarm logs saved to tests/artifacts/swarm.log"
   fi
   if [ "${TEST_SWARM_KEEP:-0}" = 1 ]; then  # to look around; remove by hand afterwards
-    log "kept: containers $prefix-node1/2, volumes $prefix-node1/2-docker, network $prefix, $work"
+    log "took $(( $(date +%s) - started ))s; kept: containers $prefix-node1/2, volumes $prefix-node1/2-docker, network $prefix, $work"
     exit "$status"
   fi
   for node in "${nodes[@]}"; do
@@ -85,13 +87,15 @@ for node in "${nodes[@]}"; do
   [ "${TEST_SWARM_SHARED_EXPORTS:-1}" != 0 ] || shared=$exports/$node
   publish=()
   [ "$node" = node1 ] && publish=(-p "127.0.0.1:$port:8080")
+  mkdir -p "$work/$node-run"
   docker run -d --name "$prefix-$node" --hostname "$node" --network "$prefix" \
     --label "org.taskbeam.swarm-test=$prefix" "${publish[@]}" \
     --cap-add SYS_ADMIN --cap-add NET_ADMIN --cap-add SYS_PTRACE \
     --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
     -v /sys/fs/cgroup:/sys/fs/cgroup:rw -v "$prefix-$node-docker:/var/lib/docker" \
-    -v "$shared:/srv/taskbeam/exports" -v "$PWD:/src:ro" \
-    "$node_image" >/dev/null
+    -v "$shared:/srv/taskbeam/exports" -v "$work/$node-run:/run/taskbeam-node" \
+    "$node_image" dockerd -H unix:///var/run/docker.sock -H unix:///run/taskbeam-node/docker.sock \
+    >/dev/null
 done
 for node in "${nodes[@]}"; do
   for _ in $(seq 1 60); do on "$node" docker info >/dev/null 2>&1 && break; sleep 1; done
@@ -103,7 +107,6 @@ addr=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$prefix\").IPAddr
 on node1 docker swarm init --advertise-addr "$addr" >/dev/null
 token=$(on node1 docker swarm join-token -q worker)
 on node2 docker swarm join --token "$token" "$addr:2377" >/dev/null
-on node1 docker node update --label-add taskbeam.redis=true --label-add taskbeam.edge=true node1 >/dev/null
 
 # No registry: each node gets the images by docker save | docker load.
 log "loading images into both nodes"
@@ -114,22 +117,36 @@ for node in "${nodes[@]}"; do
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
 
+# A settings file as `make env` writes .env (fresh secrets), plus the test settings of
+# tests/run.sh that matter here (later lines win). 2 workers × 6: the ten tasks of a
+# chaos run all run at once (3 × 4 under Compose).
 secret() { od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'; }
-secret 32 | on node1 docker secret create taskbeam_secret_key - >/dev/null
-secret 24 | on node1 docker secret create taskbeam_redis_password - >/dev/null
-
-# The test settings of tests/run.sh that matter here; the rest are the stack's defaults.
-# 2 workers × 6: the ten tasks of a chaos run all run at once (3 × 4 under Compose).
-log "docker stack deploy"
-settings=(
-  IMAGE_TAG="$tag" REDIS_IMAGE="$redis_image" HTTP_PORT=8080
-  WEB_REPLICAS=2 WORKER_REPLICAS=2 WORKER_CONCURRENCY=6 DEMO_ROWS=20000
-  EXPORT_TTL=60 TASK_MAX_REDELIVERIES=1 TASK_TIME_LIMIT_S=60 MAX_ACTIVE_TASKS=50
-  RATE_LIMIT_PER_IP_PER_MINUTE=100000 CREATES_PER_MINUTE_PER_IP=600 CREATE_BURST_PER_IP=100
-  EVENT_READS_PER_SECOND_PER_IP=50 EVENT_READS_BURST_PER_IP=200 WS_CONNECTIONS_PER_IP=300
-)
-on node1 env "${settings[@]}" docker stack deploy --resolve-image never \
-  -c /src/deploy/swarm/stack.yml "$stack" >/dev/null
+{ cat .env.example
+  cat <<SETTINGS
+SECRET_KEY=$(secret 32)
+REDIS_PASSWORD=$(secret 24)
+IMAGE_TAG=$tag
+REDIS_IMAGE=$redis_image
+HTTP_PORT=8080
+WEB_REPLICAS=2
+WORKER_REPLICAS=2
+WORKER_CONCURRENCY=6
+DEMO_ROWS=20000
+EXPORT_TTL=60
+TASK_MAX_REDELIVERIES=1
+TASK_TIME_LIMIT_S=60
+MAX_ACTIVE_TASKS=50
+RATE_LIMIT_PER_IP_PER_MINUTE=100000
+CREATES_PER_MINUTE_PER_IP=600
+CREATE_BURST_PER_IP=100
+EVENT_READS_PER_SECOND_PER_IP=50
+EVENT_READS_BURST_PER_IP=200
+WS_CONNECTIONS_PER_IP=300
+SETTINGS
+} > "$work/swarm.env"
+log "make swarm-up (deploy/swarm/up.sh) against node1"
+DOCKER_HOST="unix://$work/node1-run/docker.sock" ENV_FILE="$work/swarm.env" SWARM_BUILD=0 \
+  STACK=$stack deploy/swarm/up.sh >&2
 
 # Up: every service at its replica count with healthy tasks, Nginx ready, and a
 # worker on each node (the test checks both nodes run tasks).
@@ -148,5 +165,5 @@ converged || { log "the stack did not converge in 240 s"; exit 1; }
 log "stack up after $(( $(date +%s) - started ))s"
 
 SWARM_MANAGER="$prefix-node1" SWARM_NODES="${nodes[*]/#/$prefix-}" SWARM_STACK=$stack \
-  TASKBEAM_URL="http://127.0.0.1:$port" \
+  SWARM_ENV_FILE="$work/swarm.env" TASKBEAM_URL="http://127.0.0.1:$port" \
   "$venv/bin/pytest" -q tests/integration/test_swarm.py ${PYTEST_ARGS:-}
