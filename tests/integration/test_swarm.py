@@ -2,8 +2,9 @@
 which builds the swarm from two engines in containers and sets SWARM_* (skipped otherwise).
 
 Tasks run by both nodes' workers reach browser-like clients gaplessly; an export written
-on one node downloads through Nginx on the other; a rolling update of `web` and draining
-the second node mid-task lose nothing: the chaos table's checks, printed as its rows."""
+on one node downloads through Nginx on the other; a rolling update of `web`, draining
+the second node mid-task and losing it outright lose nothing: the chaos table's checks,
+printed as its rows."""
 
 import json
 import os
@@ -65,17 +66,34 @@ def node_name(node_container):
 
 
 def converged():
-    """Every service of the stack at its replica count (and /readyz answering)."""
-    replicas = on(
+    """/readyz answers and every service runs as many tasks as it wants. (`service ls`
+    alone would count the tasks of a lost node, still "running" in its last report.)"""
+    if not is_ready():
+        return False
+    services = on(
         MANAGER,
         "service",
         "ls",
         "--filter",
         f"label=com.docker.stack.namespace={STACK}",
         "--format",
-        "{{.Replicas}}",
-    ).split()
-    return is_ready() and all(r.split("/")[0] == r.split("/")[1] for r in replicas)
+        "{{.Name}} {{.Replicas}}",
+    ).splitlines()
+    for line in services:
+        name, replicas = line.split()[:2]
+        states = on(
+            MANAGER,
+            "service",
+            "ps",
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "{{.CurrentState}}",
+            name,
+        ).splitlines()
+        if sum(s.startswith("Running") for s in states) != int(replicas.split("/")[1]):
+            return False
+    return True
 
 
 def watched_tasks(api, count, steps=30, step_ms=300):
@@ -240,15 +258,18 @@ def test_rolling_update_of_web_loses_nothing():
     wait_until(converged, 120, interval=1, what="the stack to converge")
 
 
+def tasks_on_second_node(api, tasks):
+    nodes = worker_nodes()
+    there = [t["id"] for t in tasks if nodes.get(api.snapshot(t["id"]).get("worker")) == NODES[1]]
+    assert there, "no task was running on the second node"
+    return there
+
+
 def test_draining_the_second_node_mid_task_loses_nothing():
     node = node_name(NODES[1])
 
     def drain(api, tasks):
-        nodes = worker_nodes()
-        there = [
-            t["id"] for t in tasks if nodes.get(api.snapshot(t["id"]).get("worker")) == NODES[1]
-        ]
-        assert there, "no task was running on the node to drain"
+        there = tasks_on_second_node(api, tasks)
         on(MANAGER, "node", "update", "--availability", "drain", node)
         return there
 
@@ -257,3 +278,29 @@ def test_draining_the_second_node_mid_task_loses_nothing():
     finally:
         on(MANAGER, "node", "update", "--availability", "active", node)
     wait_until(converged, 120, interval=1, what="the stack to converge")
+
+
+def test_losing_the_second_node_mid_task_loses_nothing():
+    # Last: the node does not come back. Swarm leaves tasks where they run, so after the
+    # drain the services are updated once more to put a web and a worker on it again.
+    for service in ("worker", "web"):
+        on(MANAGER, "service", "update", "--force", f"{STACK}_{service}", timeout=300)
+    wait_until(
+        lambda: converged() and NODES[1] in worker_nodes().values(),
+        120,
+        interval=1,
+        what="a worker on the second node again",
+    )
+
+    def power_off(api, tasks):
+        # SIGKILL to its dockerd (PID 1): every process of the node dies at once.
+        there = tasks_on_second_node(api, tasks)
+        subprocess.run(["docker", "kill", NODES[1]], check=True, capture_output=True, timeout=60)
+        return there
+
+    chaos_row("swarm: node lost", power_off)
+    try:
+        wait_until(converged, 120, interval=1, what="the stack to converge on one node")
+    except AssertionError as exc:
+        state = on(MANAGER, "service", "ls") + on(MANAGER, "node", "ls")
+        raise AssertionError(f"{exc}; ready: {is_ready()}\n{state}") from None
