@@ -157,6 +157,18 @@ build_standins() {
   done
 }
 
+# The engine-in-a-container image the multi-node Swarm test runs its nodes on
+# (tests/swarm/run.sh); needed with or without a registry.
+SWARM_NODE_IMAGE=taskbeam-standin/swarm-node:bookworm
+build_swarm_node() {
+  docker image inspect "$SWARM_NODE_IMAGE" >/dev/null 2>&1 && return
+  debian_base bookworm
+  [ "${ctx:-}" = "$state/standin-ctx-bookworm" ] || standin_context bookworm
+  log "building $SWARM_NODE_IMAGE"
+  DOCKER_BUILDKIT=0 docker build -q --label org.taskbeam.standin=1 \
+    -f "$ctx/swarm-node.Dockerfile" -t "$SWARM_NODE_IMAGE" "$ctx" >/dev/null
+}
+
 if [ "${1:-}" = python-trixie ]; then  # only the trixie python stand-in (engine running)
   build_python_trixie
   exit 0
@@ -180,4 +192,5 @@ ENV
 else
   : >"$state/images.env"
 fi
+build_swarm_node
 log "ready: $(docker compose version)"

@@ -142,3 +142,8 @@ if [ "${TEST_IDENTITY:-1}" != 0 ]; then
   identity_pass header AUTH_MODE=header AUTH_PROXY_ADDRESSES="$gateway"
   echo "identity pass: $(( $(date +%s) - started )) s"
 fi
+# The stack on a two-node Docker Swarm (two engines in containers; tests/swarm/run.sh
+# removes all it creates). TEST_SWARM=0 skips this pass.
+if [ "${TEST_SWARM:-1}" != 0 ]; then
+  TEST_SWARM_BUILD=0 TEST_SWARM_HTTP_PORT=$((TEST_HTTP_PORT + 1)) tests/swarm/run.sh
+fi
