@@ -5,10 +5,12 @@ COMPOSE_PROJECT_NAME and COMPOSE_ENV_FILES, so `docker compose` here talks to
 that project and never to a stack the user has running.
 """
 
+import json
 import os
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -245,6 +247,31 @@ def watcher(api):
 
 
 CHAOS_ROWS = []  # filled by test_chaos.py, printed at the end of the run
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+def record_chaos_row(fault, watchers, tasks, recovery_s, artifact="chaos.json"):
+    """A row of the chaos table from each task's watched history (``watchers[i]``
+    follows ``tasks[i]``), kept in CHAOS_ROWS and saved under tests/artifacts.
+
+    :returns: the row and the histories by task id.
+    """
+    histories = {t["id"]: w.history(t["id"]) for w, t in zip(watchers, tasks)}
+    once = [h for h in histories.values() if [e["state"] in TERMINAL for e in h].count(True) == 1]
+    row = {
+        "fault": fault,
+        "tasks": len(tasks),
+        "terminal": len(once),
+        "gaps": sum(gaps(h) for h in histories.values()),
+        # Live events that skipped a seq; the resubscribe found the rest stored.
+        "gaps filled": sum(w.gaps_refetched for w in watchers),
+        "dups dropped": sum(w.duplicates for w in watchers),
+        "recovery s": round(recovery_s, 1),
+    }
+    CHAOS_ROWS.append(row)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / artifact).write_text(json.dumps(CHAOS_ROWS, indent=1))
+    return row, histories
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 from conftest import (
-    CHAOS_ROWS,
     TERMINAL,
     Api,
     Watcher,
     assert_gapless_single_terminal,
-    gaps,
     is_ready,
+    record_chaos_row,
     wait_until,
 )
 
@@ -32,7 +31,6 @@ NODES = os.environ.get("SWARM_NODES", "").split()
 STACK = os.environ.get("SWARM_STACK", "taskbeam")
 SERVICES = ("redis", "web", "worker", "nginx")
 TASKS = 10  # as in test_chaos.py
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
 def on(node, *args, timeout=60):
@@ -235,22 +233,8 @@ def chaos_row(fault, fault_action):
         recovery = time.monotonic() - started
         for watcher, task in zip(watchers, tasks):
             watcher.wait_terminal([task["id"]], timeout=180)
-        histories = {t["id"]: w.history(t["id"]) for w, t in zip(watchers, tasks)}
-        terminal = sum(
-            1 for h in histories.values() if [e["state"] in TERMINAL for e in h].count(True) == 1
-        )
-        row = {
-            "fault": fault,
-            "tasks": TASKS,
-            "terminal": terminal,
-            "gaps": sum(gaps(h) for h in histories.values()),
-            "dups dropped": sum(w.duplicates for w in watchers),
-            "recovery s": round(recovery, 1),
-        }
-        CHAOS_ROWS.append(row)
-        ARTIFACTS.mkdir(exist_ok=True)
-        (ARTIFACTS / "swarm-chaos.json").write_text(json.dumps(CHAOS_ROWS, indent=1))
-        assert terminal == TASKS and row["gaps"] == 0, row
+        row, histories = record_chaos_row(fault, watchers, tasks, recovery, "swarm-chaos.json")
+        assert row["terminal"] == TASKS and row["gaps"] == 0, row
         for history in histories.values():
             assert_gapless_single_terminal(history)
         return row
