@@ -166,4 +166,5 @@ log "stack up after $(( $(date +%s) - started ))s"
 
 SWARM_MANAGER="$prefix-node1" SWARM_NODES="${nodes[*]/#/$prefix-}" SWARM_STACK=$stack \
   SWARM_ENV_FILE="$work/swarm.env" TASKBEAM_URL="http://127.0.0.1:$port" \
-  "$venv/bin/pytest" -q tests/integration/test_swarm.py ${PYTEST_ARGS:-}
+  "$venv/bin/pytest" -q tests/integration/test_swarm.py ${PYTEST_ARGS:-} \
+  || [ $? = 5 ]  # 5: PYTEST_ARGS selected none of these
