@@ -5,7 +5,8 @@ N ?= 1
 HTTP_PORT ?= $(shell sed -n 's/^HTTP_PORT=//p' .env 2>/dev/null | tail -n1)
 
 .DEFAULT_GOAL := help
-.PHONY: help env up down logs ps scale test unit lint bench bench-export soak
+.PHONY: help env up down logs ps scale test unit lint bench bench-export soak certs
+.PHONY: swarm-up swarm-down swarm-test
 
 help: ## Show the targets and what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -76,3 +77,22 @@ soak: ## Soak the running stack: 1,000 idle sockets + 50 tasks for 3 minutes (af
 	$(LOAD_LIMITS) $(COMPOSE) up -d --no-deps --wait nginx
 	.venv/bin/python tests/bench/soak.py --url http://127.0.0.1:$(or $(HTTP_PORT),8080); \
 	  status=$$?; $(COMPOSE) up -d --no-deps --wait nginx; exit $$status
+
+# For HTTPS on this machine (nginx/tls.yml): trust certs/ca.pem in the browser once.
+CERTS ?= certs
+certs: ## Create a local CA and a localhost certificate in certs/ (for nginx/tls.yml)
+	tests/make_certs.sh $(CERTS)
+
+# Docker Swarm (deploy/swarm/): the swarm is yours (`docker swarm init` on a manager,
+# `docker swarm join` on the others); the test builds a two-node one of its own.
+STACK ?= taskbeam
+
+swarm-up: env ## Deploy to this engine's Swarm: images (pushed to IMAGE_REPO), secrets, stack
+	STACK=$(STACK) deploy/swarm/up.sh
+
+swarm-down: ## Remove the Swarm stack (keeps its secrets and volumes)
+	docker stack rm $(STACK)
+
+swarm-test: ## Two-node Swarm in containers: deploy the stack, run tests/integration/test_swarm.py
+	@tests/run.sh venv
+	tests/swarm/run.sh

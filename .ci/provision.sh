@@ -50,6 +50,22 @@ install_browser() {
   apt_install chromium
 }
 
+# kubectl renders the Kubernetes overlays in tests/unit/test_kubernetes.py: any one
+# on the host, else Debian's (1.20; its kustomize reads the overlays as written).
+install_kubectl() {
+  if command -v kubectl >/dev/null; then return; fi
+  log "installing kubectl (kubernetes-client)"
+  apt_install kubernetes-client
+}
+
+# The HTTPS tests (tests/integration/test_identity.py): certutil (libnss3-tools) trusts
+# the local CA in the browser's NSS db; curl checks TLS versions and headers.
+install_tls_tools() {
+  if command -v certutil >/dev/null 2>&1 && command -v curl >/dev/null 2>&1; then return; fi
+  log "installing libnss3-tools and curl"
+  apt_install libnss3-tools curl
+}
+
 # Debian 12 ships only Compose v1; trixie's docker-compose (v2) is a static Go plugin.
 # Fetched with a private apt state so nothing is added to /etc/apt.
 install_compose_v2() {
@@ -141,6 +157,18 @@ build_standins() {
   done
 }
 
+# The engine-in-a-container image the multi-node Swarm test runs its nodes on
+# (tests/swarm/run.sh); needed with or without a registry.
+SWARM_NODE_IMAGE=taskbeam-standin/swarm-node:bookworm
+build_swarm_node() {
+  docker image inspect "$SWARM_NODE_IMAGE" >/dev/null 2>&1 && return
+  debian_base bookworm
+  [ "${ctx:-}" = "$state/standin-ctx-bookworm" ] || standin_context bookworm
+  log "building $SWARM_NODE_IMAGE"
+  DOCKER_BUILDKIT=0 docker build -q --label org.taskbeam.standin=1 \
+    -f "$ctx/swarm-node.Dockerfile" -t "$SWARM_NODE_IMAGE" "$ctx" >/dev/null
+}
+
 if [ "${1:-}" = python-trixie ]; then  # only the trixie python stand-in (engine running)
   build_python_trixie
   exit 0
@@ -149,6 +177,8 @@ fi
 install_engine
 install_redis_server
 install_browser
+install_kubectl
+install_tls_tools
 install_compose_v2
 start_engine
 if [ "${TASKBEAM_STANDINS:-auto}" = always ] || ! timeout 20 docker pull -q redis:7-alpine >/dev/null 2>&1; then
@@ -162,4 +192,5 @@ ENV
 else
   : >"$state/images.env"
 fi
+build_swarm_node
 log "ready: $(docker compose version)"

@@ -62,6 +62,24 @@ _PRIORITY_STEPS = (0, 3, 6, 9)
 MAX_SCANNED_MESSAGES = 100_000
 
 
+def queue_lists(app):
+    """The Redis lists that hold the default queue's waiting messages (what KEDA's
+    Redis scaler reads: ``<namespace>:celery:celery``, plus one per priority step)."""
+    prefix = app.conf.broker_transport_options["global_keyprefix"]
+    queue = app.conf.task_default_queue
+    return [f"{prefix}{queue}"] + [
+        f"{prefix}{queue}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS[1:]
+    ]
+
+
+def queue_length(redis, app):
+    """Messages waiting in the broker; those a worker has reserved are not counted."""
+    pipe = redis.pipeline(transaction=False)
+    for key in queue_lists(app):
+        pipe.llen(key)
+    return sum(pipe.execute())
+
+
 def queued_task_ids(redis, app):
     """Ids of the tasks that have a message in the broker: waiting in the default
     queue or delivered to a worker and not acknowledged yet.
@@ -70,10 +88,7 @@ def queued_task_ids(redis, app):
               :data:`MAX_SCANNED_MESSAGES` (too many to tell).
     """
     prefix = app.conf.broker_transport_options["global_keyprefix"]
-    queue = app.conf.task_default_queue
-    lists = [f"{prefix}{queue}"] + [
-        f"{prefix}{queue}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS[1:]
-    ]
+    lists = queue_lists(app)
     pipe = redis.pipeline(transaction=False)
     for key in lists:
         pipe.llen(key)

@@ -37,7 +37,7 @@ def _int(env, name, default, low, high):
 
 # Secrets may come from files instead (Docker and Kubernetes secrets): NAME_FILE
 # names the file; its content, less surrounding whitespace, is NAME.
-SECRET_FILE_VARIABLES = ("SECRET_KEY", "REDIS_URL", "REDIS_PASSWORD", "DATABASE_URL")
+SECRET_FILE_VARIABLES = ("SECRET_KEY", "REDIS_URL", "REDIS_PASSWORD", "DATABASE_URL", "JWT_SECRET")
 MAX_SECRET_FILE_BYTES = 65_536
 
 
@@ -160,6 +160,74 @@ def _hosts(env, origins):
     return tuple(hosts)
 
 
+AUTH_MODES = ("session", "jwt", "header")
+# Asymmetric algorithms take a public key (PEM) or a JWKS file; HS256 a shared secret.
+JWT_ALGORITHMS = ("HS256", "RS256", "ES256")
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Who owns a task (taskbeam/web/identity.py): AUTH_MODE and the JWT checks."""
+
+    mode: str = "session"
+    jwt_algorithm: str = "HS256"
+    jwt_secret: str | None = None
+    jwt_public_key_file: str = ""
+    jwt_jwks_file: str = ""
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    jwt_leeway_s: int = 10
+    dev_login: bool = False
+
+
+def _auth(env):
+    mode = env.get("AUTH_MODE", "").strip().lower() or "session"
+    if mode not in AUTH_MODES:
+        raise ConfigError(f"AUTH_MODE must be one of {', '.join(AUTH_MODES)}, got {mode!r}")
+    algorithm = env.get("JWT_ALGORITHM", "").strip().upper() or "HS256"
+    if algorithm not in JWT_ALGORITHMS:
+        raise ConfigError(f"JWT_ALGORITHM must be one of {', '.join(JWT_ALGORITHMS)}")
+    auth = AuthSettings(
+        mode=mode,
+        jwt_algorithm=algorithm,
+        jwt_secret=env.get("JWT_SECRET", "").strip() or None,
+        jwt_public_key_file=env.get("JWT_PUBLIC_KEY_FILE", "").strip(),
+        jwt_jwks_file=env.get("JWT_JWKS_FILE", "").strip(),
+        jwt_issuer=env.get("JWT_ISSUER", "").strip(),
+        jwt_audience=env.get("JWT_AUDIENCE", "").strip(),
+        jwt_leeway_s=_int(env, "JWT_LEEWAY_S", 10, 0, 300),
+        dev_login=_bool(env, "AUTH_DEV_LOGIN"),
+    )
+    if mode != "jwt":
+        if auth.dev_login:
+            raise ConfigError("AUTH_DEV_LOGIN=1 needs AUTH_MODE=jwt with JWT_ALGORITHM=HS256")
+        return auth
+    # exp, iss and aud are always checked: a token minted for another service is refused.
+    if not auth.jwt_issuer or not auth.jwt_audience:
+        raise ConfigError("AUTH_MODE=jwt needs JWT_ISSUER and JWT_AUDIENCE")
+    if algorithm == "HS256":
+        secret = auth.jwt_secret or ""
+        if secret.lower() in PLACEHOLDER_SECRETS or len(secret) < MIN_SECRET_LENGTH:
+            raise ConfigError(
+                f"JWT_ALGORITHM=HS256 needs JWT_SECRET (or JWT_SECRET_FILE) of at least "
+                f"{MIN_SECRET_LENGTH} characters, not a placeholder"
+            )
+        if auth.jwt_public_key_file or auth.jwt_jwks_file:
+            raise ConfigError("JWT_ALGORITHM=HS256 takes JWT_SECRET, not a public key file")
+    else:
+        if bool(auth.jwt_public_key_file) == bool(auth.jwt_jwks_file):
+            raise ConfigError(
+                f"JWT_ALGORITHM={algorithm} needs one of JWT_PUBLIC_KEY_FILE or JWT_JWKS_FILE"
+            )
+        if auth.jwt_secret:
+            raise ConfigError(f"JWT_ALGORITHM={algorithm} takes a public key, not JWT_SECRET")
+        if auth.dev_login:
+            raise ConfigError(
+                "AUTH_DEV_LOGIN=1 needs JWT_ALGORITHM=HS256 (it signs with the secret)"
+            )
+    return auth
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str
@@ -183,6 +251,7 @@ class Settings:
     export_columns: tuple
     export_date_column: str
     export_statement_timeout_s: int
+    auth: AuthSettings = AuthSettings()
     # Sentinel mode: an event is published once this many replicas have it (WAIT).
     redis_wait_replicas: int = 0
     redis_wait_timeout_ms: int = 1000
@@ -223,6 +292,7 @@ def load(env=None, *, need_secret=True):
         export_columns=_names(env, "EXPORT_COLUMNS", DEMO_COLUMNS),
         export_date_column=_names(env, "EXPORT_DATE_COLUMN", ("order_date",))[0],
         export_statement_timeout_s=_int(env, "EXPORT_STATEMENT_TIMEOUT_S", 3_600, 0, 7 * 86_400),
+        auth=_auth(env) if need_secret else AuthSettings(),
         **_replica_acks(env, redis_url),
     )
 

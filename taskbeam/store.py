@@ -11,6 +11,7 @@ Keys (``ns`` is TASKBEAM_NAMESPACE):
 - ``ns:queued``               sorted set of the task ids not yet started, by creation time
                               (a task's queue position is its rank here)
 - ``ns:leases``               sorted set of running task ids by lease expiry (Redis clock)
+- ``ns:workers``              sorted set of worker host names by when each last consumed
 
 A new task's keys expire after ``TASK_RETENTION_S`` plus the task time limit even
 if it never runs; the terminal event sets them to expire ``TASK_RETENTION_S``
@@ -34,6 +35,10 @@ import uuid
 import redis as redis_lib
 
 from . import protocol, sentinel
+
+# A worker counts as alive if it reported within this many seconds (it reports every
+# 2 s while its consumer runs; see worker.py).
+WORKER_ALIVE_WINDOW_S = 15.0
 
 _TERMINAL = """
 local function terminal(state)
@@ -298,6 +303,7 @@ class TaskStore:
         self.leases_key = f"{self.ns}:leases"
         self.active_key = f"{self.ns}:active"
         self.queued_key = f"{self.ns}:queued"
+        self.workers_key = f"{self.ns}:workers"
 
     def task_key(self, task_id):
         return f"{self.ns}:task:{task_id}"
@@ -605,6 +611,32 @@ class TaskStore:
         if done:
             self.redis.zrem(self.active_key, *done)
         return found
+
+    def worker_alive(self, name, now=None):
+        """Record that worker ``name`` is consuming; names silent for a day are dropped."""
+        now = time.time() if now is None else now
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(self.workers_key, {name: now})
+        pipe.zremrangebyscore(self.workers_key, "-inf", now - 86_400)
+        pipe.execute()
+
+    def operator_gauges(self, now=None):
+        """What an autoscaler or an operator watches, for the whole deployment:
+        tasks not yet started and the age of the oldest, runs holding a lease,
+        and workers that reported within :data:`WORKER_ALIVE_WINDOW_S`."""
+        now = time.time() if now is None else now
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(self.queued_key)
+        pipe.zrange(self.queued_key, 0, 0, withscores=True)
+        pipe.zcard(self.leases_key)
+        pipe.zcount(self.workers_key, now - WORKER_ALIVE_WINDOW_S, "+inf")
+        queued, oldest, running, workers = pipe.execute()
+        return {
+            "tasks_queued": queued,
+            "oldest_queued_age_seconds": round(max(now - oldest[0][1], 0.0), 3) if oldest else 0,
+            "tasks_running": running,
+            "workers_alive": workers,
+        }
 
     @staticmethod
     def new_emit_id():

@@ -50,6 +50,7 @@ STRANDED_AFTER_S = 60.0
 # would start a Celery client, about half a second of CPU per check per replica.
 ALIVE_FILE = "/tmp/taskbeam-worker-alive"
 ALIVE_EVERY_S = 2.0
+ALIVE_STALE_S = 10.0  # as in worker/healthcheck.sh
 
 
 @dataclass
@@ -334,12 +335,27 @@ def sweep_stranded(rt=None):
     return len(stranded)
 
 
+def report_alive(rt=None):
+    """Count this worker in the metrics' ``taskbeam_workers_alive`` while its
+    consumer runs (the alive file is fresh), not merely while the process exists."""
+    rt = rt or runtime
+    try:
+        age = time.time() - os.stat(ALIVE_FILE).st_mtime
+    except FileNotFoundError:
+        return False
+    if age >= ALIVE_STALE_S:
+        return False
+    rt.store.worker_alive(WORKER_NAME)
+    return True
+
+
 def _housekeeping_forever():
     rounds = 0
     while True:
         time.sleep(REAP_INTERVAL_S)
         rounds += 1
         try:
+            report_alive()
             requeue_orphans()
             if rounds % SWEEP_ROUNDS == 0:
                 sweep_stranded()

@@ -116,8 +116,37 @@ if [ "${TEST_POSTGRES:-1}" != 0 ]; then
     "$venv/bin/pytest" -q tests/integration/test_export_postgres.py ${PYTEST_ARGS:-} || status=$?
   [ "$status" = 0 ] || [ "$status" = 5 ]  # 5: PYTEST_ARGS selected none of these
 fi
+# Identity and TLS (tests/integration/test_identity.py): `web` and `nginx` are recreated
+# once per mode, after the other passes: session behind HTTPS (nginx/tls.yml), jwt
+# behind HTTPS with the demo login, then header mode (TEST_IDENTITY=0 skips this pass).
+if [ "${TEST_IDENTITY:-1}" != 0 ]; then
+  started=$(date +%s)
+  tests/make_certs.sh "$work/certs" >/dev/null
+  export TEST_HTTPS_PORT=${TEST_HTTPS_PORT:-18443} TEST_CA=$work/certs/ca.pem
+  export TEST_JWT_SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+  export TEST_JWT_ISSUER=taskbeam-tests TEST_JWT_AUDIENCE=taskbeam
+  export TASKBEAM_HTTPS_URL=https://localhost:$TEST_HTTPS_PORT
+  identity_pass() {  # MODE: recreate web and nginx with the environment given, run the tests
+    local mode=$1 status=0
+    shift
+    env "$@" docker compose up -d --wait --no-deps web nginx
+    TASKBEAM_URL=http://127.0.0.1:$TEST_HTTP_PORT TEST_AUTH_MODE=$mode \
+      "$venv/bin/pytest" -q tests/integration/test_identity.py ${PYTEST_ARGS:-} || status=$?
+    [ "$status" = 0 ] || [ "$status" = 5 ]  # 5: PYTEST_ARGS selected none of these
+  }
+  tls=(COMPOSE_FILE=docker-compose.yml:nginx/tls.yml HTTPS_PORT=$TEST_HTTPS_PORT
+       TLS_CERT_DIR=$work/certs)
+  identity_pass tls "${tls[@]}"
+  identity_pass jwt "${tls[@]}" AUTH_MODE=jwt JWT_SECRET=$TEST_JWT_SECRET \
+    JWT_ISSUER=$TEST_JWT_ISSUER JWT_AUDIENCE=$TEST_JWT_AUDIENCE JWT_LEEWAY_S=0 AUTH_DEV_LOGIN=1
+  # The auth proxy's address: the test client, which reaches Nginx from the gateway.
+  gateway=$(docker network inspect "${COMPOSE_PROJECT_NAME}_default" \
+    --format '{{(index .IPAM.Config 0).Gateway}}')
+  identity_pass header AUTH_MODE=header AUTH_PROXY_ADDRESSES="$gateway"
+  echo "identity pass: $(( $(date +%s) - started )) s"
+fi
 # Redis high availability (redis/ha.yml): the same stack on a primary, two replicas and
-# three Sentinels; its chaos rows (tests/integration/test_ha.py) run on it once, last
+# three Sentinels; its chaos rows (tests/integration/test_ha.py) run on it once
 # (TEST_HA=0 skips this pass). Redis is recreated, with its data; the Sentinels call
 # a node down after 2 s here (5 s by default), to keep the pass short.
 if [ "${TEST_HA:-1}" != 0 ]; then
@@ -128,4 +157,9 @@ if [ "${TEST_HA:-1}" != 0 ]; then
     "$venv/bin/pytest" -q tests/integration/test_ha.py ${PYTEST_ARGS:-} || status=$?
   echo "HA pass: $(( $(date +%s) - ha_started )) s"
   [ "$status" = 0 ] || [ "$status" = 5 ]  # 5: PYTEST_ARGS selected none of these
+fi
+# The stack on a two-node Docker Swarm (two engines in containers; tests/swarm/run.sh
+# removes all it creates). TEST_SWARM=0 skips this pass.
+if [ "${TEST_SWARM:-1}" != 0 ]; then
+  TEST_SWARM_BUILD=0 TEST_SWARM_HTTP_PORT=$((TEST_HTTP_PORT + 1)) tests/swarm/run.sh
 fi

@@ -18,7 +18,7 @@ from .. import config
 from ..broker import make_celery
 from ..emitter import Emitter
 from ..store import TaskStore, redis_client
-from . import fastws, front
+from . import fastws, front, identity
 from .metrics import Metrics
 from .mq_listener import QueueWatch, make_manager
 
@@ -40,6 +40,7 @@ class Services:
     celery: object
     queue_watch: QueueWatch
     metrics: Metrics
+    identity: identity.Identity
 
 
 def own_origin():
@@ -56,8 +57,12 @@ def origin_allowed(origin, settings, own):
     )
 
 
-def create_app(settings=None):
-    """The Flask app with Socket.IO bound; ``settings`` default to the environment."""
+def create_app(settings=None, owner_of=None):
+    """The Flask app with Socket.IO bound; ``settings`` default to the environment.
+
+    ``owner_of(request) -> str | None``: an app's own login names the task owner
+    (README "Identity"); None means not signed in (401 ``unauthenticated``).
+    """
     settings = settings or config.load_or_exit()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -113,18 +118,25 @@ def create_app(settings=None):
         celery=make_celery(settings),
         queue_watch=watch,
         metrics=metrics,
+        identity=identity.Identity(settings.auth, owner_of),
     )
 
     @app.before_request
     def ensure_owner():
-        # The signed session cookie is the owner of every task it creates.
-        if "owner" not in session:
+        # The signed session cookie is the owner of every task it creates
+        # (AUTH_MODE=session; the other modes name the owner from credentials).
+        if app.extensions["taskbeam"].identity.mode == "session" and "owner" not in session:
             session["owner"] = secrets.token_urlsafe(16)
             session.permanent = True
 
     from . import api, sockets  # noqa: F401  (sockets registers its handlers on import)
 
     app.register_blueprint(api.bp)
+    if app.extensions["taskbeam"].identity.dev_login:
+        logging.getLogger(__name__).warning(
+            "AUTH_DEV_LOGIN=1: POST /api/dev/token mints a token for any name (demos only)"
+        )
+        app.register_blueprint(api.dev_bp)
     api.register_error_handlers(app)
     watch.start()
     return app

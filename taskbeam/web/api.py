@@ -5,13 +5,14 @@ import logging
 import time
 from datetime import datetime
 
-from flask import Blueprint, Response, current_app, jsonify, request, session, url_for
+from flask import Blueprint, Response, current_app, g, jsonify, request, session, url_for
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
-from .. import export, jobs, protocol
+from .. import broker, export, jobs, protocol
 from ..store import TaskFinished, TaskGone, TooManyActive
-from . import origin_allowed, own_origin
+from . import identity, origin_allowed, own_origin, socketio
+from .metrics import render_operator_gauges
 from .openapi import openapi_document
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,10 @@ STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
 # cost ~45 ms of CPU and 1.3 MB per unpaged read.
 MAX_EVENTS_PAGE = 500
 MAX_SEQ_DIGITS = 18
+# To the owner's other sockets when tasks follow the user (AUTH_MODE other than session).
+TASK_CREATED_EVENT = "task_created"
+# Lifetime of a token from the dev login (AUTH_DEV_LOGIN=1).
+DEV_TOKEN_TTL_S = 3600
 
 # snake_case codes for the HTTP errors Werkzeug raises on its own.
 HTTP_CODES = {
@@ -57,11 +62,24 @@ def not_found():
     return ApiError(404, "not_found", "No such task.")
 
 
+def current_owner():
+    """The request's task owner (AUTH_MODE; identity.py), or 401 without credentials."""
+    if "owner" not in g:
+        try:
+            g.owner, _expires = services().identity.owner(request, session)
+        except identity.Unauthenticated as exc:
+            raise ApiError(
+                401, exc.code, exc.message, {"WWW-Authenticate": exc.challenge}
+            ) from None
+    return g.owner
+
+
 def owned_record(task_id):
+    owner = current_owner()
     # A malformed id never reaches a Redis key (``<id>:events`` would name the stream).
     if not protocol.valid_task_id(task_id):
         raise not_found()
-    rec = services().store.owned_record(task_id, session.get("owner"))
+    rec = services().store.owned_record(task_id, owner)
     if rec is None:
         raise not_found()
     return rec
@@ -138,8 +156,16 @@ def refuse_foreign_origin():
         raise ApiError(403, "forbidden_origin", "This origin is not allowed.")
 
 
+@bp.before_request
+def require_owner():
+    # Credentials before anything else about a task request: no 404 vs 400 oracle.
+    if request.path.startswith("/api/tasks"):
+        current_owner()
+
+
 @bp.post("/api/tasks")
 def create_task():
+    owner = current_owner()
     body = json_body()
     kind, params = body.get("kind"), body.get("params", {})
     unknown = sorted(set(body) - {"kind", "params"})
@@ -155,7 +181,6 @@ def create_task():
     except jobs.ParamError as exc:
         field = exc.field if exc.field == "params" else f"params.{exc.field}"
         raise ApiError(400, "invalid_params", f"{field}: {exc.reason}") from None
-    owner = session["owner"]
     check_rate(owner)
     svc = services()
     try:
@@ -176,6 +201,9 @@ def create_task():
         log.exception("could not enqueue task %s", snapshot["id"])
         svc.store.delete(snapshot["id"], owner)
         raise ApiError(503, "unavailable", "The task queue is unavailable; try again.") from None
+    if svc.identity.per_user:
+        # The user's other browsers and clients list it at once (docs/api.md).
+        socketio.emit(TASK_CREATED_EVENT, snapshot, to=identity.owner_room(owner))
     response = jsonify(snapshot)
     response.status_code = 202
     response.headers["Location"] = url_for("api.get_task", task_id=snapshot["id"])
@@ -185,7 +213,7 @@ def create_task():
 @bp.get("/api/tasks")
 def list_tasks():
     store = services().store
-    return {"tasks": store.add_queue_positions(store.list_for_owner(session["owner"]))}
+    return {"tasks": store.add_queue_positions(store.list_for_owner(current_owner()))}
 
 
 @bp.get("/api/tasks/<task_id>")
@@ -200,7 +228,7 @@ def delete_task(task_id):
     json_body(allow_empty=True)
     rec = owned_record(task_id)
     try:
-        removed = services().store.remove_finished(task_id, session["owner"])
+        removed = services().store.remove_finished(task_id, current_owner())
     except TaskGone:
         raise not_found() from None  # expired since the lookup
     if not removed:
@@ -267,6 +295,20 @@ def download(task_id):
     return response
 
 
+# Registered only with AUTH_DEV_LOGIN=1 (AUTH_MODE=jwt, HS256): the demo page's login.
+dev_bp = Blueprint("dev_login", __name__)
+
+
+@dev_bp.post("/api/dev/token")
+def dev_token():
+    """A token for any user name, signed with JWT_SECRET: for demos, never production."""
+    user = json_body().get("user")
+    if not isinstance(user, str) or not 0 < len(user) <= identity.MAX_USER_CHARS:
+        raise ApiError(400, "invalid_params", "user: must be a non-empty name")
+    token = services().identity.verifier.mint(user, DEV_TOKEN_TTL_S)
+    return {"token": token, "expires_in": DEV_TOKEN_TTL_S}
+
+
 @bp.get("/api/openapi.json")
 def openapi():
     return openapi_document(services().settings)
@@ -275,10 +317,14 @@ def openapi():
 @bp.get("/metrics")
 def metrics():
     svc = services()
-    return Response(
-        svc.metrics.render(svc.queue_watch.manager),
-        content_type="text/plain; version=0.0.4; charset=utf-8",
-    )
+    text = svc.metrics.render(svc.queue_watch.manager)
+    try:
+        gauges = svc.store.operator_gauges()
+        gauges["queue_length"] = broker.queue_length(svc.redis, svc.celery)
+        text += render_operator_gauges(gauges)
+    except RedisError:
+        pass  # Redis down: this process's own counters still answer
+    return Response(text, content_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @bp.get("/healthz")

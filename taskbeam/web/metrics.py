@@ -1,5 +1,6 @@
-"""Prometheus text-format metrics of one web process (`GET /metrics`, not proxied
-by Nginx: scrape each `web` container on the Compose network, port 8000)."""
+"""Prometheus text-format metrics (`GET /metrics`, not proxied by Nginx: scrape each
+`web` container on the Compose network, port 8000): counters of one web process,
+and gauges of the whole deployment read from Redis, for autoscalers."""
 
 import threading
 import time
@@ -110,10 +111,40 @@ class Metrics:
                     int(getattr(manager, "fast_transport", False)),
                 ),
             ]
-        lines = []
-        for name, kind, text, value in rows:
-            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-        return "\n".join(lines) + "\n"
+        return _text(rows)
+
+
+# The deployment's gauges (the same from every web process): name, help text.
+OPERATOR_GAUGES = (
+    (
+        "taskbeam_queue_length",
+        "Messages waiting in the broker's queue (reserved ones excluded).",
+    ),
+    ("taskbeam_tasks_queued", "Tasks created and not started yet."),
+    (
+        "taskbeam_oldest_queued_age_seconds",
+        "Age of the oldest task not started yet (0: none waits).",
+    ),
+    ("taskbeam_tasks_running", "Tasks running on a worker (holding a lease)."),
+    ("taskbeam_workers_alive", "Workers whose consumer reported in the last 15 s."),
+)
+
+
+def render_operator_gauges(values):
+    """The gauges of :data:`OPERATOR_GAUGES` from ``values`` (name without prefix)."""
+    return _text(
+        [
+            (name, "gauge", text, values[name.removeprefix("taskbeam_")])
+            for name, text in OPERATOR_GAUGES
+        ]
+    )
+
+
+def _text(rows):
+    lines = []
+    for name, kind, text, value in rows:
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+    return "\n".join(lines) + "\n"
 
 
 def is_task_update(message):

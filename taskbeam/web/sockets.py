@@ -2,13 +2,15 @@
 
 import json
 import logging
+import time
 
+import gevent
 from flask import current_app, request, session
 from flask_socketio import ConnectionRefusedError, join_room, leave_room
 from redis.exceptions import RedisError
 
 from .. import protocol
-from . import socketio
+from . import identity, socketio
 from .api import MAX_EVENTS_PAGE, MAX_SEQ_DIGITS
 
 log = logging.getLogger(__name__)
@@ -17,6 +19,8 @@ MAX_SUBSCRIPTIONS = 200
 # As GET /events: `after` bounded (a stream id holds 64 bits), a longer backlog in
 # pages of MAX_EVENTS_PAGE (the ack says `more`).
 MAX_AFTER = 10**MAX_SEQ_DIGITS
+# sid -> the timer that ends the socket when its token expires (AUTH_MODE=jwt).
+_expiry_timers = {}
 
 
 def _services():
@@ -42,8 +46,40 @@ def on_connect(auth=None):
     # and the client retries until this process (or another replica) can serve it.
     if not _services().queue_watch.healthy:
         raise ConnectionRefusedError("unavailable: the message queue is not reachable")
-    # The handshake carried the session cookie (read via `session`): the owner.
+    # session mode: the handshake carried the cookie (read via `session`); jwt: the
+    # CONNECT payload's token; header: Nginx's identity header (identity.py).
+    who = _services().identity
+    try:
+        owner, expires_at = who.owner(request, session, auth)
+    except identity.Unauthenticated as exc:
+        raise ConnectionRefusedError(
+            f"{exc.code}: {exc.message}", {"code": exc.code, "message": exc.message}
+        ) from None
+    session["owner"] = owner
     session["subscriptions"] = set()
+    if who.per_user:
+        join_room(identity.owner_room(owner))
+    if expires_at is not None:
+        delay = max(0.0, expires_at - time.time())
+        _expiry_timers[request.sid] = gevent.spawn_later(delay, _expire, request.sid)
+
+
+def _expire(sid):
+    """The token ran out: tell the client (it reconnects with a fresh one), then close."""
+    _expiry_timers.pop(sid, None)
+    message = "The token has expired; reconnect with a fresh one."
+    # Straight to this process's socket, ahead of the disconnect (not via Redis).
+    socketio.server.emit(
+        "error", {"code": "token_expired", "message": message}, to=sid, ignore_queue=True
+    )
+    socketio.server.disconnect(sid)
+
+
+@socketio.on("disconnect")
+def on_disconnect(reason=None):
+    timer = _expiry_timers.pop(request.sid, None)
+    if timer is not None:
+        timer.kill(block=False)
 
 
 @socketio.on("subscribe")

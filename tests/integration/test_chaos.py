@@ -10,10 +10,10 @@ import socket
 import threading
 import time
 import zlib
-from pathlib import Path
 
 import pytest
 from conftest import (
+    ARTIFACTS,
     BASE_URL,
     CHAOS_ROWS,
     TERMINAL,
@@ -25,13 +25,13 @@ from conftest import (
     docker,
     gaps,
     is_ready,
+    record_chaos_row,
     stored_history,
     wait_until,
     worker_container,
 )
 
 TASKS = 10
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
 class DroppableProxy:
@@ -163,23 +163,8 @@ def test_every_task_ends_once_and_gapless_through(fault):
             assert "Unrecoverable error" not in logs
             assert worker_starts() == workers_before
 
-        histories = {t["id"]: w.history(t["id"]) for w, t in zip(watchers, tasks)}
-        terminal = sum(
-            1 for h in histories.values() if [e["state"] in TERMINAL for e in h].count(True) == 1
-        )
-        row = {
-            "fault": fault,
-            "tasks": TASKS,
-            "terminal": terminal,
-            "gaps": sum(gaps(h) for h in histories.values()),
-            "dups dropped": sum(w.duplicates for w in watchers),
-            "recovery s": round(recovery, 1),
-        }
-        CHAOS_ROWS.append(row)
-        ARTIFACTS.mkdir(exist_ok=True)
-        (ARTIFACTS / "chaos.json").write_text(json.dumps(CHAOS_ROWS, indent=1))
-
-        assert terminal == TASKS and row["gaps"] == 0, row
+        row, histories = record_chaos_row(fault, watchers, tasks, recovery)
+        assert row["terminal"] == TASKS and row["gaps"] == 0, row
         for task_id, history in histories.items():
             assert [e["seq"] for e in history] == list(range(1, len(history) + 1))
             assert history[-1]["state"] == "succeeded", (fault, history[-1])

@@ -91,6 +91,33 @@ def test_forty_clients_over_two_web_replicas_and_one_replica_removed(two_web_rep
             s.http.close()
 
 
+def test_metrics_give_autoscalers_queue_backlog_running_tasks_and_live_workers():
+    """What a KEDA or HPA rule scales on, as every web process reports it: 3 workers of
+    4 slots each run 12 tasks; the rest wait, in the broker's list and in the store."""
+    api = Api()
+    tasks = []
+    try:
+        tasks = [api.create(steps=100, step_ms=300) for _ in range(20)]
+        slots = 3 * 4  # WORKER_REPLICAS x WORKER_CONCURRENCY in the test stack
+
+        def saturated():
+            (m,) = web_metrics()
+            return m["taskbeam_tasks_running"] == slots and m["taskbeam_tasks_queued"] >= 8
+
+        wait_until(saturated, 90, interval=0.5, what="every worker slot busy, a backlog")
+        (m,) = web_metrics()
+        assert m["taskbeam_workers_alive"] == 3
+        assert m["taskbeam_queue_length"] >= 1  # reserved messages leave the list
+        assert m["taskbeam_oldest_queued_age_seconds"] > 0
+    finally:
+        for task in tasks:
+            api.request("POST", f"/api/tasks/{task['id']}/cancel", json={})
+        api.http.close()
+    wait_until(
+        lambda: web_metrics()[0]["taskbeam_tasks_queued"] == 0, 60, what="the backlog cancelled"
+    )
+
+
 @pytest.fixture
 def remote_worker():
     """Redis published on loopback, the stack's workers at 0, and a worker from a

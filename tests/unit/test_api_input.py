@@ -10,7 +10,7 @@ from flask import Flask, session
 
 from taskbeam import config, protocol
 from taskbeam.store import TooManyActive
-from taskbeam.web import api, front
+from taskbeam.web import api, front, identity
 
 KNOWN = "AbCdEfGhIjKlMn_-"  # the shape of secrets.token_urlsafe(12)
 
@@ -72,6 +72,7 @@ def make_app(store=None, **env):
         redis=StubRedis(),
         store=store or StubStore(),
         celery=SimpleNamespace(send_task=lambda *a, **k: None),
+        identity=identity.Identity(settings.auth),
     )
 
     @app.before_request

@@ -8,7 +8,7 @@ from flask import Flask, session
 
 from taskbeam import config, protocol
 from taskbeam.store import TaskGone, TaskStore
-from taskbeam.web import api
+from taskbeam.web import api, identity
 
 
 @pytest.fixture
@@ -111,7 +111,9 @@ def test_tasks_that_expired_before_they_started_do_not_count(store):
 def client(store, settings):
     app = Flask(__name__)
     app.config.update(SECRET_KEY=settings.secret_key)
-    app.extensions["taskbeam"] = SimpleNamespace(settings=settings, store=store)
+    app.extensions["taskbeam"] = SimpleNamespace(
+        settings=settings, store=store, identity=identity.Identity(settings.auth)
+    )
 
     @app.before_request
     def owner():

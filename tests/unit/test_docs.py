@@ -22,6 +22,7 @@ CODE_PATTERNS = [
     r'JobError\(\s*"([a-z_]+)"',
     r'"code":\s*"([a-z_]+)"',
     r'HTTP_CODES\.get\([^,]+,\s*"([a-z_]+)"\)',
+    r'(?:Unauthenticated|_refused)\(\s*"([a-z_]+)"',
 ]
 CODE_SOURCES = ["taskbeam/**/*.py", "nginx/*.conf"]
 

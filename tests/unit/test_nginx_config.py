@@ -104,3 +104,88 @@ def test_the_snippet_sets_the_three_headers():
         "Referrer-Policy same-origin",
     ):
         assert f"add_header {header} always;" in snippet
+
+
+def test_the_web_upstream_is_web_unless_set():
+    # Swarm sets tasks.web: each replica's address instead of the service's virtual IP.
+    assert "set $web http://web:8000;" in render().stdout
+    assert "set $web http://tasks.web:8000;" in render(WEB_UPSTREAM="tasks.web").stdout
+
+
+@pytest.mark.parametrize("value", ["web;evil", "-web", "web:8000", "a b"])
+def test_a_bad_web_upstream_stops_the_start(value):
+    done = render(WEB_UPSTREAM=value)
+    assert done.returncode == 2
+    assert "WEB_UPSTREAM must be a host name" in done.stderr
+
+
+def test_the_resolver_is_the_hosts_dns_server_unless_set():
+    """/etc/resolv.conf's first server: Docker's under Compose, the cluster DNS under
+    Kubernetes (Nginx itself never reads that file)."""
+    with open("/etc/resolv.conf") as f:
+        first = next(line.split()[1] for line in f if line.startswith("nameserver"))
+    assert f"resolver {first} valid=5s" in render().stdout
+    assert "resolver 10.96.0.10 valid=5s" in render(NGINX_RESOLVER="10.96.0.10").stdout
+
+
+def test_a_resolver_that_would_inject_config_stops_the_start():
+    done = render(NGINX_RESOLVER="10.0.0.1; include /etc/passwd")
+    assert done.returncode == 2
+    assert "NGINX_RESOLVER must be an address" in done.stderr
+
+
+# --- Identity header and TLS (README "Identity", "TLS") ------------------------------
+
+
+def test_every_location_that_reaches_the_app_sets_the_identity_header_itself():
+    """A client's X-Taskbeam-User never reaches the app: Nginx overwrites it everywhere."""
+    text = render(AUTH_PROXY_ADDRESSES="172.18.0.1,10.0.0.0/8").stdout
+    proxied = [body for name, body in blocks(text) if "proxy_pass $web;" in body]
+    assert len(proxied) == 2  # /socket.io/ and the API
+    for body in proxied:
+        assert "proxy_set_header X-Taskbeam-User $auth_user;" in body
+    assert "172.18.0.1 1; 10.0.0.0/8 1;" in text
+    assert "1       $http_x_auth_request_user;" in text
+    assert "$http_x_forwarded_user;" in render(AUTH_PROXY_HEADER="X-Forwarded-User").stdout
+
+
+def test_no_auth_proxy_address_means_the_header_is_never_believed():
+    geo = render().stdout.split("geo $realip_remote_addr $from_auth_proxy {", 1)[1]
+    geo = geo.split("}", 1)[0]
+    assert [line.strip() for line in config_lines(geo) if line.strip()] == ["default 0;"]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"AUTH_PROXY_ADDRESSES": "10.0.0.1; allow all"},
+        {"AUTH_PROXY_HEADER": "X-User;"},
+        {"TLS": "yes"},
+        {"TLS": "1", "HTTPS_PORT": "84x3"},
+    ],
+)
+def test_bad_identity_or_tls_settings_stop_the_start(env):
+    done = render(**env)
+    assert done.returncode == 2 and done.stdout == ""
+
+
+def test_tls_moves_the_app_to_8443_and_redirects_plain_http():
+    plain = render().stdout
+    assert "8443" not in "\n".join(config_lines(plain))
+    text = render(TLS="1", HTTPS_PORT="18443").stdout
+    servers = [body for name, body in blocks(text) if name == "server"]
+    assert len(servers) == 2
+    redirect, app = servers
+    assert "listen 8080;" in redirect and "listen 8443 ssl; include /etc/nginx/tls.conf;" in app
+    assert "return 301 https://$host:18443$request_uri;" in text
+    assert "return 301 https://$host$request_uri;" in render(TLS="1", HTTPS_PORT="443").stdout
+
+
+def test_tls_settings_are_modern():
+    tls = "\n".join(config_lines((NGINX / "tls.conf").read_text()))
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in tls
+    assert "TLSv1 " not in tls and "TLSv1.1" not in tls
+    assert "ssl_stapling off;" in tls
+    assert "proxy_cookie_flags ~ secure;" in tls
+    snippet = (NGINX / "security-headers.conf").read_text()
+    assert "add_header Strict-Transport-Security $hsts always;" in snippet

@@ -36,9 +36,20 @@ const absolute = new Intl.DateTimeFormat(locale, { dateStyle: "medium", timeStyl
 const clock = new Intl.DateTimeFormat(locale, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 const relative = new Intl.RelativeTimeFormat(locale, { numeric: "auto" });
 
+// AUTH_MODE=jwt (README "Identity"): the token, and auth.js for the rest.
+const token = () => localStorage.getItem("taskbeam.token");
+let authJs;
+function auth(refused) {
+  if (refused) localStorage.removeItem("taskbeam.token");
+  if (self.showLogin) refused && showLogin();
+  else authJs ||= document.head.appendChild(Object.assign(document.createElement("script"), { src: "/auth.js" }));
+}
+if (token()) auth();
+
 // Connected only after the first API answer: that response sets the session
-// cookie the Socket.IO handshake must carry to be bound to its owner.
-const socket = io({ transports: ["websocket", "polling"], autoConnect: false });
+// cookie the Socket.IO handshake must carry to be bound to its owner (or a token).
+const socket = io({ transports: ["websocket", "polling"], autoConnect: false,
+                    auth: (cb) => cb(token() ? { token: token() } : undefined) });
 
 function setConnection(state, text) {
   indicator.dataset.state = state;
@@ -47,6 +58,7 @@ function setConnection(state, text) {
 
 async function api(method, path, body) {
   const init = { method, credentials: "same-origin", headers: {} };
+  if (token()) init.headers.Authorization = `Bearer ${token()}`;
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
@@ -56,6 +68,7 @@ async function api(method, path, body) {
   if (!response.ok) {
     const err = new Error((data.error && data.error.message) || `HTTP ${response.status}`);
     err.status = response.status;
+    if (response.status === 401) auth(true);
     throw err;
   }
   return data;
@@ -575,13 +588,16 @@ socket.on("connect", () => {
 });
 socket.on("disconnect", () => setConnection("reconnecting", "Reconnecting…"));
 // A refusal by the server (e.g. it lost Redis) stops automatic reconnection: retry.
-socket.on("connect_error", () => {
+socket.on("connect_error", (err) => {
   setConnection("reconnecting", "Reconnecting…");
+  if (/^(unauthenticated|token_expired)/.test(err.message)) return auth(true);
   if (!socket.active) setTimeout(() => socket.connect(), 1000);
 });
 socket.io.on("reconnect_attempt", () => setConnection("reconnecting", "Reconnecting…"));
 socket.io.on("reconnect_failed", () => setConnection("offline", "Offline"));
 socket.on("task_update", apply);
+socket.on("task_created", (snapshot) => tasks.has(snapshot.id) || track(snapshot, true));
+socket.on("error", (err) => err.code === "token_expired" && auth(true));
 
 api("GET", "/api/tasks")
   .then((data) => data.tasks.forEach((snapshot) => track(snapshot, false)))

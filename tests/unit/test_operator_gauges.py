@@ -1,0 +1,107 @@
+"""The deployment's gauges for autoscalers (GET /metrics: queue length, tasks queued
+and the oldest one's age, tasks running, workers alive), against the real store,
+Celery's real queue layout and a throwaway Redis."""
+
+import os
+
+import pytest
+
+from taskbeam import broker, config
+from taskbeam.store import TaskStore
+from taskbeam.web.metrics import render_operator_gauges
+
+os.environ.setdefault("REDIS_URL", "redis://placeholder:6379/0")
+from taskbeam import worker  # noqa: E402  (needs REDIS_URL at import)
+
+
+@pytest.fixture
+def settings():
+    return config.load(
+        {"REDIS_URL": "redis://placeholder:6379/0", "TASKBEAM_NAMESPACE": "t"}, need_secret=False
+    )
+
+
+@pytest.fixture
+def store(redis_client, settings):
+    return TaskStore(redis_client, settings)
+
+
+def test_queued_running_and_the_oldest_queued_age(store):
+    assert store.operator_gauges() == {
+        "tasks_queued": 0,
+        "oldest_queued_age_seconds": 0,
+        "tasks_running": 0,
+        "workers_alive": 0,
+    }
+    first = store.create(kind="simulate", owner="alice", params={}, now=1000.0)["id"]
+    store.create(kind="simulate", owner="bob", params={}, now=1030.0)
+    store.claim_run(first, lease_s=10)
+    store.append(first, state="running", message="Running")
+
+    gauges = store.operator_gauges(now=1100.0)
+    assert gauges["tasks_queued"] == 1
+    assert gauges["oldest_queued_age_seconds"] == 70.0  # bob's, created at 1030
+    assert gauges["tasks_running"] == 1
+
+
+def test_workers_count_while_they_report_and_drop_out_when_they_stop(store):
+    store.worker_alive("w1", now=1000.0)
+    store.worker_alive("w2", now=1010.0)
+    assert store.operator_gauges(now=1012.0)["workers_alive"] == 2
+    assert store.operator_gauges(now=1020.0)["workers_alive"] == 1  # w1 silent for 20 s
+    store.worker_alive("w3", now=1000.0 + 2 * 86_400)
+    assert store.redis.zrange(store.workers_key, 0, -1) == ["w3"]  # a day silent: forgotten
+
+
+def test_a_worker_reports_only_while_its_consumer_touches_the_alive_file(
+    store, settings, tmp_path, monkeypatch
+):
+    rt = worker.Runtime(settings, None, store, None)
+    alive = tmp_path / "alive"
+    monkeypatch.setattr(worker, "ALIVE_FILE", str(alive))
+    assert worker.report_alive(rt) is False  # consumer never started
+    alive.touch()
+    assert worker.report_alive(rt) is True
+    assert store.operator_gauges()["workers_alive"] == 1
+    stale = os.stat(alive).st_mtime - worker.ALIVE_STALE_S - 1
+    os.utime(alive, (stale, stale))
+    assert worker.report_alive(rt) is False  # a stuck consumer is not counted
+
+
+def test_queue_length_counts_waiting_messages_not_reserved_ones(
+    redis_server, redis_client, settings, request
+):
+    app = broker.make_celery(settings)
+    app.conf.broker_url = f"redis+socket://{redis_server}"
+    request.addfinalizer(app.close)
+    for task_id in ("a", "b", "c"):
+        app.send_task("taskbeam.simulate", args=[task_id, {}], task_id=task_id)
+    assert broker.queue_lists(app)[0] == "t:celery:celery"  # what KEDA's scaler reads
+    assert broker.queue_length(redis_client, app) == 3
+    with app.connection_for_read() as conn:
+        queue = conn.SimpleQueue(app.conf.task_default_queue, no_ack=False)
+        message = queue.get(timeout=5)  # reserved by a worker: off the list
+        assert broker.queue_length(redis_client, app) == 2
+        message.ack()
+        queue.close()
+
+
+def test_the_gauges_render_as_prometheus_text():
+    text = render_operator_gauges(
+        {
+            "queue_length": 4,
+            "tasks_queued": 5,
+            "oldest_queued_age_seconds": 12.5,
+            "tasks_running": 8,
+            "workers_alive": 2,
+        }
+    )
+    samples = dict(line.split() for line in text.splitlines() if line and not line.startswith("#"))
+    assert samples == {
+        "taskbeam_queue_length": "4",
+        "taskbeam_tasks_queued": "5",
+        "taskbeam_oldest_queued_age_seconds": "12.5",
+        "taskbeam_tasks_running": "8",
+        "taskbeam_workers_alive": "2",
+    }
+    assert "# TYPE taskbeam_workers_alive gauge" in text
