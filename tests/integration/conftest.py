@@ -246,13 +246,14 @@ def watcher(api):
     w.close()
 
 
-CHAOS_ROWS = []  # filled by test_chaos.py, test_ha.py and test_swarm.py, printed at the end of the run
+CHAOS_ROWS = []  # rows of test_chaos.py, test_ha.py and test_swarm.py, printed at the end
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
-def record_chaos_row(fault, watchers, tasks, recovery_s, artifact="chaos.json"):
+def record_chaos_row(fault, watchers, tasks, recovery_s, artifact="chaos.json", **more):
     """A row of the chaos table from each task's watched history (``watchers[i]``
     follows ``tasks[i]``), kept in CHAOS_ROWS and saved under tests/artifacts.
+    ``recovery_s`` None prints as "-"; ``more``: further columns (``failover_s``).
 
     :returns: the row and the histories by task id.
     """
@@ -266,8 +267,9 @@ def record_chaos_row(fault, watchers, tasks, recovery_s, artifact="chaos.json"):
         # Live events that skipped a seq; the resubscribe found the rest stored.
         "gaps filled": sum(w.gaps_refetched for w in watchers),
         "dups dropped": sum(w.duplicates for w in watchers),
-        "recovery s": round(recovery_s, 1),
+        "recovery s": "-" if recovery_s is None else round(recovery_s, 1),
     }
+    row.update({name.replace("_", " "): value for name, value in more.items()})
     CHAOS_ROWS.append(row)
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / artifact).write_text(json.dumps(CHAOS_ROWS, indent=1))
@@ -277,9 +279,8 @@ def record_chaos_row(fault, watchers, tasks, recovery_s, artifact="chaos.json"):
 def pytest_terminal_summary(terminalreporter):
     if not CHAOS_ROWS:
         return
-    header = (
-        "fault", "tasks", "terminal", "gaps", "gaps filled", "dups dropped", "recovery s", "failover s",
-    )
+    header = ("fault", "tasks", "terminal", "gaps", "gaps filled", "dups dropped", "recovery s")
+    header += ("failover s",)
     terminalreporter.section("chaos")
     terminalreporter.write_line(f"{header[0]:<20}" + "".join(f"{h:>14}" for h in header[1:]))
     for row in CHAOS_ROWS:

@@ -12,7 +12,6 @@ Runs only on the HA stack (tests/run.sh's HA pass sets TEST_HA_STACK=1); the row
 in order, each starting from a healthy set of three data nodes and three Sentinels.
 """
 
-import json
 import os
 import subprocess
 import threading
@@ -21,18 +20,15 @@ import time
 import pytest
 from conftest import (
     BASE_URL,
-    CHAOS_ROWS,
-    TERMINAL,
     Api,
     Watcher,
     compose,
     docker,
-    gaps,
     project_env,
+    record_chaos_row,
     stored_history,
     wait_until,
 )
-from test_chaos import ARTIFACTS
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("TEST_HA_STACK") != "1", reason="needs the HA stack (tests/run.sh HA pass)"
@@ -268,36 +264,19 @@ def test_ha_every_task_ends_once_and_nothing_seen_is_lost(fault, prober):
         for watcher, task in zip(watchers, tasks):
             watcher.wait_terminal([task["id"]], timeout=180)
 
-        histories = {t["id"]: stored_history(api, t["id"]) for t in tasks}
-        terminal = sum(
-            1 for h in histories.values() if [e["state"] in TERMINAL for e in h].count(True) == 1
+        row, watched = record_chaos_row(
+            fault, watchers, tasks, None, failover_s=prober.failover_s(fault_at)
         )
+        stored = {t["id"]: stored_history(api, t["id"]) for t in tasks}
         # Every event a client received is in the final history, as it was received.
-        changed = [
-            (t["id"], e)
-            for w, t in zip(watchers, tasks)
-            for e in w.history(t["id"])
-            if e not in histories[t["id"]]
-        ]
-        row = {
-            "fault": fault,
-            "tasks": TASKS,
-            "terminal": terminal,
-            "gaps": sum(gaps(h) for h in histories.values()),
-            "dups dropped": sum(w.duplicates for w in watchers),
-            "recovery s": "-",
-            "failover s": prober.failover_s(fault_at),
-        }
-        CHAOS_ROWS.append(row)
-        ARTIFACTS.mkdir(exist_ok=True)
-        (ARTIFACTS / "chaos.json").write_text(json.dumps(CHAOS_ROWS, indent=1))
+        changed = [(i, e) for i, h in watched.items() for e in h if e not in stored[i]]
 
-        assert terminal == TASKS and row["gaps"] == 0, row
+        assert row["terminal"] == TASKS and row["gaps"] == 0, row
         # A primary lost is a failover the prober sees (it writes every 50 ms; the
         # Sentinels wait 2 s before they call a primary down).
         assert fault == "HA old primary back" or row["failover s"] >= 1, row
         assert not changed, f"events received but not in the stored history: {changed[:3]}"
-        for history in histories.values():
+        for history in stored.values():
             assert [e["seq"] for e in history] == list(range(1, len(history) + 1))
             assert history[-1]["state"] == "succeeded", (fault, history[-1])
     finally:
