@@ -5,6 +5,7 @@ import json
 from celery import Celery
 
 from . import broker_transport, sentinel
+from .store import DEAD_PEER_OPTIONS
 
 # A task may be redelivered only after the broker stops hearing from its worker
 # for this long beyond the task's time limit (kombu's Redis visibility timeout).
@@ -23,6 +24,12 @@ def make_celery(settings):
         "visibility_timeout": settings.task_time_limit_s + VISIBILITY_MARGIN_S,
         # Keeps two deployments sharing one Redis out of each other's queues.
         "global_keyprefix": f"{settings.namespace}:celery:",
+        # Bounded waits: a publish to, or a BRPOP on, a Redis that vanished gives up
+        # and reconnects. The BRPOP check (kombu's, every 5 s) covers a frozen one.
+        **DEAD_PEER_OPTIONS,
+        "socket_timeout": 10,
+        "socket_connect_timeout": 3,
+        "health_check_interval": 5,
     }
     if ha:  # kombu's Sentinel transport: its own URL form, the master's name apart
         url = sentinel.broker_url(url)

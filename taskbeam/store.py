@@ -29,6 +29,7 @@ which a single Redis (or a replicated one) allows; Redis Cluster does not.
 import json
 import math
 import secrets
+import socket
 import time
 import uuid
 
@@ -244,11 +245,32 @@ class NotReplicated(redis_lib.TimeoutError):
     """
 
 
+# A Redis host that is gone without a word (power lost, partitioned, failed over)
+# resets no connection: a command or a BRPOP would wait on it until TCP gives up,
+# which takes minutes. With these, data unacknowledged for 3 s, or keepalives
+# unanswered on an idle connection, break the connection, and the client reconnects
+# (under Sentinel, to the new primary). A busy but live Redis still acknowledges:
+# only socket_timeout bounds that wait.
+DEAD_PEER_OPTIONS = {
+    "socket_keepalive": True,
+    "socket_keepalive_options": {
+        socket.TCP_KEEPIDLE: 5,
+        socket.TCP_KEEPINTVL: 1,
+        socket.TCP_KEEPCNT: 3,
+        socket.TCP_USER_TIMEOUT: 3_000,
+    },
+}
+
+
 def redis_client(settings, max_connections=None):
     """The Redis client both sides use. With ``max_connections`` the pool blocks
     (up to 10 s) instead of opening a connection per waiting greenlet."""
     options = dict(
-        decode_responses=True, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30
+        DEAD_PEER_OPTIONS,
+        decode_responses=True,
+        socket_timeout=5,
+        socket_connect_timeout=3,
+        health_check_interval=30,
     )
     if sentinel.is_sentinel_url(settings.redis_url):
         if max_connections is not None:

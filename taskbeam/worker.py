@@ -34,7 +34,14 @@ import redis
 
 from . import broker, config, export, jobs, progress, protocol
 from .emitter import Emitter
-from .store import LeaseLost, TaskFinished, TaskGone, TaskStore, redis_client
+from .store import (
+    DEAD_PEER_OPTIONS,
+    LeaseLost,
+    TaskFinished,
+    TaskGone,
+    TaskStore,
+    redis_client,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +82,10 @@ def make_runtime(settings, redis_conn=None, socketio=None):
     socketio = socketio or SocketIO(
         message_queue=settings.redis_url,  # with no app, this makes it an emitter
         client_manager=RedisManager(
-            settings.redis_url, channel=settings.socketio_channel, write_only=True
+            settings.redis_url,
+            channel=settings.socketio_channel,
+            write_only=True,
+            redis_options=dict(DEAD_PEER_OPTIONS, socket_timeout=5, socket_connect_timeout=3),
         ),
     )
     return Runtime(settings, broker.make_celery(settings), store, Emitter(store, socketio))

@@ -221,6 +221,17 @@ def partition_primary(ctx):
     docker("network", "disconnect", NETWORK, container(ctx["old"]))
     try:
         failed_over(ctx["old"])  # longer than the Sentinels' down-after time
+        # New work must not wait for the old primary: a connection to it never answers
+        # again (no reset comes through a partition), so the web's producer and every
+        # worker's consumer must give it up and ask the Sentinels.
+        api = ctx["api"]
+        task = api.create(steps=2, step_ms=50)
+        wait_until(
+            lambda: api.snapshot(task["id"])["state"] == "succeeded",
+            30,
+            interval=0.5,
+            what="a task created after the failover to run while the old primary is cut off",
+        )
     finally:
         docker("network", "connect", "--ip", address(ctx["old"]), "--alias", ctx["old"],
                NETWORK, container(ctx["old"]))  # fmt: skip
@@ -258,7 +269,7 @@ def test_ha_every_task_ends_once_and_nothing_seen_is_lost(fault, prober):
             60,
             what="every task under way",
         )
-        ctx = {}
+        ctx = {"api": api}
         fault_at = time.time()
         FAULTS[fault](ctx)
         for watcher, task in zip(watchers, tasks):
