@@ -394,7 +394,14 @@ class TaskStore:
         ]
         for item in fields.items():
             args += item
-        if not self._call(self._create, self._keys_of(task_id, owner), args):
+        try:
+            created = self._call(self._create, self._keys_of(task_id, owner), args)
+        except NotReplicated:
+            # The caller answers 503: no task may stay behind for the sweeper to run.
+            # If the primary is gone instead, so is the task.
+            self.delete(task_id, owner)
+            raise
+        if not created:
             raise TooManyActive(max_active)
         return self.snapshot_of({k: str(v) for k, v in fields.items()})
 

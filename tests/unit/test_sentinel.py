@@ -244,6 +244,22 @@ def test_an_event_returns_only_once_on_a_replica(ha):
     assert len(store.events_after(task_id, 0)) == 3  # written once
 
 
+def test_a_create_no_replica_acknowledged_leaves_no_task(ha):
+    """The API answers 503 when the create is not replicated: no task may remain
+    for the sweeper to run later."""
+    store = TaskStore(redis_lib.Redis(port=ha["primary"].port, decode_responses=True),
+                      settings_for(ha["url"]))  # fmt: skip
+    ha["replica"].proc.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(NotReplicated):
+            new_task(store)
+    finally:
+        ha["replica"].proc.send_signal(signal.SIGCONT)
+    assert store.list_for_owner("o") == []
+    assert store.redis.keys(store.task_key("*")) == []
+    assert store.operator_gauges()["tasks_queued"] == 0
+
+
 def test_an_event_lost_in_a_failover_is_written_again_with_its_seq(ha, monkeypatch, tmp_path):
     """The primary takes the append, no replica gets it, the replica is promoted:
     the emit is published only after it is written again, as the same event, on
