@@ -1,11 +1,12 @@
 """The Celery application as both sides configure it: web sends, worker runs."""
 
 import json
+import ssl
 
 from celery import Celery
 
 from . import broker_transport, sentinel
-from .store import DEAD_PEER_OPTIONS
+from .store import DEAD_PEER_OPTIONS, redis_tls
 
 # A task may be redelivered only after the broker stops hearing from its worker
 # for this long beyond the task's time limit (kombu's Redis visibility timeout).
@@ -35,10 +36,17 @@ def make_celery(settings):
         url = sentinel.broker_url(url)
         options.update(
             master_name=sentinel.master_name(settings.redis_url),
-            # Bounded waits on a Sentinel that is down or cut off.
-            sentinel_kwargs={"socket_timeout": 3, "socket_connect_timeout": 3},
+            # Bounded waits on a Sentinel that is down or cut off; TLS as to the data nodes.
+            sentinel_kwargs={
+                "socket_timeout": 3,
+                "socket_connect_timeout": 3,
+                **redis_tls(settings),
+            },
         )
     app = Celery("taskbeam", broker=url, set_as_current=False)
+    if sentinel.uses_tls(settings.redis_url):  # the data nodes' certificates, checked
+        ca_file = settings.redis_tls_ca_file or None
+        app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": ca_file}
     app.conf.update(
         # kombu's Redis transport, or ours that survives a broker restart (see there).
         broker_transport=broker_transport.selected(sentinel=ha),

@@ -77,7 +77,7 @@ def _redis_url(env):
     if not url:
         raise ConfigError("REDIS_URL is required, e.g. redis://:PASSWORD@redis:6379/0")
     parts = urlsplit(url)
-    if parts.scheme == sentinel.SCHEME:  # High availability (README), redis/ha.yml
+    if sentinel.is_sentinel_url(url):  # High availability (README), redis/ha.yml
         try:
             sentinel.parse(url)
         except ValueError as exc:
@@ -255,6 +255,7 @@ class Settings:
     # Sentinel mode: an event is published once this many replicas have it (WAIT).
     redis_wait_replicas: int = 0
     redis_wait_timeout_ms: int = 1000
+    redis_tls_ca_file: str = ""  # "": the system's CAs (TLS URLs only)
 
     @property
     def socketio_channel(self):
@@ -294,7 +295,26 @@ def load(env=None, *, need_secret=True):
         export_statement_timeout_s=_int(env, "EXPORT_STATEMENT_TIMEOUT_S", 3_600, 0, 7 * 86_400),
         auth=_auth(env) if need_secret else AuthSettings(),
         **_replica_acks(env, redis_url),
+        redis_tls_ca_file=_redis_tls_ca_file(env, redis_url),
     )
+
+
+def _redis_tls_ca_file(env, redis_url):
+    """REDIS_TLS_CA_FILE: the CA that signed Redis's certificates (TLS URLs only)."""
+    path = env.get("REDIS_TLS_CA_FILE", "").strip()
+    if not path:
+        return ""
+    if not sentinel.uses_tls(redis_url):
+        raise ConfigError(
+            "REDIS_TLS_CA_FILE needs a TLS REDIS_URL: rediss:// or rediss+sentinel://"
+        )
+    try:
+        with open(path, encoding="ascii") as f:
+            if "BEGIN CERTIFICATE" not in f.read(MAX_SECRET_FILE_BYTES):
+                raise ConfigError(f"REDIS_TLS_CA_FILE: {path!r} holds no PEM certificate")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"REDIS_TLS_CA_FILE: cannot read {path!r} ({exc})") from None
+    return path
 
 
 def _replica_acks(env, redis_url):

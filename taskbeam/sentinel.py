@@ -1,7 +1,7 @@
 """Redis Sentinel mode: a ``REDIS_URL`` of the form
 ``redis+sentinel://[:PASSWORD@]HOST:PORT,HOST:PORT,.../DB/MASTER_NAME`` selects it
-for every client (the format python-socketio reads, which the emitter and the
-stock listener get unchanged).
+for every client (the format python-socketio reads), ``rediss+sentinel://`` the
+same over TLS to the Sentinels and the data nodes (:func:`tls_options`).
 
 The password is the data nodes' (the Sentinels themselves are reached without
 one, on the private network). Every client asks the Sentinels for the current
@@ -18,10 +18,44 @@ from redis.sentinel import Sentinel, SentinelConnectionPool
 import redis as redis_lib
 
 SCHEME = "redis+sentinel"
+TLS_SCHEME = "rediss+sentinel"  # Sentinels and data nodes over TLS
 
 
 def is_sentinel_url(url):
-    return url.strip().lower().startswith(f"{SCHEME}://")
+    return urlsplit(url.strip()).scheme.lower() in (SCHEME, TLS_SCHEME)
+
+
+def uses_tls(url):
+    return urlsplit(url.strip()).scheme.lower() in ("rediss", TLS_SCHEME)
+
+
+def tls_options(url, ca_file=""):
+    """redis-py options for a TLS ``url`` (``rediss://``, ``rediss+sentinel://``): the
+    server's certificate verified against ``ca_file`` (else the system's CAs) and its
+    host name or address. Empty for a plain URL."""
+    if not uses_tls(url):
+        return {}
+    options = {"ssl_cert_reqs": "required", "ssl_ca_certs": ca_file or None}
+    if is_sentinel_url(url):  # rediss:// says it itself; a Sentinel pool needs telling
+        options["ssl"] = True
+    return options
+
+
+def stock_form(url, options):
+    """``(url, redis_options)`` for python-socketio's ``RedisManager``: it reads only
+    ``redis+sentinel://``, and takes the Sentinels' own options as ``sentinel_kwargs``."""
+    if not is_sentinel_url(url):
+        return url, dict(options)
+    return (
+        urlsplit(url)._replace(scheme=SCHEME).geturl(),
+        dict(options, sentinel_kwargs=_sentinel_kwargs(options)),
+    )
+
+
+def _sentinel_kwargs(options):
+    # Bounded waits on the Sentinels too (a dead or cut-off one must not stall
+    # discovery), and the same TLS as the data nodes.
+    return {k: v for k, v in options.items() if k.startswith(("socket_", "ssl"))}
 
 
 def parse(url):
@@ -30,8 +64,8 @@ def parse(url):
     :raises ValueError: with what is wrong.
     """
     parts = urlsplit(url)
-    if parts.scheme != SCHEME:
-        raise ValueError(f"not a {SCHEME}:// URL")
+    if parts.scheme not in (SCHEME, TLS_SCHEME):
+        raise ValueError(f"not a {SCHEME}:// (or {TLS_SCHEME}://) URL")
     sentinels = []
     for item in parts.netloc.rpartition("@")[2].split(","):
         host, _, port = item.strip().rpartition(":")
@@ -55,11 +89,7 @@ def master_client(url, max_connections=None, **options):
     """A ``redis.Redis`` on the current primary; after a failover its next
     connection goes to the new one. ``options`` as for ``Redis.from_url``."""
     sentinels, name, db, username, password = parse(url)
-    # Bounded waits on the Sentinels too: a dead or cut-off one must not stall discovery.
-    sentinel_kwargs = {
-        k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options
-    }
-    manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)
+    manager = Sentinel(sentinels, sentinel_kwargs=_sentinel_kwargs(options))
     kwargs = dict(options, db=db, username=username, password=password)
     if max_connections is not None:
         kwargs.update(connection_pool_class=SentinelBlockingPool, max_connections=max_connections)

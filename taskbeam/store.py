@@ -262,6 +262,12 @@ DEAD_PEER_OPTIONS = {
 }
 
 
+def redis_tls(settings):
+    """TLS options of every Redis client, for a ``rediss://`` or ``rediss+sentinel://``
+    REDIS_URL (see taskbeam.sentinel.tls_options)."""
+    return sentinel.tls_options(settings.redis_url, settings.redis_tls_ca_file)
+
+
 def redis_client(settings, max_connections=None):
     """The Redis client both sides use. With ``max_connections`` the pool blocks
     (up to 10 s) instead of opening a connection per waiting greenlet."""
@@ -271,6 +277,7 @@ def redis_client(settings, max_connections=None):
         socket_timeout=5,
         socket_connect_timeout=3,
         health_check_interval=30,
+        **redis_tls(settings),
     )
     if sentinel.is_sentinel_url(settings.redis_url):
         if max_connections is not None:

@@ -32,8 +32,8 @@ class FastRedisManager(Heard, seams.PubSubHooks):
 
     fast_transport = True
 
-    def __init__(self, url: str, channel: str, metrics, silence_s: float = 6.0):
-        super().__init__(url, channel=channel)
+    def __init__(self, url: str, channel: str, metrics, silence_s=6.0, redis_options=None):
+        super().__init__(url, channel=channel, redis_options=redis_options)
         self.silence_s = silence_s
         self.metrics = metrics
 
