@@ -1,6 +1,7 @@
 # Taskbeam: `make up` runs the stack, `make test` runs the tests. `make help` lists all.
-# HA=1: Redis high availability (redis/ha.yml), for every target that runs Compose.
-COMPOSE ?= docker compose$(if $(filter 1,$(HA)), -f docker-compose.yml -f redis/ha.yml)
+# HA=1: Redis high availability (redis/ha.yml), for every target that runs Compose;
+# HA=tls: the same over TLS (redis/ha-tls.yml; `make certs` first, or your own REDIS_TLS_DIR).
+COMPOSE ?= docker compose$(if $(filter 1 tls,$(HA)), -f docker-compose.yml -f redis/ha.yml)$(if $(filter tls,$(HA)), -f redis/ha-tls.yml)
 N ?= 1
 HTTP_PORT ?= $(shell sed -n 's/^HTTP_PORT=//p' .env 2>/dev/null | tail -n1)
 

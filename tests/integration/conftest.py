@@ -134,10 +134,16 @@ class Watcher:
                 threading.Thread(target=self._resubscribe, args=(task_id,), daemon=True).start()
 
     def _resubscribe(self, task_id):
-        try:
-            self.subscribe(task_id, self.last_gapless_seq(task_id))
-        except Exception:  # connection dropped again: the next connect retries
-            pass
+        # As the page does, an "unavailable" ack (the store out of reach for a moment,
+        # as in a failover) is tried again a second later.
+        for _ in range(60):
+            try:
+                ack = self.subscribe(task_id, self.last_gapless_seq(task_id))
+            except Exception:  # connection dropped again: the next connect retries
+                return
+            if ack.get("ok") or ack.get("error", {}).get("code") != "unavailable":
+                return
+            time.sleep(1)
 
     def _keep(self, event):
         with self.lock:

@@ -8,7 +8,8 @@ the Sentinels as the store does (a write, then WAIT for one replica) every 50 ms
 longest time without an accepted write after the fault, so refused writes and a write
 stuck while the client looks for the primary both count.
 
-Runs only on the HA stack (tests/run.sh's HA pass sets TEST_HA_STACK=1); the rows run
+Runs only on the HA stack (tests/run.sh's HA pass sets TEST_HA_STACK=1, and
+TEST_REDIS_TLS_DIR: the pass runs over TLS, redis/ha-tls.yml); the rows run
 in order, each starting from a healthy set of three data nodes and three Sentinels.
 """
 
@@ -39,6 +40,8 @@ DATA_NODES = ("redis", "redis-2", "redis-3")
 SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
 PROJECT = os.environ.get("COMPOSE_PROJECT_NAME", "taskbeam-test")
 NETWORK = f"{PROJECT}_redis-ha"  # redis/ha.yml: fixed addresses from .11
+# Set when the pass runs over TLS (redis/ha-tls.yml): the certificates' folder.
+TLS_DIR = os.environ.get("TEST_REDIS_TLS_DIR", "")
 
 
 def address(service):
@@ -59,7 +62,8 @@ while time.time() < end:
         if client is None:
             # No retries inside redis-py: they would hide a refused write.
             client = sentinel.master_client(url, socket_timeout=0.5, socket_connect_timeout=0.5,
-                                            retry=Retry(NoBackoff(), 0))
+                                            retry=Retry(NoBackoff(), 0),
+                                            **sentinel.tls_options(url, "/tls/ca.pem"))
         pipe = client.pipeline(transaction=False)
         pipe.set("taskbeam-ha-probe", time.time())
         pipe.execute_command("WAIT", 1, 500)
@@ -76,8 +80,9 @@ class Prober:
 
     def __init__(self):
         env = project_env()
+        tls = ["-v", f"{TLS_DIR}:/tls:ro"] if TLS_DIR else []
         url = (
-            f"redis+sentinel://:{env['REDIS_PASSWORD']}@"
+            f"{'rediss' if TLS_DIR else 'redis'}+sentinel://:{env['REDIS_PASSWORD']}@"
             + ",".join(f"{s}:26379" for s in SENTINELS)
             + "/0/taskbeam"
         )
@@ -85,7 +90,7 @@ class Prober:
         self.name = f"{PROJECT}-ha-probe"
         subprocess.run(["docker", "rm", "-f", self.name], capture_output=True)
         self.proc = subprocess.Popen(
-            ["docker", "run", "--rm", "--name", self.name, "--network", NETWORK,
+            ["docker", "run", "--rm", "--name", self.name, "--network", NETWORK, *tls,
              "--entrypoint", "python", f"taskbeam-app:{tag}", "-c", PROBE, url],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
@@ -142,10 +147,15 @@ def exec_in(service, *argv):
     return done.stdout + done.stderr if done.returncode == 0 else None
 
 
+def redis_cli(service, *args):
+    """redis-cli in ``service``'s container, over TLS where it has CLI_TLS (ha-tls.yml)."""
+    return exec_in(service, "sh", "-c", 'exec redis-cli ${CLI_TLS:-} "$@"', "redis-cli", *args)
+
+
 def sentinel_says(*args, among=SENTINELS):
     """The first answer of a running Sentinel."""
     for name in among:
-        out = exec_in(name, "redis-cli", "-p", "26379", *args)
+        out = redis_cli(name, "-p", "26379", *args)
         if out and out.strip():
             return out.split()
     return [None]
@@ -158,12 +168,12 @@ def primary(among=SENTINELS):
 
 
 def role(service):
-    out = exec_in(service, "redis-cli", "ROLE")
+    out = redis_cli(service, "ROLE")
     return out.split()[0] if out else None
 
 
 def write_refused(service):
-    return "READONLY" in (exec_in(service, "redis-cli", "SET", "taskbeam-ha-split", "1") or "")
+    return "READONLY" in (redis_cli(service, "SET", "taskbeam-ha-split", "1") or "")
 
 
 def rejoined(service):
@@ -177,9 +187,7 @@ def rejoined(service):
     new = primary()
     assert new != service
     wait_until(
-        lambda: (
-            f"ip={address(service)}," in (exec_in(new, "redis-cli", "INFO", "replication") or "")
-        ),
+        lambda: f"ip={address(service)}," in (redis_cli(new, "INFO", "replication") or ""),
         60,
         interval=0.5,
         what=f"{new} to list {service} as its replica",
