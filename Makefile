@@ -1,5 +1,7 @@
 # Taskbeam: `make up` runs the stack, `make test` runs the tests. `make help` lists all.
-COMPOSE ?= docker compose
+# HA=1: Redis high availability (redis/ha.yml), for every target that runs Compose;
+# HA=tls: the same over TLS (redis/ha-tls.yml; `make certs` first, or your own REDIS_TLS_DIR).
+COMPOSE ?= docker compose$(if $(filter 1 tls,$(HA)), -f docker-compose.yml -f redis/ha.yml)$(if $(filter tls,$(HA)), -f redis/ha-tls.yml)
 N ?= 1
 HTTP_PORT ?= $(shell sed -n 's/^HTTP_PORT=//p' .env 2>/dev/null | tail -n1)
 
@@ -27,7 +29,7 @@ env: ## Create .env from .env.example with fresh random secrets (kept if it exis
 	  fi; \
 	fi
 
-up: env ## Build and start the stack, wait until every service is healthy, print the URL
+up: env ## Build and start the stack (HA=1: Redis with replicas and Sentinels), wait until healthy
 	$(COMPOSE) up -d --build --wait
 	@echo "Taskbeam is up: http://localhost:$(or $(HTTP_PORT),8080)"
 

@@ -1,10 +1,12 @@
 """The Celery application as both sides configure it: web sends, worker runs."""
 
 import json
+import ssl
 
 from celery import Celery
 
-from . import broker_transport
+from . import broker_transport, sentinel
+from .store import DEAD_PEER_OPTIONS, redis_tls
 
 # A task may be redelivered only after the broker stops hearing from its worker
 # for this long beyond the task's time limit (kombu's Redis visibility timeout).
@@ -18,16 +20,38 @@ def make_celery(settings):
     delivered again instead of vanishing; prefetch 1 keeps queued work on the
     broker, where any replica can take it.
     """
-    app = Celery("taskbeam", broker=settings.redis_url, set_as_current=False)
+    url, ha = settings.redis_url, sentinel.is_sentinel_url(settings.redis_url)
+    options = {
+        "visibility_timeout": settings.task_time_limit_s + VISIBILITY_MARGIN_S,
+        # Keeps two deployments sharing one Redis out of each other's queues.
+        "global_keyprefix": f"{settings.namespace}:celery:",
+        # Bounded waits: a publish to, or a BRPOP on, a Redis that vanished gives up
+        # and reconnects. The BRPOP check (kombu's, every 5 s) covers a frozen one.
+        **DEAD_PEER_OPTIONS,
+        "socket_timeout": 10,
+        "socket_connect_timeout": 3,
+        "health_check_interval": 5,
+    }
+    if ha:  # kombu's Sentinel transport: its own URL form, the master's name apart
+        url = sentinel.broker_url(url)
+        options.update(
+            master_name=sentinel.master_name(settings.redis_url),
+            # Bounded waits on a Sentinel that is down or cut off; TLS as to the data nodes.
+            sentinel_kwargs={
+                "socket_timeout": 3,
+                "socket_connect_timeout": 3,
+                **redis_tls(settings),
+            },
+        )
+    app = Celery("taskbeam", broker=url, set_as_current=False)
+    if sentinel.uses_tls(settings.redis_url):  # the data nodes' certificates, checked
+        ca_file = settings.redis_tls_ca_file or None
+        app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": ca_file}
     app.conf.update(
         # kombu's Redis transport, or ours that survives a broker restart (see there).
-        broker_transport=broker_transport.selected(),
+        broker_transport=broker_transport.selected(sentinel=ha),
         broker_connection_retry_on_startup=True,
-        broker_transport_options={
-            "visibility_timeout": settings.task_time_limit_s + VISIBILITY_MARGIN_S,
-            # Keeps two deployments sharing one Redis out of each other's queues.
-            "global_keyprefix": f"{settings.namespace}:celery:",
-        },
+        broker_transport_options=options,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # The versions this was written and tested against (tests/unit/test_broker_transport.py).
 KOMBU_VERSIONS = ("5.7.0",)
 TRANSPORT = f"{__name__}:Transport"
+SENTINEL_TRANSPORT = f"{__name__}:SentinelTransport"
 
 
 class Channel(kombu_redis.Channel):
@@ -50,6 +51,43 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
+class SentinelChannel(kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel with the same fix. A failover drops the
+    connection as a restart does, and kombu's Sentinel pool reads the Sentinels'
+    addresses from ``transport.client`` as well: both are kept from when it opened."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._attached_params = super()._connparams()
+        self._attached_alt = list(self.connection.client.alt)
+
+    def _connparams(self, asynchronous=False):
+        if isinstance(self.connection.client, (type(None), _Detached)) and not asynchronous:
+            return dict(self._attached_params)
+        return super()._connparams(asynchronous=asynchronous)
+
+    def _sentinel_managed_pool(self, asynchronous=False):
+        if self.connection.client is not None or asynchronous:
+            return super()._sentinel_managed_pool(asynchronous)
+        # Detached: kombu's method reads ``client.alt``; lend it what was kept.
+        self.connection.client = _Detached(self._attached_alt)
+        try:
+            return super()._sentinel_managed_pool(asynchronous)
+        finally:
+            self.connection.client = None
+
+
+class _Detached:
+    """What ``SentinelChannel._sentinel_managed_pool`` reads of a detached client."""
+
+    def __init__(self, alt):
+        self.alt = alt
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
 def problems():
     """Why the fix cannot be used with the installed kombu (empty when it can)."""
     found = []
@@ -57,16 +95,20 @@ def problems():
         found.append(f"kombu {kombu.__version__} (written for {', '.join(KOMBU_VERSIONS)})")
     if not callable(getattr(kombu_redis.Channel, "_connparams", None)):
         found.append("kombu's Redis Channel has no _connparams")
+    if not callable(getattr(kombu_redis.SentinelChannel, "_sentinel_managed_pool", None)):
+        found.append("kombu's SentinelChannel has no _sentinel_managed_pool")
     return found
 
 
-def selected():
-    """The ``broker_transport`` setting for Celery: this transport, or None for
-    kombu's own (``BROKER_TRANSPORT_FIX=0``, or a kombu it was not written for)."""
+def selected(sentinel=False):
+    """The ``broker_transport`` setting for Celery: this transport, or kombu's own
+    (``BROKER_TRANSPORT_FIX=0``, or a kombu it was not written for): None for
+    Redis, ``"sentinel"`` in Sentinel mode."""
+    stock = "sentinel" if sentinel else None
     if os.environ.get("BROKER_TRANSPORT_FIX", "1").strip().lower() in ("0", "false", "no", "off"):
-        return None
+        return stock
     found = problems()
     if found:
         log.warning("broker transport fix off, kombu's stock Redis transport: %s", "; ".join(found))
-        return None
-    return TRANSPORT
+        return stock
+    return SENTINEL_TRANSPORT if sentinel else TRANSPORT

@@ -11,6 +11,8 @@ import sys
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from . import sentinel
+
 # Values shipped in .env.example; refused so a copied example never runs as is.
 PLACEHOLDER_SECRETS = {"", "change-me", "changeme", "secret", "dev", "please-change-me"}
 MIN_SECRET_LENGTH = 32
@@ -75,7 +77,15 @@ def _redis_url(env):
     if not url:
         raise ConfigError("REDIS_URL is required, e.g. redis://:PASSWORD@redis:6379/0")
     parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+    if sentinel.is_sentinel_url(url):  # High availability (README), redis/ha.yml
+        try:
+            sentinel.parse(url)
+        except ValueError as exc:
+            raise ConfigError(
+                f"REDIS_URL: {exc}; a Sentinel URL looks like "
+                "redis+sentinel://:PASSWORD@HOST:26379,HOST:26379,HOST:26379/0/MASTER_NAME"
+            ) from None
+    elif parts.scheme not in ("redis", "rediss") or not parts.hostname:
         raise ConfigError("REDIS_URL must look like redis://:PASSWORD@HOST:6379/0 (or rediss://)")
     # A URL without a password is allowed (a Redis of your own on a private network).
     if parts.password is not None and parts.password.lower() in PLACEHOLDER_SECRETS:
@@ -242,6 +252,10 @@ class Settings:
     export_date_column: str
     export_statement_timeout_s: int
     auth: AuthSettings = AuthSettings()
+    # Sentinel mode: an event is published once this many replicas have it (WAIT).
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 1000
+    redis_tls_ca_file: str = ""  # "": the system's CAs (TLS URLs only)
 
     @property
     def socketio_channel(self):
@@ -256,8 +270,9 @@ def load(env=None, *, need_secret=True):
     if not namespace.replace("-", "").replace("_", "").isalnum():
         raise ConfigError("TASKBEAM_NAMESPACE may hold only letters, digits, '-' and '_'")
     origins = _origins(env)
+    redis_url = _redis_url(env)
     return Settings(
-        redis_url=_redis_url(env),
+        redis_url=redis_url,
         secret_key=_secret_key(env) if need_secret else None,
         namespace=namespace,
         allowed_origins=origins,
@@ -279,7 +294,36 @@ def load(env=None, *, need_secret=True):
         export_date_column=_names(env, "EXPORT_DATE_COLUMN", ("order_date",))[0],
         export_statement_timeout_s=_int(env, "EXPORT_STATEMENT_TIMEOUT_S", 3_600, 0, 7 * 86_400),
         auth=_auth(env) if need_secret else AuthSettings(),
+        **_replica_acks(env, redis_url),
+        redis_tls_ca_file=_redis_tls_ca_file(env, redis_url),
     )
+
+
+def _redis_tls_ca_file(env, redis_url):
+    """REDIS_TLS_CA_FILE: the CA that signed Redis's certificates (TLS URLs only)."""
+    path = env.get("REDIS_TLS_CA_FILE", "").strip()
+    if not path:
+        return ""
+    if not sentinel.uses_tls(redis_url):
+        raise ConfigError(
+            "REDIS_TLS_CA_FILE needs a TLS REDIS_URL: rediss:// or rediss+sentinel://"
+        )
+    try:
+        with open(path, encoding="ascii") as f:
+            if "BEGIN CERTIFICATE" not in f.read(MAX_SECRET_FILE_BYTES):
+                raise ConfigError(f"REDIS_TLS_CA_FILE: {path!r} holds no PEM certificate")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"REDIS_TLS_CA_FILE: cannot read {path!r} ({exc})") from None
+    return path
+
+
+def _replica_acks(env, redis_url):
+    """REDIS_WAIT_REPLICAS (1 in Sentinel mode, else 0) and REDIS_WAIT_TIMEOUT_MS."""
+    ha = sentinel.is_sentinel_url(redis_url)
+    return {
+        "redis_wait_replicas": _int(env, "REDIS_WAIT_REPLICAS", 1 if ha else 0, 0, 10),
+        "redis_wait_timeout_ms": _int(env, "REDIS_WAIT_TIMEOUT_MS", 1_000, 10, 60_000),
+    }
 
 
 # The demo dataset's table (see taskbeam/demo_data.py), exported by default.

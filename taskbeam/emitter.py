@@ -66,10 +66,12 @@ class Emitter:
         :raises taskbeam.store.TaskFinished: the task already ended.
         :raises taskbeam.store.LeaseLost: ``token``'s run was replaced.
         """
-        # One id for every try: a retry after a lost reply is not written twice.
-        emit_id = self.store.new_emit_id()
+        # One id for every try: a retry after a lost reply is not written twice. One
+        # time too: a retry that writes it again on a new primary (an event lost in
+        # a failover before any replica had it) writes the same event.
+        emit_id, ts = self.store.new_emit_id(), time.time()
         event_json, cancel = retrying(
-            lambda: self.store.append(task_id, token=token, emit_id=emit_id, **patch),
+            lambda: self.store.append(task_id, ts=ts, token=token, emit_id=emit_id, **patch),
             deadline_s=self.retry_for_s,
         )
         event = json.loads(event_json)

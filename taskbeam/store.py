@@ -29,12 +29,13 @@ which a single Redis (or a replicated one) allows; Redis Cluster does not.
 import json
 import math
 import secrets
+import socket
 import time
 import uuid
 
 import redis as redis_lib
 
-from . import protocol
+from . import protocol, sentinel
 
 # A worker counts as alive if it reported within this many seconds (it reports every
 # 2 s while its consumer runs; see worker.py).
@@ -89,6 +90,8 @@ local emit_id, token = ARGV[5], ARGV[6]
 local cur = redis.call('HMGET', task, 'state', 'id', 'fence', 'last_emit', 'owner')
 if not cur[1] then return {-1, ''} end
 if emit_id ~= '' and cur[4] == emit_id then
+  -- Rewritten (same value) so that a WAIT on this connection covers the first try.
+  redis.call('HSET', task, 'last_emit', emit_id)
   local last = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)[1]
   return {tonumber(redis.call('HGET', task, 'seq')), last[2][2],
           redis.call('HGET', task, 'cancel') or '0'}
@@ -233,12 +236,53 @@ class TooManyActive(RuntimeError):
         self.limit = limit
 
 
+class NotReplicated(redis_lib.TimeoutError):
+    """A write reached the primary but not ``REDIS_WAIT_REPLICAS`` replicas in time.
+
+    Transient (a ``TimeoutError``): the emitter retries, and the retry's WAIT
+    covers the first try (see ``_APPEND``), or, after a failover that lost it,
+    writes it again on the new primary with the same seq.
+    """
+
+
+# A Redis host that is gone without a word (power lost, partitioned, failed over)
+# resets no connection: a command or a BRPOP would wait on it until TCP gives up,
+# which takes minutes. With these, data unacknowledged for 3 s, or keepalives
+# unanswered on an idle connection, break the connection, and the client reconnects
+# (under Sentinel, to the new primary). A busy but live Redis still acknowledges:
+# only socket_timeout bounds that wait.
+DEAD_PEER_OPTIONS = {
+    "socket_keepalive": True,
+    "socket_keepalive_options": {
+        socket.TCP_KEEPIDLE: 5,
+        socket.TCP_KEEPINTVL: 1,
+        socket.TCP_KEEPCNT: 3,
+        socket.TCP_USER_TIMEOUT: 3_000,
+    },
+}
+
+
+def redis_tls(settings):
+    """TLS options of every Redis client, for a ``rediss://`` or ``rediss+sentinel://``
+    REDIS_URL (see taskbeam.sentinel.tls_options)."""
+    return sentinel.tls_options(settings.redis_url, settings.redis_tls_ca_file)
+
+
 def redis_client(settings, max_connections=None):
     """The Redis client both sides use. With ``max_connections`` the pool blocks
     (up to 10 s) instead of opening a connection per waiting greenlet."""
     options = dict(
-        decode_responses=True, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30
+        DEAD_PEER_OPTIONS,
+        decode_responses=True,
+        socket_timeout=5,
+        socket_connect_timeout=3,
+        health_check_interval=30,
+        **redis_tls(settings),
     )
+    if sentinel.is_sentinel_url(settings.redis_url):
+        if max_connections is not None:
+            options.update(max_connections=max_connections, timeout=10)
+        return sentinel.master_client(settings.redis_url, **options)
     if max_connections is None:
         return redis_lib.Redis.from_url(settings.redis_url, **options)
     pool = redis_lib.BlockingConnectionPool.from_url(
@@ -275,6 +319,9 @@ class TaskStore:
         self.retention_s = settings.task_retention_s
         # A task that never runs still goes away; one that runs gets its time limit.
         self.unfinished_ttl_s = settings.task_retention_s + settings.task_time_limit_s
+        # Sentinel mode: writes a client may see wait for this many replicas.
+        self.wait_replicas = settings.redis_wait_replicas
+        self.wait_timeout_ms = settings.redis_wait_timeout_ms
         self._create = redis.register_script(_CREATE)
         self._append = redis.register_script(_APPEND)
         self._claim_run = redis.register_script(_CLAIM_RUN)
@@ -354,7 +401,14 @@ class TaskStore:
         ]
         for item in fields.items():
             args += item
-        if not self._create(keys=self._keys_of(task_id, owner), args=args):
+        try:
+            created = self._call(self._create, self._keys_of(task_id, owner), args)
+        except NotReplicated:
+            # The caller answers 503: no task may stay behind for the sweeper to run.
+            # If the primary is gone instead, so is the task.
+            self.delete(task_id, owner)
+            raise
+        if not created:
             raise TooManyActive(max_active)
         return self.snapshot_of({k: str(v) for k, v in fields.items()})
 
@@ -438,7 +492,7 @@ class TaskStore:
             self.active_key,
             self.queued_key,
         ]
-        reply = self._append(keys=keys, args=args)
+        reply = self._call(self._append, keys, args)
         code = int(reply[0])
         if code == -1:
             raise TaskGone(task_id)
@@ -447,6 +501,34 @@ class TaskStore:
         if code == -2:
             raise LeaseLost(task_id)
         return reply[1], reply[2] == "1"
+
+    def _call(self, script, keys, args):
+        """Run a Lua script; in Sentinel mode (``wait_replicas``) return only once
+        its writes are on that many replicas, else raise :class:`NotReplicated`.
+
+        Without replicas to wait for this is the script call alone: the hot
+        path of a single Redis is unchanged.
+        """
+        if not self.wait_replicas:
+            return script(keys=keys, args=args)
+        try:
+            reply, acks = self._script_then_wait(script, keys, args)
+        except redis_lib.exceptions.NoScriptError:
+            # A new primary (scripts are not replicated) or a restarted one.
+            self.redis.script_load(script.script)
+            reply, acks = self._script_then_wait(script, keys, args)
+        if int(acks) < self.wait_replicas:
+            raise NotReplicated(
+                f"on {acks} of {self.wait_replicas} replicas after {self.wait_timeout_ms} ms"
+            )
+        return reply
+
+    def _script_then_wait(self, script, keys, args):
+        # One connection for both: WAIT counts the writes of its own connection.
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+        return pipe.execute()
 
     def record(self, task_id):
         """The raw hash of a task, or None."""
@@ -507,8 +589,11 @@ class TaskStore:
         :raises TaskGone: the task does not exist.
         :raises TaskFinished: the task already ended.
         """
+        # Replicated before the run writes: a failover must not take its lease away.
         code = int(
-            self._claim_run(keys=[self.leases_key, self.task_key(task_id)], args=[task_id, lease_s])
+            self._call(
+                self._claim_run, [self.leases_key, self.task_key(task_id)], [task_id, lease_s]
+            )
         )
         if code == -1:
             raise TaskGone(task_id)

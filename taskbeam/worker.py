@@ -28,12 +28,21 @@ from dataclasses import dataclass
 from celery import bootsteps, signals
 from celery.exceptions import SoftTimeLimitExceeded
 from flask_socketio import SocketIO
+from socketio import RedisManager
 
 import redis
 
-from . import broker, config, export, jobs, progress, protocol
+from . import broker, config, export, jobs, progress, protocol, sentinel
 from .emitter import Emitter
-from .store import LeaseLost, TaskFinished, TaskGone, TaskStore, redis_client
+from .store import (
+    DEAD_PEER_OPTIONS,
+    LeaseLost,
+    TaskFinished,
+    TaskGone,
+    TaskStore,
+    redis_client,
+    redis_tls,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +78,17 @@ def make_runtime(settings, redis_conn=None, socketio=None):
     app) publishes the events, so the wire format is the stock one.
     """
     store = TaskStore(redis_conn or redis_client(settings), settings)
+    url, redis_options = sentinel.stock_form(
+        settings.redis_url,
+        dict(DEAD_PEER_OPTIONS, socket_timeout=5, socket_connect_timeout=3, **redis_tls(settings)),
+    )
+    # python-socketio's Redis manager, as Flask-SocketIO builds it for a redis:// URL;
+    # named here because Flask-SocketIO would take a redis+sentinel:// URL for kombu's.
     socketio = socketio or SocketIO(
-        message_queue=settings.redis_url, channel=settings.socketio_channel
+        message_queue=url,  # with no app, this makes it an emitter
+        client_manager=RedisManager(
+            url, channel=settings.socketio_channel, write_only=True, redis_options=redis_options
+        ),
     )
     return Runtime(settings, broker.make_celery(settings), store, Emitter(store, socketio))
 

@@ -71,14 +71,17 @@ sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n
 
 # The PostgreSQL pass below adds this override; cleanup removes its service and volume too.
 with_postgres=docker-compose.yml:postgres/compose.yml
+# The HA pass's (redis/ha.yml, over TLS): cleanup names it as well, for its services and volumes.
+with_ha=docker-compose.yml:redis/ha.yml:redis/ha-tls.yml
 cleanup() {
   status=$?
   if [ "$status" != 0 ]; then
-    COMPOSE_FILE=$with_postgres docker compose logs --no-color --tail=3000 > "$work/stack.log" 2>&1 || true
+    COMPOSE_FILE=$with_postgres:redis/ha.yml docker compose logs --no-color --tail=3000 > "$work/stack.log" 2>&1 || true
     mkdir -p tests/artifacts && cp "$work/stack.log" tests/artifacts/stack.log || true
     echo "stack logs saved to tests/artifacts/stack.log" >&2
   fi
-  COMPOSE_FILE=$with_postgres docker compose --profile monitoring down -v --remove-orphans --timeout 10 >/dev/null 2>&1 || true
+  docker rm -f "$COMPOSE_PROJECT_NAME-ha-probe" >/dev/null 2>&1 || true
+  COMPOSE_FILE=$with_postgres:redis/ha.yml docker compose --profile monitoring down -v --remove-orphans --timeout 10 >/dev/null 2>&1 || true
   REDIS_URL=redis://unused docker compose -p "$COMPOSE_PROJECT_NAME-remote" -f worker/compose.yml \
     down -v --timeout 10 \
     >/dev/null 2>&1 || true
@@ -141,6 +144,22 @@ if [ "${TEST_IDENTITY:-1}" != 0 ]; then
     --format '{{(index .IPAM.Config 0).Gateway}}')
   identity_pass header AUTH_MODE=header AUTH_PROXY_ADDRESSES="$gateway"
   echo "identity pass: $(( $(date +%s) - started )) s"
+fi
+# Redis high availability over TLS (redis/ha.yml, redis/ha-tls.yml): the same stack on
+# a primary, two replicas and three Sentinels that speak only TLS; its chaos rows
+# (tests/integration/test_ha.py) run on it once (TEST_HA=0 skips this pass). Redis is
+# recreated, with its data; the Sentinels call a node down after 2 s here (5 s by
+# default), to keep the pass short.
+if [ "${TEST_HA:-1}" != 0 ]; then
+  ha_started=$(date +%s)
+  tests/make_certs.sh "$work/certs" >/dev/null
+  export REDIS_TLS_DIR=$work/certs TEST_REDIS_TLS_DIR=$work/certs
+  REDIS_SENTINEL_DOWN_AFTER_MS=2000 COMPOSE_FILE=$with_ha docker compose up -d --wait
+  status=0
+  COMPOSE_FILE=$with_ha TASKBEAM_URL=http://127.0.0.1:$TEST_HTTP_PORT TEST_HA_STACK=1 \
+    "$venv/bin/pytest" -q tests/integration/test_ha.py ${PYTEST_ARGS:-} || status=$?
+  echo "HA pass: $(( $(date +%s) - ha_started )) s"
+  [ "$status" = 0 ] || [ "$status" = 5 ]  # 5: PYTEST_ARGS selected none of these
 fi
 # The stack on a two-node Docker Swarm (two engines in containers; tests/swarm/run.sh
 # removes all it creates). TEST_SWARM=0 skips this pass.

@@ -17,7 +17,7 @@ import redis
 from .. import config
 from ..broker import make_celery
 from ..emitter import Emitter
-from ..store import TaskStore, redis_client
+from ..store import TaskStore, redis_client, redis_tls
 from . import fastws, front, identity
 from .metrics import Metrics
 from .mq_listener import QueueWatch, make_manager
@@ -85,7 +85,9 @@ def create_app(settings=None, owner_of=None):
     client = redis_client(settings, max_connections=REDIS_POOL_SIZE)
     metrics = Metrics()
     # The fast transport, or stock python-socketio (WEB_FAST_TRANSPORT=0; fastws).
-    manager = make_manager(settings.redis_url, settings.socketio_channel, metrics)
+    manager = make_manager(
+        settings.redis_url, settings.socketio_channel, metrics, redis_tls(settings)
+    )
 
     def socket_origin_allowed(origin, environ):
         own = f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', '')}"

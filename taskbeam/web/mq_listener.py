@@ -18,6 +18,7 @@ import socketio
 
 import redis
 
+from .. import sentinel
 from . import fastws
 from .fastws import seams
 from .metrics import Metrics
@@ -70,10 +71,10 @@ class StockRedisManager(Heard, socketio.RedisManager):
     new connection for the subscription means it was lost), and
     ``get_participants`` for the metrics (no emit-to-receive lag here)."""
 
-    def __init__(self, url: str, channel: str, metrics: Metrics):
-        super().__init__(
-            url, channel=channel, redis_options={"redis_connect_func": self._on_redis_connect}
-        )
+    def __init__(self, url: str, channel: str, metrics: Metrics, redis_options=None):
+        url, options = sentinel.stock_form(url, redis_options or {})
+        options["redis_connect_func"] = self._on_redis_connect
+        super().__init__(url, channel=channel, redis_options=options)
         self.metrics = metrics
         self.subscribed_once = False
 
@@ -95,12 +96,12 @@ class StockRedisManager(Heard, socketio.RedisManager):
         return participants
 
 
-def make_manager(url: str, channel: str, metrics: Metrics) -> Heard:
+def make_manager(url: str, channel: str, metrics: Metrics, redis_options=None) -> Heard:
     """The fast listener, or the stock one (``WEB_FAST_TRANSPORT=0``, or libraries
-    the fast path was not written against)."""
+    the fast path was not written against). ``redis_options``: TLS, for one."""
     if fastws.usable():
-        return fastws.FastRedisManager(url, channel, metrics)
-    return StockRedisManager(url, channel, metrics)
+        return fastws.FastRedisManager(url, channel, metrics, redis_options=redis_options)
+    return StockRedisManager(url, channel, metrics, redis_options)
 
 
 class QueueWatch:

@@ -134,10 +134,16 @@ class Watcher:
                 threading.Thread(target=self._resubscribe, args=(task_id,), daemon=True).start()
 
     def _resubscribe(self, task_id):
-        try:
-            self.subscribe(task_id, self.last_gapless_seq(task_id))
-        except Exception:  # connection dropped again: the next connect retries
-            pass
+        # As the page does, an "unavailable" ack (the store out of reach for a moment,
+        # as in a failover) is tried again a second later.
+        for _ in range(60):
+            try:
+                ack = self.subscribe(task_id, self.last_gapless_seq(task_id))
+            except Exception:  # connection dropped again: the next connect retries
+                return
+            if ack.get("ok") or ack.get("error", {}).get("code") != "unavailable":
+                return
+            time.sleep(1)
 
     def _keep(self, event):
         with self.lock:
@@ -246,13 +252,14 @@ def watcher(api):
     w.close()
 
 
-CHAOS_ROWS = []  # filled by test_chaos.py, printed at the end of the run
+CHAOS_ROWS = []  # rows of test_chaos.py, test_ha.py and test_swarm.py, printed at the end
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
-def record_chaos_row(fault, watchers, tasks, recovery_s, artifact="chaos.json"):
+def record_chaos_row(fault, watchers, tasks, recovery_s, artifact="chaos.json", **more):
     """A row of the chaos table from each task's watched history (``watchers[i]``
     follows ``tasks[i]``), kept in CHAOS_ROWS and saved under tests/artifacts.
+    ``recovery_s`` None prints as "-"; ``more``: further columns (``failover_s``).
 
     :returns: the row and the histories by task id.
     """
@@ -266,8 +273,9 @@ def record_chaos_row(fault, watchers, tasks, recovery_s, artifact="chaos.json"):
         # Live events that skipped a seq; the resubscribe found the rest stored.
         "gaps filled": sum(w.gaps_refetched for w in watchers),
         "dups dropped": sum(w.duplicates for w in watchers),
-        "recovery s": round(recovery_s, 1),
+        "recovery s": "-" if recovery_s is None else round(recovery_s, 1),
     }
+    row.update({name.replace("_", " "): value for name, value in more.items()})
     CHAOS_ROWS.append(row)
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / artifact).write_text(json.dumps(CHAOS_ROWS, indent=1))
@@ -278,6 +286,7 @@ def pytest_terminal_summary(terminalreporter):
     if not CHAOS_ROWS:
         return
     header = ("fault", "tasks", "terminal", "gaps", "gaps filled", "dups dropped", "recovery s")
+    header += ("failover s",)
     terminalreporter.section("chaos")
     terminalreporter.write_line(f"{header[0]:<20}" + "".join(f"{h:>14}" for h in header[1:]))
     for row in CHAOS_ROWS:

@@ -12,7 +12,7 @@ import kombu
 import pytest
 
 import redis as redis_lib
-from taskbeam import broker_transport
+from taskbeam import broker, broker_transport, config, store
 
 
 class RestartableRedis:
@@ -124,3 +124,35 @@ def test_the_switch_and_the_version_check_choose_the_stock_transport(monkeypatch
     monkeypatch.setattr(kombu, "__version__", "9.9.9")
     assert broker_transport.selected() is None
     assert "kombu 9.9.9" in caplog.text
+
+
+def test_every_connection_to_redis_gives_up_on_a_host_that_went_silent(server, monkeypatch):
+    """A vanished host resets nothing: the store's, the broker's and the emitter's
+    connections carry TCP keepalives and a 3-s TCP_USER_TIMEOUT, so a write or a
+    BRPOP to it fails in seconds instead of waiting for TCP (minutes)."""
+    settings = config.load({"REDIS_URL": server.url, "SECRET_KEY": "x" * 32}, need_secret=False)
+
+    def gives_up(sock):
+        return (
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 3_000
+        )
+
+    store_client = store.redis_client(settings)
+    store_client.ping()
+    assert gives_up(store_client.connection_pool._available_connections[0]._sock)
+    store_client.close()
+
+    with broker.make_celery(settings).connection_for_write() as conn:
+        client = conn.default_channel.client
+        client.ping()
+        assert gives_up(client.connection_pool._available_connections[0]._sock)
+
+    monkeypatch.setenv("REDIS_URL", server.url)  # read when the worker module loads
+    from taskbeam import worker
+
+    runtime = worker.make_runtime(settings, redis_conn=store_client)
+    runtime.emitter.socketio.emit("probe", {}, to="nobody")  # connects the manager
+    manager = runtime.emitter.socketio.server.manager
+    assert gives_up(manager.redis.connection_pool._available_connections[0]._sock)
+    manager.redis.close()

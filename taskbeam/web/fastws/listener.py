@@ -17,6 +17,7 @@ import hiredis
 
 import redis
 
+from ... import sentinel
 from ..mq_listener import Heard
 from . import seams, transport
 
@@ -31,8 +32,8 @@ class FastRedisManager(Heard, seams.PubSubHooks):
 
     fast_transport = True
 
-    def __init__(self, url: str, channel: str, metrics, silence_s: float = 6.0):
-        super().__init__(url, channel=channel)
+    def __init__(self, url: str, channel: str, metrics, silence_s=6.0, redis_options=None):
+        super().__init__(url, channel=channel, redis_options=redis_options)
         self.silence_s = silence_s
         self.metrics = metrics
 
@@ -46,9 +47,11 @@ class FastRedisManager(Heard, seams.PubSubHooks):
 
     def subscribe(self):
         """A connection of its own (auth, TLS, db from the URL) subscribed to the channel."""
-        client = redis.Redis.from_url(
-            self.redis_url, protocol=2, socket_timeout=self.silence_s, **self.redis_options
-        )
+        options = dict(self.redis_options, protocol=2, socket_timeout=self.silence_s)
+        if sentinel.is_sentinel_url(self.redis_url):  # the current primary, asked each time
+            client = sentinel.master_client(self.redis_url, **options)
+        else:
+            client = redis.Redis.from_url(self.redis_url, **options)
         connection = client.connection_pool.get_connection()
         connection.send_command("SUBSCRIBE", self.channel)
         return client, connection  # the client too: collected, it would close the socket
