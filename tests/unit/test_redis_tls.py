@@ -37,12 +37,10 @@ def tls_args(certs):
             "--tls-auth-clients", "no"]  # fmt: skip
 
 
-def tls_cli(certs, port, *args):
-    done = subprocess.run(
-        ["redis-cli", "--tls", "--cacert", str(certs / "ca.pem"), "-p", str(port), *args],
-        capture_output=True, text=True, timeout=10,
-    )  # fmt: skip
-    return done.stdout.strip()
+def tls_client(certs, port, **options):
+    """A redis-py client over TLS that trusts the local CA (redis-cli may be absent)."""
+    return redis_lib.Redis(host="localhost", port=port, ssl=True, socket_timeout=5,
+                           ssl_ca_certs=str(certs / "ca.pem"), **options)  # fmt: skip
 
 
 class Server:
@@ -52,10 +50,16 @@ class Server:
         argv += ["--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1", "--dir",
                  str(workdir), "--save", "", "--appendonly", "no", *tls_args(certs)]  # fmt: skip
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        client = tls_client(certs, self.port, password=None if "--sentinel" in extra else PASSWORD)
         deadline = time.monotonic() + 10
-        while "PONG" not in tls_cli(certs, self.port, "--no-auth-warning", "-a", PASSWORD, "PING"):
-            assert time.monotonic() < deadline and self.proc.poll() is None, "did not start"
-            time.sleep(0.05)
+        while True:
+            try:
+                client.ping()
+                break
+            except redis_lib.ConnectionError:
+                assert time.monotonic() < deadline and self.proc.poll() is None, "did not start"
+                time.sleep(0.05)
+        client.close()
 
     def stop(self):
         self.proc.terminate()
@@ -81,12 +85,12 @@ def sentinel(certs, primary, tmp_path_factory):
         "tls-replication yes\n"  # the Sentinel reaches the data nodes over TLS too
     )
     server = Server(certs, workdir, str(conf), "--sentinel")
+    client = tls_client(certs, server.port)
     deadline = time.monotonic() + 15
-    while str(primary.port) not in tls_cli(
-        certs, server.port, "SENTINEL", "get-master-addr-by-name", MASTER
-    ):
+    while (client.sentinel_get_master_addr_by_name(MASTER) or (0, 0))[1] != primary.port:
         assert time.monotonic() < deadline, "the Sentinel does not know the primary"
         time.sleep(0.1)
+    client.close()
     yield server
     server.stop()
 
