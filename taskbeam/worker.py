@@ -208,6 +208,10 @@ class TaskRun:
         except progress.JobError as exc:
             return _error(exc.code, exc.message)
         except SoftTimeLimitExceeded:
+            # Raised wherever the job was, maybe between a Redis request and its reply
+            # (a WAIT, a slow Redis): a connection put back with that reply still to
+            # come would hand it to the next command. Close them all; the pool reopens.
+            self.rt.store.redis.connection_pool.disconnect()
             return _error(
                 "time_limit", f"Stopped after the {self.rt.settings.task_time_limit_s}s time limit."
             )

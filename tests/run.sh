@@ -154,7 +154,9 @@ if [ "${TEST_HA:-1}" != 0 ]; then
   ha_started=$(date +%s)
   tests/make_certs.sh "$work/certs" >/dev/null
   export REDIS_TLS_DIR=$work/certs TEST_REDIS_TLS_DIR=$work/certs
-  REDIS_SENTINEL_DOWN_AFTER_MS=2000 COMPOSE_FILE=$with_ha docker compose up -d --wait
+  # A failover whose first vote is split takes ~25 s: tasks get more than 30 s here.
+  TASK_TIME_LIMIT_S=120 REDIS_SENTINEL_DOWN_AFTER_MS=2000 COMPOSE_FILE=$with_ha \
+    docker compose up -d --wait
   status=0
   COMPOSE_FILE=$with_ha TASKBEAM_URL=http://127.0.0.1:$TEST_HTTP_PORT TEST_HA_STACK=1 \
     "$venv/bin/pytest" -q tests/integration/test_ha.py ${PYTEST_ARGS:-} || status=$?

@@ -224,6 +224,18 @@ def kill_sentinel_then_primary(ctx):
     failed_over(ctx["old"], among=SENTINELS[1:])
 
 
+def create_when_replicated(api, timeout=15, **params):
+    """A task created, tried again after a 503 ("try again"): the first writes after
+    a failover wait until the new primary's replica has caught up."""
+
+    def attempt():
+        response = api.request("POST", "/api/tasks", json={"kind": "simulate", "params": params})
+        assert response.status_code in (202, 503), response.text
+        return response.json() if response.status_code == 202 else None
+
+    return wait_until(attempt, timeout, interval=0.5, what="a task created after the failover")
+
+
 def partition_primary(ctx):
     ctx["old"] = primary()
     docker("network", "disconnect", NETWORK, container(ctx["old"]))
@@ -233,7 +245,7 @@ def partition_primary(ctx):
         # again (no reset comes through a partition), so the web's producer and every
         # worker's consumer must give it up and ask the Sentinels.
         api = ctx["api"]
-        task = api.create(steps=2, step_ms=50)
+        task = create_when_replicated(api, steps=2, step_ms=50)
         wait_until(
             lambda: api.snapshot(task["id"])["state"] == "succeeded",
             30,

@@ -10,6 +10,7 @@ import json
 import os
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 
 import redis as redis_lib
 from taskbeam import broker, config, progress, protocol
@@ -143,6 +144,32 @@ def test_frozen_run_stops_at_its_next_progress_update(rt, monkeypatch):
     assert states == ["queued", "running", "retrying"]
     assert rt.store.record(task_id)["state"] == protocol.RETRYING
     assert rt.store.redis.zscore(rt.store.leases_key, task_id) is not None  # run 2's
+
+
+def test_a_time_limit_between_a_redis_request_and_its_reply_desyncs_nothing(rt, monkeypatch):
+    """Celery's soft time limit is raised wherever the job is, also after a Redis
+    request was sent and before its reply was read: that connection must not hand
+    the stale reply to the next command (the run's error event, the next task)."""
+    task_id = new_task(rt, steps=3)
+    read_response = redis_lib.connection.AbstractConnection.read_response
+
+    def interrupted(self, *args, **kwargs):  # the signal, just before the read
+        monkeypatch.setattr(redis_lib.connection.AbstractConnection, "read_response", read_response)
+        raise SoftTimeLimitExceeded()
+
+    def job(params):
+        progress.update(1, 3, "one")
+        monkeypatch.setattr(redis_lib.connection.AbstractConnection, "read_response", interrupted)
+        # A request whose reply is not back yet when the connection is reused (redis-py
+        # checks for unread data then), as a WAIT for a replica in Sentinel mode.
+        rt.store.redis.execute_command("WAIT", 1, 300)
+
+    worker.TaskRun(jobs.Job("simulate", job, lambda params, settings=None: params), task_id,
+                   {"steps": 3}, rt=rt)()  # fmt: skip
+    last = history(rt, task_id)[-1]
+    assert (last["state"], last["error"]["code"]) == (protocol.FAILED, "time_limit")
+    assert [e["seq"] for e in history(rt, task_id)] == list(range(1, len(history(rt, task_id)) + 1))
+    assert rt.store.redis.echo("next") == "next"  # not a reply meant for another command
 
 
 # --- idempotent emits -----------------------------------------------------------
