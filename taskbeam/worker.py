@@ -66,13 +66,17 @@ def make_runtime(settings, redis_conn=None, socketio=None):
     """The worker's Celery app, store and emitter; nothing connects until used.
 
     Flask-SocketIO's external emitter (a ``SocketIO(message_queue=...)`` with no
-    app) publishes the events, so the wire format is the stock one.
+    app) makes the messages, so the wire format is the stock one.
     """
     store = TaskStore(redis_conn or redis_client(settings), settings)
     socketio = socketio or SocketIO(
         message_queue=settings.redis_url, channel=settings.socketio_channel
     )
-    return Runtime(settings, broker.make_celery(settings), store, Emitter(store, socketio))
+    # The Lua append publishes the event itself: one round trip per event. A writer
+    # that must WAIT for a replica before anyone sees the event publishes after the
+    # append instead (publish_in_append=False): the one switch (taskbeam/emitter.py).
+    emitter = Emitter(store, socketio, publish_in_append=True)
+    return Runtime(settings, broker.make_celery(settings), store, emitter)
 
 
 settings = config.current()
