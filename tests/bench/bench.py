@@ -479,7 +479,7 @@ async def main(args):
                     mode,
                 )
             )
-        if tuned:
+        if tuned and not args.skip_extras:
             print(f"run {run}/{runs}: connections …", flush=True)
             result["connections"]["runs"].append(await connections(args.url, cookie, levels))
     if tuned and not smoke and not args.skip_extras:
@@ -523,7 +523,9 @@ if __name__ == "__main__":
         "of a writer that waits for replicas) instead of inside it",
     )
     parser.add_argument(
-        "--skip-extras", action="store_true", help="no push-vs-poll and no export figures"
+        "--skip-extras",
+        action="store_true",
+        help="latency and fan-in only: no connections, push-vs-poll or export figures",
     )
     parser.add_argument("--smoke", action="store_true", help="a small, fast run")
     asyncio.run(main(parser.parse_args()))
