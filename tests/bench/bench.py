@@ -484,7 +484,11 @@ async def main(args):
             result["connections"]["runs"].append(await connections(args.url, cookie, levels))
     if tuned and not smoke and not args.skip_extras:
         print("push vs poll (60 s) …", flush=True)
-        result["push_vs_poll"] = await push_vs_poll(args.url, cookie, 60)
+        try:
+            result["push_vs_poll"] = await push_vs_poll(args.url, cookie, 60)
+        except Exception as exc:  # keep the figures of the runs above rather than none
+            result["push_vs_poll_failed"] = f"{type(exc).__name__}: {exc}"[:200]
+            print(f"  push vs poll failed: {exc}", flush=True)
         result["export"] = json.loads(
             compose(
                 "exec", "-T", "worker", "python", "-", input=(HERE / "export_bench.py").read_text()
