@@ -61,10 +61,14 @@ lint: ## Check style: ruff check and ruff format --check over taskbeam/, tests/ 
 # Nginx's per-address limits are lifted (and put back from .env afterwards).
 LOAD_LIMITS = WS_CONNECTIONS_PER_IP=20000 CREATES_PER_MINUTE_PER_IP=60000 CREATE_BURST_PER_IP=10000
 
+# BENCH_CLIENT=tuned|stock|both: our tuned client, a plain `websockets` client fed by a
+# stock emitter (the fan-in only), or both (tests/bench/bench.py).
+BENCH_CLIENT ?= both
+
 bench: ## Benchmark the running stack (after `make up`): table, JSON and PNG in tests/bench/results/
 	@tests/run.sh venv
 	$(LOAD_LIMITS) $(COMPOSE) up -d --no-deps --wait nginx
-	.venv/bin/python tests/bench/bench.py; status=$$?; \
+	.venv/bin/python tests/bench/bench.py --client $(BENCH_CLIENT); status=$$?; \
 	  $(COMPOSE) up -d --no-deps --wait nginx; exit $$status
 	$(COMPOSE) exec -T worker python - < tests/bench/persist_overhead.py > tests/bench/results/persist.json
 	@cat tests/bench/results/persist.json

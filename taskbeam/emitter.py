@@ -3,6 +3,20 @@
 The event is written to the task's log in Redis (atomically with its seq), and
 only then published to the Socket.IO message queue. A subscriber that misses the
 live message reads it back from the log, so a lost publish loses nothing.
+
+Two ways to publish (``Emitter(publish_in_append=...)``):
+
+- in the append (the worker's, when nothing waits for replicas): the Lua append
+  PUBLISHes the external emitter's own message itself. One round trip, and since
+  the write and the publish are one atomic step, a worker killed between them can
+  no longer leave an event stored but never published;
+- after the append: Flask-SocketIO's ``emit``, a second round trip. For a writer
+  that must wait between the two (e.g. ``WAIT`` for a replica to hold the append
+  before anyone sees the event), and for the web process, whose own manager
+  delivers its emits to its own sockets and skips its own messages on the queue.
+
+Either way the bytes on the channel are the stock emitter's, so a stock
+``SocketIO(message_queue=...)`` in any process and every listener keep working.
 """
 
 import json
@@ -45,6 +59,45 @@ def retrying(
             delay = min(delay * 2, max_delay_s)
 
 
+class StockEnvelope:
+    """The external emitter's message for a task event, around the event's JSON.
+
+    Made once by the library itself: a Flask-SocketIO ``emit`` whose Redis
+    ``publish`` is captured (nothing is sent), with placeholders for the event and
+    the room. :meth:`around` gives what :meth:`TaskStore.append` publishes.
+
+    :raises ValueError: the manager is not python-socketio's Redis one with the
+        standard ``json.dumps`` (engineio.json's), whose text the store's script writes.
+    """
+
+    EVENT, ROOM = "\0taskbeam-event\0", "\0taskbeam-room\0"
+
+    def __init__(self, socketio):
+        manager = socketio.server.manager
+        if not hasattr(manager, "redis") or manager.json.dumps is not json.dumps:
+            raise ValueError("the in-append publish needs RedisManager and json.dumps")
+        captured = []
+
+        class Capture:
+            def publish(self, channel, data):
+                captured.append((channel, data))
+
+        saved = manager.redis, manager.connected
+        manager.redis, manager.connected = Capture(), True
+        try:
+            socketio.emit(protocol.TASK_UPDATE_EVENT, self.EVENT, to=self.ROOM)
+        finally:
+            manager.redis, manager.connected = saved
+        self.channel, text = captured[0]
+        self.head, rest = text.split(json.dumps(self.EVENT))
+        self.middle, self.tail = rest.split(json.dumps(self.ROOM))
+
+    def around(self, task_id):
+        """``(channel, head, tail)`` for one task's events."""
+        room = json.dumps(protocol.task_room(task_id))
+        return self.channel, self.head, self.middle + room + self.tail
+
+
 class Emitter:
     """Writes task events durably, then publishes them live.
 
@@ -52,12 +105,18 @@ class Emitter:
     :param socketio: a Flask-SocketIO ``SocketIO``; in the worker a write-only
                      external emitter (``SocketIO(message_queue=...)``), no app.
     :param retry_for_s: how long to keep retrying while Redis is unreachable.
+    :param publish_in_append: publish from inside the store's append (one round trip;
+                     see the module's docstring); False publishes with ``socketio``
+                     after the append. Only for an external emitter.
     """
 
-    def __init__(self, store, socketio, retry_for_s=60.0):
+    def __init__(self, store, socketio, retry_for_s=60.0, publish_in_append=False):
         self.store = store
         self.socketio = socketio
         self.retry_for_s = retry_for_s
+        self.envelope = StockEnvelope(socketio) if publish_in_append else None
+        if self.envelope and store.wait_replicas:
+            raise ValueError("an event is published after its WAIT for replicas, not in it")
 
     def emit(self, task_id, *, token=None, **patch):
         """Persist and publish one event; returns ``(event, cancel_requested)``.
@@ -70,12 +129,17 @@ class Emitter:
         # time too: a retry that writes it again on a new primary (an event lost in
         # a failover before any replica had it) writes the same event.
         emit_id, ts = self.store.new_emit_id(), time.time()
+        publish = self.envelope.around(task_id) if self.envelope else None
         event_json, cancel = retrying(
-            lambda: self.store.append(task_id, ts=ts, token=token, emit_id=emit_id, **patch),
+            lambda: self.store.append(
+                task_id, ts=ts, token=token, emit_id=emit_id, publish=publish, **patch
+            ),
             deadline_s=self.retry_for_s,
         )
         event = json.loads(event_json)
-        # Best effort (the manager logs and gives up after one retry): the event is
-        # already in the log, and subscribers read it back when they resubscribe.
-        self.socketio.emit(protocol.TASK_UPDATE_EVENT, event, to=protocol.task_room(task_id))
+        if publish is None:
+            # Best effort (the manager logs and gives up after one retry): the event is
+            # already in the log, and subscribers read it back when they resubscribe.
+            # Killed right here, a worker leaves the event stored but not published.
+            self.socketio.emit(protocol.TASK_UPDATE_EVENT, event, to=protocol.task_room(task_id))
         return event, cancel

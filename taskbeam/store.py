@@ -77,16 +77,46 @@ return 1
 """
 )
 
+# Python's json.dumps(s) (ensure_ascii, its escapes, lower-case hex), for the
+# in-script publish: the stock emitter's text, where cjson escapes '/' and keeps UTF-8.
+_PY_JSON = r"""
+local PY_ESC = {['"'] = '\\"', ['\\'] = '\\\\', ['\b'] = '\\b', ['\f'] = '\\f',
+                ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t'}
+local function py_u(cp)
+  if cp < 65536 then return string.format('\\u%04x', cp) end
+  cp = cp - 65536
+  return string.format('\\u%04x\\u%04x', 55296 + math.floor(cp / 1024), 56320 + cp % 1024)
+end
+local function py_char(c)  -- one escaped ASCII byte, or one UTF-8 sequence
+  local n = #c
+  if n == 1 then return PY_ESC[c] or py_u(c:byte()) end
+  local cp = c:byte(1) % (n == 2 and 32 or n == 3 and 16 or 8)
+  for i = 2, n do cp = cp * 64 + c:byte(i) % 64 end
+  return py_u(cp)
+end
+local function py_str(s)
+  return '"' .. s:gsub('[%z\1-\31"\\\127]', py_char):gsub('[\192-\247][\128-\191]*', py_char)
+    .. '"'
+end
+"""
+
 # Increments seq, applies the patch and appends the event in one atomic step.
 # Refuses to write after a terminal state, which is what makes the terminal
 # event unique however many workers or retries race for it; refuses a run whose
 # token is not the current one (fencing); and answers a retried emit whose first
 # try was applied with that event instead of writing it twice.
+#
+# With a channel in ARGV[8], the script also PUBLISHes the event there inside the
+# external emitter's message (ARGV[9] .. event .. ARGV[10]), the event rendered as
+# Python's json.dumps renders it, so the bytes are the stock emitter's own: one
+# round trip for the worker, and no event can be stored but never published. A
+# retry answered from the log publishes nothing: its first try already did.
 _APPEND = (
     _TERMINAL
+    + _PY_JSON
     + """
 local task, events, leases, active, queued = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local emit_id, token = ARGV[5], ARGV[6]
+local emit_id, token, channel = ARGV[5], ARGV[6], ARGV[8]
 local cur = redis.call('HMGET', task, 'state', 'id', 'fence', 'last_emit', 'owner')
 if not cur[1] then return {-1, ''} end
 if emit_id ~= '' and cur[4] == emit_id then
@@ -101,10 +131,11 @@ if token ~= '' and (cur[3] ~= token or not redis.call('ZSCORE', leases, cur[2]))
   return {-2, 'fenced'}
 end
 -- done/total (a progress report's counts) go into this event only, not the snapshot.
-local counts = ''
-for i = 8, #ARGV, 2 do
+local counts = {}
+for i = 11, #ARGV, 2 do
   if ARGV[i] == 'done' or ARGV[i] == 'total' then
-    counts = counts .. ',"' .. ARGV[i] .. '":' .. ARGV[i + 1]
+    counts[#counts + 1] = ARGV[i]
+    counts[#counts + 1] = ARGV[i + 1]
   else
     redis.call('HSET', task, ARGV[i], ARGV[i + 1])
   end
@@ -119,18 +150,26 @@ if f[2] ~= cur[1] then  -- a state change; progress events skip all of this
   if f[2] == 'running' then redis.call('HSETNX', task, 'started_at', ARGV[2]) end
   if terminal(f[2]) then redis.call('HSET', task, 'finished_at', ARGV[2]) end
 end
-local event = '{"task_id":' .. cjson.encode(f[1]) .. ',"seq":' .. seq
-  .. ',"state":' .. cjson.encode(f[2]) .. ',"progress":' .. f[3]
-  .. ',"message":' .. cjson.encode(f[4]) .. ',"ts":' .. ARGV[1] .. counts
-if f[2] == 'succeeded' and f[5] then event = event .. ',"result":' .. f[5] end
-if f[2] == 'failed' and f[6] then event = event .. ',"error":' .. f[6] end
-event = event .. '}'
+-- The event's JSON with the given string encoder and separators.
+local function event_of(str, colon, comma)
+  local e = '{"task_id"' .. colon .. str(f[1]) .. comma .. '"seq"' .. colon .. seq
+    .. comma .. '"state"' .. colon .. str(f[2]) .. comma .. '"progress"' .. colon .. f[3]
+    .. comma .. '"message"' .. colon .. str(f[4]) .. comma .. '"ts"' .. colon .. ARGV[1]
+  for i = 1, #counts, 2 do e = e .. comma .. '"' .. counts[i] .. '"' .. colon .. counts[i + 1] end
+  if f[2] == 'succeeded' and f[5] then e = e .. comma .. '"result"' .. colon .. f[5] end
+  if f[2] == 'failed' and f[6] then e = e .. comma .. '"error"' .. colon .. f[6] end
+  return e .. '}'
+end
+local event = event_of(cjson.encode, ':', ',')
 redis.call('XADD', events, 'MAXLEN', '~', ARGV[3], seq .. '-0', 'e', event)
 if terminal(f[2]) then
   redis.call('EXPIRE', task, ARGV[4])
   redis.call('EXPIRE', events, ARGV[4])
   redis.call('ZREM', active, f[1])
   if cur[5] then redis.call('SREM', ARGV[7] .. cur[5] .. ':active', f[1]) end
+end
+if channel ~= '' then
+  redis.call('PUBLISH', channel, ARGV[9] .. event_of(py_str, ': ', ', ') .. ARGV[10])
 end
 return {seq, event, f[7] or '0'}
 """
@@ -452,7 +491,7 @@ class TaskStore:
                 snap["queue_position"] = rank + 1
         return snapshots
 
-    def append(self, task_id, ts=None, *, token=None, emit_id=None, **patch):
+    def append(self, task_id, ts=None, *, token=None, emit_id=None, publish=None, **patch):
         """Apply ``patch`` (state, progress, message, result, error, worker...) and log
         the event atomically.
 
@@ -460,6 +499,9 @@ class TaskStore:
                       outside a run (a cancel while queued, the sweeper).
         :param emit_id: names this write, so that a retry after a lost reply does not
                         write it twice.
+        :param publish: ``(channel, head, tail)``: also PUBLISH ``head + event + tail``
+                        to ``channel`` in the same step (the external emitter's message,
+                        :class:`taskbeam.emitter.StockEnvelope`); None publishes nothing.
         :returns: ``(event_json, cancel_requested)``.
         :raises TaskGone: the task does not exist.
         :raises TaskFinished: the task is already terminal; nothing was written.
@@ -467,13 +509,15 @@ class TaskStore:
         """
         ts = time.time() if ts is None else ts
         args = [
-            f"{ts:.6f}",
+            # To the microsecond, as json.dumps writes that float (the published text).
+            repr(float(f"{ts:.6f}")),
             protocol.iso_utc(ts),
             self.maxlen,
             self.retention_s,
             emit_id or "",
             "" if token is None else str(token),
             self.owner_key(""),
+            *(publish or ("", "", "")),
         ]
         for field, value in patch.items():
             if field == "progress":

@@ -75,7 +75,7 @@ def make_runtime(settings, redis_conn=None, socketio=None):
     """The worker's Celery app, store and emitter; nothing connects until used.
 
     Flask-SocketIO's external emitter (a ``SocketIO(message_queue=...)`` with no
-    app) publishes the events, so the wire format is the stock one.
+    app) makes the messages, so the wire format is the stock one.
     """
     store = TaskStore(redis_conn or redis_client(settings), settings)
     url, redis_options = sentinel.stock_form(
@@ -90,7 +90,11 @@ def make_runtime(settings, redis_conn=None, socketio=None):
             url, channel=settings.socketio_channel, write_only=True, redis_options=redis_options
         ),
     )
-    return Runtime(settings, broker.make_celery(settings), store, Emitter(store, socketio))
+    # The Lua append publishes the event itself: one round trip per event. In Sentinel
+    # mode an event may be seen only once a replica has it, so it is published after
+    # the append's WAIT instead: the one switch (taskbeam/emitter.py).
+    emitter = Emitter(store, socketio, publish_in_append=not settings.redis_wait_replicas)
+    return Runtime(settings, broker.make_celery(settings), store, emitter)
 
 
 settings = config.current()

@@ -12,14 +12,19 @@ out at a few thousand connections. `--url` picks another address.
   highest delivered events/s with p99 < 100 ms and no loss, CPU per service and
   web CPU µs per delivered event; fed twice: `publish` (the external emitter
   alone, as Node's redis-emitter feeds socket.io: the web process's capacity)
-  and `persist` (persist, then publish: the whole path);
+  and `persist` (persist and publish: the whole path);
+- stock fan-in (`--client stock`): the same steps (6 s each) measured the way a
+  user's own load test would: a plain `websockets` client per socket
+  (tests/bench/stockclient.py) fed by a stock Flask-SocketIO external emitter
+  through redis-py pipelines (tests/bench/emit_driver.py's `stock` mode);
 - connections: idle clients held by one web process, and its RSS per client;
 - push vs 1-s polling for a 60-s task: requests and bytes;
 - export rows/s and peak RSS (tests/bench/export_bench.py).
 Every figure but the last two is measured --runs times (default 3) and reported
-as median [min-max]. Prints a table, writes tests/bench/results/bench.json and
-a PNG plot.
-    python tests/bench/bench.py [--url URL] [--runs N] [--smoke]
+as median [min-max]. `--client tuned` measures all but the stock fan-in, `stock`
+only that, `both` (the default) everything. Prints a table, writes
+tests/bench/results/bench.json and a PNG plot.
+    python tests/bench/bench.py [--url URL] [--runs N] [--client C] [--smoke]
 """
 
 import argparse
@@ -36,6 +41,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import stockclient
 from sioclient import Client, create_task, owner_of, session_cookie
 from stack import compose, container_url, cpu_seconds, rss_kb
 
@@ -43,6 +49,9 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 FAN_IN_RATES = [1000, 2000, 4000, 6000, 8000, 10000, 12000, 14000, 16000, 18000, 20000, 24000]
 P99_LIMIT_MS = 100
+STOCK_STEP_S = 6
+# Where the worker's path publishes (emit_driver.py): in the Lua append, or after it.
+PUBLISH = "in-append"
 
 
 def percentile(values, q):
@@ -93,7 +102,7 @@ class Driver:
         self.task_ids = json.loads(self.proc.stdout.readline())["task_ids"]
 
     def run(self, rate, seconds, mode):
-        self.proc.stdin.write(f"{rate} {seconds} {mode}\n")
+        self.proc.stdin.write(f"{rate} {seconds} {mode} {PUBLISH}\n")
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())
 
@@ -159,12 +168,16 @@ async def latency(url, cookie, owner, events):
 
 
 async def fan_in(url, cookie, owner, clients_count, rates, seconds, mode):
-    """Rising rates until p99 passes the limit or an event is lost."""
+    """Rising rates until p99 passes the limit or an event is lost. Mode `stock`:
+    the stock client and the stock emitter; the others: the tuned client."""
     recorder = Recorder()
     driver = await asyncio.to_thread(Driver, owner, clients_count)
-    clients = await connect_all(url, cookie, clients_count, recorder.on_event)
-    await subscribe_each(clients, driver.task_ids)
-    gc.freeze()  # the clients' long-lived state: keep full collections from pausing them
+    if mode == "stock":
+        clients = await stockclient.start_all(url, cookie, driver.task_ids, recorder.on_event)
+    else:
+        clients = await connect_all(url, cookie, clients_count, recorder.on_event)
+        await subscribe_each(clients, driver.task_ids)
+        gc.freeze()  # the clients' long-lived state: keep full collections from pausing them
     steps = []
     for rate in rates:
         recorder.reset()
@@ -187,6 +200,7 @@ async def fan_in(url, cookie, owner, clients_count, rates, seconds, mode):
             "p50_ms": round(percentile(recorder.latencies, 0.5) or 0, 2),
             "p99_ms": round(percentile(recorder.latencies, 0.99) or 0, 2),
             "cpu_s": cpu,
+            "cpu_percent": {k: round(v / sent["seconds"] * 100) for k, v in cpu.items()},
             "web_cpu_us_per_event": round(cpu["web"] / max(delivered, 1) * 1e6, 1),
         }
         steps.append(step)
@@ -204,11 +218,14 @@ async def fan_in(url, cookie, owner, clients_count, rates, seconds, mode):
     best = max(good, key=lambda s: s["delivered_per_s"], default=None)
     return {
         "mode": mode,
+        "client": "stock" if mode == "stock" else "tuned",
+        "publish": PUBLISH,
         "clients": clients_count,
         "seconds_per_step": seconds,
         "steps": steps,
         "max_delivered_per_s": best["delivered_per_s"] if best else 0,
         "web_cpu_us_per_event": best["web_cpu_us_per_event"] if best else None,
+        "cpu_percent": best["cpu_percent"] if best else None,
     }
 
 
@@ -287,8 +304,9 @@ def plot(result, path):
     except ImportError:
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    cdf = result["latency"]["runs"][0]["cdf_ms"]
-    left.plot(cdf, [i / len(cdf) for i in range(len(cdf))])
+    if result["latency"]["runs"]:
+        cdf = result["latency"]["runs"][0]["cdf_ms"]
+        left.plot(cdf, [i / len(cdf) for i in range(len(cdf))])
     left.set(title="Single client: emit → receive", xlabel="ms", ylabel="fraction")
     for mode, fan in result["fan_in"].items():
         steps = fan["runs"][0]["steps"]
@@ -370,6 +388,10 @@ def summarise(result):
         summary[f"fan_in_{mode}_web_cpu_us_per_event"] = spread(
             [r["web_cpu_us_per_event"] for r in fan["runs"]]
         )
+        summary[f"fan_in_{mode}_cpu_percent"] = {
+            service: spread([(r["cpu_percent"] or {}).get(service) for r in fan["runs"]])
+            for service in ("web", "worker", "redis", "nginx")
+        }
 
 
 def report(result):
@@ -378,17 +400,23 @@ def report(result):
         f"\nmedian [min-max] of {result['runs']} run(s), {result['machine']['cores']} cores, "
         f"{result['machine']['transport']} WebSocket transport"
     )
-    print(
-        f"single client        p50 {shown(s['single_client_p50_ms'], ' ms')}  "
-        f"p99 {shown(s['single_client_p99_ms'], ' ms')}"
-    )
+    if result["latency"]["runs"]:
+        print(
+            f"single client        p50 {shown(s['single_client_p50_ms'], ' ms')}  "
+            f"p99 {shown(s['single_client_p99_ms'], ' ms')}"
+        )
     for mode in result["fan_in"]:
+        client = "stock client + stock emitter" if mode == "stock" else "tuned client"
+        cpu = s[f"fan_in_{mode}_cpu_percent"]
         print(
             f"fan-in {mode:<8}      {shown(s[f'fan_in_{mode}_events_per_s'])} events/s "
-            f"with p99 < {P99_LIMIT_MS} ms, {result['fan_in_clients']} clients; web "
-            f"{shown(s[f'fan_in_{mode}_web_cpu_us_per_event'], ' µs')} CPU per event"
+            f"with p99 < {P99_LIMIT_MS} ms, {result['fan_in_clients']} clients ({client}); web "
+            f"{shown(s[f'fan_in_{mode}_web_cpu_us_per_event'], ' µs')} CPU per event; CPU % "
+            + ", ".join(f"{k} {shown(v)}" for k, v in cpu.items())
         )
     for level, fresh in s["connections_kb_per_client_fresh"].items():
+        if not result["connections"]["runs"]:
+            break
         print(
             f"connections {level:>6}  web RSS per idle client: {shown(fresh, ' KB')} "
             f"in a fresh process, {shown(s['connections_kb_per_client_warm'][level], ' KB')}"
@@ -414,6 +442,10 @@ async def main(args):
     owner = owner_of(cookie)
     smoke = args.smoke
     runs = 1 if smoke else args.runs
+    global PUBLISH
+    PUBLISH = "after-append" if args.publish_after_append else "in-append"
+    tuned, stock = args.client in ("tuned", "both"), args.client in ("stock", "both")
+    modes = (args.modes if tuned else []) + (["stock"] if stock else [])
     clients = 20 if smoke else 1000
     levels = [100] if smoke else [1000, 5000, 10000]
     result = {
@@ -423,15 +455,19 @@ async def main(args):
         "runs": runs,
         "fan_in_clients": clients,
         "latency": {"runs": []},
-        "fan_in": {m: {"runs": []} for m in args.modes},
+        "client": args.client,
+        "publish": PUBLISH,
+        "fan_in": {m: {"runs": []} for m in modes},
         "connections": {"levels": levels, "runs": []},
     }
     for run in range(1, runs + 1):
-        print(f"run {run}/{runs}: latency …", flush=True)
-        result["latency"]["runs"].append(
-            await latency(args.url, cookie, owner, 200 if smoke else 2000)
-        )
-        for mode in args.modes:
+        if tuned:
+            print(f"run {run}/{runs}: latency …", flush=True)
+            result["latency"]["runs"].append(
+                await latency(args.url, cookie, owner, 200 if smoke else 2000)
+            )
+        for mode in modes:
+            step_s = STOCK_STEP_S if mode == "stock" else 5
             result["fan_in"][mode]["runs"].append(
                 await fan_in(
                     args.url,
@@ -439,15 +475,20 @@ async def main(args):
                     owner,
                     clients,
                     [200] if smoke else FAN_IN_RATES,
-                    2 if smoke else 5,
+                    2 if smoke else step_s,
                     mode,
                 )
             )
-        print(f"run {run}/{runs}: connections …", flush=True)
-        result["connections"]["runs"].append(await connections(args.url, cookie, levels))
-    if not smoke:
+        if tuned and not args.skip_extras:
+            print(f"run {run}/{runs}: connections …", flush=True)
+            result["connections"]["runs"].append(await connections(args.url, cookie, levels))
+    if tuned and not smoke and not args.skip_extras:
         print("push vs poll (60 s) …", flush=True)
-        result["push_vs_poll"] = await push_vs_poll(args.url, cookie, 60)
+        try:
+            result["push_vs_poll"] = await push_vs_poll(args.url, cookie, 60)
+        except Exception as exc:  # keep the figures of the runs above rather than none
+            result["push_vs_poll_failed"] = f"{type(exc).__name__}: {exc}"[:200]
+            print(f"  push vs poll failed: {exc}", flush=True)
         result["export"] = json.loads(
             compose(
                 "exec", "-T", "worker", "python", "-", input=(HERE / "export_bench.py").read_text()
@@ -471,6 +512,24 @@ if __name__ == "__main__":
         default=["publish", "persist"],
         choices=["publish", "persist"],
         help="fan-in feeds (see above)",
+    )
+    parser.add_argument(
+        "--client",
+        default="both",
+        choices=["tuned", "stock", "both"],
+        help="tuned: our client, every figure; stock: a plain websockets client fed by a "
+        "stock emitter, fan-in only; both (default)",
+    )
+    parser.add_argument(
+        "--publish-after-append",
+        action="store_true",
+        help="the worker's path publishes after the Lua append (two round trips, the path "
+        "of a writer that waits for replicas) instead of inside it",
+    )
+    parser.add_argument(
+        "--skip-extras",
+        action="store_true",
+        help="latency and fan-in only: no connections, push-vs-poll or export figures",
     )
     parser.add_argument("--smoke", action="store_true", help="a small, fast run")
     asyncio.run(main(parser.parse_args()))

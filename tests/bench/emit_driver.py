@@ -4,22 +4,27 @@ own store and Flask-SocketIO external emitter:
     docker compose exec -T worker python - OWNER TASKS < tests/bench/emit_driver.py
 
 Creates TASKS running tasks owned by OWNER and prints their ids as one JSON line.
-Then, for every line `RATE SECONDS MODE` read from stdin, emits progress events
-round-robin over the tasks at RATE events/s for SECONDS (split over PROCESSES
+Then, for every line `RATE SECONDS MODE [PUBLISH]` read from stdin, emits progress
+events round-robin over the tasks at RATE events/s for SECONDS (split over PROCESSES
 emitters, paced in 10 ms ticks) and prints `{"emitted": n, "seconds": s}`.
 An empty line ends it and deletes the tasks. MODE is one of:
 
 - `emit`: ``Emitter.emit`` per event, exactly what a job's ``progress.update``
-  does (persist, then publish): two Redis round trips each;
-- `persist`: the same two steps, each tick's events sent as two batches (the
-  Lua appends, then the publishes), so one process can offer the rates the web
-  side has to be measured at;
+  does (persist and publish);
+- `persist`: the same, each tick's events sent as one batch of Lua appends (and,
+  publishing after the append, a second batch of publishes), so one process can
+  offer the rates the web side has to be measured at;
 - `publish`: the publishes only: the load Node's `@socket.io/redis-emitter` puts
-  on a socket.io server, for comparing web processes.
+  on a socket.io server, for comparing web processes;
+- `stock`: the publishes only, made by a stock Flask-SocketIO external emitter
+  (``SocketIO(message_queue=...)``) per event and sent through a redis-py
+  pipeline per tick: what anyone's own emitter would send.
 
-The batched modes write RESP themselves (:class:`Raw`) and publish the external
-emitter's own message, from a template checked at start against what the
-emitter really publishes (:class:`Envelopes`).
+PUBLISH, for `emit` and `persist`: `in-append` (the worker's path: the Lua append
+publishes; the default) or `after-append` (a second step after it, the path a
+writer that waits for replicas takes). `persist` and `publish` write RESP
+themselves (:class:`Raw`) and publish the external emitter's own message
+(:class:`taskbeam.emitter.StockEnvelope`, made by the library).
 """
 
 import json
@@ -28,8 +33,11 @@ import sys
 import time
 
 import hiredis
+from flask_socketio import SocketIO
 
+import redis
 from taskbeam import protocol, worker
+from taskbeam.emitter import Emitter, StockEnvelope
 
 PROCESSES = 2
 TICKS_PER_S = 100
@@ -68,76 +76,35 @@ class Raw:
         return replies
 
 
-class Envelopes:
-    """The external emitter's message for a task event, as a template per task.
-
-    Checked at start against what Flask-SocketIO's external emitter really
-    publishes, so the bytes on the channel are the emitter's own."""
-
-    def __init__(self, task_ids):
-        manager = worker.emitter.socketio.server.manager
-        self.channel = manager.channel
-        self.templates = {}
-        for task_id in task_ids:
-            message = {
-                "method": "emit",
-                "event": protocol.TASK_UPDATE_EVENT,
-                "data": ["@"],
-                "binary": False,
-                "namespace": "/",
-                "room": protocol.task_room(task_id),
-                "skip_sid": None,
-                "callback": None,
-                "host_id": manager.host_id,
-            }
-            self.templates[task_id] = manager.json.dumps(message).split('"@"')
-        sample = {
-            "task_id": task_ids[0],
-            "seq": 1,
-            "state": protocol.RUNNING,
-            "progress": 1.0,
-            "message": "bench",
-            "ts": time.time(),
-        }
-        assert self.of(task_ids[0], json.dumps(sample)) == self.real(manager, sample)
-
-    @staticmethod
-    def real(manager, event):
-        published = []
-
-        class Capture:
-            def publish(self, channel, data):
-                published.append(data)
-
-        if not manager.connected:
-            manager._redis_connect()
-        real, manager.redis = manager.redis, Capture()
-        try:
-            worker.emitter.socketio.emit(
-                protocol.TASK_UPDATE_EVENT, event, to=protocol.task_room(event["task_id"])
-            )
-        finally:
-            manager.redis = real
-        return published[0]
-
-    def of(self, task_id, event_json):
-        head, tail = self.templates[task_id]
-        return head + event_json + tail
-
-
-def emit_batch(raw, envelopes, task_ids, first, count, progress, mode):
-    store, emitter = worker.store, worker.emitter
-    if mode == "emit":
-        for i in range(first, first + count):
-            task_id = task_ids[i % len(task_ids)]
-            emitter.emit(task_id, token=TOKENS[task_id], progress=progress, message="bench")
-        return
+def emit_batch(raw, envelope, sender, task_ids, first, count, progress, mode, in_append):
+    """``sender``: the `emit` mode's Emitter, the `stock` mode's SocketIO."""
+    store = worker.store
     now = time.time()
     targets = [task_ids[i % len(task_ids)] for i in range(first, first + count)]
+    if mode == "emit":
+        for task_id in targets:
+            sender.emit(task_id, token=TOKENS[task_id], progress=progress, message="bench")
+        return
+    if mode == "stock":
+        pipe = raw.pipeline(transaction=False)
+        # The emitter's own Redis client replaced by a pipeline: its publishes queue there.
+        sender.server.manager.redis, sender.server.manager.connected = pipe, True
+        for n, task_id in enumerate(targets):
+            event = {
+                "task_id": task_id,
+                "seq": first + n + 1000,
+                "state": protocol.RUNNING,
+                "progress": float(progress),
+                "message": "bench",
+                "ts": now,
+            }
+            sender.emit(protocol.TASK_UPDATE_EVENT, event, to=protocol.task_room(task_id))
+        pipe.execute()
+        return
     if mode == "persist":
         # What TaskStore.append sends for a run's event: its token and an emit id.
-        head = (f"{now:.6f}", protocol.iso_utc(now), store.maxlen, store.retention_s)
-        tail = (store.owner_key(""), "progress", repr(float(progress)), "message", "bench")
+        head = (repr(float(f"{now:.6f}")), protocol.iso_utc(now), store.maxlen, store.retention_s)
+        tail = ("progress", repr(float(progress)), "message", "bench")
         replies = raw.run(
             [
                 raw.command(
@@ -152,11 +119,15 @@ def emit_batch(raw, envelopes, task_ids, first, count, progress, mode):
                     *head,
                     store.new_emit_id(),
                     TOKENS[t],
+                    store.owner_key(""),
+                    *(envelope.around(t) if in_append else ("", "", "")),
                     *tail,
                 )
                 for t in targets
             ]
         )
+        if in_append:
+            return
         events = [reply[1] for reply in replies]  # the event JSON the Lua append wrote
     else:
         events = [
@@ -172,18 +143,26 @@ def emit_batch(raw, envelopes, task_ids, first, count, progress, mode):
             )
             for n, t in enumerate(targets)
         ]
-    raw.run(
-        [
-            raw.command("PUBLISH", envelopes.channel, envelopes.of(t, e))
-            for t, e in zip(targets, events)
-        ]
-    )
+    commands = []
+    for task_id, event in zip(targets, events):
+        channel, head, tail = envelope.around(task_id)
+        commands.append(raw.command("PUBLISH", channel, head + event + tail))
+    raw.run(commands)
 
 
-def emit_share(task_ids, envelopes, rate, seconds, mode, start_at, index, processes, done):
+def emit_share(task_ids, rate, seconds, mode, publish, start_at, index, processes, done):
     """One emitter process: its share of the tasks and of the rate."""
     share = task_ids[index::processes]
-    raw = Raw(worker.store.redis) if mode != "emit" else None
+    envelope = StockEnvelope(worker.emitter.socketio)
+    in_append = publish == "in-append"
+    raw = Raw(worker.store.redis) if mode in ("persist", "publish") else None
+    sender = None
+    if mode == "emit":
+        sender = Emitter(worker.store, worker.emitter.socketio, publish_in_append=in_append)
+    elif mode == "stock":
+        settings = worker.settings
+        raw = redis.Redis.from_url(settings.redis_url)
+        sender = SocketIO(message_queue=settings.redis_url, channel=settings.socketio_channel)
     per_tick = rate / processes / TICKS_PER_S
     sent, owed, tick = 0, 0.0, 0
     while time.time() < start_at:
@@ -192,7 +171,8 @@ def emit_share(task_ids, envelopes, rate, seconds, mode, start_at, index, proces
         owed += per_tick
         count = int(owed)
         if count:
-            emit_batch(raw, envelopes, share, sent, count, (sent // len(share)) % 100, mode)
+            progress = (sent // len(share)) % 100
+            emit_batch(raw, envelope, sender, share, sent, count, progress, mode, in_append)
             sent += count
             owed -= count
         tick += 1
@@ -212,19 +192,19 @@ def main():
         TOKENS[task["id"]] = store.claim_run(task["id"], 24 * 3600)
         store.append(task["id"], token=TOKENS[task["id"]], state=protocol.RUNNING, message="bench")
         ids.append(task["id"])
-    envelopes = Envelopes(ids)
     print(json.dumps({"task_ids": ids}), flush=True)
     for line in sys.stdin:
         if not line.strip():
             break
-        rate, seconds, mode = float(line.split()[0]), float(line.split()[1]), line.split()[2]
+        rate, seconds, mode, *publish = line.split()
+        rate, seconds, publish = float(rate), float(seconds), (publish or ["in-append"])[0]
         done = multiprocessing.Queue()
         start_at = time.time() + 0.2
         processes = min(PROCESSES, len(ids))
         procs = [
             multiprocessing.Process(
                 target=emit_share,
-                args=(ids, envelopes, rate, seconds, mode, start_at, i, processes, done),
+                args=(ids, rate, seconds, mode, publish, start_at, i, processes, done),
             )
             for i in range(processes)
         ]

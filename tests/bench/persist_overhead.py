@@ -1,4 +1,7 @@
-"""Cost of persisting one task event (Lua append) and of persist + publish.
+"""Cost of persisting one task event (Lua append) and of persist + publish: the
+worker's path (the append publishes) and the two-step one (publish after it, the
+path of a writer that waits for replicas), sample by sample in turn so that the
+machine's load falls on both alike.
 
 Runs inside a worker container, next to the stack's Redis, on the worker's own
 code path:  docker compose exec -T worker python - < tests/bench/persist_overhead.py
@@ -10,17 +13,28 @@ import statistics
 import time
 
 from taskbeam import protocol, worker
+from taskbeam.emitter import Emitter
 
 N = 5000
 
 
 def timed(fn, n):
-    samples = []
+    return timed_in_turn([fn], n)[0]
+
+
+def timed_in_turn(fns, n):
+    """``n`` samples of each of ``fns``, taking one of each in turn."""
+    samples = [[] for _ in fns]
     for i in range(n):
-        start = time.perf_counter()
-        fn(i)
-        samples.append((time.perf_counter() - start) * 1e6)
-    samples.sort()
+        for fn, taken in zip(fns, samples):
+            start = time.perf_counter()
+            fn(i)
+            taken.append((time.perf_counter() - start) * 1e6)
+    return [summary(sorted(taken)) for taken in samples]
+
+
+def summary(samples):
+    n = len(samples)
     return {
         "n": n,
         "mean_us": round(statistics.fmean(samples), 1),
@@ -50,8 +64,13 @@ def main():
             ),
             N,
         )
-        emit = timed(
-            lambda i: emitter.emit(task_id, token=token, progress=i % 100, message="bench"), N
+        two_steps = Emitter(store, emitter.socketio, publish_in_append=False)
+        emit, emit_two_steps = timed_in_turn(
+            [
+                lambda i: emitter.emit(task_id, token=token, progress=i % 100, message="bench"),
+                lambda i: two_steps.emit(task_id, token=token, progress=i % 100, message="bench"),
+            ],
+            N,
         )
         # What fsync on every write would cost (Redis ships `everysec`).
         fsync = store.redis.config_get("appendfsync")["appendfsync"]
@@ -77,7 +96,10 @@ def main():
         json.dumps(
             {
                 "persist_event": fenced,
+                # The worker's path: publish_in_append unless it waits for replicas.
                 "persist_and_publish": emit,
+                "persist_and_publish_in_append": emit if emitter.envelope else None,
+                "persist_then_publish": emit_two_steps,
                 "persist_without_checks": plain,
                 "persist_idempotent_only": idempotent,
                 "persist_appendfsync_always": always,
