@@ -22,7 +22,8 @@ An empty line ends it and deletes the tasks. MODE is one of:
 
 PUBLISH, for `emit` and `persist`: `in-append` (the worker's path: the Lua append
 publishes; the default) or `after-append` (a second step after it, the path a
-writer that waits for replicas takes). `persist` and `publish` write RESP
+writer that waits for replicas takes; in Sentinel mode `persist` sends each append's
+WAIT after it, as the store does). `persist` and `publish` write RESP
 themselves (:class:`Raw`) and publish the external emitter's own message
 (:class:`taskbeam.emitter.StockEnvelope`, made by the library).
 """
@@ -105,27 +106,29 @@ def emit_batch(raw, envelope, sender, task_ids, first, count, progress, mode, in
         # What TaskStore.append sends for a run's event: its token and an emit id.
         head = (repr(float(f"{now:.6f}")), protocol.iso_utc(now), store.maxlen, store.retention_s)
         tail = ("progress", repr(float(progress)), "message", "bench")
-        replies = raw.run(
-            [
-                raw.command(
-                    "EVALSHA",
-                    store._append.sha,
-                    5,
-                    store.task_key(t),
-                    store.events_key(t),
-                    store.leases_key,
-                    store.active_key,
-                    store.queued_key,
-                    *head,
-                    store.new_emit_id(),
-                    TOKENS[t],
-                    store.owner_key(""),
-                    *(envelope.around(t) if in_append else ("", "", "")),
-                    *tail,
-                )
-                for t in targets
-            ]
-        )
+        # Sentinel mode: each append followed by its WAIT for replicas, as the store does.
+        wait = [raw.command("WAIT", store.wait_replicas, store.wait_timeout_ms)]
+        appends = [
+            raw.command(
+                "EVALSHA",
+                store._append.sha,
+                5,
+                store.task_key(t),
+                store.events_key(t),
+                store.leases_key,
+                store.active_key,
+                store.queued_key,
+                *head,
+                store.new_emit_id(),
+                TOKENS[t],
+                store.owner_key(""),
+                *(envelope.around(t) if in_append else ("", "", "")),
+                *tail,
+            )
+            for t in targets
+        ]
+        step = 2 if store.wait_replicas else 1
+        replies = raw.run([c for a in appends for c in [a] + wait * (step - 1)])[::step]
         if in_append:
             return
         events = [reply[1] for reply in replies]  # the event JSON the Lua append wrote
