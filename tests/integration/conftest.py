@@ -256,6 +256,23 @@ CHAOS_ROWS = []  # rows of test_chaos.py, test_ha.py and test_swarm.py, printed 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
+def start_watched_tasks(api, watchers, count=10, url=BASE_URL):
+    """``count`` running tasks of 9 s, each followed by a reconnecting client of its
+    own (appended to ``watchers``, for the caller to close); returns the tasks once
+    every one is under way."""
+    tasks = [api.create(steps=30, step_ms=300) for _ in range(count)]
+    for task in tasks:
+        watcher = Watcher(api, url=url).connect()
+        watcher.follow(task["id"])
+        watchers.append(watcher)
+    wait_until(
+        lambda: all(w.last_seq(t["id"]) >= 3 for w, t in zip(watchers, tasks)),
+        60,
+        what="every task under way",
+    )
+    return tasks
+
+
 def record_chaos_row(fault, watchers, tasks, recovery_s, artifact="chaos.json", **more):
     """A row of the chaos table from each task's watched history (``watchers[i]``
     follows ``tasks[i]``), kept in CHAOS_ROWS and saved under tests/artifacts.

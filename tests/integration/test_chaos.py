@@ -18,7 +18,6 @@ from conftest import (
     CHAOS_ROWS,
     TERMINAL,
     Api,
-    Watcher,
     assert_gapless_single_terminal,
     compose,
     container_health,
@@ -26,6 +25,7 @@ from conftest import (
     gaps,
     is_ready,
     record_chaos_row,
+    start_watched_tasks,
     stored_history,
     wait_until,
     worker_container,
@@ -123,16 +123,7 @@ def test_every_task_ends_once_and_gapless_through(fault):
     api = Api()
     watchers = []
     try:
-        tasks = [api.create(steps=30, step_ms=300) for _ in range(TASKS)]
-        for task in tasks:
-            watcher = Watcher(api, url=proxy.url if proxy else BASE_URL).connect()
-            watcher.follow(task["id"])
-            watchers.append(watcher)
-        wait_until(
-            lambda: all(w.last_seq(t["id"]) >= 3 for w, t in zip(watchers, tasks)),
-            60,
-            what="every task under way",
-        )
+        tasks = start_watched_tasks(api, watchers, TASKS, proxy.url if proxy else BASE_URL)
         ctx = {"api": api, "tasks": tasks, "proxy": proxy}
         before = {t["id"]: w.last_seq(t["id"]) for w, t in zip(watchers, tasks)}
         workers_before, fault_at = worker_starts(), time.time()

@@ -20,13 +20,12 @@ import time
 
 import pytest
 from conftest import (
-    BASE_URL,
     Api,
-    Watcher,
     compose,
     docker,
     project_env,
     record_chaos_row,
+    start_watched_tasks,
     stored_history,
     wait_until,
 )
@@ -279,16 +278,7 @@ def test_ha_every_task_ends_once_and_nothing_seen_is_lost(fault, prober):
     api = Api()
     watchers = []
     try:
-        tasks = [api.create(steps=30, step_ms=300) for _ in range(TASKS)]
-        for task in tasks:
-            watcher = Watcher(api, url=BASE_URL).connect()
-            watcher.follow(task["id"])
-            watchers.append(watcher)
-        wait_until(
-            lambda: all(w.last_seq(t["id"]) >= 3 for w, t in zip(watchers, tasks)),
-            60,
-            what="every task under way",
-        )
+        tasks = start_watched_tasks(api, watchers, TASKS)
         ctx = {"api": api}
         fault_at = time.time()
         FAULTS[fault](ctx)

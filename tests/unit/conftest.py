@@ -19,6 +19,20 @@ import redis as redis_lib
 os.environ.pop("WEB_FAST_TRANSPORT", None)
 
 
+def wait_until_serving(client, proc, timeout=10):
+    """Until the redis-server ``proc`` answers ``client`` (closed afterwards)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.ping()
+            return client.close()
+        except redis_lib.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """Path of the Unix socket of a throwaway Redis (no persistence)."""
@@ -30,18 +44,7 @@ def redis_server(tmp_path_factory):
         [binary, "--port", "0", "--unixsocket", sock, "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
     )
-    client = redis_lib.Redis(unix_socket_path=sock)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis_lib.ConnectionError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("redis-server did not start")
-            time.sleep(0.05)
-    client.close()
+    wait_until_serving(redis_lib.Redis(unix_socket_path=sock), proc)
     yield sock
     proc.terminate()
     proc.wait(10)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import kombu
 import pytest
+from conftest import wait_until_serving
 from test_sentinel import free_port
 
 import redis as redis_lib
@@ -50,16 +51,8 @@ class Server:
         argv += ["--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1", "--dir",
                  str(workdir), "--save", "", "--appendonly", "no", *tls_args(certs)]  # fmt: skip
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-        client = tls_client(certs, self.port, password=None if "--sentinel" in extra else PASSWORD)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis_lib.ConnectionError:
-                assert time.monotonic() < deadline and self.proc.poll() is None, "did not start"
-                time.sleep(0.05)
-        client.close()
+        password = None if "--sentinel" in extra else PASSWORD
+        wait_until_serving(tls_client(certs, self.port, password=password), self.proc)
 
     def stop(self):
         self.proc.terminate()
@@ -119,6 +112,9 @@ def test_every_client_works_over_tls(scheme, primary, sentinel, certs, monkeypat
     )
     subscriber, connection = fast.subscribe()
     assert connection.read_response()[0] in (b"subscribe", "subscribe")
+    fast._redis_connect()  # how python-socketio connects to publish the web's own emits
+    fast.redis.publish("tls-test", "hello")
+    assert connection.read_response()[0] in (b"message", "message")
     monkeypatch.setenv("REDIS_URL", settings.redis_url)  # read when the worker module loads
     from taskbeam import worker
 
@@ -141,7 +137,7 @@ def test_every_client_works_over_tls(scheme, primary, sentinel, certs, monkeypat
             message = simple.get(timeout=5)
             assert message.payload == {"n": 1}
             message.ack()
-    for c in (client, subscriber, stock.redis, emitter.socketio.server.manager.redis):
+    for c in (client, subscriber, fast.redis, stock.redis, emitter.socketio.server.manager.redis):
         c.close()
 
 

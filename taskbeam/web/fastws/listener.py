@@ -33,7 +33,11 @@ class FastRedisManager(Heard, seams.PubSubHooks):
     fast_transport = True
 
     def __init__(self, url: str, channel: str, metrics, silence_s=6.0, redis_options=None):
-        super().__init__(url, channel=channel, redis_options=redis_options)
+        # python-socketio publishes this process's own emits: it gets the URL in the form
+        # it reads; the subscription below is made here, from the URL as configured.
+        stock_url, stock_options = sentinel.stock_form(url, redis_options or {})
+        super().__init__(stock_url, channel=channel, redis_options=stock_options)
+        self.subscribe_url, self.subscribe_options = url, dict(redis_options or {})
         self.silence_s = silence_s
         self.metrics = metrics
 
@@ -47,11 +51,11 @@ class FastRedisManager(Heard, seams.PubSubHooks):
 
     def subscribe(self):
         """A connection of its own (auth, TLS, db from the URL) subscribed to the channel."""
-        options = dict(self.redis_options, protocol=2, socket_timeout=self.silence_s)
-        if sentinel.is_sentinel_url(self.redis_url):  # the current primary, asked each time
-            client = sentinel.master_client(self.redis_url, **options)
+        options = dict(self.subscribe_options, protocol=2, socket_timeout=self.silence_s)
+        if sentinel.is_sentinel_url(self.subscribe_url):  # the current primary, asked each time
+            client = sentinel.master_client(self.subscribe_url, **options)
         else:
-            client = redis.Redis.from_url(self.redis_url, **options)
+            client = redis.Redis.from_url(self.subscribe_url, **options)
         connection = client.connection_pool.get_connection()
         connection.send_command("SUBSCRIBE", self.channel)
         return client, connection  # the client too: collected, it would close the socket
