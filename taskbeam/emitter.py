@@ -4,26 +4,30 @@ The event is written to the task's log in Redis (atomically with its seq), and
 only then published to the Socket.IO message queue. A subscriber that misses the
 live message reads it back from the log, so a lost publish loses nothing.
 
-Two ways to publish (``Emitter(publish_in_append=...)``):
+Two ways to publish:
 
-- in the append (the worker's, when nothing waits for replicas): the Lua append
-  PUBLISHes the external emitter's own message itself. One round trip, and since
-  the write and the publish are one atomic step, a worker killed between them can
-  no longer leave an event stored but never published;
-- after the append: Flask-SocketIO's ``emit``, a second round trip. For a writer
-  that must wait between the two (e.g. ``WAIT`` for a replica to hold the append
-  before anyone sees the event), and for the web process, whose own manager
-  delivers its emits to its own sockets and skips its own messages on the queue.
+- by the store (the worker's, ``Emitter(store_publishes=True)``): the store sends
+  the external emitter's own message to the task's room channel, which only the
+  web processes holding that room read (so web capacity grows with replicas;
+  ``taskbeam.web.mq_listener``). Without replicas to wait for, the Lua append
+  publishes it itself: one round trip, and since the write and the publish are
+  one atomic step, a worker killed between them cannot leave an event stored but
+  never published. In Sentinel mode it is published after the append's ``WAIT``
+  (an event may be seen only once a replica has it);
+- by Flask-SocketIO's ``emit`` after the append, to the main channel: the web
+  process's own emits, whose manager delivers them to its own sockets and skips
+  its own messages on the queue.
 
-Either way the bytes on the channel are the stock emitter's, so a stock
-``SocketIO(message_queue=...)`` in any process and every listener keep working.
+Either way the bytes are the stock emitter's, and every web process also reads
+the main channel, so a stock ``SocketIO(message_queue=...)`` in any process keeps
+reaching browsers.
 """
 
 import json
 import logging
 import time
 
-from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+from redis.exceptions import BusyLoadingError, ConnectionError, RedisError, TimeoutError
 
 from . import protocol
 
@@ -75,7 +79,7 @@ class StockEnvelope:
     def __init__(self, socketio):
         manager = socketio.server.manager
         if not hasattr(manager, "redis") or manager.json.dumps is not json.dumps:
-            raise ValueError("the in-append publish needs RedisManager and json.dumps")
+            raise ValueError("publishing by the store needs RedisManager and json.dumps")
         captured = []
 
         class Capture:
@@ -93,9 +97,14 @@ class StockEnvelope:
         self.middle, self.tail = rest.split(json.dumps(self.ROOM))
 
     def around(self, task_id):
-        """``(channel, head, tail)`` for one task's events."""
-        room = json.dumps(protocol.task_room(task_id))
-        return self.channel, self.head, self.middle + room + self.tail
+        """``(channel, room_channel, head, tail)`` for one task's events."""
+        room = protocol.task_room(task_id)
+        return (
+            self.channel,
+            protocol.room_channel(self.channel, room),
+            self.head,
+            self.middle + json.dumps(room) + self.tail,
+        )
 
 
 class Emitter:
@@ -105,18 +114,18 @@ class Emitter:
     :param socketio: a Flask-SocketIO ``SocketIO``; in the worker a write-only
                      external emitter (``SocketIO(message_queue=...)``), no app.
     :param retry_for_s: how long to keep retrying while Redis is unreachable.
-    :param publish_in_append: publish from inside the store's append (one round trip;
-                     see the module's docstring); False publishes with ``socketio``
-                     after the append. Only for an external emitter.
+    :param store_publishes: the store publishes to the task's room channel (see the
+                     module's docstring); False publishes with ``socketio`` after the
+                     append, to the main channel. Only for an external emitter.
     """
 
-    def __init__(self, store, socketio, retry_for_s=60.0, publish_in_append=False):
+    def __init__(self, store, socketio, retry_for_s=60.0, store_publishes=False):
         self.store = store
         self.socketio = socketio
         self.retry_for_s = retry_for_s
-        self.envelope = StockEnvelope(socketio) if publish_in_append else None
-        if self.envelope and store.wait_replicas:
-            raise ValueError("an event is published after its WAIT for replicas, not in it")
+        self.envelope = StockEnvelope(socketio) if store_publishes else None
+        # In Sentinel mode the append waits for replicas; the publish comes after it.
+        self.in_append = self.envelope is not None and not store.wait_replicas
 
     def emit(self, task_id, *, token=None, **patch):
         """Persist and publish one event; returns ``(event, cancel_requested)``.
@@ -132,14 +141,26 @@ class Emitter:
         publish = self.envelope.around(task_id) if self.envelope else None
         event_json, cancel = retrying(
             lambda: self.store.append(
-                task_id, ts=ts, token=token, emit_id=emit_id, publish=publish, **patch
+                task_id,
+                ts=ts,
+                token=token,
+                emit_id=emit_id,
+                publish=publish if self.in_append else None,
+                **patch,
             ),
             deadline_s=self.retry_for_s,
         )
         event = json.loads(event_json)
-        if publish is None:
-            # Best effort (the manager logs and gives up after one retry): the event is
-            # already in the log, and subscribers read it back when they resubscribe.
-            # Killed right here, a worker leaves the event stored but not published.
+        if self.in_append:
+            return event, cancel
+        # Best effort: the event is already in the log, and subscribers read it back
+        # when they resubscribe. Killed right here, a worker leaves it stored only.
+        if publish is None:  # the manager logs and gives up after one retry
             self.socketio.emit(protocol.TASK_UPDATE_EVENT, event, to=protocol.task_room(task_id))
+            return event, cancel
+        channel, room_channel, head, tail = publish
+        try:
+            self.store.publish(channel, room_channel, head + json.dumps(event) + tail)
+        except RedisError as exc:
+            log.warning("event %s/%s not published: %s", task_id, event["seq"], exc)
         return event, cancel

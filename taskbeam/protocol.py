@@ -20,6 +20,12 @@ def task_room(task_id):
     return f"task:{task_id}"
 
 
+def room_channel(channel, room):
+    """The message-queue channel of one room's events (the store publishes task
+    events there; a web process subscribes to the rooms it holds)."""
+    return f"{channel}#{room}"
+
+
 def iso_utc(ts):
     """Unix seconds → ISO 8601 UTC with a trailing Z, as the contract says."""
     stamp = datetime.fromtimestamp(ts, tz=UTC)

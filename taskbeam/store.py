@@ -12,6 +12,8 @@ Keys (``ns`` is TASKBEAM_NAMESPACE):
                               (a task's queue position is its rank here)
 - ``ns:leases``               sorted set of running task ids by lease expiry (Redis clock)
 - ``ns:workers``              sorted set of worker host names by when each last consumed
+- ``ns:socketio:main-only``   set (with a short TTL) while a web process reads only the
+                              main message-queue channel (``mq_listener``)
 
 A new task's keys expire after ``TASK_RETENTION_S`` plus the task time limit even
 if it never runs; the terminal event sets them to expire ``TASK_RETENTION_S``
@@ -106,11 +108,13 @@ end
 # token is not the current one (fencing); and answers a retried emit whose first
 # try was applied with that event instead of writing it twice.
 #
-# With a channel in ARGV[8], the script also PUBLISHes the event there inside the
-# external emitter's message (ARGV[9] .. event .. ARGV[10]), the event rendered as
-# Python's json.dumps renders it, so the bytes are the stock emitter's own: one
-# round trip for the worker, and no event can be stored but never published. A
-# retry answered from the log publishes nothing: its first try already did.
+# With a channel in ARGV[8], the script also PUBLISHes the event inside the external
+# emitter's message (ARGV[10] .. event .. ARGV[11]), the event rendered as Python's
+# json.dumps renders it, so the bytes are the stock emitter's own: one round trip for
+# the worker, and no event can be stored but never published. It goes to the task's
+# room channel (ARGV[9]), which only web processes holding the room read, unless a
+# web reads the main channel only (KEYS[6] exists): then to the main channel ARGV[8].
+# A retry answered from the log publishes nothing: its first try already did.
 _APPEND = (
     _TERMINAL
     + _PY_JSON
@@ -132,7 +136,7 @@ if token ~= '' and (cur[3] ~= token or not redis.call('ZSCORE', leases, cur[2]))
 end
 -- done/total (a progress report's counts) go into this event only, not the snapshot.
 local counts = {}
-for i = 11, #ARGV, 2 do
+for i = 12, #ARGV, 2 do
   if ARGV[i] == 'done' or ARGV[i] == 'total' then
     counts[#counts + 1] = ARGV[i]
     counts[#counts + 1] = ARGV[i + 1]
@@ -169,11 +173,20 @@ if terminal(f[2]) then
   if cur[5] then redis.call('SREM', ARGV[7] .. cur[5] .. ':active', f[1]) end
 end
 if channel ~= '' then
-  redis.call('PUBLISH', channel, ARGV[9] .. event_of(py_str, ': ', ', ') .. ARGV[10])
+  if ARGV[9] ~= '' and redis.call('EXISTS', KEYS[6]) == 0 then channel = ARGV[9] end
+  redis.call('PUBLISH', channel, ARGV[10] .. event_of(py_str, ': ', ', ') .. ARGV[11])
 end
 return {seq, event, f[7] or '0'}
 """
 )
+
+# The same choice of channel for a message published after its append (a writer
+# that waits for replicas first): the room channel ARGV[2] unless KEYS[1] exists.
+_PUBLISH = """
+local channel = ARGV[1]
+if ARGV[2] ~= '' and redis.call('EXISTS', KEYS[1]) == 0 then channel = ARGV[2] end
+return redis.call('PUBLISH', channel, ARGV[3])
+"""
 
 # Removes a finished task of its owner and every key naming it, in one step:
 # -1 no such task (or not the owner's), 0 not finished yet, 1 removed.
@@ -368,10 +381,12 @@ class TaskStore:
         self._release_lease = redis.register_script(_RELEASE_LEASE)
         self._reap = redis.register_script(_REAP)
         self._remove_finished = redis.register_script(_REMOVE_FINISHED)
+        self._publish = redis.register_script(_PUBLISH)
         self.leases_key = f"{self.ns}:leases"
         self.active_key = f"{self.ns}:active"
         self.queued_key = f"{self.ns}:queued"
         self.workers_key = f"{self.ns}:workers"
+        self.main_only_key = f"{self.ns}:socketio:main-only"
 
     def task_key(self, task_id):
         return f"{self.ns}:task:{task_id}"
@@ -499,9 +514,11 @@ class TaskStore:
                       outside a run (a cancel while queued, the sweeper).
         :param emit_id: names this write, so that a retry after a lost reply does not
                         write it twice.
-        :param publish: ``(channel, head, tail)``: also PUBLISH ``head + event + tail``
-                        to ``channel`` in the same step (the external emitter's message,
-                        :class:`taskbeam.emitter.StockEnvelope`); None publishes nothing.
+        :param publish: ``(channel, room_channel, head, tail)``: also PUBLISH
+                        ``head + event + tail`` in the same step (the external emitter's
+                        message, :class:`taskbeam.emitter.StockEnvelope`), to
+                        ``room_channel`` unless a web reads ``channel`` only (see
+                        :meth:`publish`); None publishes nothing.
         :returns: ``(event_json, cancel_requested)``.
         :raises TaskGone: the task does not exist.
         :raises TaskFinished: the task is already terminal; nothing was written.
@@ -517,7 +534,7 @@ class TaskStore:
             emit_id or "",
             "" if token is None else str(token),
             self.owner_key(""),
-            *(publish or ("", "", "")),
+            *(publish or ("", "", "", "")),
         ]
         for field, value in patch.items():
             if field == "progress":
@@ -535,6 +552,7 @@ class TaskStore:
             self.leases_key,
             self.active_key,
             self.queued_key,
+            self.main_only_key,
         ]
         reply = self._call(self._append, keys, args)
         code = int(reply[0])
@@ -545,6 +563,12 @@ class TaskStore:
         if code == -2:
             raise LeaseLost(task_id)
         return reply[1], reply[2] == "1"
+
+    def publish(self, channel, room_channel, message):
+        """PUBLISH ``message`` to ``room_channel``, read only by the web processes that
+        hold the room, or to the main ``channel`` while some web reads nothing else
+        (``main_only_key`` exists: the stock listener, which cannot subscribe to more)."""
+        return self._publish(keys=[self.main_only_key], args=[channel, room_channel, message])
 
     def _call(self, script, keys, args):
         """Run a Lua script; in Sentinel mode (``wait_replicas``) return only once

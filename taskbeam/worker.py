@@ -90,10 +90,9 @@ def make_runtime(settings, redis_conn=None, socketio=None):
             url, channel=settings.socketio_channel, write_only=True, redis_options=redis_options
         ),
     )
-    # The Lua append publishes the event itself: one round trip per event. In Sentinel
-    # mode an event may be seen only once a replica has it, so it is published after
-    # the append's WAIT instead: the one switch (taskbeam/emitter.py).
-    emitter = Emitter(store, socketio, publish_in_append=not settings.redis_wait_replicas)
+    # The store publishes each event to its room's channel: from inside the Lua append
+    # (one round trip), or in Sentinel mode after the append's WAIT (taskbeam/emitter.py).
+    emitter = Emitter(store, socketio, store_publishes=True)
     return Runtime(settings, broker.make_celery(settings), store, emitter)
 
 

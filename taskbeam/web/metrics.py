@@ -105,6 +105,12 @@ class Metrics:
                     round(self.lag_last, 6),
                 ),
                 (
+                    "taskbeam_mq_room_channels",
+                    "gauge",
+                    "Room channels this process's message-queue listener subscribes to.",
+                    len(getattr(manager, "room_channels", ())),
+                ),
+                (
                     "taskbeam_fast_transport",
                     "gauge",
                     "1: the fast WebSocket transport (fastws); 0: stock python-engineio/socketio.",

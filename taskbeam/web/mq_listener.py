@@ -6,6 +6,11 @@ python-socketio's stock ``RedisManager`` (:class:`StockRedisManager`, for
 both have (:class:`Heard`): a self-addressed heartbeat that the listener must
 hear, so ``/readyz`` can tell a live listener from a dead one, and a call when
 a lost subscription is back, after which every client reconnects and resumes.
+
+The store publishes task events to per-room channels (taskbeam/emitter.py),
+which the fast listener subscribes to for the rooms its process holds. The stock
+listener reads one channel only: while one runs, it keeps a key set in Redis
+(``TaskStore.main_only_key``) that makes the store publish to the main channel.
 """
 
 from __future__ import annotations
@@ -38,6 +43,14 @@ class Heard:
 
     last_heard = 0.0
     on_resubscribed = None  # called (no arguments) when a lost subscription is back
+    reads_main_only = True  # no room channels: task events must come on the main one
+
+    def watch_room(self, room, timeout_s=5.0) -> bool:
+        """The room's events arrive here from now on (per-room channels: the fast listener)."""
+        return True
+
+    def forget_idle_rooms(self) -> int:
+        return 0
 
     def trigger_callback(self, sid, id, data):
         if sid == HEARTBEAT_SID:
@@ -117,11 +130,14 @@ class QueueWatch:
 
     interval_s = 2.0
     stale_after_s = 3 * interval_s
+    # Longer than stale_after_s: this process stops serving before the key lapses.
+    main_only_ttl_s = 15
 
-    def __init__(self, sio, manager: Heard, client: redis.Redis):
+    def __init__(self, sio, manager: Heard, client: redis.Redis, main_only_key: str):
         self.sio = sio
         self.manager = manager
         self.client = client  # publishes the heartbeat
+        self.main_only_key = main_only_key
 
     @property
     def healthy(self) -> bool:
@@ -135,7 +151,12 @@ class QueueWatch:
         self.sio.start_background_task(self._run)
 
     def publish_heartbeat(self) -> None:
+        """The heartbeat; with a listener that reads the main channel only, the key
+        that sends task events there, set first: once the heartbeat is heard (and
+        clients are let in) no event goes where this process cannot read it."""
         try:
+            if self.manager.reads_main_only:
+                self.client.set(self.main_only_key, "1", ex=self.main_only_ttl_s)
             self.client.publish(self.manager.channel, self.manager.heartbeat_message())
         except redis.RedisError as exc:
             log.warning("message-queue heartbeat not published: %s", exc)
@@ -143,6 +164,7 @@ class QueueWatch:
     def _run(self):
         was_healthy = False
         while True:
+            self.manager.forget_idle_rooms()
             self.publish_heartbeat()
             self.sio.sleep(self.interval_s)
             healthy = self.healthy

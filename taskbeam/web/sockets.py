@@ -97,9 +97,15 @@ def on_subscribe(data=None):
     subscriptions = session.setdefault("subscriptions", set())
     if task_id not in subscriptions and len(subscriptions) >= MAX_SUBSCRIPTIONS:
         return _error("invalid_params", f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection")
-    # Join first, read second: an event published in between arrives live and
-    # also in `missed`, never in neither; the client drops the duplicate by seq.
-    join_room(protocol.task_room(task_id))
+    # Join (and have the room's channel on this process's subscription) first, read
+    # second: an event published in between arrives live and also in `missed`, never
+    # in neither; the client drops the duplicate by seq.
+    room = protocol.task_room(task_id)
+    join_room(room)
+    if not _services().queue_watch.manager.watch_room(room):
+        if task_id not in subscriptions:
+            leave_room(room)
+        return _error("unavailable", "The message queue is not reachable; subscribe again shortly.")
     subscriptions.add(task_id)
     snapshot = store.snapshot_of(store.record(task_id) or rec)
     page, next_after, more = store.events_page(task_id, after, MAX_EVENTS_PAGE)

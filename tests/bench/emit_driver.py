@@ -14,8 +14,8 @@ An empty line ends it and deletes the tasks. MODE is one of:
 - `persist`: the same, each tick's events sent as one batch of Lua appends (and,
   publishing after the append, a second batch of publishes), so one process can
   offer the rates the web side has to be measured at;
-- `publish`: the publishes only: the load Node's `@socket.io/redis-emitter` puts
-  on a socket.io server, for comparing web processes;
+- `publish`: the publishes only, to each task's room channel as the worker's
+  path sends them: the web side's load without the store's;
 - `stock`: the publishes only, made by a stock Flask-SocketIO external emitter
   (``SocketIO(message_queue=...)``) per event and sent through a redis-py
   pipeline per tick: what anyone's own emitter would send.
@@ -112,17 +112,18 @@ def emit_batch(raw, envelope, sender, task_ids, first, count, progress, mode, in
             raw.command(
                 "EVALSHA",
                 store._append.sha,
-                5,
+                6,
                 store.task_key(t),
                 store.events_key(t),
                 store.leases_key,
                 store.active_key,
                 store.queued_key,
+                store.main_only_key,
                 *head,
                 store.new_emit_id(),
                 TOKENS[t],
                 store.owner_key(""),
-                *(envelope.around(t) if in_append else ("", "", "")),
+                *(envelope.around(t) if in_append else ("", "", "", "")),
                 *tail,
             )
             for t in targets
@@ -148,8 +149,8 @@ def emit_batch(raw, envelope, sender, task_ids, first, count, progress, mode, in
         ]
     commands = []
     for task_id, event in zip(targets, events):
-        channel, head, tail = envelope.around(task_id)
-        commands.append(raw.command("PUBLISH", channel, head + event + tail))
+        _channel, room_channel, head, tail = envelope.around(task_id)
+        commands.append(raw.command("PUBLISH", room_channel, head + event + tail))
     raw.run(commands)
 
 
@@ -161,7 +162,7 @@ def emit_share(task_ids, rate, seconds, mode, publish, start_at, index, processe
     raw = Raw(worker.store.redis) if mode in ("persist", "publish") else None
     sender = None
     if mode == "emit":
-        sender = Emitter(worker.store, worker.emitter.socketio, publish_in_append=in_append)
+        sender = Emitter(worker.store, worker.emitter.socketio, store_publishes=in_append)
     elif mode == "stock":
         settings = worker.settings
         raw = redis.Redis.from_url(settings.redis_url)

@@ -64,7 +64,7 @@ def main():
             ),
             N,
         )
-        two_steps = Emitter(store, emitter.socketio, publish_in_append=False)
+        two_steps = Emitter(store, emitter.socketio, store_publishes=False)
         emit, emit_two_steps = timed_in_turn(
             [
                 lambda i: emitter.emit(task_id, token=token, progress=i % 100, message="bench"),
@@ -96,9 +96,9 @@ def main():
         json.dumps(
             {
                 "persist_event": fenced,
-                # The worker's path: publish_in_append unless it waits for replicas.
+                # The worker's path: the append publishes, unless it waits for replicas.
                 "persist_and_publish": emit,
-                "persist_and_publish_in_append": emit if emitter.envelope else None,
+                "persist_and_publish_in_append": emit if emitter.in_append else None,
                 "persist_then_publish": emit_two_steps,
                 "persist_without_checks": plain,
                 "persist_idempotent_only": idempotent,

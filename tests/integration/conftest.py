@@ -99,6 +99,8 @@ class Watcher:
         self.url = url
         self.events = {}  # task_id -> {seq: event}
         self.duplicates = 0
+        self.live_seen = set()  # (connection number, task_id, seq) of live events
+        self.live_duplicates = 0  # the same event twice on one connection: never allowed
         self.gaps_refetched = 0  # live events that showed a gap, answered by a resubscribe
         self.lock = threading.Condition()
         self.sio = socketio.Client(
@@ -158,6 +160,9 @@ class Watcher:
         with self.lock:
             seen = self.events.get(event["task_id"], {})
             last = max(seen or {0: None})
+            live = (self.connects, event["task_id"], event["seq"])
+            self.live_duplicates += live in self.live_seen
+            self.live_seen.add(live)
         self._keep(event)
         if seen and event["seq"] > last + 1:
             # A gap, answered as the contract tells clients to: subscribe again with the

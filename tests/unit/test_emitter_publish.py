@@ -1,7 +1,8 @@
 """The worker's one-round-trip path (taskbeam/emitter.py, the store's Lua append):
 the message the script PUBLISHes is byte for byte what a stock Flask-SocketIO
 external emitter (``SocketIO(message_queue=...)``, python-socketio's RedisManager)
-publishes for the same event, against the real library and a real Redis.
+publishes for the same event, against the real library and a real Redis; it goes
+to the task's room channel, or to the main one while a web reads only that.
 """
 
 import json
@@ -40,12 +41,12 @@ def store(redis_client):
 
 
 class Channel:
-    """A subscriber of the message-queue channel that returns the raw bytes."""
+    """A subscriber of a message-queue channel that returns the raw bytes."""
 
-    def __init__(self, redis_server):
+    def __init__(self, redis_server, name=CHANNEL):
         self.client = redis_lib.Redis(unix_socket_path=redis_server)
         self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        self.pubsub.subscribe(CHANNEL)
+        self.pubsub.subscribe(name)
         self.pubsub.get_message(timeout=5)  # the subscription's confirmation
 
     def next(self, timeout=5):
@@ -64,10 +65,28 @@ class Channel:
 
 
 @pytest.fixture
-def channel(redis_server):
+def main(redis_server):
+    """The main channel: stock emitters, and task events while a web reads only it."""
     listening = Channel(redis_server)
     yield listening
     listening.close()
+
+
+@pytest.fixture
+def task(store):
+    return running_task(store)
+
+
+@pytest.fixture
+def channel(redis_server, task):
+    """The running task's room channel, where the store publishes its events."""
+    listening = Channel(redis_server, room_channel(task[0]))
+    yield listening
+    listening.close()
+
+
+def room_channel(task_id):
+    return protocol.room_channel(CHANNEL, protocol.task_room(task_id))
 
 
 def running_task(store, message="started"):
@@ -77,9 +96,9 @@ def running_task(store, message="started"):
     return task_id, token
 
 
-def stock_bytes(stock, channel, event):
+def stock_bytes(stock, main, event):
     stock.emit(protocol.TASK_UPDATE_EVENT, event, to=protocol.task_room(event["task_id"]))
-    return channel.next()
+    return main.next()
 
 
 PATCHES = [
@@ -98,12 +117,13 @@ PATCHES = [
 
 @pytest.mark.parametrize("patch", PATCHES, ids=lambda p: ",".join(p))
 def test_the_in_append_publish_is_the_stock_emitters_message_byte_for_byte(
-    store, stock, channel, patch
+    store, stock, task, channel, main, patch
 ):
-    task_id, token = running_task(store)
-    event, _ = Emitter(store, stock, publish_in_append=True).emit(task_id, token=token, **patch)
+    task_id, token = task
+    event, _ = Emitter(store, stock, store_publishes=True).emit(task_id, token=token, **patch)
     published = channel.next()
-    assert published == stock_bytes(stock, channel, event)
+    assert main.quiet()  # only web processes holding the room read it
+    assert published == stock_bytes(stock, main, event)
     message = json.loads(published)
     assert message["data"] == [event] and message["room"] == protocol.task_room(task_id)
     assert store.events_after(task_id, 0)[-1] == event  # what a resubscribe reads back
@@ -114,26 +134,27 @@ def test_the_in_append_publish_is_the_stock_emitters_message_byte_for_byte(
 )
 @given(message=st.text(max_size=40), progress=st.floats(0, 100), ts=st.floats(0, 4e9))
 def test_any_message_text_progress_and_time_give_the_stock_bytes(
-    store, stock, channel, message, progress, ts
+    store, stock, main, message, progress, ts
 ):
     task_id, token = running_task(store, message)
     envelope = StockEnvelope(stock)
+    store.redis.set(store.main_only_key, "1")  # a web reads the main channel only
     event_json, _ = store.append(
         task_id, ts, token=token, publish=envelope.around(task_id), progress=progress
     )
-    assert channel.next() == stock_bytes(stock, channel, json.loads(event_json))
+    assert main.next() == stock_bytes(stock, main, json.loads(event_json))
 
 
 def test_each_path_publishes_once_and_a_retry_answered_from_the_log_not_again(
-    store, stock, channel
+    store, stock, task, channel, main
 ):
-    task_id, token = running_task(store)
-    Emitter(store, stock, publish_in_append=False).emit(task_id, token=token, progress=1)
-    after = channel.next()
-    assert channel.quiet()
-    Emitter(store, stock, publish_in_append=True).emit(task_id, token=token, progress=2)
+    task_id, token = task
+    Emitter(store, stock, store_publishes=False).emit(task_id, token=token, progress=1)
+    after = main.next()
+    assert main.quiet() and channel.quiet()
+    Emitter(store, stock, store_publishes=True).emit(task_id, token=token, progress=2)
     inside = channel.next()
-    assert channel.quiet()
+    assert main.quiet() and channel.quiet()
     # Two events, the same envelope: what tells them apart is the event.
     after, inside = json.loads(after), json.loads(inside)
     assert after["data"][0]["seq"] + 1 == inside["data"][0]["seq"]
@@ -147,9 +168,9 @@ def test_each_path_publishes_once_and_a_retry_answered_from_the_log_not_again(
     assert channel.quiet()
 
 
-def test_a_refused_append_publishes_nothing(store, stock, channel):
-    task_id, token = running_task(store)
-    emitter = Emitter(store, stock, publish_in_append=True)
+def test_a_refused_append_publishes_nothing(store, stock, task, channel):
+    task_id, token = task
+    emitter = Emitter(store, stock, store_publishes=True)
     emitter.emit(task_id, token=token, state=protocol.SUCCEEDED, progress=100, result=1)
     channel.next()
     with pytest.raises(TaskFinished):
@@ -157,24 +178,54 @@ def test_a_refused_append_publishes_nothing(store, stock, channel):
     assert channel.quiet()
 
 
+def test_while_a_web_reads_only_the_main_channel_the_store_publishes_there(
+    store, stock, task, channel, main
+):
+    """The stock listener (WEB_FAST_TRANSPORT=0) cannot subscribe to room channels:
+    while its key is set, every path sends the event to the main channel instead."""
+    task_id, token = task
+    emitter = Emitter(store, stock, store_publishes=True)
+    store.redis.set(store.main_only_key, "1", ex=15)
+    event, _ = emitter.emit(task_id, token=token, progress=5)
+    assert main.next() == stock_bytes(stock, main, event) and channel.quiet()
+    channel_name, room, head, tail = StockEnvelope(stock).around(task_id)
+    store.publish(channel_name, room, head + json.dumps(event) + tail)
+    assert json.loads(main.next())["data"] == [event] and channel.quiet()
+    store.redis.delete(store.main_only_key)  # that web is gone: back to the room's channel
+    event, _ = emitter.emit(task_id, token=token, progress=6)
+    assert channel.next() == stock_bytes(stock, main, event)
+
+
 def test_an_emitter_without_the_stock_redis_manager_cannot_publish_in_the_append():
     class NotRedis:
         server = type("S", (), {"manager": object()})()
 
     with pytest.raises(ValueError):
-        Emitter(None, NotRedis(), publish_in_append=True)
+        Emitter(None, NotRedis(), store_publishes=True)
 
 
-def test_in_sentinel_mode_the_event_is_published_after_its_wait_not_in_the_append(store, stock):
+def test_in_sentinel_mode_the_event_is_published_after_its_wait_not_in_the_append(
+    store, stock, task, channel, main, monkeypatch
+):
     """An event may be seen only once a replica has it (REDIS_WAIT_REPLICAS): the
-    in-append publish would show it before the WAIT."""
+    in-append publish would show it before the WAIT. (No replica here: the WAIT's
+    count is faked, the script and the publish are real.)"""
+    task_id, token = task
     store.wait_replicas = 1
-    with pytest.raises(ValueError, match="after its WAIT"):
-        Emitter(store, stock, publish_in_append=True)
-    assert Emitter(store, stock).envelope is None
+    waits = []
+
+    def script_then_wait(script, keys, args):
+        reply = script(keys=keys, args=args)
+        waits.append(channel.quiet(0.05))  # nothing published before the WAIT's reply
+        return reply, 1
+
+    monkeypatch.setattr(store, "_script_then_wait", script_then_wait)
+    event, _ = Emitter(store, stock, store_publishes=True).emit(task_id, token=token, progress=9)
+    assert waits == [True]
+    assert channel.next() == stock_bytes(stock, main, event)
 
 
-def test_the_worker_publishes_in_the_append_only_without_replicas_to_wait_for():
+def test_the_worker_publishes_by_the_store_in_the_append_only_without_replicas_to_wait_for():
     import os
 
     os.environ.setdefault("REDIS_URL", "redis://placeholder:6379/0")
@@ -183,4 +234,5 @@ def test_the_worker_publishes_in_the_append_only_without_replicas_to_wait_for():
     for replicas, in_append in (("0", True), ("1", False)):
         env = {"REDIS_URL": "redis://placeholder:6379/0", "REDIS_WAIT_REPLICAS": replicas}
         runtime = worker.make_runtime(config.load(env, need_secret=False))
-        assert (runtime.emitter.envelope is not None) is in_append
+        assert runtime.emitter.envelope is not None
+        assert runtime.emitter.in_append is in_append

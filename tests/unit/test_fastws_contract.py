@@ -306,6 +306,89 @@ def test_the_fast_listener_reads_replies_split_across_reads_and_resubscribes(pro
     assert got[-1] == "stop"
 
 
+def numsub(client, channel):
+    return client.pubsub_numsub(channel)[0][1]
+
+
+def listening(manager):
+    """The listener's messages, gathered by a thread, as the list it fills."""
+    got = []
+
+    def listen():
+        for message in manager.listen():
+            got.append(message)
+
+    threading.Thread(target=listen, daemon=True).start()
+    return got
+
+
+def test_the_fast_listener_reads_the_rooms_it_holds_and_lets_go_of_idle_ones(proxy, redis_client):
+    """Per-room channels (the store publishes task events there): a room's channel is
+    on the subscription once watch_room returns, gone once no socket holds the room,
+    and back with the subscription after a lost connection."""
+    manager = listener.FastRedisManager(f"unix://{proxy.path}", "sio", Metrics())
+    socketio.Server(async_mode="threading", client_manager=manager)  # its listener not started
+    resubscribed = threading.Event()
+    manager.on_resubscribed = resubscribed.set
+    room_a, room_b = "sio#task:a", "sio#task:b"
+    s1, s2 = manager.connect("e1", "/"), manager.connect("e2", "/")
+    early = []  # a subscribe before the listener has a connection waits for it
+    waiting = threading.Thread(target=lambda: early.append(manager.watch_room("task:b")))
+    manager.enter_room(s2, "/", "task:b", "e2")
+    waiting.start()
+    got = listening(manager)
+    waiting.join(10)
+    assert early == [True] and numsub(redis_client, room_b) == 1
+    redis_client.publish(room_a, "nobody here holds task:a")
+    manager.enter_room(s1, "/", "task:a", "e1")
+    assert manager.watch_room("task:a")
+    assert numsub(redis_client, room_a) == 1 and numsub(redis_client, "sio") == 1
+    for channel, message in (("sio", "main"), (room_a, "a"), (room_b, "b")):
+        redis_client.publish(channel, message)
+    thread_wait(lambda: len(got) == 3)
+    assert got == ["main", "a", "b"]
+    assert manager.forget_idle_rooms() == 0  # both rooms are held
+    manager.leave_room(s1, "/", "task:a")
+    assert manager.forget_idle_rooms() == 1
+    thread_wait(lambda: numsub(redis_client, room_a) == 0)
+    assert numsub(redis_client, room_b) == 1
+    proxy.drop_connections()
+    thread_wait(resubscribed.is_set)
+    thread_wait(lambda: numsub(redis_client, room_b) == 1)
+    assert manager.watch_room("task:b", timeout_s=5)
+    redis_client.publish(room_b, "b again")
+    thread_wait(lambda: got[-1:] == ["b again"])
+    assert numsub(redis_client, room_a) == 0
+
+
+def test_a_room_is_refused_while_the_listener_cannot_subscribe():
+    manager = listener.FastRedisManager("redis://127.0.0.1:9", "sio", Metrics())  # nothing there
+    assert manager.watch_room("task:a", timeout_s=0.2) is False
+
+
+@pytest.mark.parametrize("kind", ["fast", "stock"])
+def test_a_web_reading_the_main_channel_only_keeps_the_store_publishing_there(
+    kind, redis_server, redis_client
+):
+    """The stock listener cannot subscribe to room channels: its heartbeat sets, first,
+    the key that sends task events to the main channel (TaskStore.main_only_key), for
+    longer than it takes QueueWatch to notice a deaf listener; the fast one does not."""
+    url = f"unix://{redis_server}"
+    manager = (
+        listener.FastRedisManager(url, "sio", Metrics())
+        if kind == "fast"
+        else StockRedisManager(url, "sio", Metrics())
+    )
+    watch = mq_listener.QueueWatch(None, manager, redis_client, "t:socketio:main-only")
+    redis_client.delete("t:socketio:main-only")
+    watch.publish_heartbeat()
+    ttl = redis_client.ttl("t:socketio:main-only")
+    if kind == "fast":
+        assert ttl == -2  # no such key
+    else:
+        assert watch.stale_after_s < ttl <= watch.main_only_ttl_s
+
+
 def heartbeat_and_resubscription(kind, redis_path, tmp):
     """Run in a process of its own (``python -c``): python-socketio's listener thread
     runs forever, and must not outlive the test."""
@@ -423,7 +506,9 @@ def test_clients_reconnect_by_themselves_after_a_deaf_listener_drops_them(fast):
     in_thread(lambda: client.connect(f"http://127.0.0.1:{server.port}", transports=["websocket"]))
     try:
         wait_for(lambda: len(connects) == 1)
-        watch = mq_listener.QueueWatch(SimpleNamespace(server=server.sio), server.sio.manager, None)
+        watch = mq_listener.QueueWatch(
+            SimpleNamespace(server=server.sio), server.sio.manager, None, "unused"
+        )
         watch._disconnect_all()
         wait_for(lambda: len(connects) == 2, timeout=10)
     finally:

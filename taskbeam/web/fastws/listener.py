@@ -6,18 +6,24 @@ tens of microseconds of Python per message, and retries forever while cut off,
 only logging. This one reads the subscribed socket itself, parses every message
 that arrived in one ``recv`` with hiredis, records when it last heard anything,
 and tells its watcher (``on_resubscribed``) when a lost subscription is back.
+
+Besides the main channel (stock emitters, the web processes' own emits) its
+subscription carries the channel of each room this process holds
+(:meth:`watch_room`), where the store publishes task events: a process reads
+the events of its own clients' tasks only, so capacity grows with replicas.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import hiredis
 
 import redis
 
-from ... import sentinel
+from ... import protocol, sentinel
 from ..mq_listener import Heard
 from . import seams, transport
 
@@ -26,11 +32,21 @@ log = logging.getLogger(__name__)
 READ_BYTES = 256 * 1024
 
 
+class RoomChannel:
+    """One room's channel on the subscription: ``ready`` once Redis confirmed it."""
+
+    __slots__ = ("room", "ready")
+
+    def __init__(self, room):
+        self.room, self.ready = room, threading.Event()
+
+
 class FastRedisManager(Heard, seams.PubSubHooks):
     """:param silence_s: reconnect when nothing (not even a heartbeat) arrived for this long.
     :param metrics: counts the task events delivered (``taskbeam.web.metrics.Metrics``)."""
 
     fast_transport = True
+    reads_main_only = False
 
     def __init__(self, url: str, channel: str, metrics, silence_s=6.0, redis_options=None):
         # python-socketio publishes this process's own emits: it gets the URL in the form
@@ -40,6 +56,51 @@ class FastRedisManager(Heard, seams.PubSubHooks):
         self.subscribe_url, self.subscribe_options = url, dict(redis_options or {})
         self.silence_s = silence_s
         self.metrics = metrics
+        # channel -> RoomChannel. An entry means one SUBSCRIBE for it is sent or
+        # confirmed on the current connection (or will be sent by the next one).
+        self.room_channels = {}
+        self.subscription = None  # the subscribed socket, while there is one
+        self.send_lock = threading.Lock()  # commands from handlers and the sweep
+
+    def watch_room(self, room, timeout_s=5.0) -> bool:
+        """Make sure the subscription carries ``room``'s channel; True once Redis
+        confirmed it (what is published after that arrives here), False if it did
+        not in ``timeout_s``. Call it after joining the room, before reading the log."""
+        channel = protocol.room_channel(self.channel, room)
+        watched = self.room_channels.get(channel)
+        if watched is None:
+            watched = self.room_channels[channel] = RoomChannel(room)
+            self.send("SUBSCRIBE", channel)
+        return watched.ready.wait(timeout_s)
+
+    def forget_idle_rooms(self) -> int:
+        """Unsubscribe the channels of rooms no socket here holds any more; how many.
+        A channel still waiting for its confirmation stays (that SUBSCRIBE's reply
+        must not be taken for a later one's)."""
+        held = seams.rooms(self).get("/", {})
+        idle = [
+            channel
+            for channel, watched in self.room_channels.items()
+            if watched.ready.is_set() and not held.get(watched.room)
+        ]
+        for channel in idle:
+            del self.room_channels[channel]
+        for start in range(0, len(idle), 1000):
+            self.send("UNSUBSCRIBE", *idle[start : start + 1000])
+        return len(idle)
+
+    def send(self, *command):
+        """Write a command on the subscription; without one (or if this fails) the
+        listener's next connection subscribes every watched channel itself."""
+        subscription = self.subscription
+        if subscription is None:
+            return
+        sock, connection = subscription
+        try:
+            with self.send_lock:
+                sock.sendall(b"".join(connection.pack_command(*command)))
+        except OSError as exc:
+            log.warning("message-queue listener: %s not sent: %s", command[0], exc)
 
     def handle_emit(self, message: dict) -> bool:
         # The one place task events from any emitter reach this process's sockets.
@@ -50,14 +111,22 @@ class FastRedisManager(Heard, seams.PubSubHooks):
         return True
 
     def subscribe(self):
-        """A connection of its own (auth, TLS, db from the URL) subscribed to the channel."""
+        """A connection of its own (auth, TLS, db from the URL) subscribed to the main
+        channel and to every watched room's."""
         options = dict(self.subscribe_options, protocol=2, socket_timeout=self.silence_s)
         if sentinel.is_sentinel_url(self.subscribe_url):  # the current primary, asked each time
             client = sentinel.master_client(self.subscribe_url, **options)
         else:
             client = redis.Redis.from_url(self.subscribe_url, **options)
         connection = client.connection_pool.get_connection()
-        connection.send_command("SUBSCRIBE", self.channel)
+        # From here on watch_room writes to this connection; the channels watched
+        # until now are subscribed below, each unconfirmed until its reply comes.
+        channels = list(self.room_channels)
+        for watched in self.room_channels.values():
+            watched.ready.clear()
+        self.subscription = seams.redis_socket(connection), connection
+        with self.send_lock:
+            connection.send_command("SUBSCRIBE", self.channel, *channels)
         return client, connection  # the client too: collected, it would close the socket
 
     def listen(self):
@@ -78,13 +147,19 @@ class FastRedisManager(Heard, seams.PubSubHooks):
                     reader.feed(data)
                     reply = reader.gets()
                     while reply is not False:
-                        # ["message", channel, data], or ["subscribe", channel, 1] once subscribed.
-                        if reply[0] == "message" and reply[1] == channel:
+                        # ["message", channel, data]; ["subscribe", channel, n] once
+                        # subscribed, ["unsubscribe", channel, n] once not.
+                        kind = reply[0]
+                        if kind == "message":
                             yield reply[2]
-                        elif reply[0] == "subscribe" and lost:
-                            # What was published while we were away is gone from the queue.
-                            lost = False
-                            self.resubscribed()
+                        elif kind == "subscribe":
+                            if reply[1] == channel:
+                                if lost:
+                                    # What was published while we were away is gone.
+                                    lost = False
+                                    self.resubscribed()
+                            elif (watched := self.room_channels.get(reply[1])) is not None:
+                                watched.ready.set()
                         reply = reader.gets()
             except (redis.RedisError, OSError, hiredis.ProtocolError) as exc:
                 lost = True
@@ -92,5 +167,6 @@ class FastRedisManager(Heard, seams.PubSubHooks):
                 time.sleep(retry_s)
                 retry_s = min(retry_s * 2, 30)
             finally:
+                self.subscription = None
                 if connection is not None:
                     connection.disconnect()
