@@ -64,11 +64,14 @@ LOAD_LIMITS = WS_CONNECTIONS_PER_IP=20000 CREATES_PER_MINUTE_PER_IP=60000 CREATE
 # BENCH_CLIENT=tuned|stock|both: our tuned client, a plain `websockets` client fed by a
 # stock emitter (the fan-in only), or both (tests/bench/bench.py).
 BENCH_CLIENT ?= both
+# WEB_SCALING="1 2 3": also web CPU per event with that many web replicas (bench.py).
+WEB_SCALING ?=
 
 bench: ## Benchmark the running stack (after `make up`): table, JSON and PNG in tests/bench/results/
 	@tests/run.sh venv
 	$(LOAD_LIMITS) $(COMPOSE) up -d --no-deps --wait nginx
-	.venv/bin/python tests/bench/bench.py --client $(BENCH_CLIENT); status=$$?; \
+	.venv/bin/python tests/bench/bench.py --client $(BENCH_CLIENT) \
+	  $(if $(WEB_SCALING),--web-scaling $(WEB_SCALING)); status=$$?; \
 	  $(COMPOSE) up -d --no-deps --wait nginx; exit $$status
 	$(COMPOSE) exec -T worker python - < tests/bench/persist_overhead.py > tests/bench/results/persist.json
 	@cat tests/bench/results/persist.json

@@ -106,6 +106,12 @@ class Driver:
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())
 
+    def channel(self, which):
+        """``main``: every event on the main channel (every web reads it); ``rooms``."""
+        self.proc.stdin.write(f"channel {which}\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
     def close(self):
         self.proc.stdin.write("\n")
         self.proc.stdin.flush()
@@ -227,6 +233,56 @@ async def fan_in(url, cookie, owner, clients_count, rates, seconds, mode):
         "web_cpu_us_per_event": best["web_cpu_us_per_event"] if best else None,
         "cpu_percent": best["cpu_percent"] if best else None,
     }
+
+
+def scale_web(replicas):
+    compose("up", "-d", "--no-deps", "--wait", "--scale", f"web={replicas}", "web")
+    # Nginx asks Docker's DNS for the replicas again after 5 s (resolver valid=5s).
+    time.sleep(6)
+
+
+async def web_scaling(url, cookie, owner, replicas_list, clients_count, rate, seconds):
+    """The same load (stock clients, persist-fed: the worker's path) with 1, 2, 3...
+    web replicas: total web CPU per delivered event, with each event on its room's
+    channel (read by the replica holding the room) and on the main channel (read by
+    every replica, as before room channels)."""
+    rows = []
+    try:
+        for replicas in replicas_list:
+            await asyncio.to_thread(scale_web, replicas)
+            for channel in ("rooms", "main"):
+                recorder = Recorder()
+                driver = await asyncio.to_thread(Driver, owner, clients_count)
+                await asyncio.to_thread(driver.channel, channel)
+                clients = await stockclient.start_all(
+                    url, cookie, driver.task_ids, recorder.on_event
+                )
+                cpu_before = await asyncio.to_thread(cpu_seconds, "web")
+                sent = await asyncio.to_thread(driver.run, rate, seconds, "persist")
+                await asyncio.sleep(1.5)
+                web_cpu = await asyncio.to_thread(cpu_seconds, "web") - cpu_before
+                delivered = sum(len(s) for s in recorder.seqs.values())
+                await asyncio.gather(*(c.close() for c in clients))
+                await asyncio.to_thread(driver.close)
+                row = {
+                    "web_replicas": replicas,
+                    "channel": channel,
+                    "offered_per_s": rate,
+                    "delivered_per_s": round(delivered / sent["seconds"]),
+                    "lost": sent["emitted"] - delivered,
+                    "p99_ms": round(percentile(recorder.latencies, 0.99) or 0, 2),
+                    "web_cpu_us_per_event": round(web_cpu / max(delivered, 1) * 1e6, 1),
+                }
+                rows.append(row)
+                print(
+                    f"  web={replicas} {channel:>5} channel: delivered {row['delivered_per_s']}/s "
+                    f"lost {row['lost']} p99 {row['p99_ms']} ms, web CPU "
+                    f"{row['web_cpu_us_per_event']} µs/event (all replicas)",
+                    flush=True,
+                )
+    finally:
+        await asyncio.to_thread(scale_web, 1)
+    return rows
 
 
 async def connections(url, cookie, levels):
@@ -381,6 +437,12 @@ def summarise(result):
             for level in result["connections"]["levels"]
         },
     }
+    scaling = {}
+    for run in result["web_scaling"]["runs"]:
+        for row in run:
+            key = f"web={row['web_replicas']} {row['channel']}"
+            scaling.setdefault(key, []).append(row["web_cpu_us_per_event"])
+    summary["web_scaling_cpu_us_per_event"] = {k: spread(v) for k, v in scaling.items()}
     for mode, fan in result["fan_in"].items():
         summary[f"fan_in_{mode}_events_per_s"] = spread(
             [r["max_delivered_per_s"] for r in fan["runs"]]
@@ -413,6 +475,11 @@ def report(result):
             f"with p99 < {P99_LIMIT_MS} ms, {result['fan_in_clients']} clients ({client}); web "
             f"{shown(s[f'fan_in_{mode}_web_cpu_us_per_event'], ' µs')} CPU per event; CPU % "
             + ", ".join(f"{k} {shown(v)}" for k, v in cpu.items())
+        )
+    for key, figure in s["web_scaling_cpu_us_per_event"].items():
+        print(
+            f"{key:<20} web CPU per delivered event (all replicas) {shown(figure, ' µs')} "
+            f"at {result['web_scaling']['rate']}/s persist-fed, stock clients"
         )
     for level, fresh in s["connections_kb_per_client_fresh"].items():
         if not result["connections"]["runs"]:
@@ -459,6 +526,7 @@ async def main(args):
         "publish": PUBLISH,
         "fan_in": {m: {"runs": []} for m in modes},
         "connections": {"levels": levels, "runs": []},
+        "web_scaling": {"rate": args.scaling_rate, "runs": []},
     }
     for run in range(1, runs + 1):
         if tuned:
@@ -477,6 +545,19 @@ async def main(args):
                     [200] if smoke else FAN_IN_RATES,
                     2 if smoke else step_s,
                     mode,
+                )
+            )
+        if args.web_scaling:
+            print(f"run {run}/{runs}: web replicas {args.web_scaling} …", flush=True)
+            result["web_scaling"]["runs"].append(
+                await web_scaling(
+                    args.url,
+                    cookie,
+                    owner,
+                    args.web_scaling,
+                    clients,
+                    200 if smoke else args.scaling_rate,
+                    2 if smoke else 10,
                 )
             )
         if tuned and not args.skip_extras:
@@ -531,5 +612,15 @@ if __name__ == "__main__":
         action="store_true",
         help="latency and fan-in only: no connections, push-vs-poll or export figures",
     )
+    parser.add_argument(
+        "--web-scaling",
+        nargs="*",
+        type=int,
+        default=[],
+        metavar="N",
+        help="also measure web CPU per event with N web replicas each (e.g. 1 2 3), "
+        "events on room channels and on the main channel; scales web back to 1",
+    )
+    parser.add_argument("--scaling-rate", type=int, default=4000, help="events/s of --web-scaling")
     parser.add_argument("--smoke", action="store_true", help="a small, fast run")
     asyncio.run(main(parser.parse_args()))

@@ -7,7 +7,10 @@ Creates TASKS running tasks owned by OWNER and prints their ids as one JSON line
 Then, for every line `RATE SECONDS MODE [PUBLISH]` read from stdin, emits progress
 events round-robin over the tasks at RATE events/s for SECONDS (split over PROCESSES
 emitters, paced in 10 ms ticks) and prints `{"emitted": n, "seconds": s}`.
-An empty line ends it and deletes the tasks. MODE is one of:
+`channel main` makes the store publish task events to the main channel (as while
+a web process reads only that one: every web process reads every event), `channel
+rooms` back to the rooms' channels. An empty line ends it and deletes the tasks.
+MODE is one of:
 
 - `emit`: ``Emitter.emit`` per event, exactly what a job's ``progress.update``
   does (persist and publish);
@@ -200,6 +203,13 @@ def main():
     for line in sys.stdin:
         if not line.strip():
             break
+        if line.startswith("channel "):
+            if line.split()[1] == "main":
+                store.redis.set(store.main_only_key, "bench", ex=3600)
+            else:
+                store.redis.delete(store.main_only_key)
+            print(json.dumps({"channel": line.split()[1]}), flush=True)
+            continue
         rate, seconds, mode, *publish = line.split()
         rate, seconds, publish = float(rate), float(seconds), (publish or ["in-append"])[0]
         done = multiprocessing.Queue()
@@ -218,6 +228,7 @@ def main():
         for p in procs:
             p.join()
         print(json.dumps({"emitted": emitted, "seconds": time.time() - start_at}), flush=True)
+    store.redis.delete(store.main_only_key)
     for task_id in ids:  # the bench leaves nothing behind in the store
         store.delete(task_id, owner)
 
