@@ -357,6 +357,13 @@ def _progress_text(progress):
     return repr(float(progress))
 
 
+def _page_of(entries, after, limit):
+    """``(events, next_after, has_more)`` from XRANGE's ``limit + 1`` entries."""
+    page = entries[:limit]
+    next_after = int(page[-1][0].split("-")[0]) if page else after
+    return [fields["e"] for _, fields in page], next_after, len(entries) > limit
+
+
 class TaskStore:
     """Reads and writes tasks. Shared by the web app and the worker.
 
@@ -639,9 +646,15 @@ class TaskStore:
         entries = self.redis.xrange(
             self.events_key(task_id), min=f"{after + 1}-0", max="+", count=limit + 1
         )
-        page = entries[:limit]
-        next_after = int(page[-1][0].split("-")[0]) if page else after
-        return [fields["e"] for _, fields in page], next_after, len(entries) > limit
+        return _page_of(entries, after, limit)
+
+    def record_and_events_page(self, task_id, after, limit):
+        """:meth:`record` and :meth:`events_page` in one round trip (a subscribe's reads)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.task_key(task_id))
+        pipe.xrange(self.events_key(task_id), min=f"{after + 1}-0", max="+", count=limit + 1)
+        rec, entries = pipe.execute()
+        return rec or None, *_page_of(entries, after, limit)
 
     def request_cancel(self, task_id):
         self.redis.hset(self.task_key(task_id), "cancel", 1)

@@ -131,7 +131,9 @@ def create_app(settings=None, owner_of=None):
             session["owner"] = secrets.token_urlsafe(16)
             session.permanent = True
 
-    from . import api, sockets  # noqa: F401  (sockets registers its handlers on import)
+    from . import api, sockets  # sockets registers its Flask-SocketIO handlers on import
+
+    sockets.install(socketio.server, app.extensions["taskbeam"])
 
     app.register_blueprint(api.bp)
     if app.extensions["taskbeam"].identity.dev_login:

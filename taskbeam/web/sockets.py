@@ -1,12 +1,21 @@
-"""Socket.IO handlers: ``subscribe`` and ``unsubscribe`` with acks (docs/api.md)."""
+"""Socket.IO handlers: ``subscribe`` and ``unsubscribe`` with acks (docs/api.md).
 
+``connect`` runs as a Flask-SocketIO handler (it needs the request: the session
+cookie, a token, Nginx's identity header) and keeps the owner in the connection's
+python-socketio session. ``subscribe`` and ``unsubscribe`` are python-socketio
+handlers (:func:`install`): Flask-SocketIO would push a Flask request context for
+each, opening the session cookie and matching the URL again, which cost more
+than the subscribe itself.
+"""
+
+import functools
 import json
 import logging
 import time
 
 import gevent
 from flask import current_app, request, session
-from flask_socketio import ConnectionRefusedError, join_room, leave_room
+from flask_socketio import ConnectionRefusedError, join_room
 from redis.exceptions import RedisError
 
 from .. import protocol
@@ -25,10 +34,6 @@ _expiry_timers = {}
 
 def _services():
     return current_app.extensions["taskbeam"]
-
-
-def _store():
-    return _services().store
 
 
 def _error(code, message):
@@ -55,8 +60,7 @@ def on_connect(auth=None):
         raise ConnectionRefusedError(
             f"{exc.code}: {exc.message}", {"code": exc.code, "message": exc.message}
         ) from None
-    session["owner"] = owner
-    session["subscriptions"] = set()
+    socketio.server.save_session(request.sid, {"owner": owner, "subscriptions": set()})
     if who.per_user:
         join_room(identity.owner_room(owner))
     if expires_at is not None:
@@ -82,47 +86,67 @@ def on_disconnect(reason=None):
         timer.kill(block=False)
 
 
-@socketio.on("subscribe")
-def on_subscribe(data=None):
+def install(server, services):
+    """Register ``subscribe`` and ``unsubscribe`` on python-socketio's ``server``."""
+    server.on("subscribe", functools.partial(_guarded, on_subscribe, server, services))
+    server.on("unsubscribe", functools.partial(_guarded, on_unsubscribe, server, services))
+
+
+def _guarded(handler, server, services, sid, data=None):
+    """The handler's ack, or the contract's error for what went wrong in it."""
+    try:
+        return handler(server, services, sid, data)
+    except RedisError as exc:
+        log.warning("socket handler: Redis error: %s", exc)
+        return _error("unavailable", "Storage is unavailable; subscribe again shortly.")
+    except Exception:
+        log.exception("socket handler failed for %s", sid)
+        return _error("internal_error", "Something went wrong on our side.")
+
+
+def on_subscribe(server, services, sid, data):
     task_id = _task_id(data)
     if task_id is None:
         return _error("invalid_params", "task_id: must be a task id")
     after = data.get("after", 0)
     if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after < MAX_AFTER:
         return _error("invalid_params", f"after: must be an integer from 0 to {MAX_AFTER - 1}")
-    store = _store()
-    rec = store.owned_record(task_id, session.get("owner"))
-    if rec is None:
+    store, connection = services.store, server.get_session(sid)
+    if store.owned_record(task_id, connection.get("owner")) is None:
         return _error("not_found", "No such task.")
-    subscriptions = session.setdefault("subscriptions", set())
+    subscriptions = connection.setdefault("subscriptions", set())
     if task_id not in subscriptions and len(subscriptions) >= MAX_SUBSCRIPTIONS:
         return _error("invalid_params", f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection")
     # Join (and have the room's channel on this process's subscription) first, read
     # second: an event published in between arrives live and also in `missed`, never
     # in neither; the client drops the duplicate by seq.
     room = protocol.task_room(task_id)
-    join_room(room)
-    if not _services().queue_watch.manager.watch_room(room):
+    server.enter_room(sid, room)
+    if not services.queue_watch.manager.watch_room(room):
         if task_id not in subscriptions:
-            leave_room(room)
+            server.leave_room(sid, room)
         return _error("unavailable", "The message queue is not reachable; subscribe again shortly.")
     subscriptions.add(task_id)
-    snapshot = store.snapshot_of(store.record(task_id) or rec)
-    page, next_after, more = store.events_page(task_id, after, MAX_EVENTS_PAGE)
+    server.save_session(sid, connection)
+    rec, page, next_after, more = store.record_and_events_page(task_id, after, MAX_EVENTS_PAGE)
+    if rec is None:  # removed since the check above
+        return _error("not_found", "No such task.")
     # python-socketio encodes the ack itself, so only this bounded page is parsed.
     missed = [json.loads(event) for event in page]
-    _services().metrics.replayed(len(missed))
+    services.metrics.replayed(len(missed))
     # more: subscribe again with after=next_after for the next page.
+    snapshot = store.snapshot_of(rec)
     return {"ok": True, "task": snapshot, "missed": missed, "more": more, "next_after": next_after}
 
 
-@socketio.on("unsubscribe")
-def on_unsubscribe(data=None):
+def on_unsubscribe(server, services, sid, data):
     task_id = _task_id(data)
     if task_id is None:
         return _error("invalid_params", "task_id: must be a task id")
-    leave_room(protocol.task_room(task_id))
-    session.setdefault("subscriptions", set()).discard(task_id)
+    server.leave_room(sid, protocol.task_room(task_id))
+    connection = server.get_session(sid)
+    connection.setdefault("subscriptions", set()).discard(task_id)
+    server.save_session(sid, connection)
     return {"ok": True}
 
 

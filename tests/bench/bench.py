@@ -235,6 +235,32 @@ async def fan_in(url, cookie, owner, clients_count, rates, seconds, mode):
     }
 
 
+async def open_sockets(url, cookie, owner, count, tasks=1000):
+    """Stock clients opened and subscribed (``count``, over ``tasks`` tasks), as many
+    handshakes in flight as stockclient allows: seconds until every subscribe is
+    acknowledged, and the web's CPU per client."""
+    driver = await asyncio.to_thread(Driver, owner, min(tasks, count))
+    task_ids = (driver.task_ids * (count // len(driver.task_ids) + 1))[:count]
+    cpu_before = await asyncio.to_thread(cpu_seconds, "web")
+    started = time.monotonic()
+    clients = await stockclient.start_all(url, cookie, task_ids, lambda *_: None)
+    seconds = time.monotonic() - started
+    web_cpu = await asyncio.to_thread(cpu_seconds, "web") - cpu_before
+    await asyncio.gather(*(c.close() for c in clients))
+    await asyncio.to_thread(driver.close)
+    row = {
+        "clients": count,
+        "seconds": round(seconds, 2),
+        "web_cpu_us_per_client": round(web_cpu / count * 1e6),
+    }
+    print(
+        f"  {count} stock clients connected and subscribed in {row['seconds']} s, "
+        f"web CPU {row['web_cpu_us_per_client']} µs per client",
+        flush=True,
+    )
+    return row
+
+
 def scale_web(replicas):
     compose("up", "-d", "--no-deps", "--wait", "--scale", f"web={replicas}", "web")
     # Nginx asks Docker's DNS for the replicas again after 5 s (resolver valid=5s).
@@ -437,6 +463,11 @@ def summarise(result):
             for level in result["connections"]["levels"]
         },
     }
+    opened = result["open_sockets"]["runs"]
+    summary["open_sockets_seconds"] = spread([r["seconds"] for r in opened])
+    summary["open_sockets_web_cpu_us_per_client"] = spread(
+        [r["web_cpu_us_per_client"] for r in opened]
+    )
     scaling = {}
     for run in result["web_scaling"]["runs"]:
         for row in run:
@@ -475,6 +506,12 @@ def report(result):
             f"with p99 < {P99_LIMIT_MS} ms, {result['fan_in_clients']} clients ({client}); web "
             f"{shown(s[f'fan_in_{mode}_web_cpu_us_per_event'], ' µs')} CPU per event; CPU % "
             + ", ".join(f"{k} {shown(v)}" for k, v in cpu.items())
+        )
+    if result["open_sockets"]["runs"]:
+        print(
+            f"open {result['open_sockets']['runs'][0]['clients']} sockets  connected and "
+            f"subscribed in {shown(s['open_sockets_seconds'], ' s')}, web CPU "
+            f"{shown(s['open_sockets_web_cpu_us_per_client'], ' µs')} per client (stock client)"
         )
     for key, figure in s["web_scaling_cpu_us_per_event"].items():
         print(
@@ -527,6 +564,7 @@ async def main(args):
         "fan_in": {m: {"runs": []} for m in modes},
         "connections": {"levels": levels, "runs": []},
         "web_scaling": {"rate": args.scaling_rate, "runs": []},
+        "open_sockets": {"runs": []},
     }
     for run in range(1, runs + 1):
         if tuned:
@@ -546,6 +584,11 @@ async def main(args):
                     2 if smoke else step_s,
                     mode,
                 )
+            )
+        if stock:
+            print(f"run {run}/{runs}: opening sockets …", flush=True)
+            result["open_sockets"]["runs"].append(
+                await open_sockets(args.url, cookie, owner, 100 if smoke else 10000)
             )
         if args.web_scaling:
             print(f"run {run}/{runs}: web replicas {args.web_scaling} …", flush=True)
