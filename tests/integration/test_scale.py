@@ -90,8 +90,9 @@ def test_forty_clients_over_two_web_replicas_and_one_replica_removed(two_web_rep
             watcher.wait_terminal([task["id"]], timeout=120)
             assert_gapless_single_terminal(watcher.history(task["id"]))
         assert sum(w.connects > 1 for w in watchers) > 0, "nobody had to move"
-        # Live events: none lost (a gap would have been refetched), none twice.
-        assert sum(w.gaps_refetched for w in watchers) == 0
+        # None lost: each history above is gapless (live events, and the stored ones a
+        # resubscribe returns: a live event may come before the ack that fills the hole
+        # before it). None twice on a connection:
         assert sum(w.live_duplicates for w in watchers) == 0
         workers = {
             api.snapshot(t["id"])["worker"]
