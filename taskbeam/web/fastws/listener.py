@@ -77,15 +77,18 @@ class FastRedisManager(Heard, seams.PubSubHooks):
                     retry_s = 1
                     reader.feed(data)
                     reply = reader.gets()
+                    batch = 0  # messages in this read, for the metrics (bench timeline)
                     while reply is not False:
                         # ["message", channel, data], or ["subscribe", channel, 1] once subscribed.
                         if reply[0] == "message" and reply[1] == channel:
+                            batch += 1
                             yield reply[2]
                         elif reply[0] == "subscribe" and lost:
                             # What was published while we were away is gone from the queue.
                             lost = False
                             self.resubscribed()
                         reply = reader.gets()
+                    self.metrics.read(batch)
             except (redis.RedisError, OSError, hiredis.ProtocolError) as exc:
                 lost = True
                 log.error("message-queue listener: %s; reconnecting in %d s", exc, retry_s)
