@@ -276,6 +276,11 @@ def summary(rows, checks, start, limit_ms):
     """Counts for the report: how many spikes, and how many a check or a full GC met."""
     found = spikes(rows, checks, start, limit_ms)
 
+    events = sum(r["events"] for r in rows)
+
+    def cpu_s(name):
+        return sum(r["cpu_percent"].get(name) or 0 for r in rows) / 100 * BUCKET_S
+
     def median(name):
         values = sorted(r["cpu_percent"][name] for r in rows if r["cpu_percent"].get(name))
         return values[len(values) // 2] if values else None
@@ -303,6 +308,11 @@ def summary(rows, checks, start, limit_ms):
         },
         "cpu_percent_median": {
             name: median(name) for name in (*SERVICES, "loadgen", "other", "machine")
+        },
+        # CPU per event: what a rate costs, steadier than one run's latency.
+        "cpu_us_per_event": {
+            name: round(cpu_s(name) / events * 1e6, 1) if events else None
+            for name in (*SERVICES, "loadgen", "other", "machine")
         },
     }
 
