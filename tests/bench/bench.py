@@ -258,7 +258,10 @@ async def timeline_step(url, cookie, owner, rate, label, clients_count):
     start = time.time()
     sampler.start()
     sent = await asyncio.to_thread(driver.run, rate, TIMELINE_S, "stock")
-    await asyncio.sleep(1.5)  # let the last events arrive
+    deadline = time.time() + 15  # an overloaded step drains for seconds: not lost, late
+    while len(receipts.rows) < sent["emitted"] and time.time() < deadline:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
     end = time.time()
     await asyncio.to_thread(sampler.join)
     await asyncio.gather(*(c.close() for c in clients))
