@@ -89,6 +89,11 @@ class FastRedisManager(Heard, seams.PubSubHooks):
                             self.resubscribed()
                         reply = reader.gets()
                     self.metrics.read(batch)
+                    # A turn for the web's other greenlets (health checks, the API, new
+                    # sockets): with a backlog in Redis every recv returns at once, and
+                    # under load they waited seconds. A timer, not sleep(0): the loop
+                    # polls for I/O before it runs the listener again.
+                    time.sleep(0.0001)
             except (redis.RedisError, OSError, hiredis.ProtocolError) as exc:
                 lost = True
                 log.error("message-queue listener: %s; reconnecting in %d s", exc, retry_s)
