@@ -66,15 +66,19 @@ LOAD_LIMITS = WS_CONNECTIONS_PER_IP=20000 CREATES_PER_MINUTE_PER_IP=60000 CREATE
 BENCH_CLIENT ?= both
 # WEB_SCALING="1 2 3": also web CPU per event with that many web replicas (bench.py).
 WEB_SCALING ?=
+# TIMELINE=RATE: instead, one stock-client step held at RATE, per 100 ms next to CPU,
+# GC, health checks and listener reads: results/timeline-$(TIMELINE_LABEL).json/.png.
+TIMELINE ?=
+TIMELINE_LABEL ?= run
+BENCH_ARGS = $(if $(TIMELINE),--timeline $(TIMELINE) --label $(TIMELINE_LABEL),--client $(BENCH_CLIENT) $(if $(WEB_SCALING),--web-scaling $(WEB_SCALING)))
 
 bench: ## Benchmark the running stack (after `make up`): table, JSON and PNG in tests/bench/results/
 	@tests/run.sh venv
 	$(LOAD_LIMITS) $(COMPOSE) up -d --no-deps --wait nginx
-	.venv/bin/python tests/bench/bench.py --client $(BENCH_CLIENT) \
-	  $(if $(WEB_SCALING),--web-scaling $(WEB_SCALING)); status=$$?; \
+	.venv/bin/python tests/bench/bench.py $(BENCH_ARGS); status=$$?; \
 	  $(COMPOSE) up -d --no-deps --wait nginx; exit $$status
-	$(COMPOSE) exec -T worker python - < tests/bench/persist_overhead.py > tests/bench/results/persist.json
-	@cat tests/bench/results/persist.json
+	$(if $(TIMELINE),@true,$(COMPOSE) exec -T worker python - < tests/bench/persist_overhead.py > tests/bench/results/persist.json)
+	$(if $(TIMELINE),@true,@cat tests/bench/results/persist.json)
 
 bench-export: ## Export rows/s and RSS: SQLite, PostgreSQL (generic, COPY), psql (stack on PostgreSQL)
 	@tests/run.sh venv

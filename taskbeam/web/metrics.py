@@ -2,6 +2,7 @@
 `web` container on the Compose network, port 8000): counters of one web process,
 and gauges of the whole deployment read from Redis, for autoscalers."""
 
+import gc
 import threading
 import time
 
@@ -21,6 +22,15 @@ class Metrics:
         self.subscribes = 0
         self.lag_sum = 0.0  # emitter clock → this listener, seconds
         self.lag_last = 0.0
+        self.mq_reads = 0  # socket reads of the message-queue listener ...
+        self.mq_messages = 0  # ... and the messages they brought
+        watch_gc()
+
+    def read(self, messages):
+        """One socket read of the message-queue listener brought ``messages`` messages."""
+        with self.lock:
+            self.mq_reads += 1
+            self.mq_messages += messages
 
     def delivered(self, message, recipients):
         """A message from the queue went to ``recipients`` sockets (the fast listener)."""
@@ -111,13 +121,66 @@ class Metrics:
                     len(getattr(manager, "room_channels", ())),
                 ),
                 (
+                    "taskbeam_mq_reads_total",
+                    "counter",
+                    "Socket reads of the message-queue listener (fast transport).",
+                    self.mq_reads,
+                ),
+                (
+                    "taskbeam_mq_messages_total",
+                    "counter",
+                    "Messages those reads brought (messages per read: the batch size).",
+                    self.mq_messages,
+                ),
+                (
                     "taskbeam_fast_transport",
                     "gauge",
                     "1: the fast WebSocket transport (fastws); 0: stock python-engineio/socketio.",
                     int(getattr(manager, "fast_transport", False)),
                 ),
             ]
-        return _text(rows)
+        return _text(rows) + GC.render()
+
+
+class GcWatch:
+    """The cyclic GC's collections in this process and how long they paused it, per
+    generation (``gc.callbacks``): a full collection stops every socket at once."""
+
+    def __init__(self):
+        self.collections = [0, 0, 0]
+        self.pause_s = [0.0, 0.0, 0.0]
+        self.started = 0.0
+
+    def hook(self, phase, info):
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            self.collections[info["generation"]] += 1
+            self.pause_s[info["generation"]] += time.perf_counter() - self.started
+
+    def render(self):
+        lines = []
+        for name, kind, text, values in (
+            ("taskbeam_gc_collections_total", "counter", "Garbage collections.", self.collections),
+            (
+                "taskbeam_gc_pause_seconds_total",
+                "counter",
+                "Time the process spent in garbage collections.",
+                [round(v, 6) for v in self.pause_s],
+            ),
+        ):
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+            lines += [f'{name}{{generation="{g}"}} {v}' for g, v in enumerate(values)]
+        return "\n".join(lines) + "\n"
+
+
+GC = GcWatch()
+
+
+def watch_gc():
+    """Start counting collections (once per process, however many apps it makes)."""
+    if GC.hook not in gc.callbacks:
+        gc.callbacks.append(GC.hook)
 
 
 # The deployment's gauges (the same from every web process): name, help text.

@@ -24,7 +24,10 @@ Every figure but the last two is measured --runs times (default 3) and reported
 as median [min-max]. `--client tuned` measures all but the stock fan-in, `stock`
 only that, `both` (the default) everything. Prints a table, writes
 tests/bench/results/bench.json and a PNG plot.
+- timeline (`--timeline RATE`): one stock-client step held at RATE for 10 s, per
+  100-ms bucket next to what ran then (tests/bench/timeline.py), instead of the rest.
     python tests/bench/bench.py [--url URL] [--runs N] [--client C] [--smoke]
+    python tests/bench/bench.py --timeline RATE [--label NAME]
 """
 
 import argparse
@@ -42,14 +45,16 @@ import urllib.request
 from pathlib import Path
 
 import stockclient
+import timeline
 from sioclient import Client, create_task, owner_of, session_cookie
-from stack import compose, container_url, cpu_seconds, rss_kb
+from stack import compose, container_url, containers, cpu_seconds, rss_kb
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 FAN_IN_RATES = [1000, 2000, 4000, 6000, 8000, 10000, 12000, 14000, 16000, 18000, 20000, 24000]
 P99_LIMIT_MS = 100
 STOCK_STEP_S = 6
+TIMELINE_S = 10
 # Where the worker's path publishes (emit_driver.py): in the Lua append, or after it.
 PUBLISH = "in-append"
 
@@ -311,6 +316,72 @@ async def web_scaling(url, cookie, owner, replicas_list, clients_count, rate, se
     return rows
 
 
+def inspect(cid, template):
+    return subprocess.run(
+        ["docker", "inspect", "-f", template, cid], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+async def timeline_step(url, cookie, owner, rate, label, clients_count):
+    """One stock-client step held at ``rate``, recorded per 100 ms (timeline.py)."""
+    receipts = timeline.Receipts()
+    driver = await asyncio.to_thread(Driver, owner, clients_count)
+    clients = await stockclient.start_all(url, cookie, driver.task_ids, receipts.on_event)
+    await asyncio.to_thread(driver.run, 1000, 2, "stock")  # warm-up: first-use costs
+    await asyncio.sleep(1.5)
+    cgroups = {
+        s: [timeline.cgroup_cpu_file(inspect(c, "{{.State.Pid}}")) for c in containers(s)]
+        for s in timeline.SERVICES
+    }
+    project = inspect(containers("web")[0], '{{index .Config.Labels "com.docker.compose.project"}}')
+    sampler = timeline.Sampler(cgroups, [os.getpid()], container_url("web", 8000) + "/metrics")
+    receipts.rows.clear()
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    start = time.time()
+    sampler.start()
+    sent = await asyncio.to_thread(driver.run, rate, TIMELINE_S, "stock")
+    deadline = time.time() + 15  # an overloaded step drains for seconds: not lost, late
+    while len(receipts.rows) < sent["emitted"] and time.time() < deadline:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+    end = time.time()
+    await asyncio.to_thread(sampler.join)
+    await asyncio.gather(*(c.close() for c in clients))
+    await asyncio.to_thread(driver.close)
+    checks = await asyncio.to_thread(timeline.health_checks, project, start, end)
+    rows = timeline.buckets(receipts.rows, sampler.samples, sampler.scrapes, start, end)
+    latencies = [ms for _, ms in receipts.rows]
+    result = {
+        "label": label,
+        "rate": rate,
+        "clients": clients_count,
+        "seconds": TIMELINE_S,
+        "load": load,
+        "start": start,
+        "emitted": sent["emitted"],
+        "delivered": len(latencies),
+        "delivered_per_s": round(len(latencies) / sent["seconds"]),
+        "lost": sent["emitted"] - len(latencies),
+        "p50_ms": round(percentile(latencies, 0.5) or 0, 2),
+        "p99_ms": round(percentile(latencies, 0.99) or 0, 2),
+        "p99_limit_ms": P99_LIMIT_MS,
+        "health_checks": checks,
+        "buckets": rows,
+        "spikes": timeline.spikes(rows, checks, start, P99_LIMIT_MS),
+    }
+    result["summary"] = timeline.summary(rows, checks, start, P99_LIMIT_MS)
+    RESULTS.mkdir(exist_ok=True)
+    result["plot"] = timeline.plot(result, RESULTS / f"timeline-{label}.png")
+    (RESULTS / f"timeline-{label}.json").write_text(json.dumps(result, indent=1))
+    print(
+        f"timeline {label}: {rate}/s offered, {result['delivered_per_s']}/s delivered, "
+        f"lost {result['lost']}, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms "
+        f"(load {load})\n  {json.dumps(result['summary'])}",
+        flush=True,
+    )
+    return result
+
+
 async def connections(url, cookie, levels):
     base = await asyncio.to_thread(rss_kb, "web")
     held, rows = [], []
@@ -548,6 +619,10 @@ async def main(args):
     runs = 1 if smoke else args.runs
     global PUBLISH
     PUBLISH = "after-append" if args.publish_after_append else "in-append"
+    if args.timeline:
+        return await timeline_step(
+            args.url, cookie, owner, args.timeline, args.label, 20 if smoke else 1000
+        )
     tuned, stock = args.client in ("tuned", "both"), args.client in ("stock", "both")
     modes = (args.modes if tuned else []) + (["stock"] if stock else [])
     clients = 20 if smoke else 1000
@@ -665,5 +740,15 @@ if __name__ == "__main__":
         "events on room channels and on the main channel; scales web back to 1",
     )
     parser.add_argument("--scaling-rate", type=int, default=4000, help="events/s of --web-scaling")
+    parser.add_argument(
+        "--timeline",
+        type=int,
+        metavar="RATE",
+        help="only one stock-client step held at RATE events/s, per 100 ms next to CPU, "
+        "GC, health checks and listener reads (tests/bench/timeline.py)",
+    )
+    parser.add_argument(
+        "--label", default="run", help="--timeline's files: results/timeline-LABEL.json/.png"
+    )
     parser.add_argument("--smoke", action="store_true", help="a small, fast run")
     asyncio.run(main(parser.parse_args()))

@@ -36,3 +36,31 @@ def test_bench_smoke_run_reports_latency_fan_in_and_connections():
     assert result["summary"]["single_client_p50_ms"]["median"] == latency["p50_ms"]
     assert "single client" in done.stdout and "fan-in persist" in done.stdout
     assert "stock client + stock emitter" in done.stdout
+
+
+def test_bench_timeline_smoke_run_records_each_100_ms():
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "bench.py"), "--url", BASE_URL, "--smoke"]
+        + ["--timeline", "200", "--label", "smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((BENCH / "results" / "timeline-smoke.json").read_text())
+    assert result["lost"] == 0 and result["delivered"] == result["emitted"] > 1000
+    rows = result["buckets"]
+    assert 100 <= len(rows) <= 130  # 10 s held, 1.5 s to drain, in 100-ms buckets
+    assert sum(r["events"] for r in rows) == result["delivered"]
+    measured = [r for r in rows if r["cpu_percent"].get("web")]
+    assert len(measured) > len(rows) / 2
+    assert {"worker", "redis", "nginx", "loadgen", "machine", "other"} <= set(
+        measured[0]["cpu_percent"]
+    )
+    # The web's own counters, scraped: its listener read the events (a few per read).
+    assert sum(r.get("mq_reads", 0) for r in rows) > 0
+    assert all(len(r["gc_pause_ms"]) == 3 for r in rows if "gc_pause_ms" in r)
+    assert all(c["service"] in ("web", "worker", "redis", "nginx") for c in result["health_checks"])
+    assert (BENCH / "results" / "timeline-smoke.png").stat().st_size > 10_000
+    assert "timeline smoke" in done.stdout

@@ -146,11 +146,13 @@ class FastRedisManager(Heard, seams.PubSubHooks):
                     retry_s = 1
                     reader.feed(data)
                     reply = reader.gets()
+                    batch = 0  # messages in this read, for the metrics (bench timeline)
                     while reply is not False:
                         # ["message", channel, data]; ["subscribe", channel, n] once
                         # subscribed, ["unsubscribe", channel, n] once not.
                         kind = reply[0]
                         if kind == "message":
+                            batch += 1
                             yield reply[2]
                         elif kind == "subscribe":
                             if reply[1] == channel:
@@ -161,6 +163,12 @@ class FastRedisManager(Heard, seams.PubSubHooks):
                             elif (watched := self.room_channels.get(reply[1])) is not None:
                                 watched.ready.set()
                         reply = reader.gets()
+                    self.metrics.read(batch)
+                    # A turn for the web's other greenlets (health checks, the API, new
+                    # sockets): with a backlog in Redis every recv returns at once, and
+                    # under load they waited seconds. A timer, not sleep(0): the loop
+                    # polls for I/O before it runs the listener again.
+                    time.sleep(0.0001)
             except (redis.RedisError, OSError, hiredis.ProtocolError) as exc:
                 lost = True
                 log.error("message-queue listener: %s; reconnecting in %d s", exc, retry_s)

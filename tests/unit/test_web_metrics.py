@@ -1,0 +1,80 @@
+"""The web process's own counters in GET /metrics that `make bench`'s timeline samples:
+garbage collections (per generation, with their pauses) and the message-queue
+listener's reads (messages per socket read), against the real objects."""
+
+import gc
+import re
+import threading
+import time
+
+import socketio
+
+from taskbeam.web.fastws import listener
+from taskbeam.web.metrics import Metrics
+
+
+def sample(text, name, **labels):
+    """The value of one row of the Prometheus text ``text``."""
+    label = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    row = "^" + re.escape(name + (f"{{{label}}}" if label else "")) + r" (\S+)$"
+    found = re.search(row, text, re.M)
+    assert found, f"no {name} {labels} in:\n{text}"
+    return float(found.group(1))
+
+
+def rendered(metrics):
+    return metrics.render(socketio.Manager())
+
+
+def test_full_collections_are_counted_with_their_pauses():
+    metrics = Metrics()
+    before = rendered(metrics)
+    gc.collect(2)
+    gc.collect(2)
+    after = rendered(metrics)
+    full = "taskbeam_gc_collections_total"
+    assert sample(after, full, generation=2) - sample(before, full, generation=2) == 2
+    pause = "taskbeam_gc_pause_seconds_total"
+    assert sample(after, pause, generation=2) > sample(before, pause, generation=2)
+    gc.collect(0)
+    assert sample(rendered(metrics), full, generation=0) > sample(after, full, generation=0)
+
+
+def test_one_process_one_gc_hook_however_many_metrics():
+    Metrics(), Metrics()
+    ours = [c for c in gc.callbacks if getattr(c, "__module__", "") == "taskbeam.web.metrics"]
+    assert len(ours) == 1
+
+
+def test_the_fast_listener_counts_messages_per_socket_read(redis_server, redis_client):
+    metrics = Metrics()
+    manager = listener.FastRedisManager(f"unix://{redis_server}", "sio", metrics)
+    got = []
+
+    def listen():
+        messages = manager.listen()
+        for message in messages:
+            got.append(message)
+            if message == "stop":
+                messages.close()
+                return
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while redis_client.pubsub_numsub("sio")[0][1] != 1:
+        assert time.monotonic() < deadline, "the listener did not subscribe"
+        time.sleep(0.01)
+    pipe = redis_client.pipeline(transaction=False)
+    for n in range(50):
+        pipe.publish("sio", f"m{n}")
+    pipe.execute()  # 50 messages written at once: read in far fewer than 50 reads
+    redis_client.publish("sio", "stop")
+    thread.join(10)
+    assert got[-1] == "stop"
+    text = rendered(metrics)
+    reads = sample(text, "taskbeam_mq_reads_total")
+    # The stop message's read is counted once its batch is done: not before the generator
+    # closes; every message before it is.
+    assert sample(text, "taskbeam_mq_messages_total") >= 50
+    assert 1 <= reads < 50
