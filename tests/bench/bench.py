@@ -47,7 +47,7 @@ from pathlib import Path
 import stockclient
 import timeline
 from sioclient import Client, create_task, owner_of, session_cookie
-from stack import compose, container_url, containers, cpu_seconds, rss_kb
+from stack import compose, container_url, container_urls, containers, cpu_seconds, rss_kb
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -266,6 +266,18 @@ async def open_sockets(url, cookie, owner, count, tasks=1000):
     return row
 
 
+def listener_reads(urls):
+    """Socket reads and the messages they brought, summed over the web replicas' /metrics."""
+    total = {"reads": 0, "messages": 0}
+    for url in urls:
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+            rows = r.read().decode()
+        for key in total:
+            found = re.search(rf"^taskbeam_mq_{key}_total (\S+)", rows, re.M)
+            total[key] += float(found.group(1)) if found else 0
+    return total
+
+
 def scale_web(replicas):
     compose("up", "-d", "--no-deps", "--wait", "--scale", f"web={replicas}", "web")
     # Nginx asks Docker's DNS for the replicas again after 5 s (resolver valid=5s).
@@ -288,10 +300,13 @@ async def web_scaling(url, cookie, owner, replicas_list, clients_count, rate, se
                 clients = await stockclient.start_all(
                     url, cookie, driver.task_ids, recorder.on_event
                 )
+                urls = await asyncio.to_thread(container_urls, "web", 8000)
+                reads_before = await asyncio.to_thread(listener_reads, urls)
                 cpu_before = await asyncio.to_thread(cpu_seconds, "web")
                 sent = await asyncio.to_thread(driver.run, rate, seconds, "persist")
                 await asyncio.sleep(1.5)
                 web_cpu = await asyncio.to_thread(cpu_seconds, "web") - cpu_before
+                reads = await asyncio.to_thread(listener_reads, urls)
                 delivered = sum(len(s) for s in recorder.seqs.values())
                 await asyncio.gather(*(c.close() for c in clients))
                 await asyncio.to_thread(driver.close)
@@ -303,12 +318,21 @@ async def web_scaling(url, cookie, owner, replicas_list, clients_count, rate, se
                     "lost": sent["emitted"] - delivered,
                     "p99_ms": round(percentile(recorder.latencies, 0.99) or 0, 2),
                     "web_cpu_us_per_event": round(web_cpu / max(delivered, 1) * 1e6, 1),
+                    # Every replica reads every event on the main channel, only its own
+                    # on room channels; fewer per read: each wake-up costs more per event.
+                    "messages_read": int(reads["messages"] - reads_before["messages"]),
+                    "messages_per_read": round(
+                        (reads["messages"] - reads_before["messages"])
+                        / max(reads["reads"] - reads_before["reads"], 1),
+                        1,
+                    ),
                 }
                 rows.append(row)
                 print(
                     f"  web={replicas} {channel:>5} channel: delivered {row['delivered_per_s']}/s "
                     f"lost {row['lost']} p99 {row['p99_ms']} ms, web CPU "
-                    f"{row['web_cpu_us_per_event']} µs/event (all replicas)",
+                    f"{row['web_cpu_us_per_event']} µs/event (all replicas); messages read "
+                    f"{row['messages_read']}, {row['messages_per_read']} per read",
                     flush=True,
                 )
     finally:

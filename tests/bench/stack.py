@@ -46,6 +46,26 @@ def cpu_seconds(service):
     return total
 
 
+def container_urls(service, port):
+    """http://IP:port of each of a service's containers (see :func:`container_url`)."""
+    urls = []
+    for cid in containers(service):
+        ip = subprocess.run(
+            [
+                "docker",
+                "inspect",
+                "-f",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                cid,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()[0]
+        urls.append(f"http://{ip}:{port}")
+    return urls
+
+
 def container_url(service, port):
     """http://IP:port of a service's first container on its Compose network.
 

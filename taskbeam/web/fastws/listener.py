@@ -30,6 +30,10 @@ from . import seams, transport
 log = logging.getLogger(__name__)
 
 READ_BYTES = 256 * 1024
+# A read that filled the buffer or brought this many messages means Redis holds more:
+# the listener would run on without waiting (see listen). Fewer, and its next recv
+# soon waits anyway.
+TURN_AFTER_MESSAGES = 16
 
 
 class RoomChannel:
@@ -164,11 +168,12 @@ class FastRedisManager(Heard, seams.PubSubHooks):
                                 watched.ready.set()
                         reply = reader.gets()
                     self.metrics.read(batch)
-                    # A turn for the web's other greenlets (health checks, the API, new
-                    # sockets): with a backlog in Redis every recv returns at once, and
-                    # under load they waited seconds. A timer, not sleep(0): the loop
-                    # polls for I/O before it runs the listener again.
-                    time.sleep(0.0001)
+                    if batch >= TURN_AFTER_MESSAGES or len(data) == READ_BYTES:
+                        # A turn for the web's other greenlets (health checks, the API,
+                        # new sockets): with a backlog in Redis every recv returns at
+                        # once, and under load they waited seconds. A timer, not
+                        # sleep(0): the loop polls for I/O before it runs this again.
+                        time.sleep(0.0001)
             except (redis.RedisError, OSError, hiredis.ProtocolError) as exc:
                 lost = True
                 log.error("message-queue listener: %s; reconnecting in %d s", exc, retry_s)
