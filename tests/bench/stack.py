@@ -47,7 +47,11 @@ def cpu_seconds(service):
 
 
 def container_urls(service, port):
-    """http://IP:port of each of a service's containers (see :func:`container_url`)."""
+    """http://IP:port of each of a service's containers on its Compose network.
+
+    The host reaches those addresses over Docker's bridge directly, without the
+    userland proxy behind published ports.
+    """
     urls = []
     for cid in containers(service):
         ip = subprocess.run(
@@ -67,22 +71,5 @@ def container_urls(service, port):
 
 
 def container_url(service, port):
-    """http://IP:port of a service's first container on its Compose network.
-
-    The host reaches that address over Docker's bridge directly, without the
-    userland proxy behind published ports.
-    """
-    cid = containers(service)[0]
-    ip = subprocess.run(
-        [
-            "docker",
-            "inspect",
-            "-f",
-            "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
-            cid,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()[0]
-    return f"http://{ip}:{port}"
+    """http://IP:port of a service's first container (:func:`container_urls`)."""
+    return container_urls(service, port)[0]

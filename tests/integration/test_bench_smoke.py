@@ -11,15 +11,21 @@ from conftest import BASE_URL
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-def test_bench_smoke_run_reports_latency_fan_in_and_connections():
+def bench(*args):
+    """A smoke run of bench.py against the test stack; its output."""
     done = subprocess.run(
-        [sys.executable, str(BENCH / "bench.py"), "--url", BASE_URL, "--smoke"],
+        [sys.executable, str(BENCH / "bench.py"), "--url", BASE_URL, "--smoke", *args],
         capture_output=True,
         text=True,
         timeout=300,
         env=os.environ,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def test_bench_smoke_run_reports_latency_fan_in_and_connections():
+    done = bench()
     result = json.loads((BENCH / "results" / "bench.json").read_text())
     assert result["smoke"] is True
     latency = result["latency"]["runs"][0]
@@ -33,21 +39,16 @@ def test_bench_smoke_run_reports_latency_fan_in_and_connections():
         assert run["client"] == ("stock" if mode == "stock" else "tuned")
     assert result["publish"] == "in-append"
     assert result["connections"]["runs"][0]["levels"][0]["clients"] == 100
+    opened = result["open_sockets"]["runs"][0]  # stock clients opened and subscribed
+    assert opened["clients"] == 100 and opened["seconds"] > 0
+    assert opened["web_cpu_us_per_client"] > 0
     assert result["summary"]["single_client_p50_ms"]["median"] == latency["p50_ms"]
     assert "single client" in done.stdout and "fan-in persist" in done.stdout
     assert "stock client + stock emitter" in done.stdout
 
 
 def test_bench_timeline_smoke_run_records_each_100_ms():
-    done = subprocess.run(
-        [sys.executable, str(BENCH / "bench.py"), "--url", BASE_URL, "--smoke"]
-        + ["--timeline", "200", "--label", "smoke"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=os.environ,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = bench("--timeline", "200", "--label", "smoke")
     result = json.loads((BENCH / "results" / "timeline-smoke.json").read_text())
     assert result["lost"] == 0 and result["delivered"] == result["emitted"] > 1000
     rows = result["buckets"]
