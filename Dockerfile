@@ -25,7 +25,7 @@ RUN pip install --no-deps . \
  && useradd --system --uid 10001 --gid taskbeam --home-dir /app --shell /usr/sbin/nologin taskbeam \
  && mkdir -p /data/exports /data/demo \
  && chown taskbeam:taskbeam /data/exports /data/demo
-COPY web/start.sh web/gunicorn.conf.py ./web/
+COPY web/start.sh web/healthcheck.sh web/gunicorn.conf.py ./web/
 COPY worker/start.sh worker/healthcheck.sh worker/flower.sh ./worker/
 
 USER taskbeam

@@ -288,12 +288,14 @@ async def web_scaling(url, cookie, owner, replicas_list, clients_count, rate, se
     """The same load (stock clients, persist-fed: the worker's path) with 1, 2, 3...
     web replicas: total web CPU per delivered event, with each event on its room's
     channel (read by the replica holding the room) and on the main channel (read by
-    every replica, as before room channels)."""
+    every replica, as before room channels). On room channels also at a quarter of the
+    rate: the marginal CPU per event between the two rates, without what each replica
+    spends whatever the load (health checks, timers, pings of its sockets)."""
     rows = []
     try:
         for replicas in replicas_list:
             await asyncio.to_thread(scale_web, replicas)
-            for channel in ("rooms", "main"):
+            for channel, offered in (("rooms", rate // 4), ("rooms", rate), ("main", rate)):
                 recorder = Recorder()
                 driver = await asyncio.to_thread(Driver, owner, clients_count)
                 await asyncio.to_thread(driver.channel, channel)
@@ -303,7 +305,7 @@ async def web_scaling(url, cookie, owner, replicas_list, clients_count, rate, se
                 urls = await asyncio.to_thread(container_urls, "web", 8000)
                 reads_before = await asyncio.to_thread(listener_reads, urls)
                 cpu_before = await asyncio.to_thread(cpu_seconds, "web")
-                sent = await asyncio.to_thread(driver.run, rate, seconds, "persist")
+                sent = await asyncio.to_thread(driver.run, offered, seconds, "persist")
                 await asyncio.sleep(1.5)
                 web_cpu = await asyncio.to_thread(cpu_seconds, "web") - cpu_before
                 reads = await asyncio.to_thread(listener_reads, urls)
@@ -313,8 +315,10 @@ async def web_scaling(url, cookie, owner, replicas_list, clients_count, rate, se
                 row = {
                     "web_replicas": replicas,
                     "channel": channel,
-                    "offered_per_s": rate,
+                    "offered_per_s": offered,
                     "delivered_per_s": round(delivered / sent["seconds"]),
+                    "delivered": delivered,
+                    "web_cpu_s": round(web_cpu, 3),
                     "lost": sent["emitted"] - delivered,
                     "p99_ms": round(percentile(recorder.latencies, 0.99) or 0, 2),
                     "web_cpu_us_per_event": round(web_cpu / max(delivered, 1) * 1e6, 1),
@@ -327,12 +331,24 @@ async def web_scaling(url, cookie, owner, replicas_list, clients_count, rate, se
                         1,
                     ),
                 }
+                if channel == "rooms" and offered == rate:
+                    low = rows[-1]
+                    row["marginal_us_per_event"] = round(
+                        (web_cpu - low["web_cpu_s"]) / max(delivered - low["delivered"], 1) * 1e6,
+                        1,
+                    )
                 rows.append(row)
                 print(
                     f"  web={replicas} {channel:>5} channel: delivered {row['delivered_per_s']}/s "
                     f"lost {row['lost']} p99 {row['p99_ms']} ms, web CPU "
                     f"{row['web_cpu_us_per_event']} µs/event (all replicas); messages read "
-                    f"{row['messages_read']}, {row['messages_per_read']} per read",
+                    f"{row['messages_read']}, {row['messages_per_read']} per read"
+                    + (
+                        f"; marginal {row['marginal_us_per_event']} µs/event "
+                        f"above {low['offered_per_s']}/s"
+                        if "marginal_us_per_event" in row
+                        else ""
+                    ),
                     flush=True,
                 )
     finally:
@@ -563,12 +579,18 @@ def summarise(result):
     summary["open_sockets_web_cpu_us_per_client"] = spread(
         [r["web_cpu_us_per_client"] for r in opened]
     )
-    scaling = {}
+    scaling, marginal = {}, {}
+    rate = result["web_scaling"]["rate"]
     for run in result["web_scaling"]["runs"]:
         for row in run:
+            if row["offered_per_s"] != rate:
+                continue
             key = f"web={row['web_replicas']} {row['channel']}"
             scaling.setdefault(key, []).append(row["web_cpu_us_per_event"])
+            if "marginal_us_per_event" in row:
+                marginal.setdefault(key, []).append(row["marginal_us_per_event"])
     summary["web_scaling_cpu_us_per_event"] = {k: spread(v) for k, v in scaling.items()}
+    summary["web_scaling_marginal_us_per_event"] = {k: spread(v) for k, v in marginal.items()}
     for mode, fan in result["fan_in"].items():
         summary[f"fan_in_{mode}_events_per_s"] = spread(
             [r["max_delivered_per_s"] for r in fan["runs"]]
@@ -609,9 +631,11 @@ def report(result):
             f"{shown(s['open_sockets_web_cpu_us_per_client'], ' µs')} per client (stock client)"
         )
     for key, figure in s["web_scaling_cpu_us_per_event"].items():
+        marginal = s["web_scaling_marginal_us_per_event"].get(key)
         print(
             f"{key:<20} web CPU per delivered event (all replicas) {shown(figure, ' µs')} "
             f"at {result['web_scaling']['rate']}/s persist-fed, stock clients"
+            + (f"; marginal {shown(marginal, ' µs')}" if marginal else "")
         )
     for level, fresh in s["connections_kb_per_client_fresh"].items():
         if not result["connections"]["runs"]:

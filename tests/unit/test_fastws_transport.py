@@ -361,6 +361,22 @@ def test_a_connection_sends_open_first_answers_messages_and_pings_and_ends_when_
     c.client.close()
 
 
+def test_what_engineio_sends_to_an_idle_connection_is_written_without_a_greenlet(monkeypatch):
+    c = Connected()
+    assert c.frames_until(1) == [(codec.OP_TEXT, b"4open")]
+    with gevent.Timeout(2):
+        while c.connection.writing or c.sock.queue.items or c.connection.reader:
+            gevent.sleep(0.005)
+    spawned = []
+    monkeypatch.setattr(gevent, "spawn", lambda *args, **kwargs: spawned.append(args))
+    c.sock.send("ack")  # an acknowledgement, a ping: engine.io's Socket.send
+    assert spawned == [] and c.sock.queue.unfinished == 0
+    assert c.frames_until(2)[1] == (codec.OP_TEXT, b"4ack")
+    monkeypatch.undo()
+    c.client.close()
+    c.wait_closed()
+
+
 def test_a_close_frame_from_the_client_ends_the_connection():
     c = Connected()
     c.send(client_frame(codec.OP_CLOSE, (1000).to_bytes(2, "big")))

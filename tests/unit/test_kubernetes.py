@@ -182,7 +182,8 @@ def test_the_settings_load_and_the_secrets_are_the_files_the_pods_mount(base, tm
 
 def test_probes_are_the_compose_healthchecks(base, compose):
     web = container(base, "web")
-    assert "/readyz" in " ".join(compose["web"]["healthcheck"]["test"])
+    assert compose["web"]["healthcheck"]["test"] == ["CMD", "/app/web/healthcheck.sh"]
+    assert "/readyz" in (ROOT / "web" / "healthcheck.sh").read_text()
     assert web["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert web["livenessProbe"]["httpGet"]["path"] == "/healthz"
     worker = container(base, "worker")

@@ -45,7 +45,7 @@ class RoomChannel:
         self.room, self.ready = room, threading.Event()
 
 
-class FastRedisManager(Heard, seams.PubSubHooks):
+class FastRedisManager(Heard, seams.RoomsBySid, seams.PubSubHooks):
     """:param silence_s: reconnect when nothing (not even a heartbeat) arrived for this long.
     :param metrics: counts the task events delivered (``taskbeam.web.metrics.Metrics``)."""
 

@@ -85,7 +85,16 @@ class WakingQueue:
     per socket. One greenlet runs at a time, so no lock is needed.
     """
 
-    __slots__ = ("items", "bytes", "unfinished", "readable", "finished", "on_put", "on_overflow")
+    __slots__ = (
+        "items",
+        "bytes",
+        "unfinished",
+        "readable",
+        "finished",
+        "send_now",
+        "on_put",
+        "on_overflow",
+    )
 
     def __init__(self):
         self.items = None  # a deque while something is queued
@@ -93,11 +102,14 @@ class WakingQueue:
         self.unfinished = 0  # put and not yet task_done(), for join()
         self.readable = None  # an Event, once a getter had to wait
         self.finished = None  # an Event, while join() waits
-        self.on_put = None  # called with the item
+        self.send_now = None  # offered each item while none is queued; True: it was sent
+        self.on_put = None  # called with the item once queued
         self.on_overflow = None
 
     def put(self, item, block=True, timeout=None):
         if self.items is None:
+            if self.send_now is not None and item is not None and self.send_now(item):
+                return
             self.items = collections.deque()
         self.items.append(item)
         self.unfinished += 1
@@ -278,10 +290,16 @@ class Connection(DirectWrites):
         Connection.open_count += 1
         seams.mark_websocket_open(eio_socket, self)
         queue = eio_socket.queue
+        queue.send_now = self.send_now
         queue.on_put = drainer.wake
         queue.on_overflow = self.overflow
         drainer.wake()  # the OPEN packet, queued before the WebSocket was there
         self.watcher.start(self.on_readable)
+
+    def send_now(self, packet) -> bool:
+        """A packet engine.io sends while nothing is queued (the handshake's, acks,
+        pings): written from here, without waking the drainer, if the socket takes it."""
+        return self.try_send(encode_frame(packet.encode()))
 
     def on_readable(self):  # in the hub, which must not block
         self.watcher.stop()
