@@ -186,6 +186,8 @@ def test_probes_are_the_compose_healthchecks(base, compose):
     assert "/readyz" in (ROOT / "web" / "healthcheck.sh").read_text()
     assert web["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert web["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert "read -r -t 10" in (ROOT / "web" / "healthcheck.sh").read_text()
+    assert web["readinessProbe"]["timeoutSeconds"] == web["livenessProbe"]["timeoutSeconds"] == 10
     worker = container(base, "worker")
     assert (
         worker["livenessProbe"]["exec"]["command"] == compose["worker"]["healthcheck"]["test"][1:]
