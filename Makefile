@@ -64,7 +64,8 @@ LOAD_LIMITS = WS_CONNECTIONS_PER_IP=20000 CREATES_PER_MINUTE_PER_IP=60000 CREATE
 # BENCH_CLIENT=tuned|stock|both: our tuned client, a plain `websockets` client fed by a
 # stock emitter (the fan-in only), or both (tests/bench/bench.py).
 BENCH_CLIENT ?= both
-# WEB_SCALING="1 2 3": also web CPU per event with that many web replicas (bench.py).
+# WEB_SCALING="1 2 3": also web CPU per event with that many web replicas, and the
+# marginal CPU per event between a quarter of the rate and the rate (bench.py).
 WEB_SCALING ?=
 # TIMELINE=RATE: instead, one stock-client step held at RATE, per 100 ms next to CPU,
 # GC, health checks and listener reads: results/timeline-$(TIMELINE_LABEL).json/.png.

@@ -69,12 +69,15 @@ def test_the_fast_listener_counts_messages_per_socket_read(redis_server, redis_c
     for n in range(50):
         pipe.publish("sio", f"m{n}")
     pipe.execute()  # 50 messages written at once: read in far fewer than 50 reads
+    while len(got) < 50:  # then "stop" in a read of its own
+        assert time.monotonic() < deadline, f"the listener got {len(got)} of 50"
+        time.sleep(0.01)
     redis_client.publish("sio", "stop")
     thread.join(10)
     assert got[-1] == "stop"
     text = rendered(metrics)
     reads = sample(text, "taskbeam_mq_reads_total")
-    # The stop message's read is counted once its batch is done: not before the generator
-    # closes; every message before it is.
+    # A read is counted once its batch is done: the stop message's is not (the generator
+    # closes at it); every message before it is.
     assert sample(text, "taskbeam_mq_messages_total") >= 50
     assert 1 <= reads < 50
