@@ -3,6 +3,7 @@ objects: same schedule and rules, no greenlet while waiting."""
 
 import gc
 import time
+from types import SimpleNamespace
 
 import engineio.socket
 import gevent
@@ -82,3 +83,26 @@ def test_a_closed_socket_is_not_pinged():
     sock.closed = True
     gevent.sleep(INTERVAL_S * 2)
     assert eio_packet.PING not in queued_types(sock)
+
+
+def test_pings_are_due_on_a_grid_so_that_many_sockets_share_a_wake_up(monkeypatch):
+    eio = server()
+    grid = INTERVAL_S / 10
+    delays = []
+
+    class Timer:
+        def __init__(self, delay):
+            delays.append(delay)
+
+        def start(self, *args, **kwargs):
+            pass
+
+    loop = SimpleNamespace(timer=Timer)
+    hub = SimpleNamespace(loop=loop)
+    monkeypatch.setattr(pings, "gevent", SimpleNamespace(get_hub=lambda: hub, spawn=gevent.spawn))
+    moments = (100.001, 100.003, 100.0071, 100.0099)  # schedule_ping at four moments
+    for now in moments:
+        monkeypatch.setattr(pings.time, "monotonic", lambda now=now: now)
+        connect(eio, sid=f"s{now}").schedule_ping()
+    assert all(INTERVAL_S - 1e-9 <= delay < INTERVAL_S + grid for delay in delays)
+    assert len({round(now + delay, 6) for now, delay in zip(moments, delays)}) == 1  # together

@@ -10,6 +10,8 @@ sent. Ping timeouts are still enforced by engine.io (its service task and
 
 from __future__ import annotations
 
+import time
+
 import gevent
 
 from . import seams
@@ -25,7 +27,11 @@ class TimerPing:
 
     def schedule(self) -> None:
         if seams.start_ping_cycle(self.sock):
-            self.timer = gevent.get_hub().loop.timer(self.eio.ping_interval)
+            # Due on a grid (a tenth of the interval, at most 1 s): the pings of many
+            # sockets, and so their pongs, come in one wake-up of the process, not one each.
+            grid = min(self.eio.ping_interval / 10, 1.0)
+            delay = self.eio.ping_interval + (-time.monotonic() % grid)
+            self.timer = gevent.get_hub().loop.timer(delay)
             # send may block, so not in the hub; update: count from now, not the loop's last turn
             self.timer.start(gevent.spawn, self.send, update=True)
 
