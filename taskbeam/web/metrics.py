@@ -35,7 +35,7 @@ class Metrics:
     def delivered(self, message, recipients):
         """A message from the queue went to ``recipients`` sockets (the fast listener)."""
         if is_task_update(message):
-            self.event_received(message["data"][0], recipients)
+            self.event_received(message["data"][0].get("ts"), recipients)
 
     def counted(self, recipients):
         """A task event went to ``recipients`` sockets (the stock listener: no lag known)."""
@@ -43,8 +43,13 @@ class Metrics:
             self.events_received += 1
             self.events_delivered += recipients
 
-    def event_received(self, event, recipients):
-        lag = max(time.time() - float(event.get("ts", time.time())), 0.0)
+    def event_received(self, ts, recipients):
+        """A task event emitted at ``ts`` (the emitter's clock, None if unknown) went
+        to ``recipients`` sockets."""
+        try:
+            lag = max(time.time() - float(ts), 0.0)
+        except (TypeError, ValueError):
+            lag = 0.0
         with self.lock:
             self.events_received += 1
             self.events_delivered += recipients

@@ -23,6 +23,7 @@ import pytest
 import socketio
 import websockets.sync.client
 from engineio import packet as eio_packet
+from flask_socketio import SocketIO
 from websockets.exceptions import ConnectionClosed
 
 import redis
@@ -572,3 +573,95 @@ def test_the_fast_manager_keeps_python_socketios_rooms_and_disconnects_without_a
     for sid in sids:
         fast.disconnect(sid, "/", ignore_queue=True)
     assert not any(str(room).startswith("own:") for room in dict.keys(fast.rooms["/"]))
+
+
+# Task events framed from their message's own bytes.
+
+AWKWARD = 'a/b "q" \\ \n\r\t\b\f \x00\x1f \x7f é € 😀 </script> ], "binary": false, "room": "x'
+
+
+def stock_messages(redis_server, emits):
+    """What a stock Flask-SocketIO external emitter publishes for ``emits``, each
+    ``(event name, data, to)``, read raw from a real Redis; and its host id."""
+    emitter = SocketIO(message_queue="redis://unused", channel="sio")
+    emitter.server.manager.redis_url = f"unix://{redis_server}"  # a Unix socket here
+    subscriber = redis.Redis(unix_socket_path=redis_server).pubsub(ignore_subscribe_messages=True)
+    subscriber.subscribe("sio")
+    subscriber.get_message(timeout=5)
+    for name, data, to in emits:
+        emitter.emit(name, data, to=to)
+    messages = [subscriber.get_message(timeout=5)["data"].decode() for _ in emits]
+    subscriber.close()
+    emitter.server.manager.redis.close()
+    return messages, emitter.server.manager.host_id
+
+
+EVENTS = [
+    {"task_id": "a" * 32, "seq": 1, "state": "running", "progress": 12.5, "ts": 1796082662.5},
+    {"task_id": "b" * 32, "seq": 2, "message": AWKWARD, "ts": 1.5e9, "result": {"url": "/x"}},
+    {"ts": -1, "nested": [{"ts": "not this one"}], "empty": {}},
+    {"task_id": "c" * 32, "seq": 3},  # no ts: delivered, no lag known
+]
+
+
+def test_a_task_event_from_the_stock_emitter_is_framed_as_its_parsed_form_would_be(redis_server):
+    messages, host_id = stock_messages(
+        redis_server, [("task_update", event, f"task:{i}") for i, event in enumerate(EVENTS)]
+    )
+    for i, (message, event) in enumerate(zip(messages, EVENTS)):
+        cut = listener.cut_task_event(message)
+        assert cut is not None, message
+        parsed = json.loads(message)  # what python-socketio's listener reads
+        assert {k: parsed[k] for k in ("method", "event", "namespace", "room", "host_id")} == cut
+        assert cut["room"] == f"task:{i}" and cut["host_id"] == host_id
+        assert cut.packet[0] == "2" and json.loads(cut.packet[1:]) == ["task_update", event]
+        assert cut.ts == event.get("ts")
+
+
+def test_messages_in_any_other_form_are_left_to_python_socketio(redis_server):
+    event = EVENTS[0]
+    messages, _ = stock_messages(
+        redis_server,
+        [
+            ("other_event", event, "task:1"),
+            ("task_update", event, None),  # to everyone
+            ("task_update", [event], "task:1"),
+            ("task_update", None, "task:1"),
+            ("task_update", 'a "string"', "task:1"),
+            ("task_update", event, 'task:"quoted"'),
+        ],
+    )
+    (plain,), _ = stock_messages(redis_server, [("task_update", event, "task:1")])
+    messages += [
+        plain.replace('"skip_sid": null', '"skip_sid": "abc"'),
+        plain.replace('"callback": null', '"callback": ["task:1", "/", 1]'),
+        plain.replace('"binary": false', '"binary": true'),
+        plain.replace('"namespace": "/"', '"namespace": "/other"'),
+        plain + " ",
+        plain[:-1],
+        '{"method": "emit", "event": "task_update", "data": [{"seq": 1}]}',
+    ]
+    assert [listener.cut_task_event(m) for m in messages] == [None] * len(messages)
+    assert listener.cut_task_event(plain) is not None
+
+
+def test_a_cut_task_event_reaches_a_real_client_and_the_metrics(server, redis_server):
+    (message,), _ = stock_messages(redis_server, [("task_update", EVENTS[1], "task:a")])
+    ws = in_thread(lambda: websockets.sync.client.connect(server.url, legacy=True))
+    try:
+        assert in_thread(ws.recv).startswith("0{")
+        in_thread(ws.send, "40")
+        assert in_thread(ws.recv).startswith("40{")
+        sid = next(iter(server.sio.manager.rooms["/"][None]))
+        server.sio.enter_room(sid, "task:a")
+        manager = SimpleNamespace(
+            server=server.sio,
+            get_participants=server.sio.manager.get_participants,
+            metrics=Metrics(),
+        )
+        assert listener.FastRedisManager.handle_emit(manager, listener.cut_task_event(message))
+        assert json.loads(recv_skipping_pings(ws)[2:]) == ["task_update", EVENTS[1]]
+        assert (manager.metrics.events_received, manager.metrics.events_delivered) == (1, 1)
+        assert manager.metrics.lag_last > 0  # from the event's ts (2017)
+    finally:
+        in_thread(ws.close)

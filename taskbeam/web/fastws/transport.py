@@ -503,18 +503,25 @@ def deliver(manager, message: dict) -> int | None:
         encoded = server.packet_class(
             sio_packet.EVENT, namespace=namespace, data=[message["event"]] + args
         ).encode()
+    return deliver_packet(manager, message.get("room"), encoded, namespace, skip)
+
+
+def deliver_packet(manager, room, packet: str, namespace="/", skip=(None,)) -> int:
+    """Send an encoded Socket.IO packet to ``room``'s members here, but ``skip``;
+    how many."""
     frame = queued = None
     recipients = 0
+    server = manager.server
     sockets = seams.eio_sockets(server)
-    for sid, eio_sid in manager.get_participants(namespace, message.get("room")):
+    for sid, eio_sid in manager.get_participants(namespace, room):
         if sid in skip:
             continue
         recipients += 1
         direct = getattr(sockets.get(eio_sid), "direct", None)
         if direct is not None:
-            frame = frame or codec.text_frame(("4" + encoded).encode())
+            frame = frame or codec.text_frame(("4" + packet).encode())
             if direct.try_send(frame):
                 continue
-        queued = queued or eio_packet.Packet(eio_packet.MESSAGE, encoded)
+        queued = queued or eio_packet.Packet(eio_packet.MESSAGE, packet)
         seams.send_eio_packet(server, eio_sid, queued)
     return recipients
