@@ -44,8 +44,8 @@ class Metrics:
             self.events_delivered += recipients
 
     def event_received(self, ts, recipients):
-        """A task event emitted at ``ts`` (the emitter's clock, None if unknown) went
-        to ``recipients`` sockets."""
+        """A task event emitted at ``ts`` (seconds on the emitter's clock, a number or
+        its text; None if unknown) went to ``recipients`` sockets."""
         try:
             lag = max(time.time() - float(ts), 0.0)
         except (TypeError, ValueError):
