@@ -43,7 +43,8 @@ TURN_AFTER_MESSAGES = 16
 # JSON is framed as it came, not parsed and encoded again (that was a quarter of the
 # web's CPU per delivered event). Any other message, or this one in any other form,
 # goes through python-socketio.
-TASK_EVENT_HEAD = '{"method": "emit", "event": "%s", "data": [{' % protocol.TASK_UPDATE_EVENT
+TASK_EVENT_HEAD = f'{{"method": "emit", "event": "{protocol.TASK_UPDATE_EVENT}", "data": [{{'
+TASK_EVENT_PACKET = f'2["{protocol.TASK_UPDATE_EVENT}",'  # then the event's arguments and "]"
 TASK_EVENT_ROOM = '], "binary": false, "namespace": "/", "room": "'
 TASK_EVENT_TAIL = re.compile(
     r'([^"\\]+)", "skip_sid": null, "callback": null, "host_id": "([0-9a-f]+)"\}'
@@ -72,10 +73,14 @@ def cut_task_event(message: str) -> TaskEvent | None:
     if tail is None:
         return None
     event = TaskEvent(
-        method="emit", event=protocol.TASK_UPDATE_EVENT, namespace="/", room=tail[1], host_id=tail[2]
+        method="emit",
+        event=protocol.TASK_UPDATE_EVENT,
+        namespace="/",
+        room=tail[1],
+        host_id=tail[2],
     )
     args = message[len(TASK_EVENT_HEAD) - 1 : cut]
-    event.packet = '2["%s",%s]' % (protocol.TASK_UPDATE_EVENT, args)
+    event.packet = TASK_EVENT_PACKET + args + "]"
     ts = EVENT_TS.search(args)
     event.ts = ts[1] if ts else None
     return event
