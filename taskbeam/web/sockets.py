@@ -129,7 +129,8 @@ def on_subscribe(server, services, sid, data):
     subscriptions.add(task_id)
     server.save_session(sid, connection)
     rec, page, next_after, more = store.record_and_events_page(task_id, after, MAX_EVENTS_PAGE)
-    if rec is None:  # removed since the check above
+    if rec is None:  # removed since the check above: no room or subscription left behind
+        on_unsubscribe(server, services, sid, {"task_id": task_id})
         return _error("not_found", "No such task.")
     # python-socketio encodes the ack itself, so only this bounded page is parsed.
     missed = [json.loads(event) for event in page]
