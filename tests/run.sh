@@ -98,7 +98,10 @@ TASKBEAM_URL=http://127.0.0.1:$TEST_HTTP_PORT "$venv/bin/pytest" tests/integrati
 # recreated; delivery, chaos and the page run (TEST_STOCK_TRANSPORT=0 skips this pass).
 if [ "${TEST_STOCK_TRANSPORT:-1}" != 0 ]; then
   WEB_FAST_TRANSPORT=0 docker compose up -d --wait --no-deps web
-  docker compose logs web | grep -q "WEB_FAST_TRANSPORT=0: stock" \
+  # Read the logs whole first: `grep -q` stopping at the match would end `docker compose
+  # logs` with SIGPIPE, failing the pipeline under pipefail.
+  web_logs=$(docker compose logs --no-color web 2>&1)
+  grep -q "WEB_FAST_TRANSPORT=0: stock" <<<"$web_logs" \
     || { echo "web did not start with the stock transport" >&2; exit 1; }
   status=0
   TASKBEAM_URL=http://127.0.0.1:$TEST_HTTP_PORT WEB_FAST_TRANSPORT=0 "$venv/bin/pytest" -q \
