@@ -5,11 +5,13 @@
 listener's parser are tested against the real thing without touching any port.
 """
 
+import gc
 import os
 import shutil
 import subprocess
 import time
 
+import greenlet
 import pytest
 
 import redis as redis_lib
@@ -70,3 +72,10 @@ def client_frame(opcode, payload, fin=True, key=b"\x01\x02\x03\x04", masked=True
         length = bytes((0x80 * masked | 127,)) + size.to_bytes(8, "big")
     body = bytes(b ^ key[i % 4] for i, b in enumerate(payload)) if masked else payload
     return bytes((0x80 * fin | rsv | opcode,)) + length + (key if masked else b"") + body
+
+
+def live_greenlets():
+    """The live greenlets, as a set: a test compares which, not how many (another
+    test's greenlet ending meanwhile must not hide a new one)."""
+    # type(), not isinstance(): a dead weak proxy among gc's objects raises on the latter.
+    return {o for o in gc.get_objects() if issubclass(type(o), greenlet.greenlet) and not o.dead}

@@ -18,10 +18,10 @@ from types import SimpleNamespace
 import engineio.socket
 import gevent
 import gevent.pywsgi
-import greenlet
 import pytest
 import socketio
 import websockets.sync.client
+from conftest import live_greenlets
 from engineio import packet as eio_packet
 from flask_socketio import SocketIO
 from websockets.exceptions import ConnectionClosed
@@ -96,12 +96,6 @@ def wait_for(predicate, timeout=5.0):
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         gevent.sleep(0.01)
-
-
-def live_greenlets():
-    """The live greenlets, as a set: a test compares which, not how many (another
-    test's greenlet ending meanwhile must not hide a new one)."""
-    return {o for o in gc.get_objects() if isinstance(o, greenlet.greenlet) and not o.dead}
 
 
 def recv_skipping_pings(ws):

@@ -1,16 +1,14 @@
 """The fast transport (taskbeam.web.fastws.transport): frames, addressing, when it
 must queue, the connection after hand-off, its close codes and its bounds."""
 
-import gc
 import json
 import time
 
 import gevent
 import gevent.pool
 import gevent.socket
-import greenlet
 import pytest
-from conftest import client_frame
+from conftest import client_frame, live_greenlets
 from engineio import packet as eio_packet
 from geventwebsocket.websocket import Header, WebSocket
 
@@ -240,12 +238,6 @@ class QueuedEioSocket:
 def drained(drainer):
     if drainer.greenlet is not None:
         drainer.greenlet.join()
-
-
-def live_greenlets():
-    """The live greenlets, as a set: a test compares which, not how many (another
-    test's greenlet ending meanwhile must not hide a new one)."""
-    return {o for o in gc.get_objects() if isinstance(o, greenlet.greenlet) and not o.dead}
 
 
 def test_the_drainer_sends_what_is_queued_in_order_and_then_holds_no_greenlet():
