@@ -115,7 +115,10 @@ def on_subscribe(server, services, sid, data):
     if store.owned_record(task_id, connection.get("owner")) is None:
         return _error("not_found", "No such task.")
     subscriptions = connection.setdefault("subscriptions", set())
-    if task_id not in subscriptions and len(subscriptions) >= MAX_SUBSCRIPTIONS:
+    # A first subscribe that fails leaves no room or subscription behind; a repeated
+    # one (e.g. for the next page of `missed`) keeps the one it had.
+    first = task_id not in subscriptions
+    if first and len(subscriptions) >= MAX_SUBSCRIPTIONS:
         return _error("invalid_params", f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection")
     # Join (and have the room's channel on this process's subscription) first, read
     # second: an event published in between arrives live and also in `missed`, never
@@ -123,13 +126,18 @@ def on_subscribe(server, services, sid, data):
     room = protocol.task_room(task_id)
     server.enter_room(sid, room)
     if not services.queue_watch.manager.watch_room(room):
-        if task_id not in subscriptions:
+        if first:
             server.leave_room(sid, room)
         return _error("unavailable", "The message queue is not reachable; subscribe again shortly.")
     subscriptions.add(task_id)
     server.save_session(sid, connection)
-    rec, page, next_after, more = store.record_and_events_page(task_id, after, MAX_EVENTS_PAGE)
-    if rec is None:  # removed since the check above: no room or subscription left behind
+    try:
+        rec, page, next_after, more = store.record_and_events_page(task_id, after, MAX_EVENTS_PAGE)
+    except RedisError:  # on_error answers `unavailable`
+        if first:
+            on_unsubscribe(server, services, sid, {"task_id": task_id})
+        raise
+    if rec is None:  # removed since the check above
         on_unsubscribe(server, services, sid, {"task_id": task_id})
         return _error("not_found", "No such task.")
     # python-socketio encodes the ack itself, so only this bounded page is parsed.

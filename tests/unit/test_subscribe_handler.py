@@ -7,6 +7,7 @@ import engineio.socket
 import pytest
 import socketio
 
+import redis
 from taskbeam import config, protocol
 from taskbeam.store import TaskStore
 from taskbeam.web import sockets
@@ -69,3 +70,33 @@ def test_a_task_removed_while_subscribing_leaves_no_room_or_subscription(
     sio, sid = server
     assert protocol.task_room(task["id"]) not in sio.rooms(sid)
     assert sio.get_session(sid)["subscriptions"] == set()
+
+
+def failing_read(store, monkeypatch):
+    def read(*args):
+        raise redis.ConnectionError("Redis went away")
+
+    monkeypatch.setattr(store, "record_and_events_page", read)
+
+
+def test_a_redis_error_on_a_first_subscribe_leaves_no_room_or_subscription(
+    server, services, monkeypatch
+):
+    task = services.store.create(kind="simulate", owner=OWNER, params={})
+    failing_read(services.store, monkeypatch)
+    with pytest.raises(redis.ConnectionError):  # on_error answers `unavailable`
+        subscribe(server, services, task["id"])
+    sio, sid = server
+    assert protocol.task_room(task["id"]) not in sio.rooms(sid)
+    assert sio.get_session(sid)["subscriptions"] == set()
+
+
+def test_a_redis_error_on_a_subscribe_again_keeps_the_subscription(server, services, monkeypatch):
+    task = services.store.create(kind="simulate", owner=OWNER, params={})
+    assert subscribe(server, services, task["id"])["ok"]
+    failing_read(services.store, monkeypatch)
+    with pytest.raises(redis.ConnectionError):
+        subscribe(server, services, task["id"])  # e.g. for the next page of `missed`
+    sio, sid = server
+    assert protocol.task_room(task["id"]) in sio.rooms(sid)
+    assert sio.get_session(sid)["subscriptions"] == {task["id"]}
