@@ -5,8 +5,9 @@ bind = "0.0.0.0:8000"
 # One worker per container: Gunicorn cannot route a Socket.IO session back to the
 # worker that holds it, so scale with more `web` containers instead.
 workers = 1
-# gevent-websocket's worker (plain `-k gevent` fails WebSockets); with the fast
-# transport one keeping less per connection (taskbeam/web/gunicorn_worker.py).
+# gevent-websocket's worker (plain `-k gevent` fails WebSockets), closing the clients'
+# connections on shutdown; with the fast transport, one keeping less per connection
+# (taskbeam/gunicorn_worker.py).
 fast_transport = os.environ.get("WEB_FAST_TRANSPORT", "1").strip().lower() not in (
     "0",
     "false",
@@ -14,9 +15,7 @@ fast_transport = os.environ.get("WEB_FAST_TRANSPORT", "1").strip().lower() not i
     "off",
 )  # as taskbeam.web.fastws.wanted()
 worker_class = (
-    "taskbeam.web.gunicorn_worker.Worker"
-    if fast_transport
-    else "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
+    "taskbeam.gunicorn_worker.Worker" if fast_transport else "taskbeam.gunicorn_worker.StockWorker"
 )
 # Gunicorn's default of 1000 would cap connected browsers per container.
 worker_connections = int(os.environ.get("WEB_MAX_CONNECTIONS", "10000"))

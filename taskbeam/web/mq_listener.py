@@ -176,18 +176,21 @@ class QueueWatch:
             was_healthy = healthy
 
     def _disconnect_all(self):
-        self._close_connections()
+        self.close_connections()
 
     def _reconnect_all(self):
         log.warning("message-queue listener is back; closing connections so clients resubscribe")
-        self._close_connections()
+        self.close_connections()
 
-    def _close_connections(self):
+    def close_connections(self):
         """Close every connection as a dropped network would: Socket.IO clients then
         reconnect on their own (after a server-side disconnect they would not), and
-        are refused here until the listener receives again."""
+        are refused here until the listener receives again (or, on shutdown, reach
+        the next process)."""
         eio = self.sio.server.eio
         sids = [eio_sid for _sid, eio_sid in self.manager.get_participants("/", None)]
+        if not sids:
+            return
         log.warning("closing %d client connections", len(sids))
         for eio_sid in sids:
             try:

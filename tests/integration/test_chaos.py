@@ -146,6 +146,11 @@ def test_every_task_ends_once_and_gapless_through(fault):
         recovery = time.monotonic() - started
         for watcher, task in zip(watchers, tasks):
             watcher.wait_terminal([task["id"]], timeout=120)
+        if fault == "restart web":
+            # The old worker closed its clients' connections and exited by itself, not
+            # killed after gunicorn's whole graceful_timeout of refusing new requests.
+            logs = compose("logs", "--since", str(int(fault_at)), "web")
+            assert "Worker exiting" in logs
         if fault == "restart redis":
             # Workers reconnect; none exits (taskbeam/broker_transport.py). One that
             # does waits for its running tasks first, so its log says it before Docker

@@ -27,9 +27,9 @@ from flask_socketio import SocketIO
 from websockets.exceptions import ConnectionClosed
 
 import redis
+from taskbeam.gunicorn_worker import Handler
 from taskbeam.web import fastws, mq_listener
 from taskbeam.web.fastws import listener, seams, transport
-from taskbeam.web.gunicorn_worker import Handler
 from taskbeam.web.metrics import Metrics
 from taskbeam.web.mq_listener import Heard, StockRedisManager, make_manager
 

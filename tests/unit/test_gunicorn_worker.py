@@ -1,11 +1,22 @@
-"""The web role's connection handler: a small read buffer that still reads whole requests."""
+"""The web role's Gunicorn workers: a small read buffer that still reads whole requests;
+connections closed on SIGTERM."""
 
+import signal
 import sys
+import time
+from types import SimpleNamespace
 
 import gevent
+import pytest
 from gevent import socket
 
-from taskbeam.web.gunicorn_worker import READ_BUFFER_BYTES, Handler
+from taskbeam.gunicorn_worker import (
+    CLOSE_AGAIN_S,
+    READ_BUFFER_BYTES,
+    Handler,
+    StockWorker,
+    Worker,
+)
 
 
 def test_a_connection_reads_through_a_small_buffer():
@@ -31,3 +42,46 @@ def test_greenlets_do_not_record_where_they_were_spawned():
     greenlet = gevent.spawn(lambda: None)
     greenlet.join()
     assert greenlet.spawning_stack is None and greenlet.spawn_tree_locals is None
+
+
+class CountingQueueWatch:
+    def __init__(self):
+        self.closed = 0
+
+    def close_connections(self):
+        self.closed += 1
+
+
+def worker_of(cls, app=None):
+    """A gunicorn worker object as its signal handler sees it (not started)."""
+    worker = object.__new__(cls)
+    worker.alive = True
+    if app is not None:
+        worker.wsgi = app
+    return worker
+
+
+@pytest.mark.parametrize("cls", [Worker, StockWorker])
+def test_sigterm_closes_the_connections_until_the_process_ends(cls):
+    watch = CountingQueueWatch()
+    app = SimpleNamespace(extensions={"taskbeam": SimpleNamespace(queue_watch=watch)})
+    worker = worker_of(cls, app)
+    worker.handle_exit(signal.SIGTERM, None)
+    worker.handle_exit(signal.SIGTERM, None)  # a second SIGTERM starts nothing more
+    try:
+        assert worker.alive is False
+        gevent.sleep(0)
+        assert watch.closed == 1  # at once
+        started = time.monotonic()
+        while watch.closed < 2:  # and again: a client that reconnected meanwhile
+            assert time.monotonic() - started < CLOSE_AGAIN_S + 2, "not closed again"
+            gevent.sleep(0.01)
+        assert time.monotonic() - started >= CLOSE_AGAIN_S * 0.9
+    finally:
+        worker.closing.kill()
+
+
+def test_sigterm_before_the_app_is_loaded_only_stops_the_worker():
+    worker = worker_of(StockWorker)
+    worker.handle_exit(signal.SIGTERM, None)
+    assert worker.alive is False and worker.closing is None

@@ -1,0 +1,71 @@
+"""Gunicorn's worker classes for the web role: gevent-websocket's, closing the
+clients' connections on shutdown (:class:`StockWorker` for ``WEB_FAST_TRANSPORT=0``,
+:class:`Worker` otherwise; see web/gunicorn.conf.py). Gunicorn's master imports this
+module before the worker monkey-patches, so it imports the app lazily.
+
+On SIGTERM, gunicorn stops accepting within a second, then waits up to
+``graceful_timeout`` for every handler to end. An open WebSocket is a handler (with
+stock gevent-websocket; a long-poll with either), so a restart would wait the whole
+10 s while refusing new requests, and then cut the clients anyway. Instead the worker
+closes every connection as a dropped network would (the clients reconnect, to the
+next process or another replica, and resume by seq) and exits once the HTTP requests
+in flight are done. It closes them again every half second until then, so a client
+that reconnected before gunicorn stopped accepting is not kept either.
+
+:class:`Worker`'s handler keeps less per connection, with the fast transport:
+
+- A 1 KB read buffer per connection instead of 8 KB: Socket.IO clients send a few
+  hundred bytes at a time, and a larger read goes around the buffer anyway. A
+  connection's handler lives as long as its long-polling session or upgraded
+  WebSocket (one that opens directly is handed off, see ``fastws.transport``).
+- No record of where each greenlet was spawned (a stack and a dict, ~2 KB per
+  socket in tracemalloc), which only debugging tools read; a greenlet now starts
+  for each read and each burst of writes.
+"""
+
+import gevent
+from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
+from geventwebsocket.handler import WebSocketHandler
+
+READ_BUFFER_BYTES = 1024
+
+gevent.config.track_greenlet_tree = False
+
+
+class Handler(WebSocketHandler):
+    def __init__(self, sock, address, server, rfile=None):
+        super().__init__(sock, address, server, rfile)
+        from .web import fastws  # not at import time (see the module's docstring)
+
+        if rfile is None and fastws.usable():
+            from .web.fastws import seams
+
+            seams.small_read_buffer(self, sock, READ_BUFFER_BYTES)
+
+
+CLOSE_AGAIN_S = 0.5
+
+
+class ClosesConnectionsOnExit:
+    closing = None
+
+    def handle_exit(self, sig, frame):
+        super().handle_exit(sig, frame)
+        # No app yet when SIGTERM comes while it loads.
+        services = getattr(getattr(self, "wsgi", None), "extensions", {}).get("taskbeam")
+        if services is not None and self.closing is None:
+            self.closing = gevent.spawn(self._close_until_exit, services.queue_watch)
+
+    @staticmethod
+    def _close_until_exit(queue_watch):
+        while True:  # the process's exit ends it
+            queue_watch.close_connections()
+            gevent.sleep(CLOSE_AGAIN_S)
+
+
+class StockWorker(ClosesConnectionsOnExit, GeventWebSocketWorker):
+    pass
+
+
+class Worker(ClosesConnectionsOnExit, GeventWebSocketWorker):
+    wsgi_handler = Handler
