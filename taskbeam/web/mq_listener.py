@@ -170,13 +170,10 @@ class QueueWatch:
             healthy = self.healthy
             if was_healthy and not healthy:
                 log.error("message-queue listener is silent; disconnecting clients")
-                self._disconnect_all()
+                self.close_connections()
             elif healthy and not was_healthy:
                 log.info("message-queue listener is receiving")
             was_healthy = healthy
-
-    def _disconnect_all(self):
-        self.close_connections()
 
     def _reconnect_all(self):
         log.warning("message-queue listener is back; closing connections so clients resubscribe")

@@ -512,7 +512,7 @@ def test_clients_reconnect_by_themselves_after_a_deaf_listener_drops_them(fast):
         watch = mq_listener.QueueWatch(
             SimpleNamespace(server=server.sio), server.sio.manager, None, "unused"
         )
-        watch._disconnect_all()
+        watch.close_connections()
         wait_for(lambda: len(connects) == 2, timeout=10)
     finally:
         in_thread(client.disconnect)
