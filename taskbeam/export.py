@@ -46,7 +46,7 @@ def export_params(params, settings=None):
     settings = settings or config.current()
     check_fields(params, {"date_from", "date_to", "columns", "format", "limit"})
     clean = {"format": params.get("format", "csv")}
-    if clean["format"] not in FORMATS:
+    if not isinstance(clean["format"], str) or clean["format"] not in FORMATS:
         raise ParamError("format", f"must be one of {', '.join(FORMATS)}")
     columns = params.get("columns", list(settings.export_columns))
     if not isinstance(columns, list) or not columns:

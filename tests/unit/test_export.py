@@ -111,6 +111,10 @@ def test_params_none_values_are_absent(settings):
     [
         ({"format": "xlsx"}, "format"),
         ({"format": "CSV"}, "format"),
+        ({"format": {"csv": 1}}, "format"),  # unhashable: not a 500 (found by the fuzz test)
+        ({"format": ["csv"]}, "format"),
+        ({"columns": [{"id": 1}]}, "columns"),
+        ({"columns": [["id"]]}, "columns"),
         ({"columns": []}, "columns"),
         ({"columns": ["id", "password"]}, "columns"),
         ({"columns": ["id", "id"]}, "columns"),
@@ -407,3 +411,20 @@ def test_other_databases_map_only_lost_connections(settings):
     assert export._database_error(FakeOperationalError(None), engine, settings) is None
     lost = FakeWrapped(FakeOperationalError(None), connection_invalidated=True)
     assert export._database_error(lost, engine, settings).code == "database_unavailable"
+
+
+ODD_VALUES = [{}, {"a": [1]}, [], [[1]], [{}], 1.5, -(2**70), None, True, "", "x" * 300]
+
+
+@pytest.mark.parametrize("kind", sorted(jobs.JOBS))
+def test_any_json_value_in_any_field_is_a_param_error_or_clean(settings, kind):
+    """What the API turns into a 400 (ParamError) or accepts; never another exception (a 500)."""
+    fields = {"simulate": ("steps", "step_ms", "fail_at")}.get(
+        kind, ("date_from", "date_to", "columns", "format", "limit")
+    )
+    for field in fields:
+        for value in ODD_VALUES:
+            try:
+                jobs.JOBS[kind].validate({field: value}, settings)
+            except jobs.ParamError:
+                pass
