@@ -12,15 +12,16 @@ next process or another replica, and resume by seq) and exits once the HTTP requ
 in flight are done. It closes them again every half second until then, so a client
 that reconnected before gunicorn stopped accepting is not kept either.
 
-:class:`Worker`'s handler keeps less per connection, with the fast transport:
+Less kept per connection:
 
-- A 1 KB read buffer per connection instead of 8 KB: Socket.IO clients send a few
-  hundred bytes at a time, and a larger read goes around the buffer anyway. A
-  connection's handler lives as long as its long-polling session or upgraded
-  WebSocket (one that opens directly is handed off, see ``fastws.transport``).
-- No record of where each greenlet was spawned (a stack and a dict, ~2 KB per
-  socket in tracemalloc), which only debugging tools read; a greenlet now starts
-  for each read and each burst of writes.
+- With the fast transport, :class:`Worker`'s handler reads through a 1 KB buffer
+  instead of 8 KB: Socket.IO clients send a few hundred bytes at a time, and a
+  larger read goes around the buffer anyway. A connection's handler lives as long
+  as its long-polling session or upgraded WebSocket (one that opens directly is
+  handed off, see ``fastws.transport``).
+- In either worker, no record of where each greenlet was spawned (a stack and a
+  dict, ~2 KB per socket in tracemalloc), which only debugging tools read; with the
+  fast transport a greenlet starts for each read and each burst of writes.
 """
 
 import gevent
