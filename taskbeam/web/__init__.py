@@ -14,7 +14,7 @@ from flask_socketio import SocketIO
 
 import redis
 
-from .. import config
+from .. import config, registry
 from ..broker import make_celery
 from ..emitter import Emitter
 from ..store import TaskStore, redis_client, redis_tls
@@ -64,6 +64,7 @@ def create_app(settings=None, owner_of=None):
     (README "Identity"); None means not signed in (401 ``unauthenticated``).
     """
     settings = settings or config.load_or_exit()
+    registry.load_or_exit(settings.jobs_modules)  # the team's own kinds (JOBS_MODULES)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     app = Flask(__name__, static_folder=None)

@@ -61,8 +61,8 @@ def on_connect(auth=None):
             f"{exc.code}: {exc.message}", {"code": exc.code, "message": exc.message}
         ) from None
     socketio.server.save_session(request.sid, {"owner": owner, "subscriptions": set()})
-    if who.per_user:
-        join_room(identity.owner_room(owner))
+    # Tasks appear wherever their owner looks: `task_created` goes to this room.
+    join_room(identity.owner_room(owner))
     if expires_at is not None:
         delay = max(0.0, expires_at - time.time())
         _expiry_timers[request.sid] = gevent.spawn_later(delay, _expire, request.sid)
