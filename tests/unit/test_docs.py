@@ -192,3 +192,13 @@ def test_no_citation_of_files_outside_the_repository():
         if re.search(r"CONTRACT\.md|shared/docs", p.read_text())
     ]
     assert not citing
+
+
+def test_readme_links_point_at_files_in_the_repository():
+    """mkdocs checks the links of docs/; the README is outside the site, so here."""
+    text = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    local = [t.split("#", 1)[0] for t in targets if not re.match(r"[a-z]+:", t)]
+    assert len(local) >= 10, "the link scan found too few links"
+    missing = sorted({t for t in local if t and not (ROOT / t).exists()})
+    assert not missing, f"README.md links to files that do not exist: {missing}"
