@@ -77,7 +77,7 @@ def _redis_url(env):
     if not url:
         raise ConfigError("REDIS_URL is required, e.g. redis://:PASSWORD@redis:6379/0")
     parts = urlsplit(url)
-    if sentinel.is_sentinel_url(url):  # High availability (README), redis/ha.yml
+    if sentinel.is_sentinel_url(url):  # High availability (docs/ha.md), redis/ha.yml
         try:
             sentinel.parse(url)
         except ValueError as exc:

@@ -61,7 +61,7 @@ def create_app(settings=None, owner_of=None):
     """The Flask app with Socket.IO bound; ``settings`` default to the environment.
 
     ``owner_of(request) -> str | None``: an app's own login names the task owner
-    (README "Identity"); None means not signed in (401 ``unauthenticated``).
+    (docs/identity.md); None means not signed in (401 ``unauthenticated``).
     """
     settings = settings or config.load_or_exit()
     registry.load_or_exit(settings.jobs_modules)  # the team's own kinds (JOBS_MODULES)
