@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import progress, registry
+from . import progress, registry  # noqa: F401  (registry.get: for tests of a kind)
 from .progress import JobError
 from .registry import ParamError, UnknownKind, job
 from .store import TooManyActive

@@ -148,6 +148,8 @@ def _param_error(error: Any) -> ParamError:
 
 
 JOBS: dict[str, Job] = {}
+#: The kinds Taskbeam ships (export, simulate): loaded with every JOBS_MODULES.
+SHIPPED = "taskbeam.jobs"
 
 
 def job(
@@ -226,13 +228,15 @@ def _module_names(path: str) -> Iterable[str]:
 
 
 def load_modules(paths: Iterable[str]) -> list[str]:
-    """Import every module of ``paths`` (``JOBS_MODULES``); the modules imported.
+    """Import the shipped kinds and every module of ``paths`` (``JOBS_MODULES``);
+    the modules imported.
 
     All or nothing: a module that fails to import, or a kind it cannot register,
     leaves :data:`JOBS` as it was and raises :class:`RegistryError` naming the module.
     """
     before = dict(JOBS)
     loaded: list[str] = []
+    paths = [SHIPPED, *paths]
     current = "?"
     try:
         for path in paths:

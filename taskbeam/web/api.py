@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from .. import broker, export, protocol, registry, tasks
 from ..store import TaskFinished, TaskGone, TooManyActive
-from . import identity, origin_allowed, own_origin, socketio
+from . import identity, origin_allowed, own_origin
 from .metrics import render_operator_gauges
 from .openapi import openapi_document
 
@@ -206,7 +206,7 @@ def create_task():
 
 def announce(owner, snapshot):
     """Every open page of the owner lists the new task at once (docs/api.md)."""
-    socketio.emit(tasks.TASK_CREATED_EVENT, snapshot, to=identity.owner_room(owner))
+    services().socketio.emit(tasks.TASK_CREATED_EVENT, snapshot, to=identity.owner_room(owner))
 
 
 @bp.get("/api/kinds")
@@ -368,3 +368,7 @@ def register_error_handlers(app):
     def internal_error(exc):
         log.exception("unhandled error")
         return error_response(500, "internal_error", "Something went wrong on our side.")
+
+
+# The API's own answers are the contract's JSON in an app of your own too (the extension).
+register_error_handlers(bp)

@@ -140,3 +140,29 @@ def test_docs_example_job_is_the_shipped_one():
     shown = re.search(r"```python\n(.*?)```", doc, re.S).group(1)
     assert shown == shipped
     assert len(shipped.splitlines()) <= 30
+
+
+def test_readme_add_your_own_job_example_runs():
+    """The README's example registers, validates as the API does and reports progress."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Add your own job", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    before = dict(registry.JOBS)
+    try:
+        exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
+        (kind,) = set(registry.JOBS) - set(before)
+        job = registry.JOBS[kind]
+        assert job.validate({}) == {"width": 800}
+        with pytest.raises(registry.ParamError, match="width"):
+            job.validate({"width": 5})
+        updates = []
+        with progress.reporting_to(lambda *args: updates.append(args)):
+            job.func(job.load({"width": 640}))
+        assert updates[-1][:2] == (10, 10)
+        assert job.schema()["properties"]["width"]["maximum"] == 4096
+    finally:
+        registry.JOBS.clear()
+        registry.JOBS.update(before)
