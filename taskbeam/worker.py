@@ -329,7 +329,7 @@ def sweep_stranded(rt=None):
     worker sweeps at a time.
     """
     rt = rt or runtime
-    lock = f"{rt.settings.namespace}:sweeper"
+    lock = rt.store.keys.sweeper
     if not rt.store.redis.set(
         lock, WORKER_NAME, nx=True, ex=int(SWEEP_ROUNDS * REAP_INTERVAL_S) - 1
     ):

@@ -111,7 +111,7 @@ def create_app(settings=None, owner_of=None):
     if fastws.usable():
         fastws.install(socketio.server)
     store = TaskStore(client, settings)
-    watch = QueueWatch(socketio, manager, client, store.main_only_key)
+    watch = QueueWatch(socketio, manager, client, store.keys.main_only)
     app.extensions["taskbeam"] = Services(
         settings=settings,
         redis=client,

@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 from .. import broker, export, jobs, protocol
-from ..store import TaskFinished, TaskGone, TooManyActive
+from ..store import Keys, TaskFinished, TaskGone, TooManyActive
 from . import identity, origin_allowed, own_origin, socketio
 from .metrics import render_operator_gauges
 from .openapi import openapi_document
@@ -124,14 +124,15 @@ def check_rate(owner):
     svc = services()
     now = int(time.time())
     window = now // 60
+    keys = Keys(svc.settings.namespace)
     limits = (
         (
-            f"{svc.settings.namespace}:rate:{owner}:{window}",
+            keys.rate(owner, window),
             svc.settings.rate_limit_per_minute,
             "per session",
         ),
         (
-            f"{svc.settings.namespace}:rate-ip:{request.remote_addr}:{window}",
+            keys.rate_ip(request.remote_addr, window),
             svc.settings.rate_limit_per_ip_per_minute,
             "per address",
         ),

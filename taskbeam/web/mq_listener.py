@@ -10,7 +10,7 @@ a lost subscription is back, after which every client reconnects and resumes.
 The store publishes task events to per-room channels (taskbeam/emitter.py),
 which the fast listener subscribes to for the rooms its process holds. The stock
 listener reads one channel only: while one runs, it keeps a key set in Redis
-(``TaskStore.main_only_key``) that makes the store publish to the main channel.
+(``TaskStore.keys.main_only``) that makes the store publish to the main channel.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ def test_removing_a_finished_task_leaves_no_key_naming_it(store):
     kept = store.create(kind="simulate", owner="alice", params={})["id"]
     task_id = store.create(kind="simulate", owner="alice", params={})["id"]
     finish(store, task_id)
-    store.redis.zadd(store.leases_key, {task_id: 0})  # a stale lease entry, say
+    store.redis.zadd(store.keys.leases, {task_id: 0})  # a stale lease entry, say
 
     assert store.remove_finished(task_id, "alice") is True
     assert keys_naming(store, task_id) == []
@@ -97,7 +97,7 @@ def test_queue_position_counts_every_owners_tasks_not_yet_started(store):
 
 def test_tasks_that_expired_before_they_started_do_not_count(store):
     gone = store.create(kind="simulate", owner="bob", params={}, now=100)["id"]
-    store.redis.delete(store.task_key(gone))  # its keys expired
+    store.redis.delete(store.keys.task(gone))  # its keys expired
     late = store.create(kind="simulate", owner="alice", params={}, now=100 + 10)["id"]
     now = 100 + store.unfinished_ttl_s + 1
     [snap] = store.add_queue_positions(store.list_for_owner("alice"), now=now)

@@ -374,7 +374,7 @@ def test_a_web_reading_the_main_channel_only_keeps_the_store_publishing_there(
     kind, redis_server, redis_client
 ):
     """The stock listener cannot subscribe to room channels: its heartbeat sets, first,
-    the key that sends task events to the main channel (TaskStore.main_only_key), for
+    the key that sends task events to the main channel (TaskStore.keys.main_only), for
     longer than it takes QueueWatch to notice a deaf listener; the fast one does not."""
     url = f"unix://{redis_server}"
     manager = (

@@ -50,7 +50,7 @@ def test_workers_count_while_they_report_and_drop_out_when_they_stop(store):
     assert store.operator_gauges(now=1012.0)["workers_alive"] == 2
     assert store.operator_gauges(now=1020.0)["workers_alive"] == 1  # w1 silent for 20 s
     store.worker_alive("w3", now=1000.0 + 2 * 86_400)
-    assert store.redis.zrange(store.workers_key, 0, -1) == ["w3"]  # a day silent: forgotten
+    assert store.redis.zrange(store.keys.workers, 0, -1) == ["w3"]  # a day silent: forgotten
 
 
 def test_a_worker_reports_only_while_its_consumer_touches_the_alive_file(

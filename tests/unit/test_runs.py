@@ -69,7 +69,7 @@ def history(rt, task_id):
 
 
 def expire_lease(rt, task_id):
-    rt.store.redis.zadd(rt.store.leases_key, {task_id: 0}, xx=True)
+    rt.store.redis.zadd(rt.store.keys.leases, {task_id: 0}, xx=True)
 
 
 # --- fencing ----------------------------------------------------------------
@@ -143,7 +143,7 @@ def test_frozen_run_stops_at_its_next_progress_update(rt, monkeypatch):
     states = [e["state"] for e in history(rt, task_id)]
     assert states == ["queued", "running", "retrying"]
     assert rt.store.record(task_id)["state"] == protocol.RETRYING
-    assert rt.store.redis.zscore(rt.store.leases_key, task_id) is not None  # run 2's
+    assert rt.store.redis.zscore(rt.store.keys.leases, task_id) is not None  # run 2's
 
 
 def test_a_time_limit_between_a_redis_request_and_its_reply_desyncs_nothing(rt, monkeypatch):
@@ -209,7 +209,7 @@ def test_a_refused_terminal_write_keeps_the_lease_for_the_reaper(rt, monkeypatch
     job = jobs.Job("simulate", lambda params: {"ok": 1}, lambda params, settings=None: params)
     with pytest.raises(redis_lib.ResponseError):
         worker.TaskRun(job, task_id, {}, rt=rt)()
-    assert rt.store.redis.zscore(rt.store.leases_key, task_id) is not None
+    assert rt.store.redis.zscore(rt.store.keys.leases, task_id) is not None
     expire_lease(rt, task_id)
     assert worker.requeue_orphans(rt) == 1
     assert rt.celery.send_task.ids == [task_id]
@@ -272,18 +272,18 @@ def test_active_task_cap_per_owner(rt):
     rt.store.append(tasks[0], state=protocol.CANCELLED)
     rt.store.create(kind="simulate", owner="alice", params={}, max_active=2)
     # A task that expired unfinished no longer counts.
-    rt.store.redis.delete(rt.store.task_key(tasks[1]))
+    rt.store.redis.delete(rt.store.keys.task(tasks[1]))
     rt.store.create(kind="simulate", owner="alice", params={}, max_active=2)
 
 
 def test_an_unfinished_task_expires(rt, settings):
     task_id = new_task(rt)
     limit = settings.task_retention_s + settings.task_time_limit_s
-    for key in (rt.store.task_key(task_id), rt.store.events_key(task_id)):
+    for key in (rt.store.keys.task(task_id), rt.store.keys.events(task_id)):
         assert 0 < rt.store.redis.ttl(key) <= limit
     rt.store.append(task_id, state=protocol.CANCELLED)
-    assert rt.store.redis.ttl(rt.store.task_key(task_id)) <= settings.task_retention_s
-    assert rt.store.redis.zscore(rt.store.active_key, task_id) is None
+    assert rt.store.redis.ttl(rt.store.keys.task(task_id)) <= settings.task_retention_s
+    assert rt.store.redis.zscore(rt.store.keys.active, task_id) is None
 
 
 def test_queued_task_ids_reads_what_celery_really_sends(
