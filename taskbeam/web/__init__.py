@@ -7,10 +7,8 @@ container; more browsers means more ``web`` containers, not more workers.
 import logging
 import secrets
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
-from flask import Flask, request, session
-from flask_socketio import SocketIO
+from flask import Flask, session
 
 import redis
 
@@ -19,14 +17,14 @@ from ..broker import make_celery
 from ..emitter import Emitter
 from ..store import TaskStore, redis_client, redis_tls
 from . import fastws, front, identity
+from .extensions import socketio
+from .front import origin_allowed
 from .metrics import Metrics
 from .mq_listener import QueueWatch, make_manager
 
 MAX_BODY_BYTES = 1024 * 1024
 PING_INTERVAL_S, PING_TIMEOUT_S = 25, 20
 REDIS_POOL_SIZE = 50
-
-socketio = SocketIO()
 
 
 @dataclass
@@ -41,20 +39,6 @@ class Services:
     queue_watch: QueueWatch
     metrics: Metrics
     identity: identity.Identity
-
-
-def own_origin():
-    """``scheme://host[:port]`` of the current request as the browser sees it."""
-    return f"{request.scheme}://{request.host}"
-
-
-def origin_allowed(origin, settings, own):
-    """True if ``origin`` may talk to us: our own origin or one in ALLOWED_ORIGINS."""
-    origin = (origin or "").rstrip("/")
-    parts = urlsplit(origin)
-    return bool(parts.scheme and parts.netloc) and (
-        origin == own or origin in settings.allowed_origins
-    )
 
 
 def create_app(settings=None, owner_of=None):

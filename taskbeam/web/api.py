@@ -10,8 +10,11 @@ from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 from .. import broker, export, jobs, protocol
+from ..protocol import MAX_EVENTS_PAGE, MAX_SEQ_DIGITS
 from ..store import Keys, TaskFinished, TaskGone, TooManyActive
-from . import identity, origin_allowed, own_origin, socketio
+from . import identity
+from .extensions import socketio
+from .front import origin_allowed, own_origin
 from .metrics import render_operator_gauges
 from .openapi import openapi_document
 
@@ -19,10 +22,6 @@ log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
 
 STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
-# Events per page of GET /events and of the subscribe ack: a 10,000-event history
-# cost ~45 ms of CPU and 1.3 MB per unpaged read.
-MAX_EVENTS_PAGE = 500
-MAX_SEQ_DIGITS = 18
 # To the owner's other sockets when tasks follow the user (AUTH_MODE other than session).
 TASK_CREATED_EVENT = "task_created"
 # Lifetime of a token from the dev login (AUTH_DEV_LOGIN=1).

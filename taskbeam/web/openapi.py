@@ -1,6 +1,7 @@
 """The OpenAPI 3 document served at ``/api/openapi.json``, built from the job registry."""
 
 from .. import config, export, jobs, protocol
+from ..protocol import MAX_EVENTS_PAGE
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -62,8 +63,6 @@ SIMULATE_PARAMS = {
 
 
 def openapi_document(settings=None):
-    from .api import MAX_EVENTS_PAGE  # here: api imports this module
-
     settings = settings or config.current()
     schemas = param_schemas(settings)
     task_id = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}

@@ -19,8 +19,9 @@ from flask_socketio import ConnectionRefusedError, join_room
 from redis.exceptions import RedisError
 
 from .. import protocol
-from . import identity, socketio
-from .api import MAX_EVENTS_PAGE, MAX_SEQ_DIGITS
+from ..protocol import MAX_EVENTS_PAGE, MAX_SEQ_DIGITS
+from . import identity
+from .extensions import socketio
 
 log = logging.getLogger(__name__)
 

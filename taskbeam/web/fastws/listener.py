@@ -26,7 +26,7 @@ import hiredis
 import redis
 
 from ... import protocol, sentinel
-from ..mq_listener import Heard
+from ..mq_heartbeat import Heard
 from . import seams, transport
 
 log = logging.getLogger(__name__)
