@@ -4,6 +4,7 @@ Pure functions only: no Redis, no Flask, no Celery, so both sides import it
 cheaply and the unit tests cover it without a broker.
 """
 
+import json
 import re
 from datetime import UTC, datetime
 
@@ -19,6 +20,32 @@ TASK_UPDATE_EVENT = "task_update"
 MAX_EVENTS_PAGE = 500
 # Digits of an `after` seq the API and the subscribe handler accept.
 MAX_SEQ_DIGITS = 18
+
+
+# python-socketio's message-queue message for an emit, as python-socketio 5.18.1
+# writes it (PubSubManager.emit's dict, json.dumps'd by RedisManager._publish). The
+# worker writes it (the store's Lua, with these separators; emitter.StockEnvelope)
+# and the fast listener cuts task events out of it (web/fastws/listener.py). It is
+# here because the worker never imports the web package; taskbeam.web.fastws.seams
+# checks it against the installed python-socketio when a web process starts.
+MQ_JSON_SEPARATORS = (", ", ": ")  # json.dumps' own
+
+
+def mq_emit_message(event, data, room, host_id, namespace="/"):
+    """The text python-socketio publishes for ``emit(event, data, to=room)`` from the
+    process ``host_id``: no callback, no client skipped, no binary data."""
+    message = {
+        "method": "emit",
+        "event": event,
+        "data": [data],
+        "binary": False,
+        "namespace": namespace,
+        "room": room,
+        "skip_sid": None,
+        "callback": None,
+        "host_id": host_id,
+    }
+    return json.dumps(message, separators=MQ_JSON_SEPARATORS)
 
 
 def task_room(task_id):

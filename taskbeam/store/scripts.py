@@ -7,6 +7,12 @@ does not. The bytes matter: the fast listener relies on the exact text
 :data:`APPEND` publishes (tests/unit/test_store_scripts.py pins every script).
 """
 
+from ..protocol import MQ_JSON_SEPARATORS
+
+# The separators of python-socketio's message (protocol.MQ_JSON_SEPARATORS): the
+# in-script publish renders the event with them, as the stock emitter would.
+_COMMA, _COLON = MQ_JSON_SEPARATORS
+
 TERMINAL = """
 local function terminal(state)
   return state == 'succeeded' or state == 'failed' or state == 'cancelled'
@@ -138,7 +144,11 @@ if terminal(f[2]) then
 end
 if channel ~= '' then
   if ARGV[9] ~= '' and redis.call('EXISTS', KEYS[6]) == 0 then channel = ARGV[9] end
-  redis.call('PUBLISH', channel, ARGV[10] .. event_of(py_str, ': ', ', ') .. ARGV[11])
+  redis.call('PUBLISH', channel, ARGV[10] .. event_of(py_str, '"""
+    + _COLON
+    + "', '"
+    + _COMMA
+    + """') .. ARGV[11])
 end
 return {seq, event, f[7] or '0'}
 """
