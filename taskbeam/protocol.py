@@ -4,9 +4,13 @@ Pure functions only: no Redis, no Flask, no Celery, so both sides import it
 cheaply and the unit tests cover it without a broker.
 """
 
+from __future__ import annotations
+
 import json
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 QUEUED, RUNNING, RETRYING = "queued", "running", "retrying"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -31,7 +35,7 @@ MAX_SEQ_DIGITS = 18
 MQ_JSON_SEPARATORS = (", ", ": ")  # json.dumps' own
 
 
-def mq_emit_message(event, data, room, host_id, namespace="/"):
+def mq_emit_message(event: str, data: Any, room: str, host_id: str, namespace: str = "/") -> str:
     """The text python-socketio publishes for ``emit(event, data, to=room)`` from the
     process ``host_id``: no callback, no client skipped, no binary data."""
     message = {
@@ -48,24 +52,24 @@ def mq_emit_message(event, data, room, host_id, namespace="/"):
     return json.dumps(message, separators=MQ_JSON_SEPARATORS)
 
 
-def task_room(task_id):
+def task_room(task_id: str) -> str:
     """The Socket.IO room whose members receive one task's events."""
     return f"task:{task_id}"
 
 
-def room_channel(channel, room):
+def room_channel(channel: str, room: str) -> str:
     """The message-queue channel of one room's events (the store publishes task
     events there; a web process subscribes to the rooms it holds)."""
     return f"{channel}#{room}"
 
 
-def iso_utc(ts):
+def iso_utc(ts: float) -> str:
     """Unix seconds → ISO 8601 UTC with a trailing Z, as the contract says."""
     stamp = datetime.fromtimestamp(ts, tz=UTC)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
 
 
-def percent(done, total):
+def percent(done: float, total: float) -> float:
     """Progress in percent, clamped to 0..100 and rounded to 0.1."""
     if total <= 0:
         return 100.0
@@ -80,13 +84,13 @@ class Coalescer:
     injected so the rule is testable without waiting.
     """
 
-    def __init__(self, window_s, clock):
+    def __init__(self, window_s: float, clock: Callable[[], float]) -> None:
         self.window_s = window_s
         self.clock = clock
-        self._last_at = None
-        self._last_state = None
+        self._last_at: float | None = None
+        self._last_state: str | None = None
 
-    def admit(self, state, progress):
+    def admit(self, state: str, progress: float) -> bool:
         now = self.clock()
         due = (
             self._last_at is None
@@ -98,7 +102,7 @@ class Coalescer:
             self._last_at, self._last_state = now, state
         return due
 
-    def note(self, state):
+    def note(self, state: str) -> None:
         """Record an event sent outside ``admit`` (e.g. a framework state change)."""
         self._last_at, self._last_state = self.clock(), state
 
@@ -108,6 +112,6 @@ class Coalescer:
 TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{16}")
 
 
-def valid_task_id(value):
+def valid_task_id(value: object) -> bool:
     """True if ``value`` has the shape of an id ``store.new_task_id`` makes."""
     return isinstance(value, str) and TASK_ID_PATTERN.fullmatch(value) is not None

@@ -1,10 +1,16 @@
 """The Redis client every process makes, and the options every Redis client shares."""
 
+from __future__ import annotations
+
 import socket
+from typing import TYPE_CHECKING, Any
 
 import redis as redis_lib
 
 from .. import sentinel
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 # A Redis host that is gone without a word (power lost, partitioned, failed over)
 # resets no connection: a command or a BRPOP would wait on it until TCP gives up,
@@ -12,7 +18,7 @@ from .. import sentinel
 # unanswered on an idle connection, break the connection, and the client reconnects
 # (under Sentinel, to the new primary). A busy but live Redis still acknowledges:
 # only socket_timeout bounds that wait.
-DEAD_PEER_OPTIONS = {
+DEAD_PEER_OPTIONS: dict[str, Any] = {
     "socket_keepalive": True,
     "socket_keepalive_options": {
         socket.TCP_KEEPIDLE: 5,
@@ -23,16 +29,16 @@ DEAD_PEER_OPTIONS = {
 }
 
 
-def redis_tls(settings):
+def redis_tls(settings: Settings) -> dict[str, Any]:
     """TLS options of every Redis client, for a ``rediss://`` or ``rediss+sentinel://``
     REDIS_URL (see taskbeam.sentinel.tls_options)."""
     return sentinel.tls_options(settings.redis_url, settings.redis_tls_ca_file)
 
 
-def redis_client(settings, max_connections=None):
+def redis_client(settings: Settings, max_connections: int | None = None) -> redis_lib.Redis:
     """The Redis client both sides use. With ``max_connections`` the pool blocks
     (up to 10 s) instead of opening a connection per waiting greenlet."""
-    options = dict(
+    options: dict[str, Any] = dict(
         DEAD_PEER_OPTIONS,
         decode_responses=True,
         socket_timeout=5,

@@ -10,7 +10,7 @@ thaws. Leases use Redis's clock, so workers on hosts with skewed clocks agree.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 from .. import protocol
 from .base import StoreBase, TaskFinished, TaskGone
@@ -56,7 +56,7 @@ class Runs(StoreBase):
 
     def reap_expired_leases(self, limit: int = 100) -> list[str]:
         """Ids of runs whose worker stopped renewing; each is returned to one caller only."""
-        return self._reap(keys=[self.keys.leases], args=[limit])
+        return cast(list[str], self._reap(keys=[self.keys.leases], args=[limit]))
 
     def restore_lease(self, task_id: str) -> None:
         """Put back an expired lease that could not be handed over, so the next
@@ -71,8 +71,11 @@ class Runs(StoreBase):
         Forgets ids whose task expired or finished. Returns raw hashes.
         """
         now = time.time() if now is None else now
-        ids = self.redis.zrangebyscore(
-            self.keys.active, "-inf", now - older_than_s, start=0, num=limit
+        ids = cast(
+            list[str],
+            self.redis.zrangebyscore(
+                self.keys.active, "-inf", now - older_than_s, start=0, num=limit
+            ),
         )
         if not ids:
             return []
@@ -81,7 +84,8 @@ class Runs(StoreBase):
             pipe.hgetall(self.keys.task(task_id))
             pipe.zscore(self.keys.leases, task_id)
         replies = pipe.execute()
-        found, done = [], []
+        found: list[dict[str, str]] = []
+        done: list[str] = []
         for task_id, rec, lease in zip(ids, replies[::2], replies[1::2]):
             if not rec or rec["state"] in protocol.TERMINAL_STATES:
                 done.append(task_id)

@@ -13,7 +13,7 @@ import math
 import secrets
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from .. import protocol
 from .base import LeaseLost, NotReplicated, StoreBase, TaskFinished, TaskGone, TooManyActive
@@ -236,11 +236,11 @@ class Tasks(StoreBase):
         """PUBLISH ``message`` to ``room_channel``, read only by the web processes that
         hold the room, or to the main ``channel`` while some web reads nothing else
         (``keys.main_only`` exists: the stock listener, which cannot subscribe to more)."""
-        return self._publish(keys=[self.keys.main_only], args=[channel, room_channel, message])
+        return int(self._publish(keys=[self.keys.main_only], args=[channel, room_channel, message]))
 
     def record(self, task_id: str) -> Record | None:
         """The raw hash of a task, or None."""
-        return self.redis.hgetall(self.keys.task(task_id)) or None
+        return cast(Record, self.redis.hgetall(self.keys.task(task_id))) or None
 
     def owned_record(self, task_id: str, owner: str | None) -> Record | None:
         """The raw hash if it exists and belongs to ``owner``; else None (no hint which)."""
@@ -251,13 +251,14 @@ class Tasks(StoreBase):
 
     def list_for_owner(self, owner: str, limit: int = 200) -> list[Snapshot]:
         """The owner's snapshots, newest first; forgets ids whose task has expired."""
-        ids = self.redis.zrevrange(self.keys.owner(owner), 0, limit - 1)
+        ids = cast(list[str], self.redis.zrevrange(self.keys.owner(owner), 0, limit - 1))
         if not ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for task_id in ids:
             pipe.hgetall(self.keys.task(task_id))
-        snapshots, gone = [], []
+        snapshots: list[Snapshot] = []
+        gone: list[str] = []
         for task_id, rec in zip(ids, pipe.execute()):
             if rec:
                 snapshots.append(self.snapshot_of(rec))
@@ -269,7 +270,9 @@ class Tasks(StoreBase):
 
     def events_after(self, task_id: str, after: int) -> list[dict[str, Any]]:
         """Every stored event with ``seq > after``, ascending."""
-        entries = self.redis.xrange(self.keys.events(task_id), min=f"{after + 1}-0", max="+")
+        entries = cast(
+            list[Any], self.redis.xrange(self.keys.events(task_id), min=f"{after + 1}-0", max="+")
+        )
         return [json.loads(fields["e"]) for _, fields in entries]
 
     def events_page(self, task_id: str, after: int, limit: int) -> Page:
@@ -279,7 +282,7 @@ class Tasks(StoreBase):
         entries = self.redis.xrange(
             self.keys.events(task_id), min=f"{after + 1}-0", max="+", count=limit + 1
         )
-        return _page_of(entries, after, limit)
+        return _page_of(cast(list[Any], entries), after, limit)
 
     def record_and_events_page(
         self, task_id: str, after: int, limit: int

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 HEARTBEAT_SID = "taskbeam-heartbeat"
 
@@ -20,8 +21,11 @@ class Heard:
     ``trigger_callback``, with no room or client needed.
     """
 
+    host_id: str  # python-socketio's manager's: this process
+    channel: str  # and the main channel it reads
     last_heard = 0.0
-    on_resubscribed = None  # called (no arguments) when a lost subscription is back
+    # Called (no arguments) when a lost subscription is back.
+    on_resubscribed: Callable[[], None] | None = None
     reads_main_only = True  # no room channels: task events must come on the main one
 
     def watch_room(self, room, timeout_s=5.0) -> bool:

@@ -30,7 +30,7 @@ MAX_SUBSCRIPTIONS = 200
 # pages of MAX_EVENTS_PAGE (the ack says `more`).
 MAX_AFTER = 10**MAX_SEQ_DIGITS
 # sid -> the timer that ends the socket when its token expires (AUTH_MODE=jwt).
-_expiry_timers = {}
+_expiry_timers: dict[str, gevent.Greenlet] = {}
 
 
 def _services():

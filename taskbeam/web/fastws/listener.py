@@ -65,6 +65,8 @@ class TaskEvent(dict):
     the event's ``ts`` as written (None if it has none)."""
 
     __slots__ = ("packet", "ts")
+    packet: str
+    ts: str | None
 
 
 def cut_task_event(message: str) -> TaskEvent | None:
@@ -119,7 +121,7 @@ class FastRedisManager(Heard, seams.RoomsBySid, seams.PubSubHooks):
         self.metrics = metrics
         # channel -> RoomChannel. An entry means one SUBSCRIBE for it is sent or
         # confirmed on the current connection (or will be sent by the next one).
-        self.room_channels = {}
+        self.room_channels: dict[str, RoomChannel] = {}
         self.subscription = None  # the subscribed socket, while there is one
         self.send_lock = threading.Lock()  # commands from handlers and the sweep
 
@@ -169,10 +171,10 @@ class FastRedisManager(Heard, seams.RoomsBySid, seams.PubSubHooks):
             recipients = transport.deliver_packet(self, message["room"], message.packet)
             self.metrics.event_received(message.ts, recipients)
             return True
-        recipients = transport.deliver(self, message)
-        if recipients is None:
+        delivered = transport.deliver(self, message)
+        if delivered is None:
             return False
-        self.metrics.delivered(message, recipients)
+        self.metrics.delivered(message, delivered)
         return True
 
     def subscribe(self):

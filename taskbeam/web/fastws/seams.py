@@ -302,7 +302,7 @@ def small_read_buffer(handler: gevent.pywsgi.WSGIHandler, sock: socket.socket, s
 # redis-py 8.1.0 --------------------------------------------------------------
 
 
-def redis_socket(connection: redis.Connection) -> socket.socket:
+def redis_socket(connection: redis.Connection) -> socket.socket | None:
     """``Connection._sock``: the listener reads its subscribed socket itself."""
     return connection._sock
 
