@@ -24,8 +24,9 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from celery import bootsteps, signals
+from celery import Celery, bootsteps, signals
 from celery.exceptions import SoftTimeLimitExceeded
 from flask_socketio import SocketIO
 from socketio import RedisManager
@@ -66,12 +67,16 @@ class Runtime:
     """What a worker process talks to: built once, passed to what needs it."""
 
     settings: config.Settings
-    celery: object
+    celery: Celery
     store: TaskStore
     emitter: Emitter
 
 
-def make_runtime(settings, redis_conn=None, socketio=None):
+def make_runtime(
+    settings: config.Settings,
+    redis_conn: redis.Redis | None = None,
+    socketio: SocketIO | None = None,
+) -> Runtime:
     """The worker's Celery app, store and emitter; nothing connects until used.
 
     Flask-SocketIO's external emitter (a ``SocketIO(message_queue=...)`` with no
@@ -101,7 +106,7 @@ runtime = make_runtime(settings)
 celery, store, emitter = runtime.celery, runtime.store, runtime.emitter
 
 
-def _error(code, message):
+def _error(code: str, message: str) -> dict[str, Any]:
     return {
         "state": protocol.FAILED,
         "message": message,
@@ -118,22 +123,22 @@ class TaskRun:
     without writing anything more.
     """
 
-    def __init__(self, job, task_id, params, rt=None):
+    def __init__(self, job: jobs.Job, task_id: str, params: Any, rt: Runtime | None = None) -> None:
         self.job, self.task_id, self.params = job, task_id, params
         self.rt = rt or runtime
         self.coalescer = protocol.Coalescer(
             self.rt.settings.progress_coalesce_ms / 1000, time.monotonic
         )
-        self.lease = None
+        self.lease: Any = None  # the run's Lease, once it has one
 
-    def emit(self, **patch):
+    def emit(self, **patch: Any) -> bool:
         """Persist and publish an event; True if the owner asked to cancel."""
         self.lease.check()
         event, cancel = self.rt.emitter.emit(self.task_id, token=self.lease.token, **patch)
         self.coalescer.note(event["state"])
         return cancel
 
-    def report(self, done, total, message):
+    def report(self, done: float, total: float, message: str) -> None:
         """Where the job's ``progress.update`` calls land."""
         self.lease.check()
         pct = protocol.percent(done, total)
@@ -143,7 +148,7 @@ class TaskRun:
             ):
                 raise progress.Cancelled()
 
-    def __call__(self):
+    def __call__(self) -> None:
         store = self.rt.store
         try:
             token = store.claim_run(self.task_id, LEASE_S)
@@ -174,7 +179,7 @@ class TaskRun:
         # expires and the reaper sends the task again, instead of leaving it running.
         store.release_lease(self.task_id, token)
 
-    def _run(self):
+    def _run(self) -> None:
         settings = self.rt.settings
         attempt = self.rt.store.count_attempt(self.task_id)
         if attempt > settings.max_redeliveries + 1:
@@ -196,7 +201,7 @@ class TaskRun:
             return
         self.emit(**self._execute())
 
-    def _execute(self):
+    def _execute(self) -> dict[str, Any]:
         """Run the job's function; return the terminal event's fields."""
         try:
             params = self.job.validate(self.params, self.rt.settings)
@@ -238,17 +243,17 @@ class Lease:
     holds the task; the store refuses the lost run's writes in any case.
     """
 
-    def __init__(self, store, task_id, token):
+    def __init__(self, store: TaskStore, task_id: str, token: int) -> None:
         self.store, self.task_id, self.token = store, task_id, token
         self.lost = threading.Event()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._renew, daemon=True, name=f"lease-{task_id}")
 
-    def check(self):
+    def check(self) -> None:
         if self.lost.is_set():
             raise LeaseLost(self.task_id)
 
-    def _renew(self):
+    def _renew(self) -> None:
         while not self.stop.wait(LEASE_S / 4):
             try:
                 if not self.store.renew_lease(self.task_id, self.token, LEASE_S):
@@ -257,16 +262,16 @@ class Lease:
             except redis.RedisError as exc:  # keep trying; the lease has slack
                 log.warning("could not renew lease of %s: %s", self.task_id, exc)
 
-    def __enter__(self):
+    def __enter__(self) -> "Lease":
         self.thread.start()
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.stop.set()
         self.thread.join()
 
 
-def send_again(rt, rec, connection):
+def send_again(rt: Runtime, rec: Any, connection: Any) -> None:
     """Put an unfinished task back on the queue (a kind no longer known fails)."""
     job = jobs.JOBS.get(rec.get("kind"))
     if job is None:
@@ -284,7 +289,7 @@ def send_again(rt, rec, connection):
     )
 
 
-def requeue_orphans(rt=None):
+def requeue_orphans(rt: Runtime | None = None) -> int:
     """Send again every task whose run lease expired (its worker is gone or frozen).
 
     Each id on its own: one that cannot be sent gets its lease back, so the next
@@ -313,14 +318,14 @@ def requeue_orphans(rt=None):
     return sent
 
 
-def broker_connection(rt):
+def broker_connection(rt: Runtime) -> Any:
     """A broker connection of its own for housekeeping's sends, closed after each
     round: the app's pooled producer lives in the same process as the consumer,
     and after a broker restart kombu can leave it broken for good."""
     return rt.celery.connection_for_write()
 
 
-def sweep_stranded(rt=None):
+def sweep_stranded(rt: Runtime | None = None) -> int:
     """Send again unfinished tasks that hold no lease and have no broker message.
 
     They are what a lost message (a Redis crash within its fsync window), a
@@ -354,7 +359,7 @@ def sweep_stranded(rt=None):
     return len(stranded)
 
 
-def report_alive(rt=None):
+def report_alive(rt: Runtime | None = None) -> bool:
     """Count this worker in the metrics' ``taskbeam_workers_alive`` while its
     consumer runs (the alive file is fresh), not merely while the process exists."""
     rt = rt or runtime
@@ -368,7 +373,7 @@ def report_alive(rt=None):
     return True
 
 
-def _housekeeping_forever():
+def _housekeeping_forever() -> None:
     rounds = 0
     while True:
         time.sleep(REAP_INTERVAL_S)
@@ -387,7 +392,7 @@ def _housekeeping_forever():
 
 
 @signals.worker_ready.connect
-def _start_housekeeping(**_):
+def _start_housekeeping(**_: Any) -> None:
     # In the worker's main process, which outlives the pool's child processes.
     threading.Thread(target=_housekeeping_forever, daemon=True, name="housekeeping").start()
 
@@ -402,15 +407,15 @@ class AliveFile(bootsteps.StartStopStep):
 
     requires = {"celery.worker.consumer.tasks:Tasks"}
 
-    def __init__(self, consumer, **kwargs):
+    def __init__(self, consumer: Any, **kwargs: Any) -> None:
         super().__init__(consumer, **kwargs)
         self.entry = None
 
-    def start(self, consumer):
+    def start(self, consumer: Any) -> None:
         self.touch()
         self.entry = consumer.timer.call_repeatedly(ALIVE_EVERY_S, self.touch)
 
-    def stop(self, consumer):
+    def stop(self, consumer: Any) -> None:
         if self.entry is not None:
             self.entry.cancel()
             self.entry = None
@@ -418,7 +423,7 @@ class AliveFile(bootsteps.StartStopStep):
     shutdown = stop
 
     @staticmethod
-    def touch():
+    def touch() -> None:
         with open(ALIVE_FILE, "a"):
             os.utime(ALIVE_FILE)
 
@@ -426,9 +431,9 @@ class AliveFile(bootsteps.StartStopStep):
 celery.steps["consumer"].add(AliveFile)
 
 
-def _register(job):
+def _register(job: jobs.Job) -> Any:
     @celery.task(name=job.celery_name)
-    def run_job(task_id, params):
+    def run_job(task_id: str, params: Any) -> None:
         TaskRun(job, task_id, params)()
 
     return run_job
