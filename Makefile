@@ -51,11 +51,12 @@ unit: ## Run lint, the docs build and the unit tests only (no Docker needed)
 test: ## Run lint, unit tests, then integration tests on a throwaway stack (own project and port)
 	tests/run.sh
 
-# Rules and line length: [tool.ruff] in pyproject.toml; ruff is pinned in the test extras.
-lint: ## Check style: ruff check and ruff format --check over taskbeam/, tests/ and web/
+# Rules: [tool.ruff] and [tool.mypy] in pyproject.toml; both pinned in the test extras.
+lint: ## Check style and types: ruff check, ruff format --check, mypy over taskbeam/
 	@tests/run.sh venv
 	.venv/bin/ruff check taskbeam tests web
 	.venv/bin/ruff format --check taskbeam tests web
+	.venv/bin/mypy
 
 # The site's pages are docs/ and its nav mkdocs.yml; tests/run.sh builds it with --strict.
 docs: ## Serve the documentation site at http://127.0.0.1:8000 (mkdocs serve; edits reload)

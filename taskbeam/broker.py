@@ -6,7 +6,7 @@ import ssl
 from celery import Celery
 
 from . import broker_transport, sentinel
-from .store import DEAD_PEER_OPTIONS, redis_tls
+from .store import DEAD_PEER_OPTIONS, Keys, redis_tls
 
 # A task may be redelivered only after the broker stops hearing from its worker
 # for this long beyond the task's time limit (kombu's Redis visibility timeout).
@@ -24,7 +24,7 @@ def make_celery(settings):
     options = {
         "visibility_timeout": settings.task_time_limit_s + VISIBILITY_MARGIN_S,
         # Keeps two deployments sharing one Redis out of each other's queues.
-        "global_keyprefix": f"{settings.namespace}:celery:",
+        "global_keyprefix": Keys(settings.namespace).celery_prefix,
         # Bounded waits: a publish to, or a BRPOP on, a Redis that vanished gives up
         # and reconnects. The BRPOP check (kombu's, every 5 s) covers a frozen one.
         **DEAD_PEER_OPTIONS,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from . import sentinel
+from .store.keys import Keys
 
 # Values shipped in .env.example; refused so a copied example never runs as is.
 PLACEHOLDER_SECRETS = {"", "change-me", "changeme", "secret", "dev", "please-change-me"}
@@ -262,7 +263,7 @@ class Settings:
     @property
     def socketio_channel(self):
         # Pub/Sub channels ignore the Redis DB number: name ours per deployment.
-        return f"{self.namespace}:socketio"
+        return Keys(self.namespace).socketio_channel
 
 
 def load(env=None, *, need_secret=True):

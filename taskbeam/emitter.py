@@ -28,6 +28,7 @@ import logging
 import time
 
 from redis.exceptions import BusyLoadingError, ConnectionError, RedisError, TimeoutError
+from socketio import RedisManager
 
 from . import protocol
 
@@ -66,9 +67,10 @@ def retrying(
 class StockEnvelope:
     """The external emitter's message for a task event, around the event's JSON.
 
-    Made once by the library itself: a Flask-SocketIO ``emit`` whose Redis
-    ``publish`` is captured (nothing is sent), with placeholders for the event and
-    the room. :meth:`around` gives what :meth:`TaskStore.append` publishes.
+    The message is python-socketio's (:func:`taskbeam.protocol.mq_emit_message`,
+    which ``taskbeam.web.fastws.seams`` checks against the installed library) from
+    this emitter's manager (its channel and ``host_id``), with placeholders for the
+    event and the room. :meth:`around` gives what :meth:`TaskStore.append` publishes.
 
     :raises ValueError: the manager is not python-socketio's Redis one with the
         standard ``json.dumps`` (engineio.json's), whose text the store's script writes.
@@ -78,21 +80,12 @@ class StockEnvelope:
 
     def __init__(self, socketio):
         manager = socketio.server.manager
-        if not hasattr(manager, "redis") or manager.json.dumps is not json.dumps:
+        if not isinstance(manager, RedisManager) or manager.json.dumps is not json.dumps:
             raise ValueError("publishing by the store needs RedisManager and json.dumps")
-        captured = []
-
-        class Capture:
-            def publish(self, channel, data):
-                captured.append((channel, data))
-
-        saved = manager.redis, manager.connected
-        manager.redis, manager.connected = Capture(), True
-        try:
-            socketio.emit(protocol.TASK_UPDATE_EVENT, self.EVENT, to=self.ROOM)
-        finally:
-            manager.redis, manager.connected = saved
-        self.channel, text = captured[0]
+        self.channel = manager.channel
+        text = protocol.mq_emit_message(
+            protocol.TASK_UPDATE_EVENT, self.EVENT, self.ROOM, manager.host_id
+        )
         self.head, rest = text.split(json.dumps(self.EVENT))
         self.middle, self.tail = rest.split(json.dumps(self.ROOM))
 

@@ -103,9 +103,10 @@ def reporting_to(
 
     The worker uses it around every job; unit tests use it to capture progress.
     """
-    tokens = _reporter.set(callback), _task_id.set(task_id), _run.set(run)
+    reporter, task, of_run = _reporter.set(callback), _task_id.set(task_id), _run.set(run)
     try:
         yield callback
     finally:
-        for var, token in zip((_reporter, _task_id, _run), tokens):
-            var.reset(token)
+        _reporter.reset(reporter)
+        _task_id.reset(task)
+        _run.reset(of_run)

@@ -4,9 +4,14 @@ Pure functions only: no Redis, no Flask, no Celery, so both sides import it
 cheaply and the unit tests cover it without a broker.
 """
 
+from __future__ import annotations
+
 import hashlib
+import json
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 QUEUED, RUNNING, RETRYING = "queued", "running", "retrying"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -15,36 +20,68 @@ TERMINAL_STATES = frozenset((SUCCEEDED, FAILED, CANCELLED))
 
 TASK_UPDATE_EVENT = "task_update"
 
+# Events per page of GET /events and of the subscribe ack: a 10,000-event history
+# cost ~45 ms of CPU and 1.3 MB per unpaged read.
+MAX_EVENTS_PAGE = 500
+# Digits of an `after` seq the API and the subscribe handler accept.
+MAX_SEQ_DIGITS = 18
 
-def task_room(task_id):
+
+# python-socketio's message-queue message for an emit, as python-socketio 5.18.1
+# writes it (PubSubManager.emit's dict, json.dumps'd by RedisManager._publish). The
+# worker writes it (the store's Lua, with these separators; emitter.StockEnvelope)
+# and the fast listener cuts task events out of it (web/fastws/listener.py). It is
+# here because the worker never imports the web package; taskbeam.web.fastws.seams
+# checks it against the installed python-socketio when a web process starts.
+MQ_JSON_SEPARATORS = (", ", ": ")  # json.dumps' own
+
+
+def mq_emit_message(event: str, data: Any, room: str, host_id: str, namespace: str = "/") -> str:
+    """The text python-socketio publishes for ``emit(event, data, to=room)`` from the
+    process ``host_id``: no callback, no client skipped, no binary data."""
+    message = {
+        "method": "emit",
+        "event": event,
+        "data": [data],
+        "binary": False,
+        "namespace": namespace,
+        "room": room,
+        "skip_sid": None,
+        "callback": None,
+        "host_id": host_id,
+    }
+    return json.dumps(message, separators=MQ_JSON_SEPARATORS)
+
+
+def task_room(task_id: str) -> str:
     """The Socket.IO room whose members receive one task's events."""
     return f"task:{task_id}"
 
 
-def owner_id(kind, principal):
+def owner_id(kind: str, principal: str) -> str:
     """The task owner for a user: stable, fixed-length, safe inside a Redis key."""
     digest = hashlib.sha256(f"{kind}\0{principal}".encode()).hexdigest()[:32]
     return f"u-{digest}"
 
 
-def owner_room(owner):
+def owner_room(owner: str) -> str:
     """The Socket.IO room of every socket of one owner (tasks follow the user)."""
     return f"owner:{owner}"
 
 
-def room_channel(channel, room):
+def room_channel(channel: str, room: str) -> str:
     """The message-queue channel of one room's events (the store publishes task
     events there; a web process subscribes to the rooms it holds)."""
     return f"{channel}#{room}"
 
 
-def iso_utc(ts):
+def iso_utc(ts: float) -> str:
     """Unix seconds → ISO 8601 UTC with a trailing Z, as the contract says."""
     stamp = datetime.fromtimestamp(ts, tz=UTC)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
 
 
-def percent(done, total):
+def percent(done: float, total: float) -> float:
     """Progress in percent, clamped to 0..100 and rounded to 0.1."""
     if total <= 0:
         return 100.0
@@ -59,13 +96,13 @@ class Coalescer:
     injected so the rule is testable without waiting.
     """
 
-    def __init__(self, window_s, clock):
+    def __init__(self, window_s: float, clock: Callable[[], float]) -> None:
         self.window_s = window_s
         self.clock = clock
-        self._last_at = None
-        self._last_state = None
+        self._last_at: float | None = None
+        self._last_state: str | None = None
 
-    def admit(self, state, progress):
+    def admit(self, state: str, progress: float) -> bool:
         now = self.clock()
         due = (
             self._last_at is None
@@ -77,7 +114,7 @@ class Coalescer:
             self._last_at, self._last_state = now, state
         return due
 
-    def note(self, state):
+    def note(self, state: str) -> None:
         """Record an event sent outside ``admit`` (e.g. a framework state change)."""
         self._last_at, self._last_state = self.clock(), state
 
@@ -87,6 +124,6 @@ class Coalescer:
 TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{16}")
 
 
-def valid_task_id(value):
+def valid_task_id(value: object) -> bool:
     """True if ``value`` has the shape of an id ``store.new_task_id`` makes."""
     return isinstance(value, str) and TASK_ID_PATTERN.fullmatch(value) is not None

@@ -3,8 +3,11 @@
 
 from dataclasses import dataclass
 
+from celery import Celery
 from flask_socketio import SocketIO
 from socketio import RedisManager
+
+import redis
 
 from . import broker, config, sentinel
 from .emitter import Emitter
@@ -16,12 +19,16 @@ class Runtime:
     """What a worker process talks to: built once, passed to what needs it."""
 
     settings: config.Settings
-    celery: object
+    celery: Celery
     store: TaskStore
     emitter: Emitter
 
 
-def make_runtime(settings, redis_conn=None, socketio=None):
+def make_runtime(
+    settings: config.Settings,
+    redis_conn: redis.Redis | None = None,
+    socketio: SocketIO | None = None,
+) -> Runtime:
     """The worker's Celery app, store and emitter; nothing connects until used.
 
     Flask-SocketIO's external emitter (a ``SocketIO(message_queue=...)`` with no

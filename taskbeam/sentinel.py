@@ -11,6 +11,9 @@ primary: the store and the web's listener through redis-py's
 (:func:`broker_url`), the Socket.IO emitter through python-socketio.
 """
 
+from __future__ import annotations
+
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from redis.sentinel import Sentinel, SentinelConnectionPool
@@ -21,27 +24,27 @@ SCHEME = "redis+sentinel"
 TLS_SCHEME = "rediss+sentinel"  # Sentinels and data nodes over TLS
 
 
-def is_sentinel_url(url):
+def is_sentinel_url(url: str) -> bool:
     return urlsplit(url.strip()).scheme.lower() in (SCHEME, TLS_SCHEME)
 
 
-def uses_tls(url):
+def uses_tls(url: str) -> bool:
     return urlsplit(url.strip()).scheme.lower() in ("rediss", TLS_SCHEME)
 
 
-def tls_options(url, ca_file=""):
+def tls_options(url: str, ca_file: str = "") -> dict[str, Any]:
     """redis-py options for a TLS ``url`` (``rediss://``, ``rediss+sentinel://``): the
     server's certificate verified against ``ca_file`` (else the system's CAs) and its
     host name or address. Empty for a plain URL."""
     if not uses_tls(url):
         return {}
-    options = {"ssl_cert_reqs": "required", "ssl_ca_certs": ca_file or None}
+    options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_ca_certs": ca_file or None}
     if is_sentinel_url(url):  # rediss:// says it itself; a Sentinel pool needs telling
         options["ssl"] = True
     return options
 
 
-def stock_form(url, options):
+def stock_form(url: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """``(url, redis_options)`` for python-socketio's ``RedisManager``: it reads only
     ``redis+sentinel://``, and takes the Sentinels' own options as ``sentinel_kwargs``."""
     if not is_sentinel_url(url):
@@ -52,13 +55,15 @@ def stock_form(url, options):
     )
 
 
-def _sentinel_kwargs(options):
+def _sentinel_kwargs(options: dict[str, Any]) -> dict[str, Any]:
     # Bounded waits on the Sentinels too (a dead or cut-off one must not stall
     # discovery), and the same TLS as the data nodes.
     return {k: v for k, v in options.items() if k.startswith(("socket_", "ssl"))}
 
 
-def parse(url):
+def parse(
+    url: str,
+) -> tuple[tuple[tuple[str, int], ...], str, int, str | None, str | None]:
     """``(sentinels, master_name, db, username, password)`` of a Sentinel URL.
 
     :raises ValueError: with what is wrong.
@@ -85,7 +90,7 @@ class SentinelBlockingPool(SentinelConnectionPool, redis_lib.BlockingConnectionP
     use (as the single-Redis web pool does) instead of raising."""
 
 
-def master_client(url, max_connections=None, **options):
+def master_client(url: str, max_connections: int | None = None, **options: Any) -> redis_lib.Redis:
     """A ``redis.Redis`` on the current primary; after a failover its next
     connection goes to the new one. ``options`` as for ``Redis.from_url``."""
     sentinels, name, db, username, password = parse(url)
@@ -93,10 +98,11 @@ def master_client(url, max_connections=None, **options):
     kwargs = dict(options, db=db, username=username, password=password)
     if max_connections is not None:
         kwargs.update(connection_pool_class=SentinelBlockingPool, max_connections=max_connections)
-    return manager.master_for(name, **kwargs)
+    client: redis_lib.Redis = manager.master_for(name, **kwargs)
+    return client
 
 
-def broker_url(url):
+def broker_url(url: str) -> str:
     """kombu's form of a Sentinel URL: ``sentinel://[:PW@]HOST:PORT/DB`` per Sentinel,
     joined by ``;`` (the master name goes in the transport options)."""
     sentinels, _name, db, username, password = parse(url)
@@ -106,5 +112,5 @@ def broker_url(url):
     return ";".join(f"sentinel://{auth}{host}:{port}/{db}" for host, port in sentinels)
 
 
-def master_name(url):
+def master_name(url: str) -> str:
     return parse(url)[1]

@@ -38,12 +38,12 @@ def owner_for(user: str, env: Any = None) -> str:
     return protocol.owner_id("app", user)  # the extension's owner_of(request)
 
 
-def submit(kind: Any, params: Any, *, owner: str, rt: Runtime | None = None) -> dict:
+def submit(kind: Any, params: Any, *, owner: str, rt: Runtime | None = None) -> dict[str, Any]:
     rt = rt or runtime()
     job, clean = tasks.validate(kind, params, rt.settings)
     owner_id = owner_for(owner)
 
-    def announce(owner_id: str, snapshot: dict) -> None:
+    def announce(owner_id: str, snapshot: dict[str, Any]) -> None:
         rt.emitter.socketio.emit(
             tasks.TASK_CREATED_EVENT, snapshot, to=protocol.owner_room(owner_id)
         )

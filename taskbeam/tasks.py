@@ -36,15 +36,15 @@ def enqueue(
     store: Any,
     celery: Any,
     settings: Any,
-    announce: Callable[[str, dict], None],
-) -> dict:
+    announce: Callable[[str, dict[str, Any]], None],
+) -> dict[str, Any]:
     """Store the task and send it to the workers; its 202 snapshot.
 
     Raises ``TooManyActive`` past MAX_ACTIVE_TASKS and :class:`QueueUnavailable` when
     the broker refuses (the stored task is removed again). ``announce(owner, snapshot)``
     tells the owner's pages (their sockets join the owner's room).
     """
-    snapshot = store.create(
+    snapshot: dict[str, Any] = store.create(
         kind=job.kind, owner=owner, params=params, max_active=settings.max_active_tasks
     )
     try:

@@ -23,6 +23,7 @@ import os
 import socket
 import threading
 import time
+from typing import Any
 
 from celery import bootsteps, signals
 from celery.exceptions import SoftTimeLimitExceeded
@@ -31,11 +32,7 @@ import redis
 
 from . import broker, config, export, jobs, progress, protocol, registry
 from .runtime import Runtime, make_runtime  # noqa: F401  (Runtime: for the tests)
-from .store import (
-    LeaseLost,
-    TaskFinished,
-    TaskGone,
-)
+from .store import LeaseLost, TaskFinished, TaskGone, TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +58,7 @@ runtime = make_runtime(settings)
 celery, store, emitter = runtime.celery, runtime.store, runtime.emitter
 
 
-def _error(code, message):
+def _error(code: str, message: str) -> dict[str, Any]:
     return {
         "state": protocol.FAILED,
         "message": message,
@@ -78,22 +75,22 @@ class TaskRun:
     without writing anything more.
     """
 
-    def __init__(self, job, task_id, params, rt=None):
+    def __init__(self, job: jobs.Job, task_id: str, params: Any, rt: Runtime | None = None) -> None:
         self.job, self.task_id, self.params = job, task_id, params
         self.rt = rt or runtime
         self.coalescer = protocol.Coalescer(
             self.rt.settings.progress_coalesce_ms / 1000, time.monotonic
         )
-        self.lease = None
+        self.lease: Any = None  # the run's Lease, once it has one
 
-    def emit(self, **patch):
+    def emit(self, **patch: Any) -> bool:
         """Persist and publish an event; True if the owner asked to cancel."""
         self.lease.check()
         event, cancel = self.rt.emitter.emit(self.task_id, token=self.lease.token, **patch)
         self.coalescer.note(event["state"])
         return cancel
 
-    def report(self, done, total, message):
+    def report(self, done: float, total: float, message: str) -> None:
         """Where the job's ``progress.update`` calls land."""
         self.lease.check()
         pct = protocol.percent(done, total)
@@ -103,7 +100,7 @@ class TaskRun:
             ):
                 raise progress.Cancelled()
 
-    def __call__(self):
+    def __call__(self) -> None:
         store = self.rt.store
         try:
             token = store.claim_run(self.task_id, LEASE_S)
@@ -134,7 +131,7 @@ class TaskRun:
         # expires and the reaper sends the task again, instead of leaving it running.
         store.release_lease(self.task_id, token)
 
-    def _run(self):
+    def _run(self) -> None:
         settings = self.rt.settings
         attempt = self.rt.store.count_attempt(self.task_id)
         if attempt > settings.max_redeliveries + 1:
@@ -156,7 +153,7 @@ class TaskRun:
             return
         self.emit(**self._execute())
 
-    def _execute(self):
+    def _execute(self) -> dict[str, Any]:
         """Run the job's function; return the terminal event's fields."""
         try:
             params = self.job.load(self.params, self.rt.settings)
@@ -191,7 +188,7 @@ class TaskRun:
             "result": result,
         }
 
-    def _summary(self, result):
+    def _summary(self, result: Any) -> str:
         """The finished task's message: the kind's ``summary(result)``, or "Done"."""
         if self.job.summary is None:
             return "Done"
@@ -209,17 +206,17 @@ class Lease:
     holds the task; the store refuses the lost run's writes in any case.
     """
 
-    def __init__(self, store, task_id, token):
+    def __init__(self, store: TaskStore, task_id: str, token: int) -> None:
         self.store, self.task_id, self.token = store, task_id, token
         self.lost = threading.Event()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._renew, daemon=True, name=f"lease-{task_id}")
 
-    def check(self):
+    def check(self) -> None:
         if self.lost.is_set():
             raise LeaseLost(self.task_id)
 
-    def _renew(self):
+    def _renew(self) -> None:
         while not self.stop.wait(LEASE_S / 4):
             try:
                 if not self.store.renew_lease(self.task_id, self.token, LEASE_S):
@@ -228,16 +225,16 @@ class Lease:
             except redis.RedisError as exc:  # keep trying; the lease has slack
                 log.warning("could not renew lease of %s: %s", self.task_id, exc)
 
-    def __enter__(self):
+    def __enter__(self) -> "Lease":
         self.thread.start()
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.stop.set()
         self.thread.join()
 
 
-def send_again(rt, rec, connection):
+def send_again(rt: Runtime, rec: Any, connection: Any) -> None:
     """Put an unfinished task back on the queue (a kind no longer known fails)."""
     job = jobs.JOBS.get(rec.get("kind"))
     if job is None:
@@ -255,7 +252,7 @@ def send_again(rt, rec, connection):
     )
 
 
-def requeue_orphans(rt=None):
+def requeue_orphans(rt: Runtime | None = None) -> int:
     """Send again every task whose run lease expired (its worker is gone or frozen).
 
     Each id on its own: one that cannot be sent gets its lease back, so the next
@@ -284,14 +281,14 @@ def requeue_orphans(rt=None):
     return sent
 
 
-def broker_connection(rt):
+def broker_connection(rt: Runtime) -> Any:
     """A broker connection of its own for housekeeping's sends, closed after each
     round: the app's pooled producer lives in the same process as the consumer,
     and after a broker restart kombu can leave it broken for good."""
     return rt.celery.connection_for_write()
 
 
-def sweep_stranded(rt=None):
+def sweep_stranded(rt: Runtime | None = None) -> int:
     """Send again unfinished tasks that hold no lease and have no broker message.
 
     They are what a lost message (a Redis crash within its fsync window), a
@@ -300,7 +297,7 @@ def sweep_stranded(rt=None):
     worker sweeps at a time.
     """
     rt = rt or runtime
-    lock = f"{rt.settings.namespace}:sweeper"
+    lock = rt.store.keys.sweeper
     if not rt.store.redis.set(
         lock, WORKER_NAME, nx=True, ex=int(SWEEP_ROUNDS * REAP_INTERVAL_S) - 1
     ):
@@ -325,7 +322,7 @@ def sweep_stranded(rt=None):
     return len(stranded)
 
 
-def report_alive(rt=None):
+def report_alive(rt: Runtime | None = None) -> bool:
     """Count this worker in the metrics' ``taskbeam_workers_alive`` while its
     consumer runs (the alive file is fresh), not merely while the process exists."""
     rt = rt or runtime
@@ -339,7 +336,7 @@ def report_alive(rt=None):
     return True
 
 
-def _housekeeping_forever():
+def _housekeeping_forever() -> None:
     rounds = 0
     while True:
         time.sleep(REAP_INTERVAL_S)
@@ -358,7 +355,7 @@ def _housekeeping_forever():
 
 
 @signals.worker_ready.connect
-def _start_housekeeping(**_):
+def _start_housekeeping(**_: Any) -> None:
     # In the worker's main process, which outlives the pool's child processes.
     threading.Thread(target=_housekeeping_forever, daemon=True, name="housekeeping").start()
 
@@ -373,15 +370,15 @@ class AliveFile(bootsteps.StartStopStep):
 
     requires = {"celery.worker.consumer.tasks:Tasks"}
 
-    def __init__(self, consumer, **kwargs):
+    def __init__(self, consumer: Any, **kwargs: Any) -> None:
         super().__init__(consumer, **kwargs)
         self.entry = None
 
-    def start(self, consumer):
+    def start(self, consumer: Any) -> None:
         self.touch()
         self.entry = consumer.timer.call_repeatedly(ALIVE_EVERY_S, self.touch)
 
-    def stop(self, consumer):
+    def stop(self, consumer: Any) -> None:
         if self.entry is not None:
             self.entry.cancel()
             self.entry = None
@@ -389,7 +386,7 @@ class AliveFile(bootsteps.StartStopStep):
     shutdown = stop
 
     @staticmethod
-    def touch():
+    def touch() -> None:
         with open(ALIVE_FILE, "a"):
             os.utime(ALIVE_FILE)
 
@@ -397,9 +394,9 @@ class AliveFile(bootsteps.StartStopStep):
 celery.steps["consumer"].add(AliveFile)
 
 
-def _register(job):
+def _register(job: jobs.Job) -> Any:
     @celery.task(name=job.celery_name)
-    def run_job(task_id, params):
+    def run_job(task_id: str, params: Any) -> None:
         TaskRun(job, task_id, params)()
 
     return run_job

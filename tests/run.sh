@@ -16,17 +16,20 @@ if [ ! -x "$venv/bin/pytest" ] || [ pyproject.toml -nt "$venv/.installed" ]; the
 fi
 [ "${1:-all}" = venv ] && exit 0
 
-# Style first: it is the quickest to fail ([tool.ruff] in pyproject.toml).
+# Style and types first: the quickest to fail ([tool.ruff], [tool.mypy] in pyproject.toml).
 "$venv/bin/ruff" check taskbeam tests web
 "$venv/bin/ruff" format --check taskbeam tests web
 # The documentation site (mkdocs.yml): --strict turns every warning into a failure, so a
 # broken link or anchor, or a page missing from the nav, fails here.
 NO_MKDOCS_2_WARNING=1 "$venv/bin/mkdocs" build --strict --quiet
+"$venv/bin/mypy"
 
-# Unit tests with a coverage report of the package; CPU-budget tests run apart,
+# Unit tests with a coverage report of the package, failing below the floor (84.8 %
+# measured when it was set: raise it as coverage grows); CPU-budget tests run apart,
 # without coverage's tracer, which would blow their budget.
 COVERAGE_FILE=$venv/.coverage \
-  "$venv/bin/pytest" tests/unit -q -m "not cpu_budget" --cov=taskbeam --cov-report=term
+  "$venv/bin/pytest" tests/unit -q -m "not cpu_budget" --cov=taskbeam --cov-report=term \
+  --cov-fail-under=84
 "$venv/bin/pytest" tests/unit -q -m cpu_budget || [ $? = 5 ]  # 5: no test is marked
 [ "${1:-all}" = unit ] && exit 0
 

@@ -7,9 +7,8 @@ container; more browsers means more ``web`` containers, not more workers.
 import logging
 import secrets
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
-from flask import Flask, request, session
+from flask import Flask, session
 from flask_socketio import SocketIO
 
 import redis
@@ -19,6 +18,7 @@ from ..broker import make_celery
 from ..emitter import Emitter
 from ..store import TaskStore, redis_client, redis_tls
 from . import fastws, front, identity
+from .front import origin_allowed
 from .metrics import Metrics
 from .mq_listener import QueueWatch, make_manager
 
@@ -26,6 +26,7 @@ MAX_BODY_BYTES = 1024 * 1024
 PING_INTERVAL_S, PING_TIMEOUT_S = 25, 20
 REDIS_POOL_SIZE = 50
 
+# The project's own app's Socket.IO (create_app binds it; the extension takes an app's own).
 socketio = SocketIO()
 
 
@@ -42,20 +43,6 @@ class Services:
     metrics: Metrics
     identity: identity.Identity
     socketio: SocketIO
-
-
-def own_origin():
-    """``scheme://host[:port]`` of the current request as the browser sees it."""
-    return f"{request.scheme}://{request.host}"
-
-
-def origin_allowed(origin, settings, own):
-    """True if ``origin`` may talk to us: our own origin or one in ALLOWED_ORIGINS."""
-    origin = (origin or "").rstrip("/")
-    parts = urlsplit(origin)
-    return bool(parts.scheme and parts.netloc) and (
-        origin == own or origin in settings.allowed_origins
-    )
 
 
 def create_app(settings=None, owner_of=None):
@@ -123,7 +110,7 @@ def install(app, sio, settings, owner_of=None):
     if fastws.usable():
         fastws.install(sio.server)
     store = TaskStore(client, settings)
-    watch = QueueWatch(sio, manager, client, store.main_only_key)
+    watch = QueueWatch(sio, manager, client, store.keys.main_only)
     services = app.extensions["taskbeam"] = Services(
         settings=settings,
         redis=client,

@@ -10,8 +10,10 @@ from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 from .. import broker, export, protocol, registry, tasks
-from ..store import TaskFinished, TaskGone, TooManyActive
-from . import identity, origin_allowed, own_origin
+from ..protocol import MAX_EVENTS_PAGE, MAX_SEQ_DIGITS
+from ..store import Keys, TaskFinished, TaskGone, TooManyActive
+from . import identity
+from .front import origin_allowed, own_origin
 from .metrics import render_operator_gauges
 from .openapi import openapi_document
 
@@ -19,10 +21,6 @@ log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
 
 STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
-# Events per page of GET /events and of the subscribe ack: a 10,000-event history
-# cost ~45 ms of CPU and 1.3 MB per unpaged read.
-MAX_EVENTS_PAGE = 500
-MAX_SEQ_DIGITS = 18
 # Lifetime of a token from the dev login (AUTH_DEV_LOGIN=1).
 DEV_TOKEN_TTL_S = 3600
 
@@ -122,14 +120,15 @@ def check_rate(owner):
     svc = services()
     now = int(time.time())
     window = now // 60
+    keys = Keys(svc.settings.namespace)
     limits = (
         (
-            f"{svc.settings.namespace}:rate:{owner}:{window}",
+            keys.rate(owner, window),
             svc.settings.rate_limit_per_minute,
             "per session",
         ),
         (
-            f"{svc.settings.namespace}:rate-ip:{request.remote_addr}:{window}",
+            keys.rate_ip(request.remote_addr, window),
             svc.settings.rate_limit_per_ip_per_minute,
             "per address",
         ),

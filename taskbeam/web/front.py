@@ -7,12 +7,15 @@
 - :class:`HostCheck`: requests for a Host that is not ours get 421. DNS rebinding
   points an attacker's domain at this server; the browser then sends that domain as
   Host *and* as Origin, which the Origin check alone would take for our own origin.
+- :func:`origin_allowed`: the Origin check itself, of the API's state-changing
+  requests and of Socket.IO's handshake.
 """
 
 import ipaddress
 import json
 from urllib.parse import urlsplit
 
+from flask import request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 # Always served: loopback names and the Compose service name other containers use.
@@ -72,3 +75,17 @@ class HostCheck:
             [("Content-Type", "application/json"), ("Content-Length", str(len(_MISDIRECTED)))],
         )
         return [_MISDIRECTED]
+
+
+def own_origin():
+    """``scheme://host[:port]`` of the current request as the browser sees it."""
+    return f"{request.scheme}://{request.host}"
+
+
+def origin_allowed(origin, settings, own):
+    """True if ``origin`` may talk to us: our own origin or one in ALLOWED_ORIGINS."""
+    origin = (origin or "").rstrip("/")
+    parts = urlsplit(origin)
+    return bool(parts.scheme and parts.netloc) and (
+        origin == own or origin in settings.allowed_origins
+    )

@@ -3,21 +3,20 @@
 Two listeners fit here: the fast path's (``fastws.FastRedisManager``) and
 python-socketio's stock ``RedisManager`` (:class:`StockRedisManager`, for
 ``WEB_FAST_TRANSPORT=0``). :class:`QueueWatch` works with either, through what
-both have (:class:`Heard`): a self-addressed heartbeat that the listener must
-hear, so ``/readyz`` can tell a live listener from a dead one, and a call when
-a lost subscription is back, after which every client reconnects and resumes.
+both have (:class:`Heard`, :mod:`.mq_heartbeat`): a self-addressed heartbeat that
+the listener must hear, so ``/readyz`` can tell a live listener from a dead one,
+and a call when a lost subscription is back, after which every client reconnects
+and resumes.
 
 The store publishes task events to per-room channels (taskbeam/emitter.py),
 which the fast listener subscribes to for the rooms its process holds. The stock
 listener reads one channel only: while one runs, it keeps a key set in Redis
-(``TaskStore.main_only_key``) that makes the store publish to the main channel.
+(``TaskStore.keys.main_only``) that makes the store publish to the main channel.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 
 import socketio
 
@@ -27,55 +26,9 @@ from .. import sentinel
 from . import fastws
 from .fastws import seams
 from .metrics import Metrics
+from .mq_heartbeat import Heard
 
 log = logging.getLogger(__name__)
-
-HEARTBEAT_SID = "taskbeam-heartbeat"
-
-
-class Heard:
-    """What :class:`QueueWatch` needs of a Socket.IO message-queue manager.
-
-    The heartbeat is python-socketio's own ``callback`` message addressed to this
-    process (``host_id``): every listener hands it to the public
-    ``trigger_callback``, with no room or client needed.
-    """
-
-    last_heard = 0.0
-    on_resubscribed = None  # called (no arguments) when a lost subscription is back
-    reads_main_only = True  # no room channels: task events must come on the main one
-
-    def watch_room(self, room, timeout_s=5.0) -> bool:
-        """The room's events arrive here from now on (per-room channels: the fast listener)."""
-        return True
-
-    def forget_idle_rooms(self) -> int:
-        return 0
-
-    def trigger_callback(self, sid, id, data):
-        if sid == HEARTBEAT_SID:
-            self.last_heard = time.monotonic()
-            return
-        super().trigger_callback(sid, id, data)
-
-    def heartbeat_message(self) -> str:
-        return json.dumps(
-            {
-                "method": "callback",
-                "host_id": self.host_id,
-                "sid": HEARTBEAT_SID,
-                "namespace": "/",
-                "id": 0,
-                "args": [],
-            }
-        )
-
-    def heard_within(self, seconds: float) -> bool:
-        return time.monotonic() - self.last_heard < seconds
-
-    def resubscribed(self) -> None:
-        if self.on_resubscribed is not None:
-            self.on_resubscribed()
 
 
 class StockRedisManager(Heard, socketio.RedisManager):

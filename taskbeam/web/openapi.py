@@ -3,6 +3,7 @@
 import json
 
 from .. import config, protocol, registry
+from ..protocol import MAX_EVENTS_PAGE
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -35,8 +36,6 @@ def param_schemas(settings, components):
 
 
 def openapi_document(settings=None):
-    from .api import MAX_EVENTS_PAGE  # here: api imports this module
-
     settings = settings or config.current()
     kind_components = {}
     schemas = param_schemas(settings, kind_components)

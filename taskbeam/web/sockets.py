@@ -19,8 +19,8 @@ from flask_socketio import ConnectionRefusedError, join_room
 from redis.exceptions import RedisError
 
 from .. import protocol
+from ..protocol import MAX_EVENTS_PAGE, MAX_SEQ_DIGITS
 from . import identity
-from .api import MAX_EVENTS_PAGE, MAX_SEQ_DIGITS
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ MAX_SUBSCRIPTIONS = 200
 # pages of MAX_EVENTS_PAGE (the ack says `more`).
 MAX_AFTER = 10**MAX_SEQ_DIGITS
 # sid -> the timer that ends the socket when its token expires (AUTH_MODE=jwt).
-_expiry_timers = {}
+_expiry_timers: dict[str, gevent.Greenlet] = {}
 
 
 def _services():

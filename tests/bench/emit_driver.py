@@ -116,16 +116,16 @@ def emit_batch(raw, envelope, sender, task_ids, first, count, progress, mode, in
                 "EVALSHA",
                 store._append.sha,
                 6,
-                store.task_key(t),
-                store.events_key(t),
-                store.leases_key,
-                store.active_key,
-                store.queued_key,
-                store.main_only_key,
+                store.keys.task(t),
+                store.keys.events(t),
+                store.keys.leases,
+                store.keys.active,
+                store.keys.queued,
+                store.keys.main_only,
                 *head,
                 store.new_emit_id(),
                 TOKENS[t],
-                store.owner_key(""),
+                store.keys.owner(""),
                 *(envelope.around(t) if in_append else ("", "", "", "")),
                 *tail,
             )
@@ -205,9 +205,9 @@ def main():
             break
         if line.startswith("channel "):
             if line.split()[1] == "main":
-                store.redis.set(store.main_only_key, "bench", ex=3600)
+                store.redis.set(store.keys.main_only, "bench", ex=3600)
             else:
-                store.redis.delete(store.main_only_key)
+                store.redis.delete(store.keys.main_only)
             print(json.dumps({"channel": line.split()[1]}), flush=True)
             continue
         rate, seconds, mode, *publish = line.split()
@@ -228,7 +228,7 @@ def main():
         for p in procs:
             p.join()
         print(json.dumps({"emitted": emitted, "seconds": time.time() - start_at}), flush=True)
-    store.redis.delete(store.main_only_key)
+    store.redis.delete(store.keys.main_only)
     for task_id in ids:  # the bench leaves nothing behind in the store
         store.delete(task_id, owner)
 

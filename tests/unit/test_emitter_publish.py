@@ -138,7 +138,7 @@ def test_any_message_text_progress_and_time_give_the_stock_bytes(
 ):
     task_id, token = running_task(store, message)
     envelope = StockEnvelope(stock)
-    store.redis.set(store.main_only_key, "1")  # a web reads the main channel only
+    store.redis.set(store.keys.main_only, "1")  # a web reads the main channel only
     event_json, _ = store.append(
         task_id, ts, token=token, publish=envelope.around(task_id), progress=progress
     )
@@ -185,13 +185,13 @@ def test_while_a_web_reads_only_the_main_channel_the_store_publishes_there(
     while its key is set, every path sends the event to the main channel instead."""
     task_id, token = task
     emitter = Emitter(store, stock, store_publishes=True)
-    store.redis.set(store.main_only_key, "1", ex=15)
+    store.redis.set(store.keys.main_only, "1", ex=15)
     event, _ = emitter.emit(task_id, token=token, progress=5)
     assert main.next() == stock_bytes(stock, main, event) and channel.quiet()
     channel_name, room, head, tail = StockEnvelope(stock).around(task_id)
     store.publish(channel_name, room, head + json.dumps(event) + tail)
     assert json.loads(main.next())["data"] == [event] and channel.quiet()
-    store.redis.delete(store.main_only_key)  # that web is gone: back to the room's channel
+    store.redis.delete(store.keys.main_only)  # that web is gone: back to the room's channel
     event, _ = emitter.emit(task_id, token=token, progress=6)
     assert channel.next() == stock_bytes(stock, main, event)
 

@@ -27,6 +27,7 @@ from flask_socketio import SocketIO
 from websockets.exceptions import ConnectionClosed
 
 import redis
+from taskbeam import protocol
 from taskbeam.gunicorn_worker import Handler
 from taskbeam.web import fastws, mq_listener
 from taskbeam.web.fastws import listener, seams, transport
@@ -374,7 +375,7 @@ def test_a_web_reading_the_main_channel_only_keeps_the_store_publishing_there(
     kind, redis_server, redis_client
 ):
     """The stock listener cannot subscribe to room channels: its heartbeat sets, first,
-    the key that sends task events to the main channel (TaskStore.main_only_key), for
+    the key that sends task events to the main channel (TaskStore.keys.main_only), for
     longer than it takes QueueWatch to notice a deaf listener; the fast one does not."""
     url = f"unix://{redis_server}"
     manager = (
@@ -483,6 +484,14 @@ def test_libraries_other_than_the_seams_were_read_from_mean_stock_and_one_warnin
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "python-engineio 4.15.1 (read from 4.14.0)" in warnings[0].message
     assert isinstance(make_manager("redis://unused", "sio", Metrics()), StockRedisManager)
+
+
+def test_a_message_layout_other_than_python_socketios_means_stock(fresh_usable, monkeypatch):
+    """The worker writes protocol.mq_emit_message and the fast listener cuts task events
+    out of it: if the installed python-socketio writes anything else, the web runs stock."""
+    monkeypatch.setattr(protocol, "MQ_JSON_SEPARATORS", (",", ":"))
+    assert "socketio PubSubManager.emit's message (protocol.mq_emit_message)" in seams.problems()
+    assert not fastws.usable()
 
 
 def test_web_fast_transport_0_means_stock(fresh_usable, monkeypatch):

@@ -26,33 +26,6 @@ def store(redis_client, settings):
     return TaskStore(redis_client, settings)
 
 
-def test_queued_running_and_the_oldest_queued_age(store):
-    assert store.operator_gauges() == {
-        "tasks_queued": 0,
-        "oldest_queued_age_seconds": 0,
-        "tasks_running": 0,
-        "workers_alive": 0,
-    }
-    first = store.create(kind="simulate", owner="alice", params={}, now=1000.0)["id"]
-    store.create(kind="simulate", owner="bob", params={}, now=1030.0)
-    store.claim_run(first, lease_s=10)
-    store.append(first, state="running", message="Running")
-
-    gauges = store.operator_gauges(now=1100.0)
-    assert gauges["tasks_queued"] == 1
-    assert gauges["oldest_queued_age_seconds"] == 70.0  # bob's, created at 1030
-    assert gauges["tasks_running"] == 1
-
-
-def test_workers_count_while_they_report_and_drop_out_when_they_stop(store):
-    store.worker_alive("w1", now=1000.0)
-    store.worker_alive("w2", now=1010.0)
-    assert store.operator_gauges(now=1012.0)["workers_alive"] == 2
-    assert store.operator_gauges(now=1020.0)["workers_alive"] == 1  # w1 silent for 20 s
-    store.worker_alive("w3", now=1000.0 + 2 * 86_400)
-    assert store.redis.zrange(store.workers_key, 0, -1) == ["w3"]  # a day silent: forgotten
-
-
 def test_a_worker_reports_only_while_its_consumer_touches_the_alive_file(
     store, settings, tmp_path, monkeypatch
 ):

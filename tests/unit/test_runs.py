@@ -1,5 +1,6 @@
 """Runs against a real Redis: fencing tokens, leases, idempotent emits, the
-active-task cap, the reaper and the sweeper (taskbeam/store.py, taskbeam/worker.py).
+active-task cap, the reaper and the sweeper (taskbeam/worker.py; the
+store alone: test_store_runs.py and test_store_tasks.py).
 
 The worker module is imported with a placeholder REDIS_URL (nothing connects at
 import); every test builds its own runtime on the throwaway Redis, with a
@@ -15,7 +16,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 import redis as redis_lib
 from taskbeam import broker, config, progress, protocol
 from taskbeam.emitter import Emitter
-from taskbeam.store import LeaseLost, TaskFinished, TaskStore, TooManyActive
+from taskbeam.store import TaskStore
 
 os.environ.setdefault("REDIS_URL", "redis://placeholder:6379/0")
 from taskbeam import jobs, worker  # noqa: E402  (needs REDIS_URL at import)
@@ -74,54 +75,10 @@ def history(rt, task_id):
 
 
 def expire_lease(rt, task_id):
-    rt.store.redis.zadd(rt.store.leases_key, {task_id: 0}, xx=True)
+    rt.store.redis.zadd(rt.store.keys.leases, {task_id: 0}, xx=True)
 
 
 # --- fencing ----------------------------------------------------------------
-
-
-def test_a_run_that_lost_its_lease_writes_nothing(rt):
-    task_id = new_task(rt)
-    old = rt.store.claim_run(task_id, 10)
-    rt.store.append(task_id, token=old, state=protocol.RUNNING, progress=40)
-    expire_lease(rt, task_id)
-    assert rt.store.reap_expired_leases() == [task_id]
-    assert rt.store.renew_lease(task_id, old, 10) is False  # the old run learns it lost
-    new = rt.store.claim_run(task_id, 10)
-    assert new == old + 1
-    rt.store.append(task_id, token=new, state=protocol.RETRYING, progress=0)
-    with pytest.raises(LeaseLost):
-        rt.store.append(task_id, token=old, state=protocol.RUNNING, progress=60)
-    with pytest.raises(LeaseLost):
-        rt.store.append(task_id, token=old, state=protocol.SUCCEEDED, progress=100)
-    rt.store.release_lease(task_id, old)  # the loser cannot free the new run's lease
-    assert rt.store.renew_lease(task_id, new, 10) is True
-    assert [(e["state"], e["progress"]) for e in history(rt, task_id)] == [
-        ("queued", 0),
-        ("running", 40),
-        ("retrying", 0),
-    ]
-
-
-def test_a_reaped_lease_fences_the_old_run_before_anyone_claims(rt):
-    task_id = new_task(rt)
-    old = rt.store.claim_run(task_id, 10)
-    expire_lease(rt, task_id)
-    rt.store.reap_expired_leases()
-    with pytest.raises(LeaseLost):
-        rt.store.append(task_id, token=old, progress=50)
-
-
-def test_claims_refuse_live_finished_and_missing_runs(rt):
-    task_id = new_task(rt)
-    token = rt.store.claim_run(task_id, 10)
-    assert rt.store.claim_run(task_id, 10) is None
-    rt.store.append(task_id, token=token, state=protocol.SUCCEEDED, progress=100)
-    rt.store.release_lease(task_id, token)
-    with pytest.raises(TaskFinished):
-        rt.store.claim_run(task_id, 10)
-    with pytest.raises(worker.TaskGone):
-        rt.store.claim_run("nope", 10)
 
 
 def test_frozen_run_stops_at_its_next_progress_update(rt, monkeypatch):
@@ -148,7 +105,7 @@ def test_frozen_run_stops_at_its_next_progress_update(rt, monkeypatch):
     states = [e["state"] for e in history(rt, task_id)]
     assert states == ["queued", "running", "retrying"]
     assert rt.store.record(task_id)["state"] == protocol.RETRYING
-    assert rt.store.redis.zscore(rt.store.leases_key, task_id) is not None  # run 2's
+    assert rt.store.redis.zscore(rt.store.keys.leases, task_id) is not None  # run 2's
 
 
 def test_a_time_limit_between_a_redis_request_and_its_reply_desyncs_nothing(rt, monkeypatch):
@@ -214,7 +171,7 @@ def test_a_refused_terminal_write_keeps_the_lease_for_the_reaper(rt, monkeypatch
     job = job_of(lambda params: {"ok": 1})
     with pytest.raises(redis_lib.ResponseError):
         worker.TaskRun(job, task_id, {}, rt=rt)()
-    assert rt.store.redis.zscore(rt.store.leases_key, task_id) is not None
+    assert rt.store.redis.zscore(rt.store.keys.leases, task_id) is not None
     expire_lease(rt, task_id)
     assert worker.requeue_orphans(rt) == 1
     assert rt.celery.send_task.ids == [task_id]
@@ -264,31 +221,6 @@ def test_sweeper_fails_a_task_whose_kind_is_gone(rt, monkeypatch):
 
 
 # --- active-task cap and TTLs ----------------------------------------------------------
-
-
-def test_active_task_cap_per_owner(rt):
-    tasks = [
-        rt.store.create(kind="simulate", owner="alice", params={}, max_active=2)["id"]
-        for _ in range(2)
-    ]
-    with pytest.raises(TooManyActive):
-        rt.store.create(kind="simulate", owner="alice", params={}, max_active=2)
-    rt.store.create(kind="simulate", owner="bob", params={}, max_active=2)  # per owner
-    rt.store.append(tasks[0], state=protocol.CANCELLED)
-    rt.store.create(kind="simulate", owner="alice", params={}, max_active=2)
-    # A task that expired unfinished no longer counts.
-    rt.store.redis.delete(rt.store.task_key(tasks[1]))
-    rt.store.create(kind="simulate", owner="alice", params={}, max_active=2)
-
-
-def test_an_unfinished_task_expires(rt, settings):
-    task_id = new_task(rt)
-    limit = settings.task_retention_s + settings.task_time_limit_s
-    for key in (rt.store.task_key(task_id), rt.store.events_key(task_id)):
-        assert 0 < rt.store.redis.ttl(key) <= limit
-    rt.store.append(task_id, state=protocol.CANCELLED)
-    assert rt.store.redis.ttl(rt.store.task_key(task_id)) <= settings.task_retention_s
-    assert rt.store.redis.zscore(rt.store.active_key, task_id) is None
 
 
 def test_queued_task_ids_reads_what_celery_really_sends(

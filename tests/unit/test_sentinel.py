@@ -227,7 +227,7 @@ def test_an_event_returns_only_once_on_a_replica(ha):
                       settings_for(ha["url"]))  # fmt: skip
     task_id = new_task(store)
     store.append(task_id, state="running", message="go")
-    assert ha["replica"].client.hget(store.task_key(task_id), "seq") == "2"
+    assert ha["replica"].client.hget(store.keys.task(task_id), "seq") == "2"
     ha["replica"].proc.send_signal(signal.SIGSTOP)  # a replica that does not acknowledge
     try:
         with pytest.raises(NotReplicated):
@@ -256,7 +256,7 @@ def test_a_create_no_replica_acknowledged_leaves_no_task(ha):
     finally:
         ha["replica"].proc.send_signal(signal.SIGCONT)
     assert store.list_for_owner("o") == []
-    assert store.redis.keys(store.task_key("*")) == []
+    assert store.redis.keys(store.keys.task("*")) == []
     assert store.operator_gauges()["tasks_queued"] == 0
 
 

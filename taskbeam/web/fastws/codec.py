@@ -89,12 +89,12 @@ class Reader:
         if parser is None:
             parser = self.parser = FrameProtocol(client=False, extensions=[])
         parser.receive_bytes(data)
-        events = []
+        events: list[tuple[int, object]] = []
         try:
             for f in parser.received_frames():
                 opcode = f.opcode
                 if opcode is Opcode.PING or opcode is Opcode.PONG:
-                    events.append((opcode.value, bytes(f.payload)))
+                    events.append((opcode.value, bytes(f.payload)))  # type: ignore[arg-type]
                 elif opcode is Opcode.CLOSE:
                     self.closed, self.parser = True, None
                     events.append((OP_CLOSE, f.payload))

@@ -16,6 +16,7 @@ the events of its own clients' tasks only, so capacity grows with replicas.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -26,7 +27,7 @@ import hiredis
 import redis
 
 from ... import protocol, sentinel
-from ..mq_listener import Heard
+from ..mq_heartbeat import Heard
 from . import seams, transport
 
 log = logging.getLogger(__name__)
@@ -42,12 +43,18 @@ TURN_AFTER_MESSAGES = 16
 # stock emitter's bytes; the store's Lua append writes the same, tested): the event's
 # JSON is framed as it came, not parsed and encoded again (that was a quarter of the
 # web's CPU per delivered event). Any other message, or this one in any other form,
-# goes through python-socketio.
-TASK_EVENT_HEAD = f'{{"method": "emit", "event": "{protocol.TASK_UPDATE_EVENT}", "data": [{{'
+# goes through python-socketio. The pieces come from protocol.mq_emit_message, the
+# layout seams.problems() checks against the installed python-socketio.
+_DATA, _ROOM, _HOST = (json.dumps(f"\0{name}\0") for name in ("data", "room", "host"))
+_BEFORE_DATA, _BEFORE_ROOM, _BEFORE_HOST, _AFTER_HOST = re.split(
+    f"{re.escape(_DATA)}|{re.escape(_ROOM)}|{re.escape(_HOST)}",
+    protocol.mq_emit_message(protocol.TASK_UPDATE_EVENT, "\0data\0", "\0room\0", "\0host\0"),
+)
+TASK_EVENT_HEAD = _BEFORE_DATA + "{"  # an event is a JSON object
 TASK_EVENT_PACKET = f'2["{protocol.TASK_UPDATE_EVENT}",'  # then the event's arguments and "]"
-TASK_EVENT_ROOM = '], "binary": false, "namespace": "/", "room": "'
+TASK_EVENT_ROOM = _BEFORE_ROOM + '"'
 TASK_EVENT_TAIL = re.compile(
-    r'([^"\\]+)", "skip_sid": null, "callback": null, "host_id": "([0-9a-f]+)"\}'
+    r'([^"\\]+)"' + re.escape(_BEFORE_HOST) + r'"([0-9a-f]+)"' + re.escape(_AFTER_HOST)
 )
 EVENT_TS = re.compile(r'"ts": ?(-?[0-9][0-9.eE+-]*)[,}]')  # for the lag metric only
 
@@ -58,6 +65,8 @@ class TaskEvent(dict):
     the event's ``ts`` as written (None if it has none)."""
 
     __slots__ = ("packet", "ts")
+    packet: str
+    ts: str | None
 
 
 def cut_task_event(message: str) -> TaskEvent | None:
@@ -112,7 +121,7 @@ class FastRedisManager(Heard, seams.RoomsBySid, seams.PubSubHooks):
         self.metrics = metrics
         # channel -> RoomChannel. An entry means one SUBSCRIBE for it is sent or
         # confirmed on the current connection (or will be sent by the next one).
-        self.room_channels = {}
+        self.room_channels: dict[str, RoomChannel] = {}
         self.subscription = None  # the subscribed socket, while there is one
         self.send_lock = threading.Lock()  # commands from handlers and the sweep
 
@@ -162,10 +171,10 @@ class FastRedisManager(Heard, seams.RoomsBySid, seams.PubSubHooks):
             recipients = transport.deliver_packet(self, message["room"], message.packet)
             self.metrics.event_received(message.ts, recipients)
             return True
-        recipients = transport.deliver(self, message)
-        if recipients is None:
+        delivered = transport.deliver(self, message)
+        if delivered is None:
             return False
-        self.metrics.delivered(message, recipients)
+        self.metrics.delivered(message, delivered)
         return True
 
     def subscribe(self):

@@ -6,6 +6,8 @@ gevent's pywsgi, redis-py or wsproto. Each use below names the version it was
 read from (``READ_FROM``). At start-up :func:`problems` compares the installed
 versions and looks for every attribute; if anything differs the app runs stock
 python-engineio/python-socketio instead (``taskbeam.web.fastws.install``).
+It also checks the layout of python-socketio's message-queue message, which the
+worker writes and the fast listener cuts (``protocol.mq_emit_message``).
 
 When you bump one of these libraries: read the lines named here in its new
 source, adjust, then update ``READ_FROM``. ``tests/unit/test_fastws_contract.py``
@@ -27,6 +29,8 @@ import socketio
 from wsproto.frame_protocol import FrameProtocol
 
 import redis
+
+from ... import protocol
 
 READ_FROM = {
     "python-engineio": "4.15.1",
@@ -209,6 +213,44 @@ class RoomsBySid:
         return [room for room in self.sid_rooms.get(namespace, {}).get(sid, ()) if room is not None]
 
 
+# python-socketio 5.18.1's message-queue message -----------------------------
+#
+# The layout of what ``PubSubManager.emit`` publishes (its ``message`` dict, which
+# ``RedisManager._publish`` json.dumps) is protocol.mq_emit_message: the worker
+# writes it (the store's Lua, emitter.StockEnvelope) without importing the web
+# package, and the fast listener cuts task events out of it (listener.py).
+# :func:`problems` checks it against what the installed python-socketio writes.
+
+
+def published_emit(manager: socketio.RedisManager, event: str, data: Any, room: str) -> str:
+    """What ``manager.emit(event, data, room=room)`` publishes, captured, nothing sent:
+    ``RedisManager._publish`` calls ``self.redis.publish(self.channel, text)`` once
+    ``self.connected``."""
+    captured: list[str] = []
+
+    class Capture:
+        def publish(self, channel: str, text: str) -> None:
+            captured.append(text)
+
+    saved = manager.redis, manager.connected
+    manager.redis, manager.connected = Capture(), True
+    try:
+        manager.emit(event, data, room=room)
+    finally:
+        manager.redis, manager.connected = saved
+    return captured[0]
+
+
+def emit_layout_holds() -> bool:
+    """protocol.mq_emit_message is, byte for byte, what python-socketio publishes."""
+    manager = socketio.RedisManager("redis://unused", write_only=True)
+    event = {"task_id": "t", "seq": 2, "message": 'a/"\u00e9\n', "progress": 12.5}
+    expected = protocol.mq_emit_message(
+        protocol.TASK_UPDATE_EVENT, event, "task:t", manager.host_id
+    )
+    return published_emit(manager, protocol.TASK_UPDATE_EVENT, event, "task:t") == expected
+
+
 # gevent-websocket 0.10.1 and gevent 26.9.0's pywsgi --------------------------
 
 
@@ -260,7 +302,7 @@ def small_read_buffer(handler: gevent.pywsgi.WSGIHandler, sock: socket.socket, s
 # redis-py 8.1.0 --------------------------------------------------------------
 
 
-def redis_socket(connection: redis.Connection) -> socket.socket:
+def redis_socket(connection: redis.Connection) -> socket.socket | None:
     """``Connection._sock``: the listener reads its subscribed socket itself."""
     return connection._sock
 
@@ -321,6 +363,9 @@ def problems() -> list[str]:
             "engineio.Socket.schedule_ping": callable(sock.schedule_ping)
             and sock.last_ping is not None,
             "socketio.Server._send_eio_packet": callable(socketio.Server._send_eio_packet),
+            "socketio PubSubManager.emit's message (protocol.mq_emit_message)": (
+                emit_layout_holds()
+            ),
             "socketio.PubSubManager._listen/_handle_emit/_thread": all(
                 callable(getattr(socketio.PubSubManager, name, None))
                 for name in ("_listen", "_handle_emit", "_thread")
