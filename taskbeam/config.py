@@ -16,6 +16,21 @@ from . import sentinel
 # Values shipped in .env.example; refused so a copied example never runs as is.
 PLACEHOLDER_SECRETS = {"", "change-me", "changeme", "secret", "dev", "please-change-me"}
 MIN_SECRET_LENGTH = 32
+# A Redis password may be shorter than a signing key, not weaker than a random one:
+# 16 characters and, like every secret, MIN_SECRET_DISTINCT different ones (a hex
+# string from `make up` has ~14 in 32; 'a' * 32 has one).
+MIN_PASSWORD_LENGTH = 16
+MIN_SECRET_DISTINCT = 8
+GENERATE_HINT = "python3 -c 'import secrets; print(secrets.token_hex(32))'"
+
+
+def _weak(secret, min_length):
+    """True for a placeholder, or a secret too short or of too few different characters."""
+    return (
+        secret.lower() in PLACEHOLDER_SECRETS
+        or len(secret) < min_length
+        or len(set(secret)) < MIN_SECRET_DISTINCT
+    )
 
 
 class ConfigError(ValueError):
@@ -94,16 +109,22 @@ def _redis_url(env):
             "empty or the example's); `make up` writes a random one, or run: "
             "python3 -c 'import secrets; print(secrets.token_hex(24))'"
         )
+    if parts.password is not None and _weak(parts.password, MIN_PASSWORD_LENGTH):
+        raise ConfigError(
+            f"the Redis password (REDIS_PASSWORD) is weak: use at least {MIN_PASSWORD_LENGTH} "
+            f"characters, {MIN_SECRET_DISTINCT} of them different; `make up` writes a "
+            "random one, or run: python3 -c 'import secrets; print(secrets.token_hex(24))'"
+        )
     return url
 
 
 def _secret_key(env):
     key = env.get("SECRET_KEY", "").strip()
-    if key.lower() in PLACEHOLDER_SECRETS or len(key) < MIN_SECRET_LENGTH:
+    if _weak(key, MIN_SECRET_LENGTH):
         raise ConfigError(
-            "SECRET_KEY is missing, a placeholder or shorter than "
-            f"{MIN_SECRET_LENGTH} characters; `make up` writes a random one to .env, "
-            "or run: python3 -c 'import secrets; print(secrets.token_hex(32))'"
+            "SECRET_KEY is missing, a placeholder, shorter than "
+            f"{MIN_SECRET_LENGTH} characters or of fewer than {MIN_SECRET_DISTINCT} different "
+            f"ones; `make up` writes a random one to .env, or run: {GENERATE_HINT}"
         )
     return key
 
@@ -207,10 +228,11 @@ def _auth(env):
         raise ConfigError("AUTH_MODE=jwt needs JWT_ISSUER and JWT_AUDIENCE")
     if algorithm == "HS256":
         secret = auth.jwt_secret or ""
-        if secret.lower() in PLACEHOLDER_SECRETS or len(secret) < MIN_SECRET_LENGTH:
+        if _weak(secret, MIN_SECRET_LENGTH):
             raise ConfigError(
                 f"JWT_ALGORITHM=HS256 needs JWT_SECRET (or JWT_SECRET_FILE) of at least "
-                f"{MIN_SECRET_LENGTH} characters, not a placeholder"
+                f"{MIN_SECRET_LENGTH} characters, {MIN_SECRET_DISTINCT} of them different, "
+                f"not a placeholder; run: {GENERATE_HINT}"
             )
         if auth.jwt_public_key_file or auth.jwt_jwks_file:
             raise ConfigError("JWT_ALGORITHM=HS256 takes JWT_SECRET, not a public key file")
@@ -271,6 +293,15 @@ def load(env=None, *, need_secret=True):
         raise ConfigError("TASKBEAM_NAMESPACE may hold only letters, digits, '-' and '_'")
     origins = _origins(env)
     redis_url = _redis_url(env)
+    auth = _auth(env) if need_secret else AuthSettings()
+    if auth.dev_login and (
+        _bool(env, "SESSION_COOKIE_SECURE") or any(o.startswith("https:") for o in origins)
+    ):
+        # Behind TLS is where real users are; the dev login mints a token for any name.
+        raise ConfigError(
+            "AUTH_DEV_LOGIN=1 lets anyone sign in as anyone: it is for a local demo, not "
+            "with https ALLOWED_ORIGINS or SESSION_COOKIE_SECURE=1"
+        )
     return Settings(
         redis_url=redis_url,
         secret_key=_secret_key(env) if need_secret else None,
@@ -293,7 +324,7 @@ def load(env=None, *, need_secret=True):
         export_columns=_names(env, "EXPORT_COLUMNS", DEMO_COLUMNS),
         export_date_column=_names(env, "EXPORT_DATE_COLUMN", ("order_date",))[0],
         export_statement_timeout_s=_int(env, "EXPORT_STATEMENT_TIMEOUT_S", 3_600, 0, 7 * 86_400),
-        auth=_auth(env) if need_secret else AuthSettings(),
+        auth=auth,
         **_replica_acks(env, redis_url),
         redis_tls_ca_file=_redis_tls_ca_file(env, redis_url),
     )

@@ -121,7 +121,7 @@ if [ "${TEST_POSTGRES:-1}" != 0 ]; then
 fi
 # Identity and TLS (tests/integration/test_identity.py): `web` and `nginx` are recreated
 # once per mode, after the other passes: session behind HTTPS (nginx/tls.yml), jwt
-# behind HTTPS with the demo login, then header mode (TEST_IDENTITY=0 skips this pass).
+# behind HTTPS (the tests mint tokens), then header mode (TEST_IDENTITY=0 skips this pass).
 if [ "${TEST_IDENTITY:-1}" != 0 ]; then
   started=$(date +%s)
   tests/make_certs.sh "$work/certs" >/dev/null
@@ -141,7 +141,7 @@ if [ "${TEST_IDENTITY:-1}" != 0 ]; then
        TLS_CERT_DIR=$work/certs)
   identity_pass tls "${tls[@]}"
   identity_pass jwt "${tls[@]}" AUTH_MODE=jwt JWT_SECRET=$TEST_JWT_SECRET \
-    JWT_ISSUER=$TEST_JWT_ISSUER JWT_AUDIENCE=$TEST_JWT_AUDIENCE JWT_LEEWAY_S=0 AUTH_DEV_LOGIN=1
+    JWT_ISSUER=$TEST_JWT_ISSUER JWT_AUDIENCE=$TEST_JWT_AUDIENCE JWT_LEEWAY_S=0
   # The auth proxy's address: the test client, which reaches Nginx from the gateway.
   gateway=$(docker network inspect "${COMPOSE_PROJECT_NAME}_default" \
     --format '{{(index .IPAM.Config 0).Gateway}}')

@@ -64,7 +64,13 @@ class StubStore:
 
 
 def make_app(store=None, **env):
-    settings = config.load({"REDIS_URL": "redis://:pw@redis:6379/0", "SECRET_KEY": "k" * 40, **env})
+    settings = config.load(
+        {
+            "REDIS_URL": "redis://:0123456789abcdef@redis:6379/0",
+            "SECRET_KEY": "k0123456789" * 4,
+            **env,
+        }
+    )
     app = Flask(__name__)
     app.config.update(SECRET_KEY=settings.secret_key)
     app.extensions["taskbeam"] = SimpleNamespace(

@@ -16,7 +16,7 @@ def settings():
     return config.load(
         {
             "REDIS_URL": "redis://placeholder:6379/0",
-            "SECRET_KEY": "k" * 40,
+            "SECRET_KEY": "k0123456789" * 4,
             "TASKBEAM_NAMESPACE": "t",
         }
     )

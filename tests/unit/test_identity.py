@@ -18,9 +18,9 @@ from flask import Flask, session
 from taskbeam import config
 from taskbeam.web import api, identity
 
-SECRET = "s3cret-" * 8
+SECRET = "s3cret-key/" * 4
 ISS, AUD = "https://login.example", "taskbeam"
-REDIS = {"REDIS_URL": "redis://redis:6379/0", "SECRET_KEY": "k" * 40}
+REDIS = {"REDIS_URL": "redis://redis:6379/0", "SECRET_KEY": "k0123456789" * 4}
 
 
 def settings(**env):
