@@ -278,6 +278,16 @@ class Settings:
     redis_wait_replicas: int = 0
     redis_wait_timeout_ms: int = 1000
     redis_tls_ca_file: str = ""  # "": the system's CAs (TLS URLs only)
+    # What one client may accumulate (taskbeam/quotas.py, issue 32).
+    anonymous_task_retention_s: int = 3_600
+    max_active_tasks_per_ip: int = 30
+    redis_memory_high_water_pct: int = 80
+    export_quota_bytes: int = 0  # 0: half the exports volume's size
+    export_quota_per_owner_bytes: int = 1 << 30
+    export_min_free_pct: int = 10
+    # Per Socket.IO connection (taskbeam/web/sockets.py).
+    subscribe_rate_per_s: int = 20
+    subscribe_replay_bytes_per_s: int = 1 << 20
 
     @property
     def socketio_channel(self):
@@ -327,7 +337,28 @@ def load(env=None, *, need_secret=True):
         auth=auth,
         **_replica_acks(env, redis_url),
         redis_tls_ca_file=_redis_tls_ca_file(env, redis_url),
+        **_quotas(env),
     )
+
+
+def _quotas(env):
+    """What one client may accumulate and ask for (taskbeam/quotas.py)."""
+    return {
+        "anonymous_task_retention_s": _int(
+            env, "ANONYMOUS_TASK_RETENTION_S", 3_600, 60, 90 * 86_400
+        ),
+        "max_active_tasks_per_ip": _int(env, "MAX_ACTIVE_TASKS_PER_IP", 30, 0, 1_000_000),
+        "redis_memory_high_water_pct": _int(env, "REDIS_MEMORY_HIGH_WATER_PCT", 80, 10, 100),
+        "export_quota_bytes": _int(env, "EXPORT_QUOTA_BYTES", 0, 0, 1 << 60),
+        "export_quota_per_owner_bytes": _int(
+            env, "EXPORT_QUOTA_PER_OWNER_BYTES", 1_073_741_824, 0, 1 << 60
+        ),
+        "export_min_free_pct": _int(env, "EXPORT_MIN_FREE_PCT", 10, 0, 90),
+        "subscribe_rate_per_s": _int(env, "SUBSCRIBE_RATE_PER_S", 20, 1, 100_000),
+        "subscribe_replay_bytes_per_s": _int(
+            env, "SUBSCRIBE_REPLAY_BYTES_PER_S", 1_048_576, 65_536, 1 << 40
+        ),
+    }
 
 
 def _redis_tls_ca_file(env, redis_url):

@@ -20,7 +20,7 @@ import os
 import time
 from datetime import date
 
-from . import config, progress, protocol
+from . import config, progress, protocol, quotas
 from .registry import ParamError, check_fields, integer, job
 
 FORMATS = {"csv": "text/csv; charset=utf-8", "csv.gz": "application/gzip"}
@@ -179,7 +179,7 @@ def _copy_capable(conn):
     return conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"
 
 
-def _copy_csv(conn, rows_stmt, out, total):
+def _copy_csv(conn, rows_stmt, out, total, report=progress.update):
     """Stream ``COPY (rows_stmt) TO STDOUT`` as CSV with a header into ``out``.
 
     The SELECT is SQLAlchemy's, compiled for this connection; its parameters are
@@ -203,12 +203,12 @@ def _copy_csv(conn, rows_stmt, out, total):
                 write(chunk)
                 written += 1
                 if written % BATCH_ROWS == 0 and written:
-                    progress.update(written, total, f"Exported {written:,} of {total:,} rows")
+                    report(written, total, f"Exported {written:,} of {total:,} rows")
         except BaseException:
             conn.invalidate()  # closes the DBAPI connection; the pool opens a new one
             raise
     written = max(written, 0)
-    progress.update(written, total, f"Exported {written:,} of {total:,} rows")
+    report(written, total, f"Exported {written:,} of {total:,} rows")
     return written
 
 
@@ -270,21 +270,25 @@ def run_export(params, task_id, run, settings, copy=True):
     final, tmp = export_paths(settings, task_id, run, fmt)
     os.makedirs(settings.export_dir, exist_ok=True)
     engine = _engine(settings.database_url)
+
+    def report(done, total, message):
+        # Every batch: a volume down to its free-space floor stops the export.
+        quotas.check_free_space(settings)
+        progress.update(done, total, message)
+
     try:
         engine, count_stmt, rows_stmt = _query(settings, params)
         with _snapshot(engine, settings) as conn:
             total = conn.execute(count_stmt).scalar_one()
             total = min(total, params.get("limit", total))
-            progress.update(0, total, f"Exporting {total:,} rows")
+            report(0, total, f"Exporting {total:,} rows")
             fast = copy and _copy_capable(conn)
             with _open_output(tmp, fmt, binary=fast) as out:
                 if fast:
-                    written = _copy_csv(conn, rows_stmt, out, total)
+                    written = _copy_csv(conn, rows_stmt, out, total, report)
                 else:
                     result = conn.execution_options(yield_per=BATCH_ROWS).execute(rows_stmt)
-                    written = write_csv(
-                        result.partitions(), out, params["columns"], total, progress.update
-                    )
+                    written = write_csv(result.partitions(), out, params["columns"], total, report)
         os.replace(tmp, final)  # complete files only: the rename is atomic
     except Exception as exc:
         error = _database_error(exc, engine, settings)

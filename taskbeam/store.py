@@ -167,8 +167,10 @@ end
 local event = event_of(cjson.encode, ':', ',')
 redis.call('XADD', events, 'MAXLEN', '~', ARGV[3], seq .. '-0', 'e', event)
 if terminal(f[2]) then
-  redis.call('EXPIRE', task, ARGV[4])
-  redis.call('EXPIRE', events, ARGV[4])
+  -- A task of an anonymous owner keeps its own, shorter retention (quotas.py).
+  local keep = redis.call('HGET', task, 'retention') or ARGV[4]
+  redis.call('EXPIRE', task, keep)
+  redis.call('EXPIRE', events, keep)
   redis.call('ZREM', active, f[1])
   if cur[5] then redis.call('SREM', ARGV[7] .. cur[5] .. ':active', f[1]) end
 end
@@ -418,11 +420,13 @@ class TaskStore:
             self.queued_key,
         ]
 
-    def create(self, *, kind, owner, params, max_active=0, now=None):
+    def create(self, *, kind, owner, params, max_active=0, now=None, retention_s=None):
         """Store a new task with its first event (seq 1, ``queued``); return its snapshot.
 
         :param max_active: refuse (:class:`TooManyActive`) when the owner already has
                            this many unfinished tasks; 0 for no limit.
+        :param retention_s: how long the task stays after it ends, if not
+                            TASK_RETENTION_S (anonymous owners, taskbeam.quotas).
         """
         now = time.time() if now is None else now
         task_id = new_task_id()
@@ -442,6 +446,9 @@ class TaskStore:
             "cancel": 0,
             "fence": 0,
         }
+        retention = self.retention_s
+        if retention_s is not None and retention_s < self.retention_s:
+            retention = fields["retention"] = retention_s
         event = {
             "task_id": task_id,
             "seq": 1,
@@ -454,8 +461,8 @@ class TaskStore:
             task_id,
             f"{now:.6f}",
             max_active,
-            self.unfinished_ttl_s,
-            self.retention_s * 2,
+            self.unfinished_ttl_s - self.retention_s + retention,
+            retention * 2,
             self.maxlen,
             json.dumps(event),
             self.task_key(""),

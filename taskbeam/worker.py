@@ -32,7 +32,7 @@ from socketio import RedisManager
 
 import redis
 
-from . import broker, config, export, jobs, progress, protocol, sentinel
+from . import broker, config, export, jobs, progress, protocol, quotas, sentinel
 from .emitter import Emitter
 from .store import (
     DEAD_PEER_OPTIONS,
@@ -378,8 +378,11 @@ def _housekeeping_forever():
             requeue_orphans()
             if rounds % SWEEP_ROUNDS == 0:
                 sweep_stranded()
+            # A deleted task's export goes within a round (DELETE /api/tasks/<id>).
+            quotas.remove_forgotten_exports(store.redis, settings)
             if rounds % EXPORT_SWEEP_ROUNDS == 0:
                 export.remove_expired_exports(settings)
+                quotas.report_export_usage(store.redis, store, settings)
         except (redis.ConnectionError, redis.TimeoutError) as exc:  # Redis down: one line
             log.warning("housekeeping skipped: %s", exc)
         except Exception:  # a bad record: try again next round

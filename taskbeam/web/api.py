@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, session
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
-from .. import broker, export, jobs, protocol
+from .. import broker, export, jobs, protocol, quotas
 from ..store import TaskFinished, TaskGone, TooManyActive
 from . import identity, origin_allowed, own_origin, socketio
 from .metrics import render_operator_gauges
@@ -131,7 +131,7 @@ def check_rate(owner):
             "per session",
         ),
         (
-            f"{svc.settings.namespace}:rate-ip:{request.remote_addr}:{window}",
+            f"{svc.settings.namespace}:rate-ip:{quotas.address_key(request.remote_addr)}:{window}",
             svc.settings.rate_limit_per_ip_per_minute,
             "per address",
         ),
@@ -184,8 +184,8 @@ def create_task():
     check_rate(owner)
     svc = services()
     try:
-        snapshot = svc.store.create(
-            kind=kind, owner=owner, params=params, max_active=svc.settings.max_active_tasks
+        snapshot = quotas.create(
+            svc, kind=kind, owner=owner, params=params, address=request.remote_addr
         )
     except TooManyActive as exc:
         raise ApiError(
@@ -235,6 +235,7 @@ def delete_task(task_id):
         raise ApiError(
             409, "not_finished", f"The task is {rec['state']}; cancel it or wait for it to end."
         )
+    quotas.forget_export(services().redis, services().settings, task_id, rec)
     return Response(status=204)
 
 
@@ -347,6 +348,10 @@ def readyz():
 def register_error_handlers(app):
     @app.errorhandler(ApiError)
     def api_error(exc):
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.errorhandler(quotas.Refused)
+    def quota_refused(exc):
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.errorhandler(HTTPException)

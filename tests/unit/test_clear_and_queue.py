@@ -112,7 +112,10 @@ def client(store, settings):
     app = Flask(__name__)
     app.config.update(SECRET_KEY=settings.secret_key)
     app.extensions["taskbeam"] = SimpleNamespace(
-        settings=settings, store=store, identity=identity.Identity(settings.auth)
+        settings=settings,
+        store=store,
+        redis=store.redis,
+        identity=identity.Identity(settings.auth),
     )
 
     @app.before_request
