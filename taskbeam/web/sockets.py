@@ -104,14 +104,58 @@ def _guarded(handler, server, services, sid, data=None):
         return _error("internal_error", "Something went wrong on our side.")
 
 
+class _Budget:
+    """A connection's subscribes and replay bytes: token buckets that hold a second's
+    worth (SUBSCRIBE_RATE_PER_S, SUBSCRIBE_REPLAY_BYTES_PER_S). One subscribe may
+    replay a whole page past the bytes; the next ones wait until that is paid back."""
+
+    __slots__ = ("subscribes", "replay", "at")
+
+    def __init__(self, settings, now):
+        self.subscribes = float(settings.subscribe_rate_per_s)
+        self.replay = float(settings.subscribe_replay_bytes_per_s)
+        self.at = now
+
+    def spend(self, settings, now):
+        """Take one subscribe; the seconds to wait instead, or None."""
+        rate, byte_rate = settings.subscribe_rate_per_s, settings.subscribe_replay_bytes_per_s
+        elapsed, self.at = now - self.at, now
+        self.subscribes = min(rate, self.subscribes + elapsed * rate)
+        self.replay = min(byte_rate, self.replay + elapsed * byte_rate)
+        if self.replay < 0:
+            return -self.replay / byte_rate
+        if self.subscribes < 1:
+            return (1 - self.subscribes) / rate
+        self.subscribes -= 1
+        return None
+
+
+def _rate_limited(connection, settings):
+    """The ``rate_limited`` ack if this connection subscribes or replays too fast."""
+    now = time.monotonic()
+    budget = connection.get("budget")
+    if budget is None:
+        budget = connection["budget"] = _Budget(settings, now)
+    wait = budget.spend(settings, now)
+    if wait is None:
+        return None
+    error = _error("rate_limited", f"Too many subscribes or replayed events; wait {wait:.1f} s.")
+    error["error"]["retry_after"] = round(wait, 3)
+    return error
+
+
 def on_subscribe(server, services, sid, data):
+    connection = server.get_session(sid)
+    refused = _rate_limited(connection, services.settings)
+    if refused is not None:
+        return refused
     task_id = _task_id(data)
     if task_id is None:
         return _error("invalid_params", "task_id: must be a task id")
     after = data.get("after", 0)
     if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after < MAX_AFTER:
         return _error("invalid_params", f"after: must be an integer from 0 to {MAX_AFTER - 1}")
-    store, connection = services.store, server.get_session(sid)
+    store = services.store
     if store.owned_record(task_id, connection.get("owner")) is None:
         return _error("not_found", "No such task.")
     subscriptions = connection.setdefault("subscriptions", set())
@@ -142,6 +186,7 @@ def on_subscribe(server, services, sid, data):
         return _error("not_found", "No such task.")
     # python-socketio encodes the ack itself, so only this bounded page is parsed.
     missed = [json.loads(event) for event in page]
+    connection["budget"].replay -= sum(map(len, page))
     services.metrics.replayed(len(missed))
     # more: subscribe again with after=next_after for the next page.
     snapshot = store.snapshot_of(rec)

@@ -34,6 +34,7 @@ def services(redis_client):
         {"REDIS_URL": "redis://placeholder:6379/0", "TASKBEAM_NAMESPACE": "t"}, need_secret=False
     )
     return SimpleNamespace(
+        settings=cfg,
         store=TaskStore(redis_client, cfg),
         queue_watch=SimpleNamespace(manager=SimpleNamespace(watch_room=lambda room: True)),
         metrics=Metrics(),
@@ -100,3 +101,33 @@ def test_a_redis_error_on_a_subscribe_again_keeps_the_subscription(server, servi
     sio, sid = server
     assert protocol.task_room(task["id"]) in sio.rooms(sid)
     assert sio.get_session(sid)["subscriptions"] == {task["id"]}
+
+
+def limited_services(services, **env):
+    cfg = config.load(
+        {"REDIS_URL": "redis://placeholder:6379/0", "TASKBEAM_NAMESPACE": "t", **env},
+        need_secret=False,
+    )
+    return SimpleNamespace(**{**vars(services), "settings": cfg})
+
+
+def test_subscribes_per_second_are_limited_per_connection(server, services):
+    services = limited_services(services, SUBSCRIBE_RATE_PER_S="3")
+    task = services.store.create(kind="simulate", owner=OWNER, params={})
+    acks = [subscribe(server, services, task["id"]) for _ in range(4)]
+    assert [a["ok"] for a in acks] == [True, True, True, False]
+    error = acks[3]["error"]
+    assert error["code"] == "rate_limited" and 0 < error["retry_after"] <= 1
+
+
+def test_replayed_bytes_per_second_are_limited_per_connection(server, services):
+    services = limited_services(services, SUBSCRIBE_REPLAY_BYTES_PER_S="65536")
+    store = services.store
+    task = store.create(kind="simulate", owner=OWNER, params={})
+    for i in range(300):
+        store.append(task["id"], state=protocol.RUNNING, progress=i / 3, message="m" * 400)
+    first = subscribe(server, services, task["id"])
+    assert first["ok"] and len(first["missed"]) == 301  # one page: ~140 KB, over a second's
+    again = subscribe(server, services, task["id"])
+    assert again["error"]["code"] == "rate_limited"
+    assert 1 < again["error"]["retry_after"] <= 2.5  # until the debt is paid back
