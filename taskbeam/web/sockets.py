@@ -8,6 +8,7 @@ each, opening the session cookie and matching the URL again, which cost more
 than the subscribe itself.
 """
 
+import collections
 import functools
 import json
 import logging
@@ -92,14 +93,35 @@ def install(server, services):
     server.on("unsubscribe", functools.partial(_guarded, on_unsubscribe, server, services))
 
 
+# Connections whose end a handler already reported, so that each logs one line (a slow
+# client's queued subscribes run after its session is gone); the newest few only.
+_gone_reported = collections.OrderedDict()
+MAX_GONE_REPORTED = 1024
+
+
+def _report_gone(sid):
+    if sid in _gone_reported:
+        return
+    _gone_reported[sid] = None
+    if len(_gone_reported) > MAX_GONE_REPORTED:
+        _gone_reported.popitem(last=False)
+    log.info("socket %s: gone; its queued messages are dropped", sid)
+
+
 def _guarded(handler, server, services, sid, data=None):
     """The handler's ack, or the contract's error for what went wrong in it."""
     try:
+        if not server.manager.is_connected(sid, "/"):
+            _report_gone(sid)
+            return None  # no one to answer
         return handler(server, services, sid, data)
     except RedisError as exc:
         log.warning("socket handler: Redis error: %s", exc)
         return _error("unavailable", "Storage is unavailable; subscribe again shortly.")
     except Exception:
+        if not server.manager.is_connected(sid, "/"):
+            _report_gone(sid)  # it went while the handler ran
+            return None
         log.exception("socket handler failed for %s", sid)
         return _error("internal_error", "Something went wrong on our side.")
 

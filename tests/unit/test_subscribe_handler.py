@@ -131,3 +131,17 @@ def test_replayed_bytes_per_second_are_limited_per_connection(server, services):
     again = subscribe(server, services, task["id"])
     assert again["error"]["code"] == "rate_limited"
     assert 1 < again["error"]["retry_after"] <= 2.5  # until the debt is paid back
+
+
+def test_subscribes_queued_past_the_sessions_end_log_one_line(server, services, caplog):
+    """A slow client's subscribes handled after its session is gone: one log line for
+    the connection, not a traceback each (issue 32: 117 tracebacks from one client)."""
+    sio, sid = server
+    sockets.install(sio, services)
+    task = services.store.create(kind="simulate", owner=OWNER, params={})
+    sio.disconnect(sid)
+    caplog.set_level("DEBUG", logger="taskbeam.web.sockets")
+    for _ in range(50):
+        sio.handlers["/"]["subscribe"](sid, {"task_id": task["id"], "after": 0})
+    mine = [r for r in caplog.records if r.name == "taskbeam.web.sockets"]
+    assert len(mine) == 1 and mine[0].exc_info is None, [r.getMessage() for r in mine]
