@@ -684,5 +684,6 @@ def test_before_its_connect_is_accepted_a_real_socket_may_send_64_kib_only():
         with in_thread(websockets.sync.client.connect, s.url) as ws:
             in_thread(ws.recv)
             assert in_thread(connected_then_big, ws).startswith('431["x')
+        wait_for(lambda: not s.eio_sockets())
     finally:
         s.stop()
