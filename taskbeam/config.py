@@ -284,6 +284,7 @@ class Settings:
     redis_memory_high_water_pct: int = 80
     export_quota_bytes: int = 0  # 0: half the exports volume's size
     export_quota_per_owner_bytes: int = 1 << 30
+    export_quota_per_ip_bytes: int = 2 << 30
     export_min_free_pct: int = 10
     # Per Socket.IO connection (taskbeam/web/sockets.py).
     subscribe_rate_per_s: int = 20
@@ -352,6 +353,9 @@ def _quotas(env):
         "export_quota_bytes": _int(env, "EXPORT_QUOTA_BYTES", 0, 0, 1 << 60),
         "export_quota_per_owner_bytes": _int(
             env, "EXPORT_QUOTA_PER_OWNER_BYTES", 1_073_741_824, 0, 1 << 60
+        ),
+        "export_quota_per_ip_bytes": _int(
+            env, "EXPORT_QUOTA_PER_IP_BYTES", 2_147_483_648, 0, 1 << 60
         ),
         "export_min_free_pct": _int(env, "EXPORT_MIN_FREE_PCT", 10, 0, 90),
         "subscribe_rate_per_s": _int(env, "SUBSCRIBE_RATE_PER_S", 20, 1, 100_000),

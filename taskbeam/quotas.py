@@ -13,10 +13,12 @@ from ``POST /api/tasks``):
   owner: a new cookie no longer makes room.
 - a shorter retention for anonymous owners (``ANONYMOUS_TASK_RETENTION_S``, session
   mode): what a visitor without a login leaves in Redis goes away sooner.
-- exports: stored bytes in total (``EXPORT_QUOTA_BYTES``) and per owner
-  (``EXPORT_QUOTA_PER_OWNER_BYTES``), and a free-space floor on the exports volume
-  (``EXPORT_MIN_FREE_PCT``). The web does not mount the volume: a worker measures it
-  every few seconds (:func:`report_export_usage`) and the web reads those figures.
+- exports: stored bytes in total (``EXPORT_QUOTA_BYTES``), per owner
+  (``EXPORT_QUOTA_PER_OWNER_BYTES``) and per client address
+  (``EXPORT_QUOTA_PER_IP_BYTES``: new cookies make no room), and a free-space floor
+  on the exports volume (``EXPORT_MIN_FREE_PCT``). The web does not mount the volume:
+  a worker measures it every 10 s (:func:`report_export_usage`) and the web reads
+  those figures.
   A running export stops (``storage_full``) when the floor is reached
   (:func:`check_free_space`), and ``DELETE /api/tasks/<id>`` queues its file for
   removal (:func:`forget_export`, done by :func:`remove_forgotten_exports`).
@@ -28,6 +30,7 @@ Keys (``ns`` is TASKBEAM_NAMESPACE):
 - ``ns:exports:usage``          hash: the exports volume's size, free, used, cap,
                                 floor and oldest file time, with ``at``
 - ``ns:exports:owners``         hash: owner -> ``"<bytes> <oldest mtime>"``
+- ``ns:exports:addrs``          hash: address key -> the same, by the creating address
 - ``ns:exports:forgotten``      set: file names of deleted tasks' exports
 """
 
@@ -154,39 +157,34 @@ def create(svc, *, kind, owner, params, address=None):
         raise Refused(
             503, "busy", "The service is storing too much right now; try again later.", BUSY_RETRY_S
         )
+    addr = None if address is None else address_key(address)
     if kind == "export":
-        check_export_quota(redis, settings, owner)
+        check_export_quota(redis, settings, owner, addr)
     anonymous = svc.identity.mode == "session"
     retention = settings.anonymous_task_retention_s if anonymous else None
-    if address is None or not settings.max_active_tasks_per_ip:
-        return store.create(
-            kind=kind,
-            owner=owner,
-            params=params,
-            max_active=settings.max_active_tasks,
-            retention_s=retention,
+    key = reservation = None
+    if addr is not None and settings.max_active_tasks_per_ip:
+        key = f"{settings.namespace}:addr:{addr}:active"
+        reservation = f"?{secrets.token_urlsafe(9)}"
+        reserved = _script(redis, _RESERVE)(
+            keys=[key],
+            args=[
+                settings.max_active_tasks_per_ip,
+                f"{time.time():.6f}",
+                store.task_key(""),
+                reservation,
+                RESERVATION_TTL_S,
+                store.unfinished_ttl_s,
+            ],
         )
-    key = f"{settings.namespace}:addr:{address_key(address)}:active"
-    reservation = f"?{secrets.token_urlsafe(9)}"
-    reserved = _script(redis, _RESERVE)(
-        keys=[key],
-        args=[
-            settings.max_active_tasks_per_ip,
-            f"{time.time():.6f}",
-            store.task_key(""),
-            reservation,
-            RESERVATION_TTL_S,
-            store.unfinished_ttl_s,
-        ],
-    )
-    if not int(reserved):
-        raise Refused(
-            429,
-            "too_many_active",
-            f"At most {settings.max_active_tasks_per_ip} queued or running tasks at once "
-            "from one address; wait for one to finish or cancel one.",
-            5,
-        )
+        if not int(reserved):
+            raise Refused(
+                429,
+                "too_many_active",
+                f"At most {settings.max_active_tasks_per_ip} queued or running tasks at once "
+                "from one address; wait for one to finish or cancel one.",
+                5,
+            )
     snapshot = None
     try:
         snapshot = store.create(
@@ -195,24 +193,27 @@ def create(svc, *, kind, owner, params, address=None):
             params=params,
             max_active=settings.max_active_tasks,
             retention_s=retention,
+            address=addr,
         )
     finally:
-        pipe = redis.pipeline(transaction=True)
-        pipe.zrem(key, reservation)
-        if snapshot is not None:
-            pipe.zadd(key, {snapshot["id"]: time.time()})
-        pipe.execute()
+        if reservation is not None:
+            pipe = redis.pipeline(transaction=True)
+            pipe.zrem(key, reservation)
+            if snapshot is not None:
+                pipe.zadd(key, {snapshot["id"]: time.time()})
+            pipe.execute()
     return snapshot
 
 
-def check_export_quota(redis, settings, owner, now=None):
+def check_export_quota(redis, settings, owner, addr=None, now=None):
     """Refuse a new export when the exports volume is short of space or its bytes
     are over a cap (from a worker's figures, :func:`report_export_usage`)."""
     now = time.time() if now is None else now
     pipe = redis.pipeline(transaction=False)
     pipe.hgetall(usage_key(settings))
     pipe.hget(owners_key(settings), owner)
-    usage, mine = pipe.execute()
+    pipe.hget(addrs_key(settings), addr or "")
+    usage, mine, theirs = pipe.execute()
     if not usage or now - float(usage.get("at", 0)) > USAGE_STALE_S:
         return  # no worker measures the volume: the running export's own check stays
     free, floor = int(usage["free"]), int(usage["floor"])
@@ -231,14 +232,18 @@ def check_export_quota(redis, settings, owner, now=None):
             "Stored exports reached their total cap (EXPORT_QUOTA_BYTES); try again later.",
             float(usage["oldest"]) + ttl - now,
         )
-    per_owner = settings.export_quota_per_owner_bytes
-    if mine and per_owner:
-        size, oldest = mine.split()
-        if int(size) >= per_owner:
+    for stored, cap, whose in (
+        (mine, settings.export_quota_per_owner_bytes, "Your"),
+        (theirs, settings.export_quota_per_ip_bytes, "Your address's"),
+    ):
+        if not stored or not cap:
+            continue
+        size, oldest = stored.split()
+        if int(size) >= cap:
             raise Refused(
                 429,
                 "quota_exceeded",
-                f"Your stored exports reached {per_owner:,} bytes; delete one "
+                f"{whose} stored exports reached {cap:,} bytes; delete one "
                 "(DELETE /api/tasks/<id>) or wait for one to expire.",
                 float(oldest) + ttl - now,
             )
@@ -250,6 +255,10 @@ def usage_key(settings):
 
 def owners_key(settings):
     return f"{settings.namespace}:exports:owners"
+
+
+def addrs_key(settings):
+    return f"{settings.namespace}:exports:addrs"
 
 
 def forgotten_key(settings):
@@ -291,14 +300,14 @@ def report_export_usage(redis, store, settings, now=None):
     ids = sorted({task_id for task_id, _, _ in files})
     pipe = redis.pipeline(transaction=False)
     for task_id in ids:
-        pipe.hget(store.task_key(task_id), "owner")
-    owner_of = dict(zip(ids, pipe.execute()))
-    per_owner = {}
+        pipe.hmget(store.task_key(task_id), "owner", "addr")
+    whose = dict(zip(ids, pipe.execute()))
+    per = {owners_key(settings): {}, addrs_key(settings): {}}
     for task_id, nbytes, mtime in files:
-        owner = owner_of.get(task_id)
-        if owner:
-            total, oldest = per_owner.get(owner, (0, mtime))
-            per_owner[owner] = (total + nbytes, min(oldest, mtime))
+        for key, name in zip(per, whose.get(task_id) or ()):
+            if name:
+                total, oldest = per[key].get(name, (0, mtime))
+                per[key][name] = (total + nbytes, min(oldest, mtime))
     usage = {
         "size": size,
         "free": free,
@@ -309,13 +318,11 @@ def report_export_usage(redis, store, settings, now=None):
         "at": f"{now:.3f}",
     }
     pipe = redis.pipeline(transaction=True)
-    pipe.delete(owners_key(settings))
-    if per_owner:
-        pipe.hset(
-            owners_key(settings),
-            mapping={o: f"{total} {oldest:.3f}" for o, (total, oldest) in per_owner.items()},
-        )
-        pipe.expire(owners_key(settings), USAGE_STALE_S * 2)
+    for key, sums in per.items():
+        pipe.delete(key)
+        if sums:
+            pipe.hset(key, mapping={n: f"{t} {oldest:.3f}" for n, (t, oldest) in sums.items()})
+            pipe.expire(key, USAGE_STALE_S * 2)
     pipe.hset(usage_key(settings), mapping=usage)
     pipe.expire(usage_key(settings), USAGE_STALE_S * 2)
     pipe.execute()

@@ -420,13 +420,17 @@ class TaskStore:
             self.queued_key,
         ]
 
-    def create(self, *, kind, owner, params, max_active=0, now=None, retention_s=None):
+    def create(
+        self, *, kind, owner, params, max_active=0, now=None, retention_s=None, address=None
+    ):
         """Store a new task with its first event (seq 1, ``queued``); return its snapshot.
 
         :param max_active: refuse (:class:`TooManyActive`) when the owner already has
                            this many unfinished tasks; 0 for no limit.
         :param retention_s: how long the task stays after it ends, if not
                             TASK_RETENTION_S (anonymous owners, taskbeam.quotas).
+        :param address: the creating client's address key, kept for the per-address
+                        export quota (taskbeam.quotas).
         """
         now = time.time() if now is None else now
         task_id = new_task_id()
@@ -446,6 +450,8 @@ class TaskStore:
             "cancel": 0,
             "fence": 0,
         }
+        if address is not None:
+            fields["addr"] = address
         retention = self.retention_s
         if retention_s is not None and retention_s < self.retention_s:
             retention = fields["retention"] = retention_s

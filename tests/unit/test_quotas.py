@@ -148,9 +148,9 @@ def test_anonymous_owners_tasks_expire_sooner(redis_client, tmp_path):
 # --- exports ------------------------------------------------------------------
 
 
-def export_file(store, settings, owner, size):
+def export_file(store, settings, owner, size, address=None):
     """A finished export of ``size`` bytes on the exports volume, as a worker leaves it."""
-    task_id = store.create(kind="export", owner=owner, params={})["id"]
+    task_id = store.create(kind="export", owner=owner, params={}, address=address)["id"]
     name = export.export_file_name(task_id, "1", "csv")
     with open(os.path.join(settings.export_dir, name), "wb") as f:
         f.write(b"x" * size)
@@ -194,6 +194,22 @@ def test_export_bytes_are_capped_per_owner_and_in_total(redis_client, tmp_path):
     assert int(full.headers["Retry-After"]) > 0
     # Other kinds of task are not exports: they still run.
     assert post(app, "203.0.113.5").status_code == 202
+
+
+def test_export_bytes_are_capped_per_address_across_sessions(redis_client, tmp_path):
+    app, store = make_app(redis_client, tmp_path, EXPORT_QUOTA_PER_IP_BYTES="1000")
+    settings = app.extensions["taskbeam"].settings
+    assert export_for(app, "alice", "2001:db8::1").status_code == 202
+    export_file(store, settings, "alice", 600, address="2001:db8::/64")
+    export_file(store, settings, "bob", 600, address="2001:db8::/64")
+    quotas.report_export_usage(redis_client, store, settings)
+    refused = export_for(app, "carol", "2001:db8::2")  # a new cookie, the same /64
+    assert refused.status_code == 429
+    assert refused.json["error"]["code"] == "quota_exceeded"
+    assert export_for(app, "carol", "2001:db8:0:1::2").status_code == 202
+    # What a creation through the API stored: the address key, for this sum.
+    made = export_for(app, "dave", "2001:db8:0:2::9").json["id"]
+    assert redis_client.hget(store.task_key(made), "addr") == "2001:db8:0:2::/64"
 
 
 def test_below_the_free_space_floor_exports_are_refused_and_stopped(
