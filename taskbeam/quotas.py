@@ -25,8 +25,6 @@ from ``POST /api/tasks``):
 
 Keys (``ns`` is TASKBEAM_NAMESPACE):
 
-- ``ns:addr:<address>:active``  sorted set: the address's unfinished task ids (and
-                                short-lived reservations) by creation time
 - ``ns:exports:usage``          hash: the exports volume's size, free, used, cap,
                                 floor and oldest file time, with ``at``
 - ``ns:exports:owners``         hash: owner -> ``"<bytes> <oldest mtime>"``
@@ -36,12 +34,12 @@ Keys (``ns`` is TASKBEAM_NAMESPACE):
 
 import ipaddress
 import os
-import secrets
 import time
 
 from redis.exceptions import ResponseError
 
 from .progress import JobError
+from .store import TooManyActiveAtAddress
 
 # INFO memory at most this often per process: the create path pays no round trip.
 MEMORY_CHECK_EVERY_S = 1.0
@@ -50,33 +48,7 @@ MEMORY_CHECK_EVERY_S = 1.0
 USAGE_STALE_S = 60
 # Retry-After for a refusal that waiting may cure but that has no expiry to point at.
 BUSY_RETRY_S = 30
-# A reservation that never became a task (the process died in between) counts no more.
-RESERVATION_TTL_S = 60
 MAX_FORGOTTEN_PER_ROUND = 500
-
-# Reserves a place among the address's unfinished tasks unless it has ``limit``; ids
-# of tasks that finished or expired, and stale reservations, are forgotten on the way.
-_RESERVE = """
-local key, limit, now, prefix = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-if redis.call('ZCARD', key) >= limit then
-  local members = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-  for i = 1, #members, 2 do
-    local id, at = members[i], tonumber(members[i + 1])
-    if string.sub(id, 1, 1) == '?' then
-      if at < now - tonumber(ARGV[5]) then redis.call('ZREM', key, id) end
-    else
-      local state = redis.call('HGET', prefix .. id, 'state')
-      if not state or state == 'succeeded' or state == 'failed' or state == 'cancelled' then
-        redis.call('ZREM', key, id)
-      end
-    end
-  end
-  if redis.call('ZCARD', key) >= limit then return 0 end
-end
-redis.call('ZADD', key, now, ARGV[4])
-redis.call('EXPIRE', key, ARGV[6])
-return 1
-"""
 
 
 class Refused(Exception):
@@ -130,14 +102,7 @@ class MemoryGuard:
         return self.is_busy
 
 
-_guards, _scripts = {}, {}
-
-
-def _script(redis, text):
-    script = _scripts.get((id(redis), text))
-    if script is None or script.registered_client is not redis:
-        script = _scripts[id(redis), text] = redis.register_script(text)
-    return script
+_guards = {}
 
 
 def memory_guard(redis, settings):
@@ -161,48 +126,24 @@ def create(svc, *, kind, owner, params, address=None):
     if kind == "export":
         check_export_quota(redis, settings, owner, addr)
     anonymous = svc.identity.mode == "session"
-    retention = settings.anonymous_task_retention_s if anonymous else None
-    key = reservation = None
-    if addr is not None and settings.max_active_tasks_per_ip:
-        key = f"{settings.namespace}:addr:{addr}:active"
-        reservation = f"?{secrets.token_urlsafe(9)}"
-        reserved = _script(redis, _RESERVE)(
-            keys=[key],
-            args=[
-                settings.max_active_tasks_per_ip,
-                f"{time.time():.6f}",
-                store.task_key(""),
-                reservation,
-                RESERVATION_TTL_S,
-                store.unfinished_ttl_s,
-            ],
-        )
-        if not int(reserved):
-            raise Refused(
-                429,
-                "too_many_active",
-                f"At most {settings.max_active_tasks_per_ip} queued or running tasks at once "
-                "from one address; wait for one to finish or cancel one.",
-                5,
-            )
-    snapshot = None
     try:
-        snapshot = store.create(
+        return store.create(
             kind=kind,
             owner=owner,
             params=params,
             max_active=settings.max_active_tasks,
-            retention_s=retention,
+            retention_s=settings.anonymous_task_retention_s if anonymous else None,
             address=addr,
+            max_active_per_address=settings.max_active_tasks_per_ip,
         )
-    finally:
-        if reservation is not None:
-            pipe = redis.pipeline(transaction=True)
-            pipe.zrem(key, reservation)
-            if snapshot is not None:
-                pipe.zadd(key, {snapshot["id"]: time.time()})
-            pipe.execute()
-    return snapshot
+    except TooManyActiveAtAddress as exc:
+        raise Refused(
+            429,
+            "too_many_active",
+            f"At most {exc.limit} queued or running tasks at once from one address; "
+            "wait for one to finish or cancel one.",
+            5,
+        ) from None
 
 
 def check_export_quota(redis, settings, owner, addr=None, now=None):

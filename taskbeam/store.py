@@ -7,6 +7,8 @@ Keys (``ns`` is TASKBEAM_NAMESPACE):
 - ``ns:task:<id>:events``     stream, one entry per event, entry id ``<seq>-0``
 - ``ns:owner:<owner>``        sorted set of the owner's task ids by creation time
 - ``ns:owner:<owner>:active`` set of the owner's tasks that have not finished
+- ``ns:addr:<address>:active``  sorted set of the unfinished tasks a client address
+                              created, by creation time (taskbeam.quotas)
 - ``ns:active``               sorted set of every unfinished task id by creation time
 - ``ns:queued``               sorted set of the task ids not yet started, by creation time
                               (a task's queue position is its rank here)
@@ -50,7 +52,8 @@ end
 """
 
 # Stores a task and its first event unless the owner already has ``max_active``
-# unfinished tasks; ids of tasks that expired unfinished are forgotten on the way.
+# unfinished tasks (0) or its client address ``ARGV[9]`` (-1; taskbeam.quotas); ids of
+# tasks that finished or expired unfinished are forgotten on the way.
 _CREATE = (
     _TERMINAL
     + """
@@ -65,7 +68,15 @@ if max_active > 0 and redis.call('SCARD', owner_active) >= max_active then
   end
   if redis.call('SCARD', owner_active) >= max_active then return 0 end
 end
-for i = 9, #ARGV, 2 do redis.call('HSET', task, ARGV[i], ARGV[i + 1]) end
+local addr_active, addr_max = KEYS[7], tonumber(ARGV[9])
+if addr_max > 0 and redis.call('ZCARD', addr_active) >= addr_max then
+  for _, other in ipairs(redis.call('ZRANGE', addr_active, 0, -1)) do
+    local state = redis.call('HGET', task_prefix .. other, 'state')
+    if not state or terminal(state) then redis.call('ZREM', addr_active, other) end
+  end
+  if redis.call('ZCARD', addr_active) >= addr_max then return -1 end
+end
+for i = 10, #ARGV, 2 do redis.call('HSET', task, ARGV[i], ARGV[i + 1]) end
 redis.call('XADD', events, 'MAXLEN', '~', ARGV[6], '1-0', 'e', ARGV[7])
 redis.call('EXPIRE', task, ttl)
 redis.call('EXPIRE', events, ttl)
@@ -75,6 +86,10 @@ redis.call('SADD', owner_active, id)
 redis.call('EXPIRE', owner_active, owner_ttl)
 redis.call('ZADD', active, now, id)
 redis.call('ZADD', queued, now, id)
+if addr_max > 0 then
+  redis.call('ZADD', addr_active, now, id)
+  redis.call('EXPIRE', addr_active, ttl)
+end
 return 1
 """
 )
@@ -290,6 +305,10 @@ class TooManyActive(RuntimeError):
         self.limit = limit
 
 
+class TooManyActiveAtAddress(TooManyActive):
+    """The client address already has ``MAX_ACTIVE_TASKS_PER_IP`` of them."""
+
+
 class NotReplicated(redis_lib.TimeoutError):
     """A write reached the primary but not ``REDIS_WAIT_REPLICAS`` replicas in time.
 
@@ -409,6 +428,9 @@ class TaskStore:
     def owner_active_key(self, owner):
         return f"{self.ns}:owner:{owner}:active"
 
+    def address_active_key(self, address):
+        return f"{self.ns}:addr:{address}:active"
+
     def _keys_of(self, task_id, owner):
         """The keys a task's creation and removal touch (the Lua scripts' KEYS)."""
         return [
@@ -421,7 +443,16 @@ class TaskStore:
         ]
 
     def create(
-        self, *, kind, owner, params, max_active=0, now=None, retention_s=None, address=None
+        self,
+        *,
+        kind,
+        owner,
+        params,
+        max_active=0,
+        now=None,
+        retention_s=None,
+        address=None,
+        max_active_per_address=0,
     ):
         """Store a new task with its first event (seq 1, ``queued``); return its snapshot.
 
@@ -431,6 +462,8 @@ class TaskStore:
                             TASK_RETENTION_S (anonymous owners, taskbeam.quotas).
         :param address: the creating client's address key, kept for the per-address
                         export quota (taskbeam.quotas).
+        :param max_active_per_address: refuse (:class:`TooManyActiveAtAddress`) when
+                                       ``address`` already has this many; 0: no limit.
         """
         now = time.time() if now is None else now
         task_id = new_task_id()
@@ -472,16 +505,20 @@ class TaskStore:
             self.maxlen,
             json.dumps(event),
             self.task_key(""),
+            max_active_per_address if address is not None else 0,
         ]
         for item in fields.items():
             args += item
+        keys = [*self._keys_of(task_id, owner), self.address_active_key(address or "")]
         try:
-            created = self._call(self._create, self._keys_of(task_id, owner), args)
+            created = int(self._call(self._create, keys, args))
         except NotReplicated:
             # The caller answers 503: no task may stay behind for the sweeper to run.
             # If the primary is gone instead, so is the task.
             self.delete(task_id, owner)
             raise
+        if created == -1:
+            raise TooManyActiveAtAddress(max_active_per_address)
         if not created:
             raise TooManyActive(max_active)
         return self.snapshot_of({k: str(v) for k, v in fields.items()})

@@ -60,7 +60,7 @@ class StubStore:
         page = self.events[after : after + limit]
         return page, after + len(page), after + limit < len(self.events)
 
-    def create(self, *, kind, owner, params, max_active=0, retention_s=None):
+    def create(self, *, kind, owner, params, max_active=0, **quota_args):
         if self.active_limit is not None:
             raise TooManyActive(self.active_limit)
         return {"id": KNOWN, "kind": kind, "state": "queued", "seq": 1}
