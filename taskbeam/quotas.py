@@ -33,6 +33,7 @@ Keys (``ns`` is TASKBEAM_NAMESPACE):
 """
 
 import ipaddress
+import logging
 import os
 import time
 
@@ -40,6 +41,8 @@ from redis.exceptions import ResponseError
 
 from .progress import JobError
 from .store import TooManyActiveAtAddress
+
+log = logging.getLogger(__name__)
 
 # INFO memory at most this often per process: the create path pays no round trip.
 MEMORY_CHECK_EVERY_S = 1.0
@@ -93,7 +96,8 @@ class MemoryGuard:
             self.checked_at = now
             try:
                 info = self.redis.info("memory")
-            except ResponseError:  # INFO not allowed to this Redis user: no guard
+            except ResponseError as exc:  # INFO not allowed to this Redis user
+                log.warning("Redis memory guard off: INFO memory refused (%s)", exc)
                 self.usable = False
                 return False
             limit = int(info.get("maxmemory", 0))
