@@ -17,6 +17,21 @@ from .store.keys import Keys
 # Values shipped in .env.example; refused so a copied example never runs as is.
 PLACEHOLDER_SECRETS = {"", "change-me", "changeme", "secret", "dev", "please-change-me"}
 MIN_SECRET_LENGTH = 32
+# A Redis password may be shorter than a signing key, not weaker than a random one:
+# 16 characters and, like every secret, MIN_SECRET_DISTINCT different ones (a hex
+# string from `make up` has ~14 in 32; 'a' * 32 has one).
+MIN_PASSWORD_LENGTH = 16
+MIN_SECRET_DISTINCT = 8
+GENERATE_HINT = "python3 -c 'import secrets; print(secrets.token_hex(32))'"
+
+
+def _weak(secret, min_length):
+    """True for a placeholder, or a secret too short or of too few different characters."""
+    return (
+        secret.lower() in PLACEHOLDER_SECRETS
+        or len(secret) < min_length
+        or len(set(secret)) < MIN_SECRET_DISTINCT
+    )
 
 
 class ConfigError(ValueError):
@@ -95,16 +110,22 @@ def _redis_url(env):
             "empty or the example's); `make up` writes a random one, or run: "
             "python3 -c 'import secrets; print(secrets.token_hex(24))'"
         )
+    if parts.password is not None and _weak(parts.password, MIN_PASSWORD_LENGTH):
+        raise ConfigError(
+            f"the Redis password (REDIS_PASSWORD) is weak: use at least {MIN_PASSWORD_LENGTH} "
+            f"characters, {MIN_SECRET_DISTINCT} of them different; `make up` writes a "
+            "random one, or run: python3 -c 'import secrets; print(secrets.token_hex(24))'"
+        )
     return url
 
 
 def _secret_key(env):
     key = env.get("SECRET_KEY", "").strip()
-    if key.lower() in PLACEHOLDER_SECRETS or len(key) < MIN_SECRET_LENGTH:
+    if _weak(key, MIN_SECRET_LENGTH):
         raise ConfigError(
-            "SECRET_KEY is missing, a placeholder or shorter than "
-            f"{MIN_SECRET_LENGTH} characters; `make up` writes a random one to .env, "
-            "or run: python3 -c 'import secrets; print(secrets.token_hex(32))'"
+            "SECRET_KEY is missing, a placeholder, shorter than "
+            f"{MIN_SECRET_LENGTH} characters or of fewer than {MIN_SECRET_DISTINCT} different "
+            f"ones; `make up` writes a random one to .env, or run: {GENERATE_HINT}"
         )
     return key
 
@@ -208,10 +229,11 @@ def _auth(env):
         raise ConfigError("AUTH_MODE=jwt needs JWT_ISSUER and JWT_AUDIENCE")
     if algorithm == "HS256":
         secret = auth.jwt_secret or ""
-        if secret.lower() in PLACEHOLDER_SECRETS or len(secret) < MIN_SECRET_LENGTH:
+        if _weak(secret, MIN_SECRET_LENGTH):
             raise ConfigError(
                 f"JWT_ALGORITHM=HS256 needs JWT_SECRET (or JWT_SECRET_FILE) of at least "
-                f"{MIN_SECRET_LENGTH} characters, not a placeholder"
+                f"{MIN_SECRET_LENGTH} characters, {MIN_SECRET_DISTINCT} of them different, "
+                f"not a placeholder; run: {GENERATE_HINT}"
             )
         if auth.jwt_public_key_file or auth.jwt_jwks_file:
             raise ConfigError("JWT_ALGORITHM=HS256 takes JWT_SECRET, not a public key file")
@@ -259,6 +281,17 @@ class Settings:
     redis_tls_ca_file: str = ""  # "": the system's CAs (TLS URLs only)
     # The team's own job modules (docs/jobs.md): imported by web and worker at start-up.
     jobs_modules: tuple = ("jobs",)
+    # What one client may accumulate (taskbeam/quotas.py, issue 32).
+    anonymous_task_retention_s: int = 3_600
+    max_active_tasks_per_ip: int = 30
+    redis_memory_high_water_pct: int = 80
+    export_quota_bytes: int = 0  # 0: half the exports volume's size
+    export_quota_per_owner_bytes: int = 1 << 30
+    export_quota_per_ip_bytes: int = 2 << 30
+    export_min_free_pct: int = 10
+    # Per Socket.IO connection (taskbeam/web/sockets.py).
+    subscribe_rate_per_s: int = 20
+    subscribe_replay_bytes_per_s: int = 1 << 20
 
     @property
     def socketio_channel(self):
@@ -274,6 +307,15 @@ def load(env=None, *, need_secret=True):
         raise ConfigError("TASKBEAM_NAMESPACE may hold only letters, digits, '-' and '_'")
     origins = _origins(env)
     redis_url = _redis_url(env)
+    auth = _auth(env) if need_secret else AuthSettings()
+    if auth.dev_login and (
+        _bool(env, "SESSION_COOKIE_SECURE") or any(o.startswith("https:") for o in origins)
+    ):
+        # Behind TLS is where real users are; the dev login mints a token for any name.
+        raise ConfigError(
+            "AUTH_DEV_LOGIN=1 lets anyone sign in as anyone: it is for a local demo, not "
+            "with https ALLOWED_ORIGINS or SESSION_COOKIE_SECURE=1"
+        )
     return Settings(
         redis_url=redis_url,
         secret_key=_secret_key(env) if need_secret else None,
@@ -296,10 +338,11 @@ def load(env=None, *, need_secret=True):
         export_columns=_names(env, "EXPORT_COLUMNS", DEMO_COLUMNS),
         export_date_column=_names(env, "EXPORT_DATE_COLUMN", ("order_date",))[0],
         export_statement_timeout_s=_int(env, "EXPORT_STATEMENT_TIMEOUT_S", 3_600, 0, 7 * 86_400),
-        auth=_auth(env) if need_secret else AuthSettings(),
+        auth=auth,
         **_replica_acks(env, redis_url),
         redis_tls_ca_file=_redis_tls_ca_file(env, redis_url),
         jobs_modules=_jobs_modules(env),
+        **_quotas(env),
     )
 
 
@@ -313,6 +356,29 @@ def _jobs_modules(env):
                 f"JOBS_MODULES: {path[:80]!r} is not an import path like jobs.reports"
             )
     return paths
+
+
+def _quotas(env):
+    """What one client may accumulate and ask for (taskbeam/quotas.py)."""
+    return {
+        "anonymous_task_retention_s": _int(
+            env, "ANONYMOUS_TASK_RETENTION_S", 3_600, 60, 90 * 86_400
+        ),
+        "max_active_tasks_per_ip": _int(env, "MAX_ACTIVE_TASKS_PER_IP", 30, 0, 1_000_000),
+        "redis_memory_high_water_pct": _int(env, "REDIS_MEMORY_HIGH_WATER_PCT", 80, 10, 100),
+        "export_quota_bytes": _int(env, "EXPORT_QUOTA_BYTES", 0, 0, 1 << 60),
+        "export_quota_per_owner_bytes": _int(
+            env, "EXPORT_QUOTA_PER_OWNER_BYTES", 1_073_741_824, 0, 1 << 60
+        ),
+        "export_quota_per_ip_bytes": _int(
+            env, "EXPORT_QUOTA_PER_IP_BYTES", 2_147_483_648, 0, 1 << 60
+        ),
+        "export_min_free_pct": _int(env, "EXPORT_MIN_FREE_PCT", 10, 0, 90),
+        "subscribe_rate_per_s": _int(env, "SUBSCRIBE_RATE_PER_S", 20, 1, 100_000),
+        "subscribe_replay_bytes_per_s": _int(
+            env, "SUBSCRIBE_REPLAY_BYTES_PER_S", 1_048_576, 65_536, 1 << 40
+        ),
+    }
 
 
 def _redis_tls_ca_file(env, redis_url):

@@ -23,10 +23,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from . import config, progress, protocol, registry
+from . import config, progress, protocol, quotas, registry
 from .registry import ParamError, job
 
-FORMATS = {"csv": "text/csv; charset=utf-8", "csv.gz": "application/gzip"}
+FORMATS = protocol.EXPORT_FORMATS
 BATCH_ROWS = 10_000
 MAX_LIMIT = 100_000_000
 _engines = {}
@@ -107,14 +107,7 @@ def write_csv(batches, out, header, total, report):
     return written
 
 
-def export_file_name(task_id, run, fmt):
-    """The finished file of one run of a task; built from ids only, never user input.
-
-    Each run has its own file: a run that was frozen and handed over can finish
-    writing and renaming, but only the file of the run whose terminal event the
-    store accepted is ever served (see ``download`` in the web API).
-    """
-    return f"{task_id}.{run}.{fmt}"
+export_file_name = protocol.export_file_name
 
 
 def export_paths(settings, task_id, run, fmt):
@@ -199,7 +192,7 @@ def _copy_capable(conn):
     return conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"
 
 
-def _copy_csv(conn, rows_stmt, out, total):
+def _copy_csv(conn, rows_stmt, out, total, report=progress.update):
     """Stream ``COPY (rows_stmt) TO STDOUT`` as CSV with a header into ``out``.
 
     The SELECT is SQLAlchemy's, compiled for this connection; its parameters are
@@ -223,12 +216,12 @@ def _copy_csv(conn, rows_stmt, out, total):
                 write(chunk)
                 written += 1
                 if written % BATCH_ROWS == 0 and written:
-                    progress.update(written, total, f"Exported {written:,} of {total:,} rows")
+                    report(written, total, f"Exported {written:,} of {total:,} rows")
         except BaseException:
             conn.invalidate()  # closes the DBAPI connection; the pool opens a new one
             raise
     written = max(written, 0)
-    progress.update(written, total, f"Exported {written:,} of {total:,} rows")
+    report(written, total, f"Exported {written:,} of {total:,} rows")
     return written
 
 
@@ -290,21 +283,25 @@ def run_export(params, task_id, run, settings, copy=True):
     final, tmp = export_paths(settings, task_id, run, fmt)
     os.makedirs(settings.export_dir, exist_ok=True)
     engine = _engine(settings.database_url)
+
+    def report(done, total, message):
+        # Every batch: a volume down to its free-space floor stops the export.
+        quotas.check_free_space(settings)
+        progress.update(done, total, message)
+
     try:
         engine, count_stmt, rows_stmt = _query(settings, params)
         with _snapshot(engine, settings) as conn:
             total = conn.execute(count_stmt).scalar_one()
             total = min(total, params.get("limit", total))
-            progress.update(0, total, f"Exporting {total:,} rows")
+            report(0, total, f"Exporting {total:,} rows")
             fast = copy and _copy_capable(conn)
             with _open_output(tmp, fmt, binary=fast) as out:
                 if fast:
-                    written = _copy_csv(conn, rows_stmt, out, total)
+                    written = _copy_csv(conn, rows_stmt, out, total, report)
                 else:
                     result = conn.execution_options(yield_per=BATCH_ROWS).execute(rows_stmt)
-                    written = write_csv(
-                        result.partitions(), out, params["columns"], total, progress.update
-                    )
+                    written = write_csv(result.partitions(), out, params["columns"], total, report)
         os.replace(tmp, final)  # complete files only: the rename is atomic
     except Exception as exc:
         error = _database_error(exc, engine, settings)

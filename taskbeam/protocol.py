@@ -53,6 +53,20 @@ def mq_emit_message(event: str, data: Any, room: str, host_id: str, namespace: s
     return json.dumps(message, separators=MQ_JSON_SEPARATORS)
 
 
+# The export's file formats and their media types; the file of one run of a task.
+EXPORT_FORMATS = {"csv": "text/csv; charset=utf-8", "csv.gz": "application/gzip"}
+
+
+def export_file_name(task_id: str, run: str, fmt: str) -> str:
+    """The finished file of one run of a task; built from ids only, never user input.
+
+    Each run has its own file: a run that was frozen and handed over can finish
+    writing and renaming, but only the file of the run whose terminal event the
+    store accepted is ever served (see ``download`` in the web API).
+    """
+    return f"{task_id}.{run}.{fmt}"
+
+
 def task_room(task_id: str) -> str:
     """The Socket.IO room whose members receive one task's events."""
     return f"task:{task_id}"

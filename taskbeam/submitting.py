@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
+import types
 from typing import Any
 
-from . import config, protocol, registry, tasks
+from . import config, protocol, quotas, registry, tasks
 from .runtime import Runtime, make_runtime
 
 _runtime: Runtime | None = None
@@ -48,6 +50,13 @@ def submit(kind: Any, params: Any, *, owner: str, rt: Runtime | None = None) -> 
             tasks.TASK_CREATED_EVENT, snapshot, to=protocol.owner_room(owner_id)
         )
 
+    # The API's guards but the per-address ones: memory, export bytes, MAX_ACTIVE_TASKS.
+    guarded = types.SimpleNamespace(
+        settings=rt.settings,
+        redis=rt.store.redis,
+        store=rt.store,
+        identity=types.SimpleNamespace(mode="app"),  # a named user: the normal retention
+    )
     return tasks.enqueue(
         job,
         clean,
@@ -56,4 +65,5 @@ def submit(kind: Any, params: Any, *, owner: str, rt: Runtime | None = None) -> 
         celery=rt.celery,
         settings=rt.settings,
         announce=announce,
+        create=functools.partial(quotas.create, guarded),
     )

@@ -37,16 +37,17 @@ def enqueue(
     celery: Any,
     settings: Any,
     announce: Callable[[str, dict[str, Any]], None],
+    create: Callable[..., dict[str, Any]],
 ) -> dict[str, Any]:
     """Store the task and send it to the workers; its 202 snapshot.
 
-    Raises ``TooManyActive`` past MAX_ACTIVE_TASKS and :class:`QueueUnavailable` when
-    the broker refuses (the stored task is removed again). ``announce(owner, snapshot)``
-    tells the owner's pages (their sockets join the owner's room).
+    ``create(kind=, owner=, params=)`` stores it behind the limits
+    (:func:`taskbeam.quotas.create`): ``TooManyActive`` past MAX_ACTIVE_TASKS,
+    ``quotas.Refused`` past a quota. :class:`QueueUnavailable` when the broker refuses
+    (the stored task is removed again). ``announce(owner, snapshot)`` tells the owner's
+    pages (their sockets join the owner's room).
     """
-    snapshot: dict[str, Any] = store.create(
-        kind=job.kind, owner=owner, params=params, max_active=settings.max_active_tasks
-    )
+    snapshot = create(kind=job.kind, owner=owner, params=params)
     try:
         celery.send_task(job.celery_name, args=[snapshot["id"], params], task_id=snapshot["id"])
     except Exception:

@@ -30,7 +30,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 import redis
 
-from . import broker, config, export, jobs, progress, protocol, registry
+from . import broker, config, export, jobs, progress, protocol, quotas, registry
 from .runtime import Runtime, make_runtime  # noqa: F401  (Runtime: for the tests)
 from .store import LeaseLost, TaskFinished, TaskGone, TaskStore
 
@@ -346,8 +346,11 @@ def _housekeeping_forever() -> None:
             requeue_orphans()
             if rounds % SWEEP_ROUNDS == 0:
                 sweep_stranded()
+            # A deleted task's export goes within a round (DELETE /api/tasks/<id>).
+            quotas.remove_forgotten_exports(store.redis, settings)
             if rounds % EXPORT_SWEEP_ROUNDS == 0:
                 export.remove_expired_exports(settings)
+                quotas.report_export_usage(store.redis, store, settings)
         except (redis.ConnectionError, redis.TimeoutError) as exc:  # Redis down: one line
             log.warning("housekeeping skipped: %s", exc)
         except Exception:  # a bad record: try again next round

@@ -66,6 +66,8 @@ sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n
     -e "s/^RATE_LIMIT_PER_MINUTE=.*/RATE_LIMIT_PER_MINUTE=60/" \
     -e "s/^MAX_ACTIVE_TASKS=.*/MAX_ACTIVE_TASKS=$TEST_MAX_ACTIVE_TASKS/" \
     -e "s/^RATE_LIMIT_PER_IP_PER_MINUTE=.*/RATE_LIMIT_PER_IP_PER_MINUTE=100000/" \
+    -e "s/^MAX_ACTIVE_TASKS_PER_IP=.*/MAX_ACTIVE_TASKS_PER_IP=1000/" \
+    -e "s/^SUBSCRIBE_RATE_PER_S=.*/SUBSCRIBE_RATE_PER_S=1000/" \
     -e "s/^CREATES_PER_MINUTE_PER_IP=.*/CREATES_PER_MINUTE_PER_IP=300/" \
     -e "s/^CREATE_BURST_PER_IP=.*/CREATE_BURST_PER_IP=80/" \
     -e "s/^EVENT_READS_PER_SECOND_PER_IP=.*/EVENT_READS_PER_SECOND_PER_IP=50/" \
@@ -127,7 +129,7 @@ if [ "${TEST_POSTGRES:-1}" != 0 ]; then
 fi
 # Identity and TLS (tests/integration/test_identity.py): `web` and `nginx` are recreated
 # once per mode, after the other passes: session behind HTTPS (nginx/tls.yml), jwt
-# behind HTTPS with the demo login, then header mode (TEST_IDENTITY=0 skips this pass).
+# behind HTTPS (the tests mint tokens), then header mode (TEST_IDENTITY=0 skips this pass).
 if [ "${TEST_IDENTITY:-1}" != 0 ]; then
   started=$(date +%s)
   tests/make_certs.sh "$work/certs" >/dev/null
@@ -147,7 +149,7 @@ if [ "${TEST_IDENTITY:-1}" != 0 ]; then
        TLS_CERT_DIR=$work/certs)
   identity_pass tls "${tls[@]}"
   identity_pass jwt "${tls[@]}" AUTH_MODE=jwt JWT_SECRET=$TEST_JWT_SECRET \
-    JWT_ISSUER=$TEST_JWT_ISSUER JWT_AUDIENCE=$TEST_JWT_AUDIENCE JWT_LEEWAY_S=0 AUTH_DEV_LOGIN=1
+    JWT_ISSUER=$TEST_JWT_ISSUER JWT_AUDIENCE=$TEST_JWT_AUDIENCE JWT_LEEWAY_S=0
   # The auth proxy's address: the test client, which reaches Nginx from the gateway.
   gateway=$(docker network inspect "${COMPOSE_PROJECT_NAME}_default" \
     --format '{{(index .IPAM.Config 0).Gateway}}')

@@ -9,7 +9,14 @@
 :class:`TaskStore` is both halves over one client; callers import from here.
 """
 
-from .base import LeaseLost, NotReplicated, TaskFinished, TaskGone, TooManyActive
+from .base import (
+    LeaseLost,
+    NotReplicated,
+    TaskFinished,
+    TaskGone,
+    TooManyActive,
+    TooManyActiveAtAddress,
+)
 from .client import DEAD_PEER_OPTIONS, redis_client, redis_tls
 from .keys import Keys
 from .runs import WORKER_ALIVE_WINDOW_S, Runs
@@ -25,6 +32,7 @@ __all__ = [
     "TaskGone",
     "TaskStore",
     "TooManyActive",
+    "TooManyActiveAtAddress",
     "new_task_id",
     "redis_client",
     "redis_tls",

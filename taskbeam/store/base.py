@@ -45,6 +45,10 @@ class TooManyActive(RuntimeError):
         self.limit = limit
 
 
+class TooManyActiveAtAddress(TooManyActive):
+    """The client address already has ``MAX_ACTIVE_TASKS_PER_IP`` of them."""
+
+
 class NotReplicated(redis_lib.TimeoutError):
     """A write reached the primary but not ``REDIS_WAIT_REPLICAS`` replicas in time.
 

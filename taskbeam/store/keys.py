@@ -46,6 +46,28 @@ class Keys:
     def owner_active(self, owner: str) -> str:
         return f"{self.ns}:owner:{owner}:active"
 
+    def address_active(self, address: str) -> str:
+        """The unfinished tasks a client address created, by creation time (quotas)."""
+        return f"{self.ns}:addr:{address}:active"
+
+    @property
+    def exports_usage(self) -> str:
+        """A worker's measure of the exports volume (taskbeam.quotas)."""
+        return f"{self.ns}:exports:usage"
+
+    @property
+    def exports_owners(self) -> str:
+        return f"{self.ns}:exports:owners"
+
+    @property
+    def exports_addrs(self) -> str:
+        return f"{self.ns}:exports:addrs"
+
+    @property
+    def exports_forgotten(self) -> str:
+        """Files of removed export tasks, for a worker to delete."""
+        return f"{self.ns}:exports:forgotten"
+
     @property
     def active(self) -> str:
         return f"{self.ns}:active"

@@ -20,7 +20,8 @@ end
 """
 
 # Stores a task and its first event unless the owner already has ``max_active``
-# unfinished tasks; ids of tasks that expired unfinished are forgotten on the way.
+# unfinished tasks (0) or its client address ``ARGV[9]`` (-1; taskbeam.quotas); ids of
+# tasks that finished or expired unfinished are forgotten on the way.
 CREATE = (
     TERMINAL
     + """
@@ -35,7 +36,15 @@ if max_active > 0 and redis.call('SCARD', owner_active) >= max_active then
   end
   if redis.call('SCARD', owner_active) >= max_active then return 0 end
 end
-for i = 9, #ARGV, 2 do redis.call('HSET', task, ARGV[i], ARGV[i + 1]) end
+local addr_active, addr_max = KEYS[7], tonumber(ARGV[9])
+if addr_max > 0 and redis.call('ZCARD', addr_active) >= addr_max then
+  for _, other in ipairs(redis.call('ZRANGE', addr_active, 0, -1)) do
+    local state = redis.call('HGET', task_prefix .. other, 'state')
+    if not state or terminal(state) then redis.call('ZREM', addr_active, other) end
+  end
+  if redis.call('ZCARD', addr_active) >= addr_max then return -1 end
+end
+for i = 10, #ARGV, 2 do redis.call('HSET', task, ARGV[i], ARGV[i + 1]) end
 redis.call('XADD', events, 'MAXLEN', '~', ARGV[6], '1-0', 'e', ARGV[7])
 redis.call('EXPIRE', task, ttl)
 redis.call('EXPIRE', events, ttl)
@@ -45,6 +54,10 @@ redis.call('SADD', owner_active, id)
 redis.call('EXPIRE', owner_active, owner_ttl)
 redis.call('ZADD', active, now, id)
 redis.call('ZADD', queued, now, id)
+if addr_max > 0 then
+  redis.call('ZADD', addr_active, now, id)
+  redis.call('EXPIRE', addr_active, ttl)
+end
 return 1
 """
 )
@@ -137,8 +150,10 @@ end
 local event = event_of(cjson.encode, ':', ',')
 redis.call('XADD', events, 'MAXLEN', '~', ARGV[3], seq .. '-0', 'e', event)
 if terminal(f[2]) then
-  redis.call('EXPIRE', task, ARGV[4])
-  redis.call('EXPIRE', events, ARGV[4])
+  -- A task of an anonymous owner keeps its own, shorter retention (quotas.py).
+  local keep = redis.call('HGET', task, 'retention') or ARGV[4]
+  redis.call('EXPIRE', task, keep)
+  redis.call('EXPIRE', events, keep)
   redis.call('ZREM', active, f[1])
   if cur[5] then redis.call('SREM', ARGV[7] .. cur[5] .. ':active', f[1]) end
 end

@@ -16,7 +16,15 @@ import uuid
 from typing import Any, cast
 
 from .. import protocol
-from .base import LeaseLost, NotReplicated, StoreBase, TaskFinished, TaskGone, TooManyActive
+from .base import (
+    LeaseLost,
+    NotReplicated,
+    StoreBase,
+    TaskFinished,
+    TaskGone,
+    TooManyActive,
+    TooManyActiveAtAddress,
+)
 
 # A task's raw hash as Redis returns it, and the contract's snapshot made from it.
 Record = dict[str, str]
@@ -68,11 +76,20 @@ class Tasks(StoreBase):
         params: dict[str, Any],
         max_active: int = 0,
         now: float | None = None,
+        retention_s: int | None = None,
+        address: str | None = None,
+        max_active_per_address: int = 0,
     ) -> Snapshot:
         """Store a new task with its first event (seq 1, ``queued``); return its snapshot.
 
         :param max_active: refuse (:class:`TooManyActive`) when the owner already has
                            this many unfinished tasks; 0 for no limit.
+        :param retention_s: how long the task stays after it ends, if not
+                            TASK_RETENTION_S (anonymous owners, taskbeam.quotas).
+        :param address: the creating client's address key, kept for the per-address
+                        export quota (taskbeam.quotas).
+        :param max_active_per_address: refuse (:class:`TooManyActiveAtAddress`) when
+                                       ``address`` already has this many; 0: no limit.
         """
         now = time.time() if now is None else now
         task_id = new_task_id()
@@ -92,6 +109,11 @@ class Tasks(StoreBase):
             "cancel": 0,
             "fence": 0,
         }
+        if address is not None:
+            fields["addr"] = address
+        retention = self.retention_s
+        if retention_s is not None and retention_s < self.retention_s:
+            retention = fields["retention"] = retention_s
         event = {
             "task_id": task_id,
             "seq": 1,
@@ -104,21 +126,25 @@ class Tasks(StoreBase):
             task_id,
             f"{now:.6f}",
             max_active,
-            self.unfinished_ttl_s,
-            self.retention_s * 2,
+            self.unfinished_ttl_s - self.retention_s + retention,
+            retention * 2,
             self.maxlen,
             json.dumps(event),
             self.keys.task(""),
+            max_active_per_address if address is not None else 0,
         ]
         for item in fields.items():
             args += item
+        keys = [*self._keys_of(task_id, owner), self.keys.address_active(address or "")]
         try:
-            created = self._call(self._create, self._keys_of(task_id, owner), args)
+            created = int(self._call(self._create, keys, args))
         except NotReplicated:
             # The caller answers 503: no task may stay behind for the sweeper to run.
             # If the primary is gone instead, so is the task.
             self.delete(task_id, owner)
             raise
+        if created == -1:
+            raise TooManyActiveAtAddress(max_active_per_address)
         if not created:
             raise TooManyActive(max_active)
         return self.snapshot_of({k: str(v) for k, v in fields.items()})

@@ -1,5 +1,6 @@
 """REST endpoints of docs/api.md. Every error is its JSON shape."""
 
+import functools
 import json
 import logging
 import time
@@ -9,7 +10,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, session
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
-from .. import broker, export, protocol, registry, tasks
+from .. import broker, export, protocol, quotas, registry, tasks
 from ..protocol import MAX_EVENTS_PAGE, MAX_SEQ_DIGITS
 from ..store import Keys, TaskFinished, TaskGone, TooManyActive
 from . import identity
@@ -128,7 +129,7 @@ def check_rate(owner):
             "per session",
         ),
         (
-            keys.rate_ip(request.remote_addr, window),
+            keys.rate_ip(quotas.address_key(request.remote_addr), window),
             svc.settings.rate_limit_per_ip_per_minute,
             "per address",
         ),
@@ -186,6 +187,7 @@ def create_task():
             celery=svc.celery,
             settings=svc.settings,
             announce=announce,
+            create=functools.partial(quotas.create, svc, address=request.remote_addr),
         )
     except TooManyActive as exc:
         raise ApiError(
@@ -239,6 +241,7 @@ def delete_task(task_id):
         raise ApiError(
             409, "not_finished", f"The task is {rec['state']}; cancel it or wait for it to end."
         )
+    quotas.forget_export(services().redis, services().settings, task_id, rec)
     return Response(status=204)
 
 
@@ -351,6 +354,10 @@ def readyz():
 def register_error_handlers(app):
     @app.errorhandler(ApiError)
     def api_error(exc):
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.errorhandler(quotas.Refused)
+    def quota_refused(exc):
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.errorhandler(HTTPException)

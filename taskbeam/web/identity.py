@@ -28,6 +28,8 @@ PROXY_HEADER = "X-Taskbeam-User"
 MAX_TOKEN_BYTES = 8192
 MAX_USER_CHARS = 255
 REALM = 'realm="taskbeam"'
+# The JWK ``kty`` each asymmetric JWT_ALGORITHM verifies with.
+KEY_TYPES = {"RS256": "RSA", "ES256": "EC"}
 
 
 class Unauthenticated(Exception):
@@ -76,9 +78,14 @@ class JwtVerifier:
             return self.key
         kid = jwt.get_unverified_header(token).get("kid")
         try:
-            return self.jwks[kid].key
+            jwk = self.jwks[kid]
         except KeyError:
             raise jwt.InvalidTokenError("no key in the JWKS file has this token's kid") from None
+        # A JWKS may mix key types: PyJWT raises TypeError (a 500) when the kid names
+        # a key of another type than the configured algorithm takes.
+        if jwk.key_type != KEY_TYPES[self.algorithm]:
+            raise jwt.InvalidTokenError(f"the key {kid!r} is not a {self.algorithm} key")
+        return jwk.key
 
     def claims(self, token):
         """The verified claims of ``token``; raises :class:`Unauthenticated`."""

@@ -8,6 +8,7 @@ each, opening the session cookie and matching the URL again, which cost more
 than the subscribe itself.
 """
 
+import collections
 import functools
 import json
 import logging
@@ -103,26 +104,91 @@ def install(server, services):
     server.on("unsubscribe", functools.partial(_guarded, on_unsubscribe, server, services))
 
 
+# Connections whose end a handler already reported, so that each logs one line (a slow
+# client's queued subscribes run after its session is gone); the newest few only.
+_gone_reported: collections.OrderedDict[str, None] = collections.OrderedDict()
+MAX_GONE_REPORTED = 1024
+
+
+def _report_gone(sid):
+    if sid in _gone_reported:
+        return
+    _gone_reported[sid] = None
+    if len(_gone_reported) > MAX_GONE_REPORTED:
+        _gone_reported.popitem(last=False)
+    log.info("socket %s: gone; its queued messages are dropped", sid)
+
+
 def _guarded(handler, server, services, sid, data=None):
     """The handler's ack, or the contract's error for what went wrong in it."""
     try:
+        if not server.manager.is_connected(sid, "/"):
+            _report_gone(sid)
+            return None  # no one to answer
         return handler(server, services, sid, data)
     except RedisError as exc:
         log.warning("socket handler: Redis error: %s", exc)
         return _error("unavailable", "Storage is unavailable; subscribe again shortly.")
     except Exception:
+        if not server.manager.is_connected(sid, "/"):
+            _report_gone(sid)  # it went while the handler ran
+            return None
         log.exception("socket handler failed for %s", sid)
         return _error("internal_error", "Something went wrong on our side.")
 
 
+class _Budget:
+    """A connection's subscribes and replay bytes: token buckets that hold a second's
+    worth (SUBSCRIBE_RATE_PER_S, SUBSCRIBE_REPLAY_BYTES_PER_S). One subscribe may
+    replay a whole page past the bytes; the next ones wait until that is paid back."""
+
+    __slots__ = ("subscribes", "replay", "at")
+
+    def __init__(self, settings, now):
+        self.subscribes = float(settings.subscribe_rate_per_s)
+        self.replay = float(settings.subscribe_replay_bytes_per_s)
+        self.at = now
+
+    def spend(self, settings, now):
+        """Take one subscribe; the seconds to wait instead, or None."""
+        rate, byte_rate = settings.subscribe_rate_per_s, settings.subscribe_replay_bytes_per_s
+        elapsed, self.at = now - self.at, now
+        self.subscribes = min(rate, self.subscribes + elapsed * rate)
+        self.replay = min(byte_rate, self.replay + elapsed * byte_rate)
+        if self.replay < 0:
+            return -self.replay / byte_rate
+        if self.subscribes < 1:
+            return (1 - self.subscribes) / rate
+        self.subscribes -= 1
+        return None
+
+
+def _rate_limited(connection, settings):
+    """The ``rate_limited`` ack if this connection subscribes or replays too fast."""
+    now = time.monotonic()
+    budget = connection.get("budget")
+    if budget is None:
+        budget = connection["budget"] = _Budget(settings, now)
+    wait = budget.spend(settings, now)
+    if wait is None:
+        return None
+    error = _error("rate_limited", f"Too many subscribes or replayed events; wait {wait:.1f} s.")
+    error["error"]["retry_after"] = round(wait, 3)
+    return error
+
+
 def on_subscribe(server, services, sid, data):
+    connection = server.get_session(sid)
+    refused = _rate_limited(connection, services.settings)
+    if refused is not None:
+        return refused
     task_id, refused = _task_id(data)
     if refused:
         return refused
     after = data.get("after", 0)
     if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after < MAX_AFTER:
         return _error("invalid_params", f"after: must be an integer from 0 to {MAX_AFTER - 1}")
-    store, connection = services.store, server.get_session(sid)
+    store = services.store
     if store.owned_record(task_id, connection.get("owner")) is None:
         return _error("not_found", "No such task.")
     subscriptions = connection.setdefault("subscriptions", set())
@@ -153,6 +219,7 @@ def on_subscribe(server, services, sid, data):
         return _error("not_found", "No such task.")
     # python-socketio encodes the ack itself, so only this bounded page is parsed.
     missed = [json.loads(event) for event in page]
+    connection["budget"].replay -= sum(map(len, page))
     services.metrics.replayed(len(missed))
     # more: subscribe again with after=next_after for the next page.
     snapshot = store.snapshot_of(rec)

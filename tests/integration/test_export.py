@@ -119,6 +119,20 @@ def test_cancel_mid_export_leaves_no_file(owner):
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
 
 
+def test_deleting_a_finished_export_removes_its_file(owner):
+    """The file went only when it expired, not with its task (issue 32)."""
+    api, watcher = owner
+    snap = run_export(api, watcher, limit=10)
+    assert [f for f in export_files() if snap["id"] in f]
+    assert api.request("DELETE", f"/api/tasks/{snap['id']}").status_code == 204
+    wait_until(
+        lambda: not [f for f in export_files() if snap["id"] in f],
+        8,  # a worker removes it within a housekeeping round (2 s); before EXPORT_TTL (20 s)
+        interval=0.5,
+        what="the deleted task's export file to go",
+    )
+
+
 def test_another_session_and_crafted_paths_get_404(owner):
     api, watcher = owner
     snap = run_export(api, watcher, limit=10)

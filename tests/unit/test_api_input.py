@@ -16,10 +16,13 @@ KNOWN = "AbCdEfGhIjKlMn_-"  # the shape of secrets.token_urlsafe(12)
 
 
 class StubRedis:
-    """Just the pipeline INCR/EXPIRE that check_rate uses."""
+    """Just the pipeline INCR/EXPIRE that check_rate uses (and an INFO without maxmemory)."""
 
     def __init__(self):
         self.counts = {}
+
+    def info(self, section):
+        return {}
 
     def pipeline(self, transaction=True):
         redis, ops = self, []
@@ -57,14 +60,21 @@ class StubStore:
         page = self.events[after : after + limit]
         return page, after + len(page), after + limit < len(self.events)
 
-    def create(self, *, kind, owner, params, max_active=0):
+    def create(self, *, kind, owner, params, max_active=0, **quota_args):
         if self.active_limit is not None:
             raise TooManyActive(self.active_limit)
         return {"id": KNOWN, "kind": kind, "state": "queued", "seq": 1}
 
 
 def make_app(store=None, **env):
-    settings = config.load({"REDIS_URL": "redis://:pw@redis:6379/0", "SECRET_KEY": "k" * 40, **env})
+    settings = config.load(
+        {
+            "REDIS_URL": "redis://:0123456789abcdef@redis:6379/0",
+            "SECRET_KEY": "k0123456789" * 4,
+            "MAX_ACTIVE_TASKS_PER_IP": "0",  # test_quotas.py, on a real Redis
+            **env,
+        }
+    )
     app = Flask(__name__)
     app.config.update(SECRET_KEY=settings.secret_key)
     app.extensions["taskbeam"] = SimpleNamespace(
@@ -218,6 +228,17 @@ def test_only_the_last_forwarded_address_counts():
         for i in range(61)
     ]
     assert statuses[-1] == 429
+
+
+def test_ipv6_clients_are_limited_per_64():
+    """Any address of one /64 is one client's: rotating them does not make more room."""
+    app = make_app(RATE_LIMIT_PER_IP_PER_MINUTE="60")
+    statuses = [
+        create(app.test_client(), "172.18.0.1", f"2001:db8:1:2::{i:x}").status_code
+        for i in range(1, 62)
+    ]
+    assert statuses[:60] == [202] * 60 and statuses[60] == 429
+    assert create(app.test_client(), "172.18.0.1", "2001:db8:1:3::1").status_code == 202
 
 
 def test_too_many_active_tasks_is_429_too_many_active():

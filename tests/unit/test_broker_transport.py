@@ -130,7 +130,9 @@ def test_every_connection_to_redis_gives_up_on_a_host_that_went_silent(server, m
     """A vanished host resets nothing: the store's, the broker's and the emitter's
     connections carry TCP keepalives and a 3-s TCP_USER_TIMEOUT, so a write or a
     BRPOP to it fails in seconds instead of waiting for TCP (minutes)."""
-    settings = config.load({"REDIS_URL": server.url, "SECRET_KEY": "x" * 32}, need_secret=False)
+    settings = config.load(
+        {"REDIS_URL": server.url, "SECRET_KEY": "0123456789abcdef" * 2}, need_secret=False
+    )
 
     def gives_up(sock):
         return (

@@ -17,7 +17,7 @@ def settings():
     return config.load(
         {
             "REDIS_URL": "redis://placeholder:6379/0",
-            "SECRET_KEY": "k" * 40,
+            "SECRET_KEY": "k0123456789" * 4,
             "TASKBEAM_NAMESPACE": "t",
         }
     )
@@ -44,7 +44,10 @@ def client(store, settings):
     app = Flask(__name__)
     app.config.update(SECRET_KEY=settings.secret_key)
     app.extensions["taskbeam"] = SimpleNamespace(
-        settings=settings, store=store, identity=identity.Identity(settings.auth)
+        settings=settings,
+        store=store,
+        redis=store.redis,
+        identity=identity.Identity(settings.auth),
     )
 
     @app.before_request

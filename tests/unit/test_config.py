@@ -4,18 +4,18 @@ import pytest
 
 from taskbeam import config
 
-SECRET = "x" * config.MIN_SECRET_LENGTH
+SECRET = "0123456789abcdef" * 2
 
 
 def env(**overrides):
-    base = {"REDIS_URL": "redis://:pw@redis:6379/0", "SECRET_KEY": SECRET}
+    base = {"REDIS_URL": "redis://:0123456789abcdef@redis:6379/0", "SECRET_KEY": SECRET}
     base.update(overrides)
     return {k: v for k, v in base.items() if v is not None}
 
 
 def test_load_with_defaults():
     settings = config.load(env())
-    assert settings.redis_url == "redis://:pw@redis:6379/0"
+    assert settings.redis_url == "redis://:0123456789abcdef@redis:6379/0"
     assert settings.secret_key == SECRET
     assert settings.namespace == "taskbeam"
     assert settings.allowed_origins == ()
@@ -176,8 +176,8 @@ def test_bad_allowed_host_refused(host):
 
 def test_secrets_read_from_files(tmp_path):
     # Docker and Kubernetes secrets arrive as files: NAME_FILE names one.
-    (tmp_path / "key").write_text("k" * 40 + "\n")
-    (tmp_path / "redis").write_text("p@ss/word\n")
+    (tmp_path / "key").write_text("k0123456789" * 4 + "\n")
+    (tmp_path / "redis").write_text("p@ss/word-0123456\n")
     (tmp_path / "db").write_text("postgresql+psycopg://u:p@db/shop")
     settings = config.load(
         env(
@@ -188,8 +188,8 @@ def test_secrets_read_from_files(tmp_path):
             DATABASE_URL_FILE=str(tmp_path / "db"),
         )
     )
-    assert settings.secret_key == "k" * 40
-    assert settings.redis_url == "redis://:p%40ss%2Fword@redis:6379/0"
+    assert settings.secret_key == "k0123456789" * 4
+    assert settings.redis_url == "redis://:p%40ss%2Fword-0123456@redis:6379/0"
     assert settings.database_url == "postgresql+psycopg://u:p@db/shop"
 
 
@@ -235,3 +235,56 @@ def test_placeholder_database_password_refused(url):
 def test_database_url_without_password_accepted():
     url = "postgresql+psycopg://reader@db.internal/shop"
     assert config.load(env(DATABASE_URL=url)).database_url == url
+
+
+STRONG = "9f2c4e1ab87d03c6" * 2  # hex, as `make up` writes it
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"REDIS_URL": "redis://:a@redis:6379/0"}, "Redis password"),
+        ({"REDIS_URL": "redis://:aaaaaaaaaaaaaaaaaaaaaaaa@redis:6379/0"}, "Redis password"),
+        ({"REDIS_URL": "redis://redis:6379/0", "REDIS_PASSWORD": "ab" * 12}, "Redis password"),
+        ({"SECRET_KEY": "a" * 32}, "SECRET_KEY"),
+        ({"SECRET_KEY": "abcd" * 10}, "SECRET_KEY"),
+        (
+            {"AUTH_MODE": "jwt", "JWT_ISSUER": "i", "JWT_AUDIENCE": "a", "JWT_SECRET": "s" * 40},
+            "JWT_SECRET",
+        ),
+    ],
+)
+def test_weak_secrets_refused(overrides, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.load(env(**overrides))
+
+
+def test_generated_secrets_pass_and_the_examples_placeholders_do_not():
+    # tests/run.sh and the Makefile write hex from /dev/urandom (od -tx1 -N24 / -N32).
+    import secrets
+
+    for _ in range(200):
+        config.load(
+            env(
+                REDIS_URL=f"redis://:{secrets.token_hex(24)}@redis:6379/0",
+                SECRET_KEY=secrets.token_hex(32),
+            )
+        )
+    with open(".env.example", encoding="utf-8") as f:
+        example = dict(
+            line.split("=", 1) for line in f.read().splitlines() if "=" in line and line[0] != "#"
+        )
+    for name in ("SECRET_KEY", "REDIS_PASSWORD"):
+        with pytest.raises(config.ConfigError):
+            config.load(env(**{name: example[name]}, REDIS_URL="redis://redis:6379/0"))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"SESSION_COOKIE_SECURE": "1"}, {"ALLOWED_ORIGINS": "https://tasks.example"}],
+)
+def test_dev_login_behind_tls_stops_the_start(extra):
+    auth = {"AUTH_MODE": "jwt", "JWT_ISSUER": "i", "JWT_AUDIENCE": "a", "JWT_SECRET": STRONG}
+    assert config.load(env(**auth, AUTH_DEV_LOGIN="1")).auth.dev_login
+    with pytest.raises(config.ConfigError, match="AUTH_DEV_LOGIN=1"):
+        config.load(env(**auth, AUTH_DEV_LOGIN="1", **extra))

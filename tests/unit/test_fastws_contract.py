@@ -670,3 +670,29 @@ def test_a_cut_task_event_reaches_a_real_client_and_the_metrics(server, redis_se
         assert manager.metrics.lag_last > 0  # from the event's ts (2017)
     finally:
         in_thread(ws.close)
+
+
+def test_before_its_connect_is_accepted_a_real_socket_may_send_64_kib_only():
+    """An unauthenticated socket held ~1 MiB in an unfinished message (issue 32)."""
+    s = Server()
+    s.sio.eio.max_http_buffer_size = 1 << 20
+    try:
+        big = '421["echo","' + "x" * (64 * 1024) + '"]'
+        refused = in_thread(closed_by_server, s.url, lambda ws: ws.send(big))
+        assert refused == 1009
+        wait_for(lambda: not s.eio_sockets())
+
+        def connected_then_big(ws):
+            ws.send("40")
+            assert ws.recv(timeout=5).startswith("40{")
+            ws.send(big)
+            while (reply := ws.recv(timeout=5)) == "2":
+                pass
+            return reply
+
+        with in_thread(websockets.sync.client.connect, s.url) as ws:
+            in_thread(ws.recv)
+            assert in_thread(connected_then_big, ws).startswith('431["x')
+        wait_for(lambda: not s.eio_sockets())
+    finally:
+        s.stop()

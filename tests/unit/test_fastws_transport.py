@@ -677,3 +677,45 @@ def test_a_close_delivers_every_frame_even_with_client_data_left_unread():
     frames = server_frames(received)
     assert frames[-2] == (codec.OP_TEXT, b"4" + last.encode())
     assert frames[-1][0] == codec.OP_CLOSE
+
+
+# Before the Socket.IO CONNECT is accepted (the credentials are checked there), a
+# socket may send only small messages, and a partial message only for a while.
+
+
+def big_buffer(c, authenticated):
+    c.sock.server.max_http_buffer_size = 1 << 20
+    c.sock.server.taskbeam_authenticated = lambda eio_sid: authenticated
+
+
+def test_before_authentication_a_message_is_capped_at_64_kib():
+    c = Connected()
+    big_buffer(c, authenticated=False)
+    c.frames_until(1)
+    c.send(client_frame(codec.OP_TEXT, b"4" + b"x" * (64 * 1024)))
+    assert close_code(c.wait_closed()) == 1009 and c.sock.received == []
+    assert c.connection.reader is None  # its partial message is let go
+    c.client.close()
+
+
+def test_after_authentication_the_full_limit_applies():
+    c = Connected()
+    big_buffer(c, authenticated=True)
+    c.frames_until(1)
+    c.send(client_frame(codec.OP_TEXT, b"4" + b"x" * (64 * 1024)))
+    assert c.frames_until(2)[1][1].startswith(b"4ack x")
+    c.client.close()
+    c.wait_closed()
+
+
+def test_a_partial_message_not_finished_in_time_ends_the_connection(monkeypatch):
+    monkeypatch.setattr(transport, "PARTIAL_MESSAGE_TIMEOUT_S", 0.2)
+    c = Connected()
+    c.frames_until(1)
+    data = client_frame(codec.OP_TEXT, b"4" + b"x" * 50)
+    c.send(data[:20])  # and never the rest
+    started = time.monotonic()
+    assert close_code(c.wait_closed()) == 1008
+    assert 0.15 < time.monotonic() - started < 1.5
+    assert c.connection.reader is None and c.sock.received == []
+    c.client.close()

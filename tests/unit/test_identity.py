@@ -18,9 +18,9 @@ from flask import Flask, session
 from taskbeam import config
 from taskbeam.web import api, identity
 
-SECRET = "s3cret-" * 8
+SECRET = "s3cret-key/" * 4
 ISS, AUD = "https://login.example", "taskbeam"
-REDIS = {"REDIS_URL": "redis://redis:6379/0", "SECRET_KEY": "k" * 40}
+REDIS = {"REDIS_URL": "redis://redis:6379/0", "SECRET_KEY": "k0123456789" * 4}
 
 
 def settings(**env):
@@ -187,6 +187,30 @@ def test_es256_from_a_jwks_file_picks_the_key_by_kid(tmp_path, ec_key):
     other = ec.generate_private_key(ec.SECP256R1())
     forged = jwt.encode(claims(), other, algorithm="ES256", headers={"kid": "k1"})
     assert refusal(ident, forged).code == "unauthenticated"
+
+
+def test_a_kid_of_another_key_type_is_401_not_500(tmp_path, rsa_key, ec_key):
+    """ES256 with a JWKS of RSA and EC keys: a token naming the RSA key's kid
+    made PyJWT raise TypeError (a 500); it is a refused token."""
+    keys = [
+        {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec_key.public_key())), "kid": "ec"},
+        {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(rsa_key.public_key())), "kid": "rsa"},
+    ]
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": keys}))
+    ident = who(
+        {
+            "AUTH_MODE": "jwt",
+            "JWT_ALGORITHM": "ES256",
+            "JWT_JWKS_FILE": str(jwks),
+            "JWT_ISSUER": ISS,
+            "JWT_AUDIENCE": AUD,
+        }
+    )
+    crafted = jwt.encode(claims(), ec_key, algorithm="ES256", headers={"kid": "rsa"})
+    assert refusal(ident, crafted).code == "unauthenticated"
+    good = jwt.encode(claims(), ec_key, algorithm="ES256", headers={"kid": "ec"})
+    assert ident.owner(request_with(), {}, {"token": good})[0].startswith("u-")
 
 
 def test_a_sub_cannot_name_another_owners_redis_keys():

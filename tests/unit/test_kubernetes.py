@@ -171,13 +171,16 @@ def test_the_settings_load_and_the_secrets_are_the_files_the_pods_mount(base, tm
         mounts
     )
     # The Secret's keys, as files, where the ConfigMap says they are.
-    for name, content in (("SECRET_KEY_FILE", "k" * 40), ("REDIS_PASSWORD_FILE", "pw")):
+    for name, content in (
+        ("SECRET_KEY_FILE", "k0123456789" * 4),
+        ("REDIS_PASSWORD_FILE", "0123456789abcdef"),
+    ):
         path = tmp_path / os.path.basename(settings[name])
         path.write_text(content)
         settings[name] = str(path)
     loaded = config.load(settings)
-    assert loaded.redis_url == "redis://:pw@redis:6379/0"
-    assert loaded.secret_key == "k" * 40
+    assert loaded.redis_url == "redis://:0123456789abcdef@redis:6379/0"
+    assert loaded.secret_key == "k0123456789" * 4
 
 
 def test_probes_are_the_compose_healthchecks(base, compose):

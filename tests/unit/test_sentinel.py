@@ -18,8 +18,8 @@ import redis as redis_lib
 from taskbeam import broker, broker_transport, config, emitter, sentinel
 from taskbeam.store import NotReplicated, TaskStore
 
-SECRET = "x" * config.MIN_SECRET_LENGTH
-URL = "redis+sentinel://:pw@s1:26379,s2:26379,s3:26379/0/taskbeam"
+SECRET = "0123456789abcdef" * 2
+URL = "redis+sentinel://:0123456789abcdef@s1:26379,s2:26379,s3:26379/0/taskbeam"
 
 
 def env(**overrides):
@@ -35,7 +35,7 @@ def test_a_sentinel_url_selects_replica_acks():
     settings = config.load(env())
     assert settings.redis_url == URL
     assert (settings.redis_wait_replicas, settings.redis_wait_timeout_ms) == (1, 1000)
-    single = config.load(env(REDIS_URL="redis://:pw@redis:6379/0"))
+    single = config.load(env(REDIS_URL="redis://:0123456789abcdef@redis:6379/0"))
     assert single.redis_wait_replicas == 0  # the single-Redis path stays as it was
 
 
@@ -80,7 +80,7 @@ def test_replica_ack_settings_bounded(name, value):
 def test_celery_gets_kombus_sentinel_form():
     app = broker.make_celery(config.load(env()))
     assert app.conf.broker_url == (
-        "sentinel://:pw@s1:26379/0;sentinel://:pw@s2:26379/0;sentinel://:pw@s3:26379/0"
+        "sentinel://:0123456789abcdef@s1:26379/0;sentinel://:0123456789abcdef@s2:26379/0;sentinel://:0123456789abcdef@s3:26379/0"
     )
     assert app.conf.broker_transport_options["master_name"] == "taskbeam"
     assert app.conf.broker_transport == broker_transport.SENTINEL_TRANSPORT

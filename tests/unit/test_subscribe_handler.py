@@ -34,6 +34,7 @@ def services(redis_client):
         {"REDIS_URL": "redis://placeholder:6379/0", "TASKBEAM_NAMESPACE": "t"}, need_secret=False
     )
     return SimpleNamespace(
+        settings=cfg,
         store=TaskStore(redis_client, cfg),
         queue_watch=SimpleNamespace(manager=SimpleNamespace(watch_room=lambda room: True)),
         metrics=Metrics(),
@@ -115,3 +116,47 @@ def test_a_malformed_task_id_is_not_found_as_on_rest(server, services, task_id):
 def test_a_task_id_that_is_not_a_string_is_invalid_params(server, services, data):
     sio, sid = server
     assert sockets.on_subscribe(sio, services, sid, data)["error"]["code"] == "invalid_params"
+
+
+def limited_services(services, **env):
+    cfg = config.load(
+        {"REDIS_URL": "redis://placeholder:6379/0", "TASKBEAM_NAMESPACE": "t", **env},
+        need_secret=False,
+    )
+    return SimpleNamespace(**{**vars(services), "settings": cfg})
+
+
+def test_subscribes_per_second_are_limited_per_connection(server, services):
+    services = limited_services(services, SUBSCRIBE_RATE_PER_S="3")
+    task = services.store.create(kind="simulate", owner=OWNER, params={})
+    acks = [subscribe(server, services, task["id"]) for _ in range(4)]
+    assert [a["ok"] for a in acks] == [True, True, True, False]
+    error = acks[3]["error"]
+    assert error["code"] == "rate_limited" and 0 < error["retry_after"] <= 1
+
+
+def test_replayed_bytes_per_second_are_limited_per_connection(server, services):
+    services = limited_services(services, SUBSCRIBE_REPLAY_BYTES_PER_S="65536")
+    store = services.store
+    task = store.create(kind="simulate", owner=OWNER, params={})
+    for i in range(300):
+        store.append(task["id"], state=protocol.RUNNING, progress=i / 3, message="m" * 400)
+    first = subscribe(server, services, task["id"])
+    assert first["ok"] and len(first["missed"]) == 301  # one page: ~140 KB, over a second's
+    again = subscribe(server, services, task["id"])
+    assert again["error"]["code"] == "rate_limited"
+    assert 1 < again["error"]["retry_after"] <= 2.5  # until the debt is paid back
+
+
+def test_subscribes_queued_past_the_sessions_end_log_one_line(server, services, caplog):
+    """A slow client's subscribes handled after its session is gone: one log line for
+    the connection, not a traceback each (issue 32: 117 tracebacks from one client)."""
+    sio, sid = server
+    sockets.install(sio, services)
+    task = services.store.create(kind="simulate", owner=OWNER, params={})
+    sio.disconnect(sid)
+    caplog.set_level("DEBUG", logger="taskbeam.web.sockets")
+    for _ in range(50):
+        sio.handlers["/"]["subscribe"](sid, {"task_id": task["id"], "after": 0})
+    mine = [r for r in caplog.records if r.name == "taskbeam.web.sockets"]
+    assert len(mine) == 1 and mine[0].exc_info is None, [r.getMessage() for r in mine]

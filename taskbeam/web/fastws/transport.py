@@ -14,7 +14,10 @@ watcher waits for the client, and greenlets exist only while a read is handled
 or a :class:`Drainer` writes what is queued. Clients that upgrade from
 long-polling keep engine.io's handler, wrapped by :class:`UpgradedWebSocket`.
 
-Bounds: a socket's queue holds at most ``MAX_QUEUED_PACKETS`` packets and
+Bounds: until its Socket.IO CONNECT is accepted (the credentials are checked
+there) a client's message may hold ``PRE_AUTH_MAX_MESSAGE_BYTES``, then
+``max_http_buffer_size``; a message left partial for ``PARTIAL_MESSAGE_TIMEOUT_S``
+ends the connection. A socket's queue holds at most ``MAX_QUEUED_PACKETS`` packets and
 ``MAX_QUEUED_BYTES`` bytes (past either, the connection is cut and the client
 resumes with ``after``); a write that makes no progress for
 ``WRITE_TIMEOUT_S`` ends the connection; once engine.io closes a socket its TCP
@@ -48,6 +51,10 @@ log = logging.getLogger(__name__)
 # reconnects and resumes with `after`): what a client that never reads, or sends
 # engine.io PONGs blindly to stay alive, can make this process hold for it.
 MAX_QUEUED_PACKETS = 4096
+# What an unauthenticated socket may make this process hold in a message (an
+# auth token is at most 8 KiB), and how long any socket may leave one unfinished.
+PRE_AUTH_MAX_MESSAGE_BYTES = 64 * 1024
+PARTIAL_MESSAGE_TIMEOUT_S = 20.0
 MAX_QUEUED_BYTES = 4 * 1024 * 1024
 # A write that makes no progress for this long ends the connection.
 WRITE_TIMEOUT_S = 30.0
@@ -279,6 +286,8 @@ class Connection(DirectWrites):
         "closed",
         "close_code",
         "deadline",
+        "authenticated",
+        "partial",
     )
     open_count = 0  # in this process, bounded together with the server's pool
 
@@ -287,6 +296,7 @@ class Connection(DirectWrites):
         self.reader = None  # a codec.Reader while a frame or message is incomplete
         self.writing = self.ending = self.closed = False
         self.close_code, self.deadline = codec.NORMAL_CLOSURE, None
+        self.authenticated, self.partial = False, None  # partial: the timer of one
         tcp.settimeout(WRITE_TIMEOUT_S)  # the Drainer's writes; reads happen only when readable
         drainer = Drainer(eio_socket, self)  # kept alive by the queue's on_put
         self.watcher = gevent.get_hub().loop.io(tcp.fileno(), 1)  # 1: readable
@@ -313,7 +323,7 @@ class Connection(DirectWrites):
         reader = self.reader
         try:
             if reader is None:
-                reader = codec.Reader(server.max_http_buffer_size)
+                reader = codec.Reader(self.message_limit(server))
             data = self.tcp.recv(READ_BYTES_MID_MESSAGE if self.reader else READ_BYTES)
             if not data:  # closed by the client
                 return self.end(None)
@@ -333,9 +343,41 @@ class Connection(DirectWrites):
                 )
             self.end(None)
         finally:
-            self.reader = None if reader is None or reader.idle else reader
+            self.reader = None if reader is None or reader.idle or self.ending else reader
+            self.time_partial()
             if not self.ending:
                 self.watcher.start(self.on_readable)
+
+    def message_limit(self, server) -> int:
+        """``max_http_buffer_size``, or less until the socket's CONNECT is accepted."""
+        if not self.authenticated:
+            accepted = getattr(server, "taskbeam_authenticated", None)  # fastws.install
+            self.authenticated = accepted is not None and accepted(self.eio_socket.sid)
+        if self.authenticated:
+            return server.max_http_buffer_size
+        return min(server.max_http_buffer_size, PRE_AUTH_MAX_MESSAGE_BYTES)
+
+    def time_partial(self) -> None:
+        """A message left partial must be finished within PARTIAL_MESSAGE_TIMEOUT_S."""
+        if self.reader is None:
+            if self.partial is not None:
+                self.partial.stop()
+                self.partial = None
+        elif self.partial is None:
+            self.partial = gevent.get_hub().loop.timer(PARTIAL_MESSAGE_TIMEOUT_S)
+            self.partial.start(gevent.spawn, self.too_slow)  # not in the hub: end may block
+
+    def too_slow(self) -> None:
+        if self.reader is None or self.ending:
+            return
+        self.eio_socket.server.logger.info(
+            "%s: a message left unfinished for %.0f s, closing connection",
+            self.eio_socket.sid,
+            PARTIAL_MESSAGE_TIMEOUT_S,
+        )
+        self.reader = None  # what it held goes now
+        self.time_partial()
+        self.end(codec.POLICY_VIOLATION)
 
     def handle(self, opcode: int, payload) -> None:
         if opcode == codec.OP_TEXT or opcode == codec.OP_BINARY:
@@ -409,6 +451,8 @@ class Connection(DirectWrites):
         self.watcher.stop()
         if self.deadline is not None:
             self.deadline.stop()
+        self.reader = None
+        self.time_partial()
         sock = self.eio_socket
         try:
             self.tcp.send(codec.close_frame(self.close_code), 0, 0.0)  # a courtesy: never waits
