@@ -10,9 +10,11 @@ import socket
 import subprocess
 import time
 import warnings
+from pathlib import Path
 
 import kombu
 import pytest
+import yaml
 
 import redis as redis_lib
 from taskbeam import broker, broker_transport, config, emitter, sentinel
@@ -109,7 +111,7 @@ def free_port():
 class Server:
     """A redis-server (or, with ``--sentinel``, a Sentinel) on a free loopback port."""
 
-    def __init__(self, workdir, *args, sentinel_conf=None):
+    def __init__(self, workdir, *args, sentinel_conf=None, password=None):
         self.port = free_port()
         self.workdir = workdir
         argv = [shutil.which("redis-server")]
@@ -120,7 +122,7 @@ class Server:
         argv += ["--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(workdir)]
         argv += ["--save", "", "--appendonly", "no", *args]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-        self.client = redis_lib.Redis(port=self.port, decode_responses=True)
+        self.client = redis_lib.Redis(port=self.port, password=password, decode_responses=True)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -354,3 +356,66 @@ def test_the_broker_survives_a_failover_and_the_running_task_acks(ha):
     assert error is None
     assert ack_after_the_failover(ha, message) is None
     assert ha["replica"].client.hlen("unacked") == 0
+
+
+# --- the Sentinels of redis/ha.yml want the password -------------------------------
+
+HA_FILE = Path(__file__).resolve().parents[2] / "redis" / "ha.yml"
+
+
+def shipped_sentinel_conf(primary_port, password):
+    """The config redis/ha.yml's Sentinels write at start, for a primary on loopback."""
+    script = yaml.safe_load(HA_FILE.read_text())["services"]["sentinel-1"]["command"][2]
+    body = script.replace("$$", "$").split("<<EOF\n", 1)[1].split("\nEOF", 1)[0]
+    rendered = subprocess.run(
+        ["sh", "-c", f"cat <<EOF\n{body}\nEOF\n"],
+        env={"REDIS_PASSWORD": password, "PRIMARY": "127.0.0.1", "DOWN_AFTER_MS": "5000"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return rendered.replace("127.0.0.1 6379 2", f"127.0.0.1 {primary_port} 1")
+
+
+@pytest.fixture
+def guarded(tmp_path):
+    """A primary with a password, watched by a Sentinel configured as redis/ha.yml's."""
+    primary = Server(tmp_path, "--requirepass", "pw", password="pw")
+    watcher = Server(
+        tmp_path, sentinel_conf=shipped_sentinel_conf(primary.port, "pw"), password="pw"
+    )
+    yield primary, watcher
+    watcher.stop()
+    primary.stop()
+
+
+def test_the_sentinels_refuse_commands_without_the_password(guarded):
+    primary, watcher = guarded
+
+    def anonymous(command):  # one inline command on a fresh connection, its reply line
+        with socket.create_connection(("127.0.0.1", watcher.port), timeout=5) as raw:
+            raw.sendall(command.encode() + b"\r\n")
+            return raw.makefile("rb").readline().decode()
+
+    # A fake primary, whose address clients would then be sent to (with their password).
+    assert anonymous("SENTINEL MONITOR evil 127.0.0.1 1 1").startswith("-NOAUTH")
+    assert anonymous("SENTINEL GET-MASTER-ADDR-BY-NAME taskbeam").startswith("-NOAUTH")
+    assert set(watcher.client.sentinel_masters()) == {"taskbeam"}
+
+
+def test_every_client_gives_the_sentinels_the_password(guarded):
+    primary, watcher = guarded
+    url = f"redis+sentinel://:pw@127.0.0.1:{watcher.port}/0/taskbeam"
+    # The store's and the web's listener's client (redis-py's Sentinel).
+    client = sentinel.master_client(url, decode_responses=True, socket_timeout=2)
+    client.set("k", "v")
+    assert primary.client.get("k") == "v"
+    client.close()
+    # python-socketio's stock manager: the Sentinels' options carry it.
+    assert sentinel.stock_form(url, {})[1]["sentinel_kwargs"]["password"] == "pw"
+    # The broker, through kombu's Sentinel transport as Celery configures it.
+    app = broker.make_celery(settings_for(url))
+    with app.connection_for_write() as conn:
+        with conn.Producer() as producer:
+            producer.publish({"n": 1}, routing_key="probe", declare=[kombu.Queue("probe")])
+    assert primary.client.llen("taskbeam:celery:probe") == 1
