@@ -143,7 +143,7 @@ if [ "${TEST_IDENTITY:-1}" != 0 ]; then
   identity_pass jwt "${tls[@]}" AUTH_MODE=jwt JWT_SECRET=$TEST_JWT_SECRET \
     JWT_ISSUER=$TEST_JWT_ISSUER JWT_AUDIENCE=$TEST_JWT_AUDIENCE JWT_LEEWAY_S=0 AUTH_DEV_LOGIN=1
   # The auth proxy's address: the test client, which reaches Nginx from the gateway.
-  gateway=$(docker network inspect "${COMPOSE_PROJECT_NAME}_default" \
+  gateway=$(docker network inspect "${COMPOSE_PROJECT_NAME}_front" \
     --format '{{(index .IPAM.Config 0).Gateway}}')
   identity_pass header AUTH_MODE=header AUTH_PROXY_ADDRESSES="$gateway"
   echo "identity pass: $(( $(date +%s) - started )) s"

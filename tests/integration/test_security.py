@@ -1,5 +1,6 @@
 """Security by default, checked on the running stack."""
 
+import json
 import os
 import socket
 import subprocess
@@ -288,3 +289,41 @@ def test_flowers_password_is_not_on_any_command_line():
     finally:
         compose("--profile", "monitoring", "stop", "flower", timeout=60)
         compose("--profile", "monitoring", "rm", "-f", "flower", timeout=60)
+
+
+# Connects from inside a container to every address given, port 8000; prints one
+# line of JSON: {address: "open" | the error's name}.
+PROBE_WEB = r"""
+import json, socket, sys
+seen = {}
+for address in sys.argv[1:]:
+    try:
+        socket.create_connection((address, 8000), timeout=3).close()
+        seen[address] = "open"
+    except OSError as exc:
+        seen[address] = type(exc).__name__
+print(json.dumps(seen))
+"""
+
+
+def web_addresses():
+    """Every address of every web container, on all its networks, and the name."""
+    addresses = ["web"]
+    for cid in compose("ps", "-q", "web").split():
+        addresses += docker(
+            "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", cid
+        ).split()
+    return addresses
+
+
+def test_only_nginx_reaches_the_web_service():
+    # From a worker (on the network web shares with Redis): by name and by each of
+    # web's addresses, nothing on port 8000 answers. So no container but Nginx can
+    # send web a forged X-Forwarded-For or identity header.
+    addresses = web_addresses()
+    out = compose("exec", "-T", "worker", "python", "-c", PROBE_WEB, *addresses)
+    reached = {a: r for a, r in json.loads(out).items() if r == "open"}
+    assert not reached, f"a worker reached web:8000 at {reached}"
+    # Nginx does reach it (the API test suite goes that way; this says so directly).
+    out = compose("exec", "-T", "nginx", "wget", "-q", "-O", "-", "http://web:8000/healthz")
+    assert out.strip(), out
