@@ -304,6 +304,7 @@ def test_https_refuses_old_tls_sends_hsts_and_a_secure_cookie():
     assert "strict-transport-security: max-age=31536000" in headers
     cookie = next(line for line in headers.splitlines() if line.startswith("set-cookie:"))
     assert "; secure" in cookie and "httponly" in cookie
+    assert cookie.startswith("set-cookie: __host-taskbeam_session=") and "; path=/" in cookie
     plain = requests.get(f"{BASE_URL}/api/tasks", allow_redirects=False, timeout=10)
     assert plain.status_code == 301
     assert plain.headers["Location"].startswith(HTTPS_URL.replace("localhost", "127.0.0.1"))

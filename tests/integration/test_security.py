@@ -174,6 +174,9 @@ def test_session_cookie_secure_marks_the_cookie_secure():
     )
     assert done.returncode == 0, done.stderr
     assert "; Secure" in done.stdout
+    # The __Host- prefix: a browser keeps it only if Secure, for this host and path /.
+    assert done.stdout.startswith("__Host-taskbeam_session=") and "; Path=/" in done.stdout
+    assert "domain=" not in done.stdout.lower()
     # Off by default: the stack under test is plain HTTP.
     assert "Secure" not in requests.get(f"{BASE_URL}/api/tasks", timeout=5).headers["Set-Cookie"]
 
