@@ -330,3 +330,48 @@ def test_only_nginx_reaches_the_web_service():
     # Nginx does reach it (the API test suite goes that way; this says so directly).
     out = compose("exec", "-T", "nginx", "wget", "-q", "-O", "-", "http://web:8000/healthz")
     assert out.strip(), out
+
+
+# What each service's Redis user must not do (redis/start.sh): its role's forbidden
+# commands, and for web any key outside its deployment's namespace.
+FORBIDDEN = [
+    ("web", "FLUSHALL"),
+    ("web", "CONFIG GET maxmemory"),
+    ("web", "GET not-taskbeam"),
+    ("web", "ACL LIST"),
+    ("worker", "ACL SETUSER intruder on >pw +@all"),
+    ("worker", "CONFIG SET maxmemory 1"),
+    ("worker", "FLUSHALL"),
+    ("flower", "FLUSHDB"),
+    ("flower", "ACL LIST"),
+    ("flower", "DEBUG SLEEP 0"),
+]
+
+
+def redis_cli_as(user, *command):
+    password = env_file()[f"REDIS_{user.upper()}_PASSWORD"]
+    return compose(
+        *("exec", "-T", "-e", f"REDISCLI_AUTH={password}", "redis"),
+        *("redis-cli", "--user", user, *command),
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(("user", "command"), FORBIDDEN)
+def test_each_redis_user_is_refused_what_its_role_does_not_do(user, command):
+    out = redis_cli_as(user, *command.split())
+    assert "NOPERM" in out, out
+
+
+def test_each_service_connects_as_its_own_redis_user():
+    # Every user may do its role's work (the suite runs on them); here, who is connected.
+    assert redis_cli_as("web", "ACL", "WHOAMI").strip() == "web"
+    clients = compose("exec", "-T", "redis", "redis-cli", "CLIENT", "LIST")
+    users = {field.split("=", 1)[1] for field in clients.split() if field.startswith("user=")}
+    assert {"web", "worker"} <= users, clients
+    # The default (all-powerful) user: only this redis-cli; no service has its password.
+    default = [line for line in clients.splitlines() if " user=default " in f"{line} "]
+    assert len(default) == 1 and "cmd=client|list" in default[0], default
+    admin = env_file()["REDIS_PASSWORD"]
+    for service in ("web", "worker"):
+        assert admin not in compose("exec", "-T", service, "env"), service

@@ -161,7 +161,8 @@ def test_every_compose_setting_is_set_with_the_same_default(base, compose):
             name = FROM_SECRET_FILES.get(name, name)
             assert name in settings, f"{service}: {name} is not in the ConfigMap"
             if name == "REDIS_URL":  # the password comes from REDIS_PASSWORD_FILE
-                assert settings[name] == re.sub(r":\$\{[^}]+\}@", "", value)
+                # (Kubernetes keeps Redis's default user: no per-role ACL users there.)
+                assert settings[name] == re.sub(r"\w*:\$\{[^}]+\}@", "", value)
             elif not name.endswith("_FILE"):
                 assert settings[name] == default_of(value), name
     nginx = config_map(base, "taskbeam-nginx")
