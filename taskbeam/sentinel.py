@@ -1,11 +1,12 @@
 """Redis Sentinel mode: a ``REDIS_URL`` of the form
-``redis+sentinel://[:PASSWORD@]HOST:PORT,HOST:PORT,.../DB/MASTER_NAME`` selects it
-for every client (the format python-socketio reads), ``rediss+sentinel://`` the
+``redis+sentinel://[[USER]:PASSWORD@]HOST:PORT,HOST:PORT,.../DB/MASTER_NAME`` selects
+it for every client (the format python-socketio reads), ``rediss+sentinel://`` the
 same over TLS to the Sentinels and the data nodes (:func:`tls_options`).
 
 The URL's credentials are the data nodes' and the Sentinels' alike (redis/ha.yml
-gives the Sentinels the same password): a Sentinel answers, and takes commands such
-as ``SENTINEL MONITOR``, only from a client that authenticated. Every client asks the Sentinels for the current
+gives each service the same user on both): a Sentinel answers, and takes commands
+such as ``SENTINEL MONITOR``, only from a client that authenticated (and that one
+from its operators only). Every client asks the Sentinels for the current
 primary when it connects, so after a failover a new connection finds the new
 primary: the store and the web's listener through redis-py's
 ``Sentinel.master_for``, the broker through kombu's Sentinel transport
