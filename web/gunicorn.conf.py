@@ -9,7 +9,13 @@ def interface_address(name):
     """IPv4 address of the network interface ``name`` (ioctl SIOCGIFADDR)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         request = struct.pack("256s", name.encode()[:15])
-        return socket.inet_ntoa(fcntl.ioctl(probe.fileno(), 0x8915, request)[20:24])
+        try:
+            return socket.inet_ntoa(fcntl.ioctl(probe.fileno(), 0x8915, request)[20:24])
+        except OSError as exc:
+            raise SystemExit(
+                f"taskbeam-web: WEB_LISTEN_INTERFACE={name}: no such interface with an "
+                f"IPv4 address ({exc.strerror})"
+            ) from None
 
 
 # WEB_LISTEN_INTERFACE (docker-compose.yml: front0, the interface on the network Nginx
