@@ -19,6 +19,10 @@ env: ## Create .env from .env.example with fresh random secrets (kept if it exis
 	@if [ ! -f .env ]; then \
 	  sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')/" \
 	      -e "s/^REDIS_PASSWORD=.*/REDIS_PASSWORD=$$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
+	      -e "s/^REDIS_WEB_PASSWORD=.*/REDIS_WEB_PASSWORD=$$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
+	      -e "s/^REDIS_WORKER_PASSWORD=.*/REDIS_WORKER_PASSWORD=$$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
+	      -e "s/^REDIS_FLOWER_PASSWORD=.*/REDIS_FLOWER_PASSWORD=$$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
+	      -e "s/^REDIS_SENTINEL_PASSWORD=.*/REDIS_SENTINEL_PASSWORD=$$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
 	      -e "s/^FLOWER_PASSWORD=.*/FLOWER_PASSWORD=$$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')/" \
 	      -e "s/^POSTGRES_PASSWORD=.*/POSTGRES_PASSWORD=$$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
 	      -e "s/^POSTGRES_EXPORT_PASSWORD=.*/POSTGRES_EXPORT_PASSWORD=$$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \

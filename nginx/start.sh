@@ -48,6 +48,17 @@ for address in $(printf '%s' "$AUTH_PROXY_ADDRESSES" | tr ',' ' '); do
   esac
   auth_proxy_geo="$auth_proxy_geo $address 1;"
 done
+# Proxies in front of Nginx (an Ingress) whose X-Forwarded-For names the client.
+: "${TRUSTED_PROXY_CIDRS:=}"
+real_ip_from=""
+for address in $(printf '%s' "$TRUSTED_PROXY_CIDRS" | tr ',' ' '); do
+  case "$address" in
+    *[!0-9A-Fa-f.:/]*) echo "taskbeam-nginx: TRUSTED_PROXY_CIDRS: '$address' is not an address or CIDR" >&2
+                       exit 2 ;;
+  esac
+  real_ip_from="$real_ip_from set_real_ip_from $address;"
+done
+[ -n "$real_ip_from" ] && real_ip_from="$real_ip_from real_ip_header X-Forwarded-For; real_ip_recursive on;"
 case "$TLS" in
   0|1) ;;
   *) echo "taskbeam-nginx: TLS must be 0 or 1, got '$TLS'" >&2; exit 2 ;;
@@ -82,6 +93,7 @@ render() {
       -e "s/\${NGINX_RESOLVER}/$NGINX_RESOLVER/g" \
       -e "s|\${AUTH_PROXY_GEO}|$auth_proxy_geo|g" \
       -e "s|\${AUTH_PROXY_VAR}|$auth_proxy_var|g" \
+      -e "s|\${REAL_IP_FROM}|$real_ip_from|g" \
       "$template" | tls
 }
 

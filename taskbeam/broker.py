@@ -36,11 +36,13 @@ def make_celery(settings):
         url = sentinel.broker_url(url)
         options.update(
             master_name=sentinel.master_name(settings.redis_url),
-            # Bounded waits on a Sentinel that is down or cut off; TLS as to the data nodes.
+            # Bounded waits on a Sentinel that is down or cut off; TLS and credentials
+            # as to the data nodes.
             sentinel_kwargs={
                 "socket_timeout": 3,
                 "socket_connect_timeout": 3,
                 **redis_tls(settings),
+                **sentinel.auth(settings.redis_url),
             },
         )
     app = Celery("taskbeam", broker=url, set_as_current=False)

@@ -1,10 +1,12 @@
 """Redis Sentinel mode: a ``REDIS_URL`` of the form
-``redis+sentinel://[:PASSWORD@]HOST:PORT,HOST:PORT,.../DB/MASTER_NAME`` selects it
-for every client (the format python-socketio reads), ``rediss+sentinel://`` the
+``redis+sentinel://[[USER]:PASSWORD@]HOST:PORT,HOST:PORT,.../DB/MASTER_NAME`` selects
+it for every client (the format python-socketio reads), ``rediss+sentinel://`` the
 same over TLS to the Sentinels and the data nodes (:func:`tls_options`).
 
-The password is the data nodes' (the Sentinels themselves are reached without
-one, on the private network). Every client asks the Sentinels for the current
+The URL's credentials are the data nodes' and the Sentinels' alike (redis/ha.yml
+gives each service the same user on both): a Sentinel answers, and takes commands
+such as ``SENTINEL MONITOR``, only from a client that authenticated (and that one
+from its operators only). Every client asks the Sentinels for the current
 primary when it connects, so after a failover a new connection finds the new
 primary: the store and the web's listener through redis-py's
 ``Sentinel.master_for``, the broker through kombu's Sentinel transport
@@ -51,14 +53,21 @@ def stock_form(url: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         return url, dict(options)
     return (
         urlsplit(url)._replace(scheme=SCHEME).geturl(),
-        dict(options, sentinel_kwargs=_sentinel_kwargs(options)),
+        dict(options, sentinel_kwargs=_sentinel_kwargs(options, url)),
     )
 
 
-def _sentinel_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+def _sentinel_kwargs(options: dict[str, Any], url: str) -> dict[str, Any]:
     # Bounded waits on the Sentinels too (a dead or cut-off one must not stall
-    # discovery), and the same TLS as the data nodes.
-    return {k: v for k, v in options.items() if k.startswith(("socket_", "ssl"))}
+    # discovery), the same TLS as the data nodes, and the URL's credentials.
+    kept = {k: v for k, v in options.items() if k.startswith(("socket_", "ssl"))}
+    return {**kept, **auth(url)}
+
+
+def auth(url: str) -> dict[str, str]:
+    """redis-py's ``username``/``password`` for the Sentinels of ``url`` (those it has)."""
+    _sentinels, _name, _db, username, password = parse(url)
+    return {k: v for k, v in (("username", username), ("password", password)) if v}
 
 
 def parse(
@@ -94,7 +103,7 @@ def master_client(url: str, max_connections: int | None = None, **options: Any) 
     """A ``redis.Redis`` on the current primary; after a failover its next
     connection goes to the new one. ``options`` as for ``Redis.from_url``."""
     sentinels, name, db, username, password = parse(url)
-    manager = Sentinel(sentinels, sentinel_kwargs=_sentinel_kwargs(options))
+    manager = Sentinel(sentinels, sentinel_kwargs=_sentinel_kwargs(options, url))
     kwargs = dict(options, db=db, username=username, password=password)
     if max_connections is not None:
         kwargs.update(connection_pool_class=SentinelBlockingPool, max_connections=max_connections)

@@ -53,6 +53,10 @@ export TEST_MAX_ACTIVE_TASKS=${TEST_MAX_ACTIVE_TASKS:-50}
 export COMPOSE_ENV_FILES=$work/test.env
 sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')/" \
     -e "s/^REDIS_PASSWORD=.*/REDIS_PASSWORD=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
+    -e "s/^REDIS_WEB_PASSWORD=.*/REDIS_WEB_PASSWORD=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
+    -e "s/^REDIS_WORKER_PASSWORD=.*/REDIS_WORKER_PASSWORD=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
+    -e "s/^REDIS_FLOWER_PASSWORD=.*/REDIS_FLOWER_PASSWORD=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
+    -e "s/^REDIS_SENTINEL_PASSWORD=.*/REDIS_SENTINEL_PASSWORD=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
     -e "s/^FLOWER_PASSWORD=.*/FLOWER_PASSWORD=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')/" \
     -e "s/^POSTGRES_PASSWORD=.*/POSTGRES_PASSWORD=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
     -e "s/^POSTGRES_EXPORT_PASSWORD=.*/POSTGRES_EXPORT_PASSWORD=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
@@ -151,7 +155,7 @@ if [ "${TEST_IDENTITY:-1}" != 0 ]; then
   identity_pass jwt "${tls[@]}" AUTH_MODE=jwt JWT_SECRET=$TEST_JWT_SECRET \
     JWT_ISSUER=$TEST_JWT_ISSUER JWT_AUDIENCE=$TEST_JWT_AUDIENCE JWT_LEEWAY_S=0
   # The auth proxy's address: the test client, which reaches Nginx from the gateway.
-  gateway=$(docker network inspect "${COMPOSE_PROJECT_NAME}_default" \
+  gateway=$(docker network inspect "${COMPOSE_PROJECT_NAME}_front" \
     --format '{{(index .IPAM.Config 0).Gateway}}')
   identity_pass header AUTH_MODE=header AUTH_PROXY_ADDRESSES="$gateway"
   echo "identity pass: $(( $(date +%s) - started )) s"

@@ -1,7 +1,28 @@
 # Gunicorn settings for the web role; values from the environment where tunable.
+import fcntl
 import os
+import socket
+import struct
 
-bind = "0.0.0.0:8000"
+
+def interface_address(name):
+    """IPv4 address of the network interface ``name`` (ioctl SIOCGIFADDR)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        request = struct.pack("256s", name.encode()[:15])
+        try:
+            return socket.inet_ntoa(fcntl.ioctl(probe.fileno(), 0x8915, request)[20:24])
+        except OSError as exc:
+            raise SystemExit(
+                f"taskbeam-web: WEB_LISTEN_INTERFACE={name}: no such interface with an "
+                f"IPv4 address ({exc.strerror})"
+            ) from None
+
+
+# WEB_LISTEN_INTERFACE (docker-compose.yml: front0, the interface on the network Nginx
+# shares): listen there and on loopback only, so the workers and Redis, which share
+# the back network with web, cannot reach it. Empty: every interface (a pod's one).
+_interface = os.environ.get("WEB_LISTEN_INTERFACE", "").strip()
+bind = ["127.0.0.1:8000", f"{interface_address(_interface)}:8000"] if _interface else "0.0.0.0:8000"
 # One worker per container: Gunicorn cannot route a Socket.IO session back to the
 # worker that holds it, so scale with more `web` containers instead.
 workers = 1

@@ -58,7 +58,10 @@ def create_app(settings=None, owner_of=None):
     app.config.update(
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
-        SESSION_COOKIE_NAME="taskbeam_session",
+        # Behind TLS the __Host- prefix: browsers keep it only if Secure, for this host
+        # and path / (a sibling subdomain or a plain-HTTP page cannot plant one).
+        SESSION_COOKIE_NAME=("__Host-" if settings.session_cookie_secure else "")
+        + "taskbeam_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         # Behind TLS (SESSION_COOKIE_SECURE=1) the cookie never travels over plain HTTP.

@@ -47,26 +47,32 @@ def cpu_seconds(service):
 
 
 def container_urls(service, port):
-    """http://IP:port of each of a service's containers on its Compose network.
+    """http://IP:port of each of a service's containers on its Compose network (the
+    front one where it has several: web listens only there).
 
     The host reaches those addresses over Docker's bridge directly, without the
     userland proxy behind published ports.
     """
     urls = []
     for cid in containers(service):
-        ip = subprocess.run(
-            [
-                "docker",
-                "inspect",
-                "-f",
-                "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
-                cid,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split()[0]
-        urls.append(f"http://{ip}:{port}")
+        addresses = dict(
+            item.rsplit("=", 1)
+            for item in subprocess.run(
+                [
+                    "docker",
+                    "inspect",
+                    "-f",
+                    "{{range $name, $net := .NetworkSettings.Networks}}"
+                    "{{$name}}={{$net.IPAddress}} {{end}}",
+                    cid,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
+        )
+        front = [ip for name, ip in addresses.items() if name.endswith("_front")]
+        urls.append(f"http://{(front or list(addresses.values()))[0]}:{port}")
     return urls
 
 

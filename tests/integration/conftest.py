@@ -365,10 +365,10 @@ def project_env():
 
 def in_network_command(script, *args, interactive=False):
     """`docker run` argv for a Python ``script`` in a throwaway app container on the
-    test project's network: a client with an address of its own (the host's requests
-    all reach Nginx from one address). It reaches Nginx at http://nginx:8080."""
+    test project's front network: a client with an address of its own (the host's
+    requests all reach Nginx from one address). It reaches Nginx at http://nginx:8080."""
     tag = project_env().get("IMAGE_TAG") or "latest"
-    network = f"{os.environ.get('COMPOSE_PROJECT_NAME', 'taskbeam-test')}_default"
+    network = f"{os.environ.get('COMPOSE_PROJECT_NAME', 'taskbeam-test')}_front"
     return [
         "docker",
         "run",

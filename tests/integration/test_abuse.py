@@ -7,12 +7,24 @@ stack's (tests/run.sh), read from its env file.
 """
 
 import json
+import os
 import subprocess
 import time
 from collections import Counter
 from statistics import median
 
-from conftest import TERMINAL, Watcher, in_network_command, inject_events, project_env, wait_until
+import requests
+from conftest import (
+    BASE_URL,
+    TERMINAL,
+    Watcher,
+    compose,
+    docker,
+    in_network_command,
+    inject_events,
+    project_env,
+    wait_until,
+)
 
 # Paced requests from several threads; one line of JSON: start, end, results.
 FLOOD = r"""
@@ -202,3 +214,53 @@ def test_a_long_history_is_read_in_pages_over_http_and_socketio(api, watcher):
     ack = watcher.subscribe(task["id"], after=0)  # follows `more` page by page
     assert ack["ok"] and not ack.get("more")
     assert [e["seq"] for e in watcher.history(task["id"])] == list(range(1, 1201))
+
+
+def recreate_nginx(**env):
+    """`up` Nginx again with ``env`` on top of the test stack's settings."""
+    subprocess.run(
+        ["docker", "compose", "up", "-d", "--no-deps", "--wait", "nginx"],
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def host_address_seen_by_nginx():
+    """The address the host's requests reach Nginx from: its network's gateway."""
+    (cid,) = compose("ps", "-q", "nginx").split()
+    (network,) = docker(
+        "inspect", "-f", "{{range $name, $net := .NetworkSettings.Networks}}{{$name}}{{end}}", cid
+    ).split()
+    return docker("network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", network).strip()
+
+
+def test_clients_behind_a_trusted_proxy_get_limits_of_their_own():
+    # The host plays an Ingress in front of two clients: with its address in
+    # TRUSTED_PROXY_CIDRS, Nginx counts each X-Forwarded-For client on its own.
+    recreate_nginx(
+        TRUSTED_PROXY_CIDRS=f"{host_address_seen_by_nginx()}/32",
+        CREATES_PER_MINUTE_PER_IP="1",
+        CREATE_BURST_PER_IP="2",
+    )
+    try:
+
+        def create_as(client):  # a malformed body: counted by Nginx, refused by the app
+            return requests.post(
+                f"{BASE_URL}/api/tasks",
+                data="{",
+                headers={"Content-Type": "application/json", "X-Forwarded-For": client},
+                timeout=10,
+            )
+
+        first = [create_as("203.0.113.7").status_code for _ in range(5)]
+        assert first.count(429) >= 2 and first[0] == 400, first
+        other = create_as("203.0.113.8")
+        assert other.status_code == 400, (other.status_code, other.text)  # not 429
+        # A client's own X-Forwarded-For to the left of the proxy's entry counts for
+        # nothing: the rightmost untrusted address is the client.
+        spoofed = create_as("198.51.100.1, 203.0.113.7")
+        assert spoofed.status_code == 429, spoofed.status_code
+    finally:
+        recreate_nginx()

@@ -273,6 +273,19 @@ def restore():
     primary_back({})
 
 
+def test_sentinels_refuse_commands_without_the_password():
+    # Over TLS in the HA pass (ha-tls.yml): a client with the CA but no password.
+    anonymous = 'unset REDISCLI_AUTH; exec redis-cli ${CLI_TLS:-} -p 26379 "$@"'
+    for name in SENTINELS:
+        done = subprocess.run(
+            ["docker", "exec", container(name), "sh", "-c", anonymous, "redis-cli",
+             "SENTINEL", "MONITOR", "evil", "127.0.0.1", "6379", "1"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert "NOAUTH" in done.stdout + done.stderr, (name, done)
+    assert sentinel_says("SENTINEL", "MASTERS")[1] == "taskbeam"  # with it: answered
+
+
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_ha_every_task_ends_once_and_nothing_seen_is_lost(fault, prober):
     api = Api()

@@ -260,8 +260,8 @@ def test_a_client_sent_identity_header_is_ignored():
         f"{BASE_URL}/api/tasks", headers={"X-Taskbeam-User": "alice"}, timeout=10
     )  # the app's own header, sent by a client: Nginx replaces it
     refused_401(forged)
-    # The auth proxy's header from an address that is not the auth proxy's (a container
-    # of the stack): dropped by Nginx.
+    # The auth proxy's header from an address that is not the auth proxy's (web, the
+    # one container besides Nginx on the front network): dropped by Nginx.
     script = (
         "import urllib.request, urllib.error\n"
         "r = urllib.request.Request('http://nginx:8080/api/tasks',"
@@ -269,7 +269,7 @@ def test_a_client_sent_identity_header_is_ignored():
         "try:\n    print(urllib.request.urlopen(r, timeout=10).status)\n"
         "except urllib.error.HTTPError as e:\n    print(e.code)\n"
     )
-    out = compose("exec", "-T", "worker", "python", "-c", script)
+    out = compose("exec", "-T", "web", "python", "-c", script)
     assert out.strip() == "401", out
 
 
@@ -305,6 +305,7 @@ def test_https_refuses_old_tls_sends_hsts_and_a_secure_cookie():
     assert "strict-transport-security: max-age=31536000" in headers
     cookie = next(line for line in headers.splitlines() if line.startswith("set-cookie:"))
     assert "; secure" in cookie and "httponly" in cookie
+    assert cookie.startswith("set-cookie: __host-taskbeam_session=") and "; path=/" in cookie
     plain = requests.get(f"{BASE_URL}/api/tasks", allow_redirects=False, timeout=10)
     assert plain.status_code == 301
     assert plain.headers["Location"].startswith(HTTPS_URL.replace("localhost", "127.0.0.1"))

@@ -145,7 +145,7 @@ def remote_worker():
     remote_env = {
         **os.environ,
         "COMPOSE_ENV_FILES": os.environ["COMPOSE_ENV_FILES"],
-        "REDIS_URL": f"redis://:{env['REDIS_PASSWORD']}@127.0.0.1:{REMOTE_REDIS_PORT}/0",
+        "REDIS_URL": f"redis://worker:{env['REDIS_WORKER_PASSWORD']}@127.0.0.1:{REMOTE_REDIS_PORT}/0",
         "WORKER_NETWORK_MODE": "host",
         "DEMO_DATA": "0",
     }

@@ -1,5 +1,6 @@
 """Security by default, checked on the running stack."""
 
+import json
 import os
 import socket
 import subprocess
@@ -173,6 +174,9 @@ def test_session_cookie_secure_marks_the_cookie_secure():
     )
     assert done.returncode == 0, done.stderr
     assert "; Secure" in done.stdout
+    # The __Host- prefix: a browser keeps it only if Secure, for this host and path /.
+    assert done.stdout.startswith("__Host-taskbeam_session=") and "; Path=/" in done.stdout
+    assert "domain=" not in done.stdout.lower()
     # Off by default: the stack under test is plain HTTP.
     assert "Secure" not in requests.get(f"{BASE_URL}/api/tasks", timeout=5).headers["Set-Cookie"]
 
@@ -288,3 +292,86 @@ def test_flowers_password_is_not_on_any_command_line():
     finally:
         compose("--profile", "monitoring", "stop", "flower", timeout=60)
         compose("--profile", "monitoring", "rm", "-f", "flower", timeout=60)
+
+
+# Connects from inside a container to every address given, port 8000; prints one
+# line of JSON: {address: "open" | the error's name}.
+PROBE_WEB = r"""
+import json, socket, sys
+seen = {}
+for address in sys.argv[1:]:
+    try:
+        socket.create_connection((address, 8000), timeout=3).close()
+        seen[address] = "open"
+    except OSError as exc:
+        seen[address] = type(exc).__name__
+print(json.dumps(seen))
+"""
+
+
+def web_addresses():
+    """Every address of every web container, on all its networks, and the name."""
+    addresses = ["web"]
+    for cid in compose("ps", "-q", "web").split():
+        addresses += docker(
+            "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", cid
+        ).split()
+    return addresses
+
+
+def test_only_nginx_reaches_the_web_service():
+    # From a worker (on the network web shares with Redis): by name and by each of
+    # web's addresses, nothing on port 8000 answers. So no container but Nginx can
+    # send web a forged X-Forwarded-For or identity header.
+    addresses = web_addresses()
+    out = compose("exec", "-T", "worker", "python", "-c", PROBE_WEB, *addresses)
+    reached = {a: r for a, r in json.loads(out).items() if r == "open"}
+    assert not reached, f"a worker reached web:8000 at {reached}"
+    # Nginx does reach it (the API test suite goes that way; this says so directly).
+    out = compose("exec", "-T", "nginx", "wget", "-q", "-O", "-", "http://web:8000/healthz")
+    assert out.strip(), out
+
+
+# What each service's Redis user must not do (redis/start.sh): its role's forbidden
+# commands, and for web any key outside its deployment's namespace.
+FORBIDDEN = [
+    ("web", "FLUSHALL"),
+    ("web", "CONFIG GET maxmemory"),
+    ("web", "GET not-taskbeam"),
+    ("web", "ACL LIST"),
+    ("worker", "ACL SETUSER intruder on >pw +@all"),
+    ("worker", "CONFIG SET maxmemory 1"),
+    ("worker", "FLUSHALL"),
+    ("flower", "FLUSHDB"),
+    ("flower", "ACL LIST"),
+    ("flower", "KEYS *"),
+]
+
+
+def redis_cli_as(user, *command):
+    password = env_file()[f"REDIS_{user.upper()}_PASSWORD"]
+    return compose(
+        *("exec", "-T", "-e", f"REDISCLI_AUTH={password}", "redis"),
+        *("redis-cli", "--user", user, *command),
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(("user", "command"), FORBIDDEN)
+def test_each_redis_user_is_refused_what_its_role_does_not_do(user, command):
+    out = redis_cli_as(user, *command.split())
+    assert "NOPERM" in out, out
+
+
+def test_each_service_connects_as_its_own_redis_user():
+    # Every user may do its role's work (the suite runs on them); here, who is connected.
+    assert redis_cli_as("web", "ACL", "WHOAMI").strip() == "web"
+    clients = compose("exec", "-T", "redis", "redis-cli", "CLIENT", "LIST")
+    users = {field.split("=", 1)[1] for field in clients.split() if field.startswith("user=")}
+    assert {"web", "worker"} <= users, clients
+    # The default (all-powerful) user: only this redis-cli; no service has its password.
+    default = [line for line in clients.splitlines() if " user=default " in f"{line} "]
+    assert len(default) == 1 and "cmd=client|list" in default[0], default
+    admin = env_file()["REDIS_PASSWORD"]
+    for service in ("web", "worker"):
+        assert admin not in compose("exec", "-T", service, "env"), service

@@ -1,9 +1,11 @@
 """The web role's Gunicorn workers: a small read buffer that still reads whole requests;
 connections closed on SIGTERM."""
 
+import runpy
 import signal
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import gevent
@@ -102,3 +104,22 @@ def test_loading_the_worker_class_imports_nothing_gevent_must_patch_first():
         "assert not [w for w in seen if 'Monkey-patching' in str(w.message)], seen\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def gunicorn_settings(**env):
+    """web/gunicorn.conf.py's module globals, read with ``env`` set."""
+    conf = Path(__file__).resolve().parents[2] / "web" / "gunicorn.conf.py"
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        return runpy.run_path(str(conf))
+
+
+def test_web_listens_on_loopback_and_the_named_interface_only():
+    assert gunicorn_settings(WEB_LISTEN_INTERFACE="")["bind"] == "0.0.0.0:8000"
+    assert gunicorn_settings(WEB_LISTEN_INTERFACE="lo")["bind"] == [
+        "127.0.0.1:8000",
+        "127.0.0.1:8000",
+    ]
+    with pytest.raises(SystemExit, match="WEB_LISTEN_INTERFACE=nosuch0: no such interface"):
+        gunicorn_settings(WEB_LISTEN_INTERFACE="nosuch0")

@@ -28,6 +28,9 @@ VERSIONS = ("1.30", kubernetes_validate.latest_version())
 ADD_ON_KINDS = {"ScaledObject", "TriggerAuthentication"}
 # Compose settings that Kubernetes gets another way: from the Secret's files.
 FROM_SECRET_FILES = {"SECRET_KEY": "SECRET_KEY_FILE", "JWT_SECRET": "JWT_SECRET_FILE"}
+# Compose wiring a pod does not need: web's interface on the front network (a pod has
+# one interface; the NetworkPolicies keep everyone but Nginx away from it).
+COMPOSE_ONLY = {"WEB_LISTEN_INTERFACE"}
 
 
 def kubectl():
@@ -149,13 +152,17 @@ def test_images_commands_and_ports_are_the_compose_ones(base, compose):
 
 
 def test_every_compose_setting_is_set_with_the_same_default(base, compose):
-    settings = config_map(base)
     for service in ("web", "worker"):
+        own = {e["name"]: e.get("value") for e in container(base, service).get("env", [])}
+        settings = {**config_map(base), **own}
         for name, value in compose[service]["environment"].items():
+            if name in COMPOSE_ONLY:
+                continue
             name = FROM_SECRET_FILES.get(name, name)
             assert name in settings, f"{service}: {name} is not in the ConfigMap"
             if name == "REDIS_URL":  # the password comes from REDIS_PASSWORD_FILE
-                assert settings[name] == re.sub(r":\$\{[^}]+\}@", "", value)
+                # (Kubernetes keeps Redis's default user: no per-role ACL users there.)
+                assert settings[name] == re.sub(r"\w*:\$\{[^}]+\}@", "", value)
             elif not name.endswith("_FILE"):
                 assert settings[name] == default_of(value), name
     nginx = config_map(base, "taskbeam-nginx")
@@ -273,3 +280,85 @@ def test_keda_scales_the_workers_on_the_list_celery_really_uses(rendered):
     assert {"name": ref["name"], "key": ref["key"]} == redis_env["REDIS_PASSWORD"]
     hpa = one(rendered, "HorizontalPodAutoscaler", "web")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "web"
+
+
+# --- NetworkPolicies: who may connect to whom ---------------------------------------
+
+
+def selects(selector, labels):
+    """True if a label selector (matchLabels only, as ours are) selects ``labels``."""
+    assert set(selector) <= {"matchLabels"}, selector
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def admitted(policies, source, target, port):
+    """Whether the NetworkPolicies let ``source`` connect to ``target`` on ``port``;
+    each a (namespace labels, pod labels) pair, in the policies' namespace for
+    ``target`` (NetworkPolicy semantics: no policy selects the pod -> allowed; else
+    any rule of any selecting policy must match both the peer and the port)."""
+    own_namespace = {"kubernetes.io/metadata.name": "taskbeam"}
+    selecting = [
+        p["spec"]
+        for p in policies
+        if selects(p["spec"]["podSelector"], target[1])
+        and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+    ]
+    if not selecting:
+        return True
+    for spec in selecting:
+        for rule in spec.get("ingress", []):
+            ports = rule.get("ports")
+            if ports and not any(p.get("port") == port for p in ports):
+                continue
+            peers = rule.get("from")
+            if not peers:
+                return True
+            for peer in peers:
+                namespace_ok = (
+                    selects(peer["namespaceSelector"], source[0])
+                    if "namespaceSelector" in peer
+                    else source[0] == own_namespace
+                )
+                pod_ok = selects(peer.get("podSelector", {}), source[1])
+                if namespace_ok and pod_ok:
+                    return True
+    return False
+
+
+def pods(docs):
+    """(namespace labels, pod labels) of the stack's pods, of Flower labelled as the
+    policies expect, of some other pod in the namespace, and of outside pods."""
+    here = {"kubernetes.io/metadata.name": "taskbeam"}
+    found = {
+        d["metadata"]["name"]: (here, d["spec"]["template"]["metadata"]["labels"])
+        for d in docs
+        if d["kind"] in ("Deployment", "StatefulSet")
+    }
+    found["flower"] = (here, {"app.kubernetes.io/name": "flower"})
+    found["intruder"] = (here, {"app": "something-else"})
+    found["ingress"] = ({"kubernetes.io/metadata.name": "ingress-nginx"}, {"app": "controller"})
+    found["keda"] = ({"kubernetes.io/metadata.name": "keda"}, {"app": "keda-operator"})
+    return found
+
+
+def test_only_nginx_reaches_web_and_only_the_app_reaches_redis(rendered):
+    policies = [d for d in rendered if d["kind"] == "NetworkPolicy"]
+    production = any(d["kind"] == "Ingress" for d in rendered)
+    every = pods(rendered)
+    ports = {"nginx": 8080, "web": 8000, "redis": 6379, "worker": 8000}
+    allowed_from = {
+        # Production: Nginx only from the Ingress controller's namespace.
+        "nginx": {"ingress"} if production else set(every),
+        "web": {"nginx"},
+        "redis": {"web", "worker", "flower"} | ({"keda"} if production else set()),
+        "worker": set(),  # nothing connects to a worker
+    }
+    for target, sources in allowed_from.items():
+        for name, source in every.items():
+            if name == target:
+                continue
+            expected = name in sources
+            got = admitted(policies, source, every[target], ports[target])
+            assert got == expected, f"{name} -> {target}:{ports[target]}: {got}, not {expected}"
+    # Another port of an allowed peer stays closed (web's only port is 8000).
+    assert not admitted(policies, every["nginx"], every["web"], 9000)

@@ -155,9 +155,39 @@ def test_no_auth_proxy_address_means_the_header_is_never_believed():
     assert [line.strip() for line in config_lines(geo) if line.strip()] == ["default 0;"]
 
 
+def real_ip_lines(text):
+    return [
+        d.strip()
+        for line in config_lines(text)
+        for d in line.split(";")
+        if d.strip().startswith(("set_real_ip_from", "real_ip_"))
+    ]
+
+
+def test_no_trusted_proxy_means_x_forwarded_for_is_never_believed():
+    assert real_ip_lines(render().stdout) == []
+
+
+def test_trusted_proxies_give_the_client_address_from_x_forwarded_for():
+    text = render(TRUSTED_PROXY_CIDRS="10.42.0.0/16, fd00::/8").stdout
+    assert real_ip_lines(text) == [
+        "set_real_ip_from 10.42.0.0/16",
+        "set_real_ip_from fd00::/8",
+        "real_ip_header X-Forwarded-For",
+        "real_ip_recursive on",
+    ]
+    # In the http block, so every limit's $binary_remote_addr is the client's.
+    http = text.split("http {", 1)[1]
+    assert http.index("set_real_ip_from") < http.index("limit_req_zone")
+    # The auth proxy is still recognised by the connection's own address.
+    assert "geo $realip_remote_addr $from_auth_proxy" in text
+
+
 @pytest.mark.parametrize(
     "env",
     [
+        {"TRUSTED_PROXY_CIDRS": "10.0.0.0/8; real_ip_header X-Evil"},
+        {"TRUSTED_PROXY_CIDRS": "0.0.0.0/0 }"},
         {"AUTH_PROXY_ADDRESSES": "10.0.0.1; allow all"},
         {"AUTH_PROXY_HEADER": "X-User;"},
         {"TLS": "yes"},

@@ -4,15 +4,18 @@ failover, the store's replica acknowledgement (WAIT) and the broker transport.""
 
 import functools
 import gc
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
 import warnings
+from pathlib import Path
 
 import kombu
 import pytest
+import yaml
 
 import redis as redis_lib
 from taskbeam import broker, broker_transport, config, emitter, sentinel
@@ -109,18 +112,18 @@ def free_port():
 class Server:
     """A redis-server (or, with ``--sentinel``, a Sentinel) on a free loopback port."""
 
-    def __init__(self, workdir, *args, sentinel_conf=None):
+    def __init__(self, workdir, *args, sentinel_conf=None, password=None, launcher=(), env=None):
         self.port = free_port()
         self.workdir = workdir
-        argv = [shutil.which("redis-server")]
+        argv = list(launcher) or [shutil.which("redis-server")]
         if sentinel_conf is not None:
             conf = workdir / f"sentinel-{self.port}.conf"
             conf.write_text(sentinel_conf)
             argv += [str(conf), "--sentinel"]
         argv += ["--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(workdir)]
         argv += ["--save", "", "--appendonly", "no", *args]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-        self.client = redis_lib.Redis(port=self.port, decode_responses=True)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, env=env)
+        self.client = redis_lib.Redis(port=self.port, password=password, decode_responses=True)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -354,3 +357,120 @@ def test_the_broker_survives_a_failover_and_the_running_task_acks(ha):
     assert error is None
     assert ack_after_the_failover(ha, message) is None
     assert ha["replica"].client.hlen("unacked") == 0
+
+
+# --- redis/ha.yml's Sentinels and redis/start.sh's users --------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+# Each role's password, as .env holds them.
+ROLE_ENV = {
+    "REDIS_PASSWORD": "admin-pw-0123456789",
+    "REDIS_WEB_PASSWORD": "web-pw-0123456789",
+    "REDIS_WORKER_PASSWORD": "worker-pw-0123456789",
+    "REDIS_FLOWER_PASSWORD": "flower-pw-0123456789",
+    "REDIS_SENTINEL_PASSWORD": "sentinel-pw-0123456789",
+}
+
+
+def shipped_redis(tmp_path, *args):
+    """A data node started by redis/start.sh (its ACL users), on loopback."""
+    conf = tmp_path / "redis.conf"
+    conf.write_text((ROOT / "redis" / "redis.conf").read_text().replace("dir /data", "dir ."))
+    env = {"PATH": os.environ["PATH"], "REDIS_CONF": str(conf), **ROLE_ENV}
+    launcher = ["sh", str(ROOT / "redis" / "start.sh")]
+    return Server(tmp_path, *args, launcher=launcher, env=env, password="admin-pw-0123456789")
+
+
+def shipped_sentinel(tmp_path, primary_port):
+    """A Sentinel with the config redis/ha.yml's write at start, for a primary on loopback."""
+    script = yaml.safe_load((ROOT / "redis" / "ha.yml").read_text())["services"]["sentinel-1"]
+    script = script["command"][2].replace("$$", "$")
+    assert 'exec redis-server "$conf" --sentinel' in script
+    script = script.replace('exec redis-server "$conf" --sentinel', 'cat "$conf"')
+    script = script.replace("conf=/tmp/sentinel.conf", f"conf={tmp_path}/s-{free_port()}.conf")
+    env = {"PATH": os.environ["PATH"], "PRIMARY": "127.0.0.1", "DOWN_AFTER_MS": "2000"}
+    rendered = subprocess.run(
+        ["sh", "-c", script], env={**env, **ROLE_ENV}, capture_output=True, text=True, check=True
+    ).stdout
+    conf = rendered.replace("127.0.0.1 6379 2", f"127.0.0.1 {primary_port} 1")
+    return Server(tmp_path, sentinel_conf=conf, password="admin-pw-0123456789")
+
+
+@pytest.fixture
+def guarded(tmp_path):
+    """A primary of redis/start.sh, watched by two Sentinels of redis/ha.yml."""
+    primary = shipped_redis(tmp_path)
+    watchers = [shipped_sentinel(tmp_path, primary.port) for _ in range(2)]
+    yield primary, watchers
+    for server in (*watchers, primary):
+        server.stop()
+
+
+def test_the_sentinels_refuse_commands_without_the_password(guarded):
+    _primary, (watcher, _) = guarded
+
+    def anonymous(command):  # one inline command on a fresh connection, its reply line
+        with socket.create_connection(("127.0.0.1", watcher.port), timeout=5) as raw:
+            raw.sendall(command.encode() + b"\r\n")
+            return raw.makefile("rb").readline().decode()
+
+    # A fake primary, whose address clients would then be sent to (with their password).
+    assert anonymous("SENTINEL MONITOR evil 127.0.0.1 1 1").startswith("-NOAUTH")
+    assert anonymous("SENTINEL GET-MASTER-ADDR-BY-NAME taskbeam").startswith("-NOAUTH")
+    assert set(watcher.client.sentinel_masters()) == {"taskbeam"}
+
+
+@pytest.mark.parametrize("user", ["web", "worker", "flower"])
+def test_a_service_may_only_ask_the_sentinels_where_the_primary_is(guarded, user):
+    primary, (watcher, _) = guarded
+    client = redis_lib.Redis(
+        port=watcher.port, username=user, password=f"{user}-pw-0123456789", decode_responses=True
+    )
+    assert client.sentinel_get_master_addr_by_name("taskbeam") == ("127.0.0.1", primary.port)
+    for command in (
+        ("SENTINEL", "MONITOR", "evil", "127.0.0.1", "1", "1"),
+        ("SENTINEL", "SET", "taskbeam", "auth-pass", "x"),
+        ("SENTINEL", "REMOVE", "taskbeam"),
+        ("SENTINEL", "FAILOVER", "taskbeam"),
+        ("ACL", "LIST"),
+    ):
+        with pytest.raises(redis_lib.exceptions.NoPermissionError):
+            client.execute_command(*command)
+    client.close()
+
+
+def test_the_sentinels_reach_each_other_and_the_primary_as_their_user(guarded):
+    primary, watchers = guarded
+
+    def sees_the_other(watcher):  # the other Sentinel, answering its pings
+        others = watcher.client.sentinel_sentinels("taskbeam")
+        return (
+            len(others) == 1
+            and others[0]["flags"] == "sentinel"
+            and (int(others[0]["last-ok-ping-reply"]) < 1000)
+        )
+
+    for watcher in watchers:
+        wait_for(lambda w=watcher: sees_the_other(w), timeout=20)
+    users = {c["user"] for c in primary.client.client_list()}
+    assert "sentinel" in users, users
+
+
+def test_every_client_gives_the_sentinels_its_credentials(guarded):
+    primary, (watcher, _) = guarded
+    url = f"redis+sentinel://web:web-pw-0123456789@127.0.0.1:{watcher.port}/0/taskbeam"
+    # The store's and the web's listener's client (redis-py's Sentinel).
+    client = sentinel.master_client(url, decode_responses=True, socket_timeout=2)
+    client.set("taskbeam:k", "v")
+    assert primary.client.get("taskbeam:k") == "v"
+    client.close()
+    # python-socketio's stock manager: the Sentinels' options carry them.
+    options = sentinel.stock_form(url, {})[1]["sentinel_kwargs"]
+    assert (options["username"], options["password"]) == ("web", "web-pw-0123456789")
+    # The broker, through kombu's Sentinel transport as Celery configures it.
+    worker_url = url.replace("web:web-pw-0123456789", "worker:worker-pw-0123456789")
+    app = broker.make_celery(settings_for(worker_url))
+    with app.connection_for_write() as conn:
+        with conn.Producer() as producer:
+            producer.publish({"n": 1}, routing_key="probe", declare=[kombu.Queue("probe")])
+    assert primary.client.llen("taskbeam:celery:probe") == 1

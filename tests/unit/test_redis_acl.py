@@ -1,0 +1,71 @@
+"""redis/start.sh's ACL users on a real redis-server (loopback): each role may do its
+work and nothing an attacker with its password would want. The stack's tests
+(tests/integration/test_security.py) check the running services use them."""
+
+import pytest
+from test_sentinel import ROLE_ENV, shipped_redis
+
+import redis as redis_lib
+
+# Commands no service role may run: the server's own settings, users, data as a whole.
+FORBIDDEN = [
+    ("FLUSHALL",),
+    ("FLUSHDB",),
+    ("CONFIG", "GET", "maxmemory"),
+    ("CONFIG", "SET", "maxmemory", "1"),
+    ("ACL", "LIST"),
+    ("ACL", "SETUSER", "intruder", "on", ">pw", "+@all"),
+    ("KEYS", "*"),
+    ("SHUTDOWN",),
+    ("REPLICAOF", "127.0.0.1", "1"),
+    ("MONITOR",),
+    ("CLIENT", "KILL", "TYPE", "normal"),
+]
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    server = shipped_redis(tmp_path_factory.mktemp("acl"))
+    yield server
+    server.stop()
+
+
+def as_user(node, user):
+    password = ROLE_ENV[f"REDIS_{user.upper()}_PASSWORD"]
+    return redis_lib.Redis(port=node.port, username=user, password=password)
+
+
+@pytest.mark.parametrize("user", ["web", "worker", "flower", "sentinel"])
+@pytest.mark.parametrize("command", FORBIDDEN, ids=" ".join)
+def test_no_role_may_run_admin_or_dangerous_commands(node, user, command):
+    if user == "sentinel" and command[:2] == ("CLIENT", "KILL"):
+        pytest.skip("a Sentinel closes clients after a failover (Redis's Sentinel docs)")
+    with pytest.raises(redis_lib.exceptions.NoPermissionError):
+        as_user(node, user).execute_command(*command)
+
+
+def test_web_may_touch_only_its_namespaces_keys(node):
+    web = as_user(node, "web")
+    web.set("taskbeam:probe", 1)
+    web.eval("return redis.call('INCR', KEYS[1])", 1, "taskbeam:probe")
+    assert web.info("memory")["used_memory"] > 0  # INFO: the memory guard, /metrics
+    for key in ("other", "celery", "_kombu.binding.celery"):
+        with pytest.raises(redis_lib.exceptions.NoPermissionError):
+            web.get(key)
+        with pytest.raises(redis_lib.exceptions.NoPermissionError):
+            web.eval("return redis.call('GET', KEYS[1])", 1, key)
+
+
+def test_worker_and_flower_may_use_celerys_keys_and_channels(node):
+    for user in ("worker", "flower"):
+        client = as_user(node, user)
+        client.lpush("celery", "m")  # kombu names some keys without the prefix
+        client.brpop(["celery"], timeout=1)
+        client.sadd("_kombu.binding.celery", "x")
+        client.publish("/0.celery.pidbox", "ping")
+
+
+def test_the_default_user_has_everything_and_wants_the_password(node):
+    assert node.client.config_get("maxmemory")  # operators, the health check
+    with pytest.raises(redis_lib.exceptions.AuthenticationError):
+        redis_lib.Redis(port=node.port).ping()
