@@ -781,8 +781,9 @@ function fieldError(kind, message) {
   for (const f of (k && k.fields) || []) {
     const bad = message.startsWith(`params.${f.name}:`) || message.startsWith(`params.${f.name}.`);
     setText(f.err, bad ? message.slice(message.indexOf(":") + 1).trim() : "");
-    if (bad) f.input.setAttribute("aria-invalid", "true");
-    else f.input.removeAttribute("aria-invalid");
+    if (!f.focus) continue;
+    if (bad) f.focus.setAttribute("aria-invalid", "true");
+    else f.focus.removeAttribute("aria-invalid");
     if (bad && k.form.isConnected) f.focus.focus();
   }
 }
