@@ -8,7 +8,8 @@ ARG PIP_EXTRAS=""
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONPATH=/app
 
 WORKDIR /app
 # Dependencies first, from the pinned list in pyproject.toml, so code edits
@@ -25,6 +26,8 @@ RUN pip install --no-deps . \
  && useradd --system --uid 10001 --gid taskbeam --home-dir /app --shell /usr/sbin/nologin taskbeam \
  && mkdir -p /data/exports /data/demo \
  && chown taskbeam:taskbeam /data/exports /data/demo
+# The team's own job kinds (JOBS_MODULES=jobs): /app is on the import path.
+COPY jobs ./jobs
 COPY web/start.sh web/healthcheck.sh web/gunicorn.conf.py ./web/
 COPY worker/start.sh worker/healthcheck.sh worker/flower.sh ./worker/
 

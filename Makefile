@@ -6,7 +6,7 @@ N ?= 1
 HTTP_PORT ?= $(shell sed -n 's/^HTTP_PORT=//p' .env 2>/dev/null | tail -n1)
 
 .DEFAULT_GOAL := help
-.PHONY: help env up down logs ps scale test unit lint bench bench-export soak certs
+.PHONY: help env up down logs ps scale test unit lint docs bench bench-export soak certs
 .PHONY: swarm-up swarm-down swarm-test
 
 help: ## Show the targets and what they do
@@ -45,7 +45,7 @@ ps: ## Show the services and their health
 scale: env ## Run N worker replicas, e.g. `make scale N=3`
 	$(COMPOSE) up -d --wait --scale worker=$(N)
 
-unit: ## Run lint and the unit tests only (no Docker needed)
+unit: ## Run lint, the docs build and the unit tests only (no Docker needed)
 	tests/run.sh unit
 
 test: ## Run lint, unit tests, then integration tests on a throwaway stack (own project and port)
@@ -56,6 +56,11 @@ lint: ## Check style: ruff check and ruff format --check over taskbeam/, tests/ 
 	@tests/run.sh venv
 	.venv/bin/ruff check taskbeam tests web
 	.venv/bin/ruff format --check taskbeam tests web
+
+# The site's pages are docs/ and its nav mkdocs.yml; tests/run.sh builds it with --strict.
+docs: ## Serve the documentation site at http://127.0.0.1:8000 (mkdocs serve; edits reload)
+	@tests/run.sh venv
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs serve
 
 # The load tools are one client address with thousands of sockets: while they run,
 # Nginx's per-address limits are lifted (and put back from .env afterwards).

@@ -77,7 +77,7 @@ def _redis_url(env):
     if not url:
         raise ConfigError("REDIS_URL is required, e.g. redis://:PASSWORD@redis:6379/0")
     parts = urlsplit(url)
-    if sentinel.is_sentinel_url(url):  # High availability (README), redis/ha.yml
+    if sentinel.is_sentinel_url(url):  # High availability (docs/ha.md), redis/ha.yml
         try:
             sentinel.parse(url)
         except ValueError as exc:
@@ -256,6 +256,8 @@ class Settings:
     redis_wait_replicas: int = 0
     redis_wait_timeout_ms: int = 1000
     redis_tls_ca_file: str = ""  # "": the system's CAs (TLS URLs only)
+    # The team's own job modules (docs/jobs.md): imported by web and worker at start-up.
+    jobs_modules: tuple = ("jobs",)
 
     @property
     def socketio_channel(self):
@@ -296,7 +298,20 @@ def load(env=None, *, need_secret=True):
         auth=_auth(env) if need_secret else AuthSettings(),
         **_replica_acks(env, redis_url),
         redis_tls_ca_file=_redis_tls_ca_file(env, redis_url),
+        jobs_modules=_jobs_modules(env),
     )
+
+
+def _jobs_modules(env):
+    """JOBS_MODULES: comma-separated import paths (a package means every module in it)."""
+    raw = env.get("JOBS_MODULES")
+    paths = tuple(p.strip() for p in ("jobs" if raw is None else raw).split(",") if p.strip())
+    for path in paths:
+        if not all(part.isidentifier() for part in path.split(".")):
+            raise ConfigError(
+                f"JOBS_MODULES: {path[:80]!r} is not an import path like jobs.reports"
+            )
+    return paths
 
 
 def _redis_tls_ca_file(env, redis_url):

@@ -19,9 +19,12 @@ import io
 import os
 import time
 from datetime import date
+from typing import Literal
 
-from . import config, progress, protocol
-from .registry import ParamError, check_fields, integer, job
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from . import config, progress, protocol, registry
+from .registry import ParamError, job
 
 FORMATS = {"csv": "text/csv; charset=utf-8", "csv.gz": "application/gzip"}
 BATCH_ROWS = 10_000
@@ -29,46 +32,63 @@ MAX_LIMIT = 100_000_000
 _engines = {}
 
 
-def _iso_date(params, name):
-    value = params.get(name)
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            return date.fromisoformat(value).isoformat()
-        except ValueError:
-            pass
-    raise ParamError(name, "must be a date as YYYY-MM-DD")
+def _settings(info):
+    return (info.context or {}).get("settings") or config.current()
+
+
+def _columns_schema(schema):
+    """The table's columns as a pick list (read when the schema is made)."""
+    columns = list((registry.schema_settings.get() or config.current()).export_columns)
+    schema.clear()
+    schema.update(
+        type="array",
+        items={"type": "string", "enum": columns},
+        minItems=1,
+        uniqueItems=True,
+        default=columns,
+        description="Columns to export, in this order (default: all).",
+    )
+
+
+class ExportParams(BaseModel):
+    """Defaults export every row and column of the table as CSV."""
+
+    model_config = ConfigDict(extra="forbid", title="Export")
+
+    date_from: date | None = Field(None, description="First day (inclusive).")
+    date_to: date | None = Field(None, description="Last day (inclusive).")
+    columns: list[str] | None = Field(None, min_length=1, json_schema_extra=_columns_schema)
+    format: Literal["csv", "csv.gz"] = Field("csv", description="File format.")
+    limit: int | None = Field(None, ge=1, le=MAX_LIMIT, description="At most this many rows.")
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, columns, info: ValidationInfo):
+        if columns is None:
+            return None
+        allowed = _settings(info).export_columns
+        for name in columns:
+            if name not in allowed:
+                raise ParamError(
+                    "columns",
+                    f"unknown column {name[:40]!r} (allowed: {', '.join(allowed)})",
+                )
+        if len(set(columns)) != len(columns):
+            raise ParamError("columns", "lists a column twice")
+        return columns
+
+    @model_validator(mode="after")
+    def _complete(self, info: ValidationInfo):
+        if self.date_from and self.date_to and self.date_from > self.date_to:
+            raise ParamError("date_to", "must not be before date_from")
+        if self.columns is None:
+            self.columns = list(_settings(info).export_columns)
+        return self
 
 
 def export_params(params, settings=None):
-    """Validate export params; defaults export the whole table in every column."""
-    settings = settings or config.current()
-    check_fields(params, {"date_from", "date_to", "columns", "format", "limit"})
-    clean = {"format": params.get("format", "csv")}
-    if not isinstance(clean["format"], str) or clean["format"] not in FORMATS:
-        raise ParamError("format", f"must be one of {', '.join(FORMATS)}")
-    columns = params.get("columns", list(settings.export_columns))
-    if not isinstance(columns, list) or not columns:
-        raise ParamError("columns", "must be a non-empty list of column names")
-    for name in columns:
-        if name not in settings.export_columns:
-            raise ParamError(
-                "columns",
-                f"unknown column {str(name)[:40]!r} (allowed: "
-                f"{', '.join(settings.export_columns)})",
-            )
-    if len(set(columns)) != len(columns):
-        raise ParamError("columns", "lists a column twice")
-    clean["columns"] = columns
-    for name in ("date_from", "date_to"):
-        if (value := _iso_date(params, name)) is not None:
-            clean[name] = value
-    if clean.get("date_from", "") > clean.get("date_to", "9999"):
-        raise ParamError("date_to", "must not be before date_from")
-    if params.get("limit") is not None:
-        clean["limit"] = integer(params, "limit", 1, MAX_LIMIT)
-    return clean
+    """Validate export params (:class:`ExportParams`) into the clean dict the export runs on."""
+    return registry.get("export").validate(params, settings or config.current())
 
 
 def write_csv(batches, out, header, total, report):
@@ -305,10 +325,22 @@ def run_export(params, task_id, run, settings, copy=True):
     }
 
 
-@job("export", validate=export_params)
-def export(params):
-    """Export rows of the configured table as CSV; see :func:`export_params`."""
-    return run_export(params, progress.current_task_id(), progress.current_run(), config.current())
+def _summary(result):
+    return f"Exported {result['rows']:,} rows ({result['bytes']:,} bytes)"
+
+
+@job(
+    "export",
+    params=ExportParams,
+    title="Export",
+    description="Export the table as a CSV file to download.",
+    units="rows",
+    summary=_summary,
+)
+def export(params: ExportParams):
+    """Export rows of the configured table as CSV; see :class:`ExportParams`."""
+    clean = params.model_dump(mode="json", exclude_none=True)
+    return run_export(clean, progress.current_task_id(), progress.current_run(), config.current())
 
 
 def remove_expired_exports(settings, now=None):

@@ -1,38 +1,21 @@
-"""The job kinds users can start: the demo ``simulate`` here, ``export`` in export.py.
+"""The job kinds Taskbeam ships: the demo ``simulate`` here, ``export`` in export.py.
 
-Importing this module registers every shipped kind in :data:`JOBS` (the worker and
-the web app do). The registry itself, and the helpers for validation, live in
-:mod:`taskbeam.registry`; they are re-exported here, so ``jobs.JOBS`` and
-``jobs.ParamError`` are the registry's.
-
-To add your own kind: write a function that takes the validated params dict,
-calls :func:`taskbeam.progress.update` as it goes and returns a JSON-able result;
-register it with ``@job("kind", validate=...)``, where ``validate(params,
-settings=None)`` returns clean params or raises :class:`ParamError`. The worker
-runs it as a Celery task and emits every state change itself.
+Importing this module registers both in :data:`JOBS` (the worker and the web app
+do). A team's own kinds live outside the package, in the modules ``JOBS_MODULES``
+names (docs/jobs.md); the registry is :mod:`taskbeam.registry`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import export, progress  # noqa: F401  (export registers the `export` kind)
-from .config import Settings
-from .registry import JOBS, Job, ParamError, Params, check_fields, integer, job
+from .registry import JOBS, Job, ParamError, job
 
-__all__ = [
-    "JOBS",
-    "Job",
-    "ParamError",
-    "check_fields",
-    "integer",
-    "job",
-    "simulate",
-    "simulate_params",
-    "MAX_SIMULATE_MS",
-]
+__all__ = ["JOBS", "Job", "ParamError", "SimulateParams", "simulate", "MAX_SIMULATE_MS"]
 
 # One simulation may take at most this long in all (steps × step_ms): a client
 # cannot park a worker slot for hours. Fixed rather than TASK_TIME_LIMIT_S, so the
@@ -40,29 +23,43 @@ __all__ = [
 MAX_SIMULATE_MS = 10 * 60 * 1000
 
 
-def simulate_params(params: Any, settings: Settings | None = None) -> Params:
-    check_fields(params, {"steps", "step_ms", "fail_at"})
-    steps = integer(params, "steps", 1, 10_000, default=20)
-    step_ms = integer(params, "step_ms", 0, 60_000, default=250)
-    if steps * step_ms > MAX_SIMULATE_MS:
-        raise ParamError(
-            "step_ms",
-            f"steps × step_ms must be at most {MAX_SIMULATE_MS} ms "
-            f"(10 minutes), got {steps * step_ms} ms",
-        )
-    clean = {"steps": steps, "step_ms": step_ms}
-    if params.get("fail_at") is not None:
-        clean["fail_at"] = integer(params, "fail_at", 1, steps)
-    return clean
+class SimulateParams(BaseModel):
+    """Does ``steps`` steps of ``step_ms`` each; fails at step ``fail_at`` if set."""
+
+    model_config = ConfigDict(extra="forbid", title="Simulation")
+
+    steps: int = Field(20, ge=1, le=10_000, description="How many steps.")
+    step_ms: int = Field(250, ge=0, le=60_000, description="Milliseconds per step.")
+    fail_at: int | None = Field(None, ge=1, le=10_000, description="Fail at this step (1..steps).")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> SimulateParams:
+        if self.steps * self.step_ms > MAX_SIMULATE_MS:
+            raise ParamError(
+                "step_ms",
+                f"steps × step_ms must be at most {MAX_SIMULATE_MS} ms "
+                f"(10 minutes), got {self.steps * self.step_ms} ms",
+            )
+        if self.fail_at is not None and self.fail_at > self.steps:
+            raise ParamError("fail_at", f"must be from 1 to {self.steps}, got {self.fail_at}")
+        return self
 
 
-@job("simulate", validate=simulate_params)
-def simulate(params: Params, sleep: Callable[[float], object] = time.sleep) -> dict[str, int]:
+@job(
+    "simulate",
+    params=SimulateParams,
+    title="Simulation",
+    description="A job that only sleeps and reports: watch the bar move.",
+    units="steps",
+    summary=lambda result: f"Done: {result['steps']} steps",
+)
+def simulate(
+    params: SimulateParams, sleep: Callable[[float], object] = time.sleep
+) -> dict[str, int]:
     """Do ``steps`` steps of ``step_ms`` each, reporting after every step."""
-    steps, fail_at = params["steps"], params.get("fail_at")
-    for step in range(1, steps + 1):
-        sleep(params["step_ms"] / 1000)
-        if step == fail_at:
+    for step in range(1, params.steps + 1):
+        sleep(params.step_ms / 1000)
+        if step == params.fail_at:
             raise progress.JobError("simulated_failure", f"Simulated failure at step {step}")
-        progress.update(step, steps, f"Step {step} of {steps}")
-    return {"steps": steps}
+        progress.update(step, params.steps, f"Step {step} of {params.steps}")
+    return {"steps": params.steps}

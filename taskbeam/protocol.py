@@ -4,6 +4,7 @@ Pure functions only: no Redis, no Flask, no Celery, so both sides import it
 cheaply and the unit tests cover it without a broker.
 """
 
+import hashlib
 import re
 from datetime import UTC, datetime
 
@@ -18,6 +19,17 @@ TASK_UPDATE_EVENT = "task_update"
 def task_room(task_id):
     """The Socket.IO room whose members receive one task's events."""
     return f"task:{task_id}"
+
+
+def owner_id(kind, principal):
+    """The task owner for a user: stable, fixed-length, safe inside a Redis key."""
+    digest = hashlib.sha256(f"{kind}\0{principal}".encode()).hexdigest()[:32]
+    return f"u-{digest}"
+
+
+def owner_room(owner):
+    """The Socket.IO room of every socket of one owner (tasks follow the user)."""
+    return f"owner:{owner}"
 
 
 def room_channel(channel, room):

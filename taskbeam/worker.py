@@ -23,25 +23,18 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
 
 from celery import bootsteps, signals
 from celery.exceptions import SoftTimeLimitExceeded
-from flask_socketio import SocketIO
-from socketio import RedisManager
 
 import redis
 
-from . import broker, config, export, jobs, progress, protocol, sentinel
-from .emitter import Emitter
+from . import broker, config, export, jobs, progress, protocol, registry
+from .runtime import Runtime, make_runtime  # noqa: F401  (Runtime: for the tests)
 from .store import (
-    DEAD_PEER_OPTIONS,
     LeaseLost,
     TaskFinished,
     TaskGone,
-    TaskStore,
-    redis_client,
-    redis_tls,
 )
 
 log = logging.getLogger(__name__)
@@ -61,42 +54,9 @@ ALIVE_EVERY_S = 2.0
 ALIVE_STALE_S = 10.0  # as in worker/healthcheck.sh
 
 
-@dataclass
-class Runtime:
-    """What a worker process talks to: built once, passed to what needs it."""
-
-    settings: config.Settings
-    celery: object
-    store: TaskStore
-    emitter: Emitter
-
-
-def make_runtime(settings, redis_conn=None, socketio=None):
-    """The worker's Celery app, store and emitter; nothing connects until used.
-
-    Flask-SocketIO's external emitter (a ``SocketIO(message_queue=...)`` with no
-    app) makes the messages, so the wire format is the stock one.
-    """
-    store = TaskStore(redis_conn or redis_client(settings), settings)
-    url, redis_options = sentinel.stock_form(
-        settings.redis_url,
-        dict(DEAD_PEER_OPTIONS, socket_timeout=5, socket_connect_timeout=3, **redis_tls(settings)),
-    )
-    # python-socketio's Redis manager, as Flask-SocketIO builds it for a redis:// URL;
-    # named here because Flask-SocketIO would take a redis+sentinel:// URL for kombu's.
-    socketio = socketio or SocketIO(
-        message_queue=url,  # with no app, this makes it an emitter
-        client_manager=RedisManager(
-            url, channel=settings.socketio_channel, write_only=True, redis_options=redis_options
-        ),
-    )
-    # The store publishes each event to its room's channel: from inside the Lua append
-    # (one round trip), or in Sentinel mode after the append's WAIT (taskbeam/emitter.py).
-    emitter = Emitter(store, socketio, store_publishes=True)
-    return Runtime(settings, broker.make_celery(settings), store, emitter)
-
-
 settings = config.current()
+# The team's own kinds (JOBS_MODULES) before the Celery tasks are made from JOBS.
+registry.load_or_exit(settings.jobs_modules)
 runtime = make_runtime(settings)
 celery, store, emitter = runtime.celery, runtime.store, runtime.emitter
 
@@ -199,7 +159,7 @@ class TaskRun:
     def _execute(self):
         """Run the job's function; return the terminal event's fields."""
         try:
-            params = self.job.validate(self.params, self.rt.settings)
+            params = self.job.load(self.params, self.rt.settings)
             with progress.reporting_to(
                 self.report, task_id=self.task_id, run=str(self.lease.token)
             ):
@@ -223,12 +183,23 @@ class TaskRun:
         except Exception:
             log.exception("job %s failed", self.job.kind)
             return _error("internal_error", "The task failed unexpectedly.")
+        result = result if result is not None else {}
         return {
             "state": protocol.SUCCEEDED,
             "progress": 100,
-            "message": "Done",
-            "result": result if result is not None else {},
+            "message": self._summary(result),
+            "result": result,
         }
+
+    def _summary(self, result):
+        """The finished task's message: the kind's ``summary(result)``, or "Done"."""
+        if self.job.summary is None:
+            return "Done"
+        try:
+            return str(self.job.summary(result))[: progress.MAX_MESSAGE_LENGTH]
+        except Exception:
+            log.exception("job %s: summary(result) failed", self.job.kind)
+            return "Done"
 
 
 class Lease:

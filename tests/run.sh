@@ -3,7 +3,7 @@
 # against a Compose project of its own (own name, own port, own secrets), which
 # is removed afterwards, also when a test or the start-up fails.
 #   tests/run.sh          unit + integration
-#   tests/run.sh unit     lint and unit tests only
+#   tests/run.sh unit     lint, the docs build and unit tests only
 #   tests/run.sh venv     only create the host virtualenv with the test tools
 set -o errexit -o nounset -o pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 venv=${TASKBEAM_TEST_VENV:-.venv}
 if [ ! -x "$venv/bin/pytest" ] || [ pyproject.toml -nt "$venv/.installed" ]; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q -e '.[test]'
+  "$venv/bin/pip" install -q -e '.[test,docs]'
   touch "$venv/.installed"
 fi
 [ "${1:-all}" = venv ] && exit 0
@@ -19,6 +19,9 @@ fi
 # Style first: it is the quickest to fail ([tool.ruff] in pyproject.toml).
 "$venv/bin/ruff" check taskbeam tests web
 "$venv/bin/ruff" format --check taskbeam tests web
+# The documentation site (mkdocs.yml): --strict turns every warning into a failure, so a
+# broken link or anchor, or a page missing from the nav, fails here.
+NO_MKDOCS_2_WARNING=1 "$venv/bin/mkdocs" build --strict --quiet
 
 # Unit tests with a coverage report of the package; CPU-budget tests run apart,
 # without coverage's tracer, which would blow their budget.

@@ -14,7 +14,7 @@ from flask_socketio import SocketIO
 
 import redis
 
-from .. import config
+from .. import config, registry
 from ..broker import make_celery
 from ..emitter import Emitter
 from ..store import TaskStore, redis_client, redis_tls
@@ -41,6 +41,7 @@ class Services:
     queue_watch: QueueWatch
     metrics: Metrics
     identity: identity.Identity
+    socketio: SocketIO
 
 
 def own_origin():
@@ -61,7 +62,7 @@ def create_app(settings=None, owner_of=None):
     """The Flask app with Socket.IO bound; ``settings`` default to the environment.
 
     ``owner_of(request) -> str | None``: an app's own login names the task owner
-    (README "Identity"); None means not signed in (401 ``unauthenticated``).
+    (docs/identity.md); None means not signed in (401 ``unauthenticated``).
     """
     settings = settings or config.load_or_exit()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -79,7 +80,20 @@ def create_app(settings=None, owner_of=None):
     )
     # Nginx is the one proxy in front: trust its X-Forwarded-For/-Proto only.
     app.wsgi_app = front.trust_nginx(app.wsgi_app)
+    install(app, socketio, settings, owner_of)
+    # Outermost, so Socket.IO's handshake is checked too.
+    app.wsgi_app = front.HostCheck(app.wsgi_app, settings)
+    from . import api
 
+    api.register_error_handlers(app)  # every answer of this app is the contract's JSON
+    return app
+
+
+def install(app, sio, settings, owner_of=None):
+    """Taskbeam's API and Socket.IO handlers in ``app`` and ``sio`` (a Flask-SocketIO
+    ``SocketIO`` not yet bound: this binds it, with the message-queue listener that
+    delivers task events). Used by :func:`create_app` and the extension."""
+    registry.load_or_exit(settings.jobs_modules)  # the team's own kinds (JOBS_MODULES)
     # Bounded: a burst of requests or subscribes waits for one of these connections
     # instead of opening one per greenlet (and timing out under the load it makes).
     client = redis_client(settings, max_connections=REDIS_POOL_SIZE)
@@ -96,7 +110,7 @@ def create_app(settings=None, owner_of=None):
             own = f"{forwarded.split(',')[0].strip()}://{environ.get('HTTP_HOST', '')}"
         return origin_allowed(origin, settings, own)
 
-    socketio.init_app(
+    sio.init_app(
         app,
         client_manager=manager,
         async_mode="gevent",
@@ -106,41 +120,39 @@ def create_app(settings=None, owner_of=None):
         # Same bound as HTTP bodies: larger messages close the connection.
         max_http_buffer_size=MAX_BODY_BYTES,
     )
-    # Outermost, so Socket.IO's handshake is checked too.
-    app.wsgi_app = front.HostCheck(app.wsgi_app, settings)
     if fastws.usable():
-        fastws.install(socketio.server)
+        fastws.install(sio.server)
     store = TaskStore(client, settings)
-    watch = QueueWatch(socketio, manager, client, store.main_only_key)
-    app.extensions["taskbeam"] = Services(
+    watch = QueueWatch(sio, manager, client, store.main_only_key)
+    services = app.extensions["taskbeam"] = Services(
         settings=settings,
         redis=client,
         store=store,
-        emitter=Emitter(store, socketio),
+        emitter=Emitter(store, sio),
         celery=make_celery(settings),
         queue_watch=watch,
         metrics=metrics,
         identity=identity.Identity(settings.auth, owner_of),
+        socketio=sio,
     )
 
     @app.before_request
     def ensure_owner():
         # The signed session cookie is the owner of every task it creates
         # (AUTH_MODE=session; the other modes name the owner from credentials).
-        if app.extensions["taskbeam"].identity.mode == "session" and "owner" not in session:
+        if services.identity.mode == "session" and "owner" not in session:
             session["owner"] = secrets.token_urlsafe(16)
             session.permanent = True
 
-    from . import api, sockets  # sockets registers its Flask-SocketIO handlers on import
+    from . import api, sockets
 
-    sockets.install(socketio.server, app.extensions["taskbeam"])
-
+    sockets.register(sio)
+    sockets.install(sio.server, services)
     app.register_blueprint(api.bp)
-    if app.extensions["taskbeam"].identity.dev_login:
+    if services.identity.dev_login:
         logging.getLogger(__name__).warning(
             "AUTH_DEV_LOGIN=1: POST /api/dev/token mints a token for any name (demos only)"
         )
         app.register_blueprint(api.dev_bp)
-    api.register_error_handlers(app)
     watch.start()
-    return app
+    return services

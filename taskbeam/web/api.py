@@ -9,9 +9,9 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, session
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
-from .. import broker, export, jobs, protocol
+from .. import broker, export, protocol, registry, tasks
 from ..store import TaskFinished, TaskGone, TooManyActive
-from . import identity, origin_allowed, own_origin, socketio
+from . import identity, origin_allowed, own_origin
 from .metrics import render_operator_gauges
 from .openapi import openapi_document
 
@@ -23,8 +23,6 @@ STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
 # cost ~45 ms of CPU and 1.3 MB per unpaged read.
 MAX_EVENTS_PAGE = 500
 MAX_SEQ_DIGITS = 18
-# To the owner's other sockets when tasks follow the user (AUTH_MODE other than session).
-TASK_CREATED_EVENT = "task_created"
 # Lifetime of a token from the dev login (AUTH_DEV_LOGIN=1).
 DEV_TOKEN_TTL_S = 3600
 
@@ -159,7 +157,7 @@ def refuse_foreign_origin():
 @bp.before_request
 def require_owner():
     # Credentials before anything else about a task request: no 404 vs 400 oracle.
-    if request.path.startswith("/api/tasks"):
+    if request.path.startswith(("/api/tasks", "/api/kinds")):
         current_owner()
 
 
@@ -171,21 +169,24 @@ def create_task():
     unknown = sorted(set(body) - {"kind", "params"})
     if unknown:
         raise ApiError(400, "invalid_params", f"{unknown[0]}: unknown field")
-    job = jobs.JOBS.get(kind) if isinstance(kind, str) else None
-    if job is None:
-        raise ApiError(
-            400, "invalid_params", f"kind: must be one of {', '.join(sorted(jobs.JOBS))}"
-        )
+    svc = services()
     try:
-        params = job.validate(params, services().settings)
-    except jobs.ParamError as exc:
+        job, params = tasks.validate(kind, params, svc.settings)
+    except registry.UnknownKind as exc:
+        raise ApiError(400, "invalid_params", str(exc)) from None
+    except registry.ParamError as exc:
         field = exc.field if exc.field == "params" else f"params.{exc.field}"
         raise ApiError(400, "invalid_params", f"{field}: {exc.reason}") from None
     check_rate(owner)
-    svc = services()
     try:
-        snapshot = svc.store.create(
-            kind=kind, owner=owner, params=params, max_active=svc.settings.max_active_tasks
+        snapshot = tasks.enqueue(
+            job,
+            params,
+            owner=owner,
+            store=svc.store,
+            celery=svc.celery,
+            settings=svc.settings,
+            announce=announce,
         )
     except TooManyActive as exc:
         raise ApiError(
@@ -195,19 +196,23 @@ def create_task():
             "to finish or cancel one.",
             {"Retry-After": "5"},
         ) from None
-    try:
-        svc.celery.send_task(job.celery_name, args=[snapshot["id"], params], task_id=snapshot["id"])
-    except Exception:
-        log.exception("could not enqueue task %s", snapshot["id"])
-        svc.store.delete(snapshot["id"], owner)
-        raise ApiError(503, "unavailable", "The task queue is unavailable; try again.") from None
-    if svc.identity.per_user:
-        # The user's other browsers and clients list it at once (docs/api.md).
-        socketio.emit(TASK_CREATED_EVENT, snapshot, to=identity.owner_room(owner))
+    except tasks.QueueUnavailable as exc:
+        raise ApiError(503, "unavailable", str(exc)) from None
     response = jsonify(snapshot)
     response.status_code = 202
     response.headers["Location"] = url_for("api.get_task", task_id=snapshot["id"])
     return response
+
+
+def announce(owner, snapshot):
+    """Every open page of the owner lists the new task at once (docs/api.md)."""
+    services().socketio.emit(tasks.TASK_CREATED_EVENT, snapshot, to=identity.owner_room(owner))
+
+
+@bp.get("/api/kinds")
+def list_kinds():
+    settings = services().settings
+    return {"kinds": [registry.JOBS[kind].describe(settings) for kind in sorted(registry.JOBS)]}
 
 
 @bp.get("/api/tasks")
@@ -363,3 +368,7 @@ def register_error_handlers(app):
     def internal_error(exc):
         log.exception("unhandled error")
         return error_response(500, "internal_error", "Something went wrong on our side.")
+
+
+# The API's own answers are the contract's JSON in an app of your own too (the extension).
+register_error_handlers(bp)

@@ -18,9 +18,10 @@ Redis key of their own (a ``sub`` of ``"bob:active"`` cannot reach bob's keys), 
 every id has the same bounded length.
 """
 
-import hashlib
 import json
 import time
+
+from ..protocol import owner_id, owner_room  # noqa: F401  (owner_room: identity.owner_room)
 
 # Nginx sets it (nginx/nginx.conf); a client's copy is replaced there.
 PROXY_HEADER = "X-Taskbeam-User"
@@ -35,17 +36,6 @@ class Unauthenticated(Exception):
     def __init__(self, code, message, challenge):
         super().__init__(message)
         self.code, self.message, self.challenge = code, message, challenge
-
-
-def owner_id(kind, principal):
-    """The task owner for a user: stable, fixed-length, safe inside a Redis key."""
-    digest = hashlib.sha256(f"{kind}\0{principal}".encode()).hexdigest()[:32]
-    return f"u-{digest}"
-
-
-def owner_room(owner):
-    """The Socket.IO room of every socket of one owner (tasks follow the user)."""
-    return f"owner:{owner}"
 
 
 def _user_name(value, what):
@@ -141,11 +131,6 @@ class Identity:
         self.owner_of = owner_of
         self.verifier = JwtVerifier(auth) if self.mode == "jwt" else None
         self.dev_login = auth.dev_login and self.mode == "jwt"
-
-    @property
-    def per_user(self):
-        """True when one user's sockets share a room (tasks follow the user)."""
-        return self.mode != "session"
 
     def owner(self, request, session, auth=None):
         """For REST ``auth`` is None; for a Socket.IO connect it is the CONNECT payload."""

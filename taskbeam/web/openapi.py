@@ -1,6 +1,8 @@
 """The OpenAPI 3 document served at ``/api/openapi.json``, built from the job registry."""
 
-from .. import config, export, jobs, protocol
+import json
+
+from .. import config, protocol, registry
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -16,56 +18,28 @@ def _json(schema):
     return {"content": {"application/json": {"schema": schema}}}
 
 
-def param_schemas(settings):
-    return {"simulate": SIMULATE_PARAMS, "export": export_params_schema(settings)}
+def _with_components(kind, schema, components):
+    """``schema`` with its ``$defs`` moved into ``components`` (named per kind)."""
+    moved = json.loads(json.dumps(schema).replace('"#/$defs/', f'"#/components/schemas/{kind}.'))
+    for name, definition in moved.pop("$defs", {}).items():
+        components[f"{kind}.{name}"] = definition
+    return moved
 
 
-def export_params_schema(settings):
-    date = {"type": "string", "format": "date"}
+def param_schemas(settings, components):
+    """Each registered kind's params schema, generated from its declaration."""
     return {
-        "type": "object",
-        "additionalProperties": False,
-        "description": "Defaults export every row and column of the table as CSV.",
-        "properties": {
-            "date_from": {
-                **date,
-                "description": f"First {settings.export_date_column} (inclusive).",
-            },
-            "date_to": {**date, "description": f"Last {settings.export_date_column} (inclusive)."},
-            "columns": {
-                "type": "array",
-                "minItems": 1,
-                "uniqueItems": True,
-                "items": {"type": "string", "enum": list(settings.export_columns)},
-                "default": list(settings.export_columns),
-            },
-            "format": {"type": "string", "enum": list(export.FORMATS), "default": "csv"},
-            "limit": {"type": "integer", "minimum": 1, "maximum": export.MAX_LIMIT},
-        },
+        kind: _with_components(kind, registry.JOBS[kind].schema(settings), components)
+        for kind in sorted(registry.JOBS)
     }
-
-
-SIMULATE_PARAMS = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "steps": {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 20},
-        "step_ms": {"type": "integer", "minimum": 0, "maximum": 60_000, "default": 250},
-        "fail_at": {
-            "type": "integer",
-            "minimum": 1,
-            "maximum": 10_000,
-            "description": "Fail at this step (1..steps).",
-        },
-    },
-}
 
 
 def openapi_document(settings=None):
     from .api import MAX_EVENTS_PAGE  # here: api imports this module
 
     settings = settings or config.current()
-    schemas = param_schemas(settings)
+    kind_components = {}
+    schemas = param_schemas(settings, kind_components)
     task_id = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
     snapshot = {"$ref": "#/components/schemas/Snapshot"}
     create_variants = [
@@ -75,11 +49,10 @@ def openapi_document(settings=None):
             "additionalProperties": False,
             "properties": {"kind": {"type": "string", "enum": [kind]}, "params": schemas[kind]},
         }
-        for kind in sorted(jobs.JOBS)
-        if kind in schemas
+        for kind in sorted(registry.JOBS)
     ]
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "Taskbeam",
             "version": "1",
@@ -217,6 +190,39 @@ def openapi_document(settings=None):
             "/healthz": {
                 "get": {"summary": "Liveness", "responses": {"200": {"description": "OK"}}}
             },
+            "/api/kinds": {
+                "get": {
+                    "summary": "The job kinds this deployment runs, each with its params' "
+                    "JSON Schema (the page builds its forms from it)",
+                    "responses": {
+                        "200": {
+                            "description": "OK",
+                            **_json(
+                                {
+                                    "type": "object",
+                                    "properties": {
+                                        "kinds": {
+                                            "type": "array",
+                                            "items": {
+                                                "type": "object",
+                                                "required": ["kind", "title", "units", "schema"],
+                                                "properties": {
+                                                    "kind": {"type": "string"},
+                                                    "title": {"type": "string"},
+                                                    "description": {"type": "string"},
+                                                    "units": {"type": "string"},
+                                                    "schema": {"type": "object"},
+                                                },
+                                            },
+                                        }
+                                    },
+                                }
+                            ),
+                        },
+                        **_error_responses(401),
+                    },
+                }
+            },
             "/readyz": {
                 "get": {
                     "summary": "Readiness",
@@ -226,6 +232,7 @@ def openapi_document(settings=None):
         },
         "components": {
             "schemas": {
+                **kind_components,
                 "Error": {
                     "type": "object",
                     "required": ["error"],

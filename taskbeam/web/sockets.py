@@ -19,7 +19,7 @@ from flask_socketio import ConnectionRefusedError, join_room
 from redis.exceptions import RedisError
 
 from .. import protocol
-from . import identity, socketio
+from . import identity
 from .api import MAX_EVENTS_PAGE, MAX_SEQ_DIGITS
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,16 @@ def _task_id(data):
     return task_id if protocol.valid_task_id(task_id) else None
 
 
-@socketio.on("connect")
-def on_connect(auth=None):
+def register(sio):
+    """Register the Flask-SocketIO handlers (connect, disconnect, the catch-all and
+    errors) on ``sio``: this project's ``SocketIO`` or an app's own (the extension)."""
+    sio.on("connect")(functools.partial(on_connect, sio))
+    sio.on("disconnect")(on_disconnect)
+    sio.on("*")(on_unknown_event)
+    sio.on_error_default(on_error)
+
+
+def on_connect(sio, auth=None):
     # Live events could not reach this socket while the listener is deaf; refuse,
     # and the client retries until this process (or another replica) can serve it.
     if not _services().queue_watch.healthy:
@@ -60,26 +68,23 @@ def on_connect(auth=None):
         raise ConnectionRefusedError(
             f"{exc.code}: {exc.message}", {"code": exc.code, "message": exc.message}
         ) from None
-    socketio.server.save_session(request.sid, {"owner": owner, "subscriptions": set()})
-    if who.per_user:
-        join_room(identity.owner_room(owner))
+    sio.server.save_session(request.sid, {"owner": owner, "subscriptions": set()})
+    # Tasks appear wherever their owner looks: `task_created` goes to this room.
+    join_room(identity.owner_room(owner))
     if expires_at is not None:
         delay = max(0.0, expires_at - time.time())
-        _expiry_timers[request.sid] = gevent.spawn_later(delay, _expire, request.sid)
+        _expiry_timers[request.sid] = gevent.spawn_later(delay, _expire, sio.server, request.sid)
 
 
-def _expire(sid):
+def _expire(server, sid):
     """The token ran out: tell the client (it reconnects with a fresh one), then close."""
     _expiry_timers.pop(sid, None)
     message = "The token has expired; reconnect with a fresh one."
     # Straight to this process's socket, ahead of the disconnect (not via Redis).
-    socketio.server.emit(
-        "error", {"code": "token_expired", "message": message}, to=sid, ignore_queue=True
-    )
-    socketio.server.disconnect(sid)
+    server.emit("error", {"code": "token_expired", "message": message}, to=sid, ignore_queue=True)
+    server.disconnect(sid)
 
 
-@socketio.on("disconnect")
 def on_disconnect(reason=None):
     timer = _expiry_timers.pop(request.sid, None)
     if timer is not None:
@@ -159,14 +164,12 @@ def on_unsubscribe(server, services, sid, data):
     return {"ok": True}
 
 
-@socketio.on("*")
 def on_unknown_event(event, data=None):
     return _error(
         "unknown_event", f"Unknown event {str(event)[:40]!r}; use subscribe or unsubscribe."
     )
 
 
-@socketio.on_error_default
 def on_error(exc):
     if isinstance(exc, RedisError):
         log.warning("socket handler: Redis error: %s", exc)

@@ -1,8 +1,8 @@
 """Export throughput (rows/s) and worker peak RSS: SQLite, PostgreSQL through the
 generic SQLAlchemy path, PostgreSQL through COPY, and psql's \\copy as the limit.
 
-`make bench-export`, with the stack on PostgreSQL (COMPOSE_FILE in .env, see the
-README). Each export runs the worker's real code in a fresh process inside a worker
+`make bench-export`, with the stack on PostgreSQL (COMPOSE_FILE in .env, see
+docs/export.md). Each export runs the worker's real code in a fresh process inside a worker
 container (its peak RSS is its own); psql runs in a container of its own on the
 project network, as the worker reaches the database, writing to /dev/null (CSV)
 or through gzip to /dev/null (CSV.gz). Repeats each figure, prints a table and

@@ -1,4 +1,4 @@
-"""AUTH_MODE jwt and header, and HTTPS, against the real stack (README "Identity", "TLS").
+"""AUTH_MODE jwt and header, and HTTPS, against the real stack (docs/identity.md).
 
 Run by tests/run.sh's identity pass, which recreates `web` and `nginx` once per mode
 and sets TEST_AUTH_MODE (skipped in the other passes):

@@ -20,6 +20,12 @@ import redis as redis_lib
 # that runs them, e.g. for a stock-mode stack, must not switch the fast path off here).
 os.environ.pop("WEB_FAST_TRANSPORT", None)
 
+# Every kind a process has at start-up (the shipped ones and jobs/, as JOBS_MODULES=jobs
+# loads them), whichever test runs first: no test may depend on another's imports.
+from taskbeam import registry  # noqa: E402
+
+registry.load_modules(["jobs"])
+
 
 def wait_until_serving(client, proc, timeout=10):
     """Until the redis-server ``proc`` answers ``client`` (closed afterwards)."""

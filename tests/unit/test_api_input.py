@@ -73,6 +73,7 @@ def make_app(store=None, **env):
         store=store or StubStore(),
         celery=SimpleNamespace(send_task=lambda *a, **k: None),
         identity=identity.Identity(settings.auth),
+        socketio=SimpleNamespace(emit=lambda *a, **k: None),
     )
 
     @app.before_request
@@ -267,3 +268,27 @@ def test_other_hosts_get_421_in_the_contract_shape(host):
 def test_star_allows_any_host():
     app = make_app(ALLOWED_HOSTS="*")
     assert app.test_client().get("/healthz", headers={"Host": "evil.example"}).status_code == 200
+
+
+def test_kinds_lists_every_registered_kind_with_its_form_schema():
+    body = make_app().test_client().get("/api/kinds").get_json()
+    kinds = {k["kind"]: k for k in body["kinds"]}
+    assert {"simulate", "export", "countdown"} <= set(kinds)  # countdown: jobs/ (JOBS_MODULES)
+    assert [k["kind"] for k in body["kinds"]] == sorted(kinds)
+    simulate = kinds["simulate"]
+    assert simulate["units"] == "steps" and simulate["title"] == "Simulation"
+    assert simulate["schema"]["properties"]["steps"]["maximum"] == 10_000
+
+
+def test_a_bad_param_of_a_declared_kind_is_a_400_naming_it():
+    client = make_app().test_client()
+    for params, field in (
+        ({"start": 0}, "params.start"),  # integer bounds
+        ({"pause_s": "1"}, "params.pause_s"),  # number
+        ({"word": "x" * 41}, "params.word"),  # string length
+        ({"shout": "yes"}, "params.shout"),  # boolean
+        ({"colour": 1}, "params.colour"),  # unknown
+    ):
+        response = client.post("/api/tasks", json={"kind": "countdown", "params": params})
+        assert response.status_code == 400, params
+        assert response.get_json()["error"]["message"].startswith(field), response.get_json()

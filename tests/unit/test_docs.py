@@ -1,5 +1,5 @@
 """The docs match the code: docs/api.md names every route, error code and state the
-code has, and the README's settings table states the defaults the code uses."""
+code has, and docs/configuration.md's settings table states the defaults the code uses."""
 
 import re
 from pathlib import Path
@@ -12,6 +12,7 @@ from taskbeam.web import api, openapi
 
 ROOT = Path(__file__).resolve().parents[2]
 API_DOC = ROOT / "docs" / "api.md"
+CONFIG_DOC = ROOT / "docs" / "configuration.md"
 
 # Where an error code is chosen: the app's ApiError/_error/error_response calls,
 # a job's JobError, and JSON bodies written out whole (WSGI middleware, Nginx).
@@ -112,13 +113,18 @@ def test_socketio_events_are_documented():
         assert f"**`{name}`**" in text
 
 
-# --- README: the settings table states the code's defaults -------------------------
+# --- docs/configuration.md: the settings table states the code's defaults -----------
 
 
-def readme_defaults():
-    """{VARIABLE: default} for every row of the README's settings table whose default
-    is a literal in backticks (rows like `A`, `B` | `1`, `2` give one pair each)."""
-    table = (ROOT / "README.md").read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
+def settings_table():
+    """The text of docs/configuration.md from its title to the next heading."""
+    return CONFIG_DOC.read_text().split("# Configuration", 1)[1].split("\n#", 1)[0]
+
+
+def table_defaults():
+    """{VARIABLE: default} for every row of the settings table whose default is a
+    literal in backticks (rows like `A`, `B` | `1`, `2` give one pair each)."""
+    table = settings_table()
     pairs = {}
     for line in table.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -132,40 +138,40 @@ def readme_defaults():
     return pairs
 
 
-def test_readme_table_is_parsed():
-    assert {"PROGRESS_COALESCE_MS", "TASK_RETENTION_S", "DEMO_ROWS"} <= set(readme_defaults())
+def test_settings_table_is_parsed():
+    assert {"PROGRESS_COALESCE_MS", "TASK_RETENTION_S", "DEMO_ROWS"} <= set(table_defaults())
 
 
-def test_readme_defaults_match_env_example_and_compose():
+def test_table_defaults_match_env_example_and_compose():
     env_example = dict(re.findall(r"^([A-Z_]+)=(.*)$", (ROOT / ".env.example").read_text(), re.M))
     compose_file = (ROOT / "docker-compose.yml").read_text()
     compose = dict(re.findall(r"\$\{([A-Z_]+):-([^}]*)\}", compose_file))
     wrong = {}
-    for name, value in readme_defaults().items():
+    for name, value in table_defaults().items():
         for source, values in ((".env.example", env_example), ("docker-compose.yml", compose)):
             if values.get(name) not in (None, value):
                 wrong[f"{name} ({source})"] = (value, values[name])
-    assert not wrong, f"README default vs file: {wrong}"
+    assert not wrong, f"docs/configuration.md default vs file: {wrong}"
 
 
-def test_readme_defaults_match_config():
+def test_table_defaults_match_config():
     source = (ROOT / "taskbeam" / "config.py").read_text()
     in_code = dict(re.findall(r'_int\(env, "([A-Z_]+)", ([\d_]+),', source))
     checked = 0
-    for name, value in readme_defaults().items():
+    for name, value in table_defaults().items():
         if name in in_code:
             assert int(in_code[name]) == int(value), (
-                f"{name}: README {value}, config.py {in_code[name]}"
+                f"{name}: docs/configuration.md {value}, config.py {in_code[name]}"
             )
             checked += 1
     assert checked >= 5
 
 
-def test_every_env_example_variable_is_in_the_readme_table():
-    table = (ROOT / "README.md").read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
+def test_every_env_example_variable_is_in_the_settings_table():
+    table = settings_table()
     names = re.findall(r"^([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.M)
     missing = [name for name in names if f"`{name}`" not in table]
-    assert not missing, f"settings missing from the README's Configuration table: {missing}"
+    assert not missing, f"settings missing from docs/configuration.md's table: {missing}"
 
 
 def test_no_citation_of_files_outside_the_repository():
@@ -178,6 +184,7 @@ def test_no_citation_of_files_outside_the_repository():
         *ROOT.glob("web/static/*.js"),
         *ROOT.glob("web/static/*.html"),
         *ROOT.glob("docs/*.md"),
+        ROOT / "mkdocs.yml",
     ]
     citing = [
         str(p.relative_to(ROOT))
@@ -185,3 +192,13 @@ def test_no_citation_of_files_outside_the_repository():
         if re.search(r"CONTRACT\.md|shared/docs", p.read_text())
     ]
     assert not citing
+
+
+def test_readme_links_point_at_files_in_the_repository():
+    """mkdocs checks the links of docs/; the README is outside the site, so here."""
+    text = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    local = [t.split("#", 1)[0] for t in targets if not re.match(r"[a-z]+:", t)]
+    assert len(local) >= 10, "the link scan found too few links"
+    missing = sorted({t for t in local if t and not (ROOT / t).exists()})
+    assert not missing, f"README.md links to files that do not exist: {missing}"

@@ -5,27 +5,32 @@ import pytest
 from taskbeam import jobs, progress, registry
 
 
+def simulate_params(params):
+    """The clean params the API stores for ``params`` (raises ParamError)."""
+    return jobs.JOBS["simulate"].validate(params)
+
+
 def test_simulate_is_registered():
     assert jobs.JOBS["simulate"].celery_name == "taskbeam.simulate"
 
 
 def test_simulate_params_defaults():
-    assert jobs.simulate_params({}) == {"steps": 20, "step_ms": 250}
+    assert simulate_params({}) == {"steps": 20, "step_ms": 250}
 
 
 def test_simulate_params_keeps_valid_values():
-    clean = jobs.simulate_params({"steps": 5, "step_ms": 0, "fail_at": 5})
+    clean = simulate_params({"steps": 5, "step_ms": 0, "fail_at": 5})
     assert clean == {"steps": 5, "step_ms": 0, "fail_at": 5}
 
 
 def test_fail_at_none_is_absent():
-    assert "fail_at" not in jobs.simulate_params({"fail_at": None})
+    assert "fail_at" not in simulate_params({"fail_at": None})
 
 
 @pytest.mark.parametrize("value", [True, 5.0, "5", None, [5]])
 def test_steps_must_be_an_integer(value):
     with pytest.raises(jobs.ParamError) as exc_info:
-        jobs.simulate_params({"steps": value})
+        simulate_params({"steps": value})
     assert exc_info.value.field == "steps"
 
 
@@ -41,19 +46,19 @@ def test_steps_must_be_an_integer(value):
 )
 def test_out_of_range(params, field):
     with pytest.raises(jobs.ParamError) as exc_info:
-        jobs.simulate_params(params)
+        simulate_params(params)
     assert exc_info.value.field == field
 
 
 def test_fail_at_must_not_exceed_steps():
     with pytest.raises(jobs.ParamError) as exc_info:
-        jobs.simulate_params({"steps": 3, "fail_at": 4})
+        simulate_params({"steps": 3, "fail_at": 4})
     assert exc_info.value.field == "fail_at"
 
 
 def test_unknown_field_is_named():
     with pytest.raises(jobs.ParamError) as exc_info:
-        jobs.simulate_params({"steps": 3, "colour": "red"})
+        simulate_params({"steps": 3, "colour": "red"})
     assert exc_info.value.field == "colour"
     assert "colour" in str(exc_info.value)
 
@@ -61,7 +66,7 @@ def test_unknown_field_is_named():
 @pytest.mark.parametrize("params", [[], "steps=3", None, 3])
 def test_params_must_be_an_object(params):
     with pytest.raises(jobs.ParamError) as exc_info:
-        jobs.simulate_params(params)
+        simulate_params(params)
     assert exc_info.value.field == "params"
 
 
@@ -69,7 +74,7 @@ def run_simulate(params):
     updates, sleeps = [], []
     with progress.reporting_to(lambda *args: updates.append(args)):
         try:
-            result = jobs.simulate(params, sleep=sleeps.append)
+            result = jobs.simulate(jobs.JOBS["simulate"].load(params), sleep=sleeps.append)
         except progress.JobError as exc:
             result = exc
     return result, updates, sleeps
@@ -94,15 +99,15 @@ def test_simulate_fails_at_requested_step():
 # The cap on one simulation's total duration (issue 15: bound what a client can grow).
 def test_simulate_total_duration_capped():
     with pytest.raises(jobs.ParamError) as exc_info:
-        jobs.simulate_params({"steps": 10_000, "step_ms": 60_000})
+        simulate_params({"steps": 10_000, "step_ms": 60_000})
     assert exc_info.value.field == "step_ms"
     assert "600000 ms" in exc_info.value.reason
 
 
 def test_simulate_at_the_cap_is_accepted():
-    assert jobs.simulate_params({"steps": 600, "step_ms": 1000}) == {"steps": 600, "step_ms": 1000}
+    assert simulate_params({"steps": 600, "step_ms": 1000}) == {"steps": 600, "step_ms": 1000}
     with pytest.raises(jobs.ParamError):
-        jobs.simulate_params({"steps": 601, "step_ms": 1000})
+        simulate_params({"steps": 601, "step_ms": 1000})
 
 
 def test_registry_is_importable_without_the_job_kinds():
@@ -124,9 +129,21 @@ def test_importing_jobs_registers_every_shipped_kind():
     assert jobs.ParamError is registry.ParamError and jobs.JOBS is registry.JOBS
 
 
+def test_docs_example_job_is_the_shipped_one():
+    """docs/jobs.md shows jobs/countdown.py as it is, and it is one file of at most 30 lines."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    shipped = (root / "jobs" / "countdown.py").read_text()
+    doc = (root / "docs" / "jobs.md").read_text()
+    shown = re.search(r"```python\n(.*?)```", doc, re.S).group(1)
+    assert shown == shipped
+    assert len(shipped.splitlines()) <= 30
+
+
 def test_readme_add_your_own_job_example_runs():
-    """The README's example job registers, validates as the web app and the worker
-    call it (with and without settings) and reports progress."""
+    """The README's example registers, validates as the API does and reports progress."""
     import re
     from pathlib import Path
 
@@ -135,15 +152,17 @@ def test_readme_add_your_own_job_example_runs():
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     before = dict(registry.JOBS)
     try:
-        exec(compile(code, "README.md", "exec"), {})
+        exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
         (kind,) = set(registry.JOBS) - set(before)
-        validate = registry.JOBS[kind].validate
-        clean = validate({}, None)  # the web app passes its settings
-        assert validate({}) == clean  # the worker validates again without them
+        job = registry.JOBS[kind]
+        assert job.validate({}) == {"width": 800}
+        with pytest.raises(registry.ParamError, match="width"):
+            job.validate({"width": 5})
         updates = []
         with progress.reporting_to(lambda *args: updates.append(args)):
-            registry.JOBS[kind].func(clean)
-        assert updates
+            job.func(job.load({"width": 640}))
+        assert updates[-1][:2] == (10, 10)
+        assert job.schema()["properties"]["width"]["maximum"] == 4096
     finally:
         registry.JOBS.clear()
         registry.JOBS.update(before)

@@ -134,7 +134,7 @@ def test_a_resolver_that_would_inject_config_stops_the_start():
     assert "NGINX_RESOLVER must be an address" in done.stderr
 
 
-# --- Identity header and TLS (README "Identity", "TLS") ------------------------------
+# --- Identity header and TLS (docs/identity.md) --------------------------------------
 
 
 def test_every_location_that_reaches_the_app_sets_the_identity_header_itself():

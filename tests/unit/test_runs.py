@@ -60,6 +60,11 @@ def rt(redis_client, settings, monkeypatch):
     return runtime
 
 
+def job_of(func):
+    """A kind running ``func`` with simulate's params."""
+    return jobs.Job("simulate", func, jobs.SimulateParams, title="t", description="", units="u")
+
+
 def new_task(rt, owner="alice", **params):
     return rt.store.create(kind="simulate", owner=owner, params=params)["id"]
 
@@ -136,7 +141,7 @@ def test_frozen_run_stops_at_its_next_progress_update(rt, monkeypatch):
         progress.update(2, 3, "two")  # raises LeaseLost
         outcome["went_on"] = True
 
-    job = jobs.Job("simulate", frozen_job, lambda params, settings=None: params)
+    job = job_of(frozen_job)
     run = worker.TaskRun(job, task_id, {"steps": 3}, rt=rt)
     run()
     assert outcome["lost"] and "went_on" not in outcome
@@ -164,7 +169,7 @@ def test_a_time_limit_between_a_redis_request_and_its_reply_desyncs_nothing(rt, 
         # checks for unread data then), as a WAIT for a replica in Sentinel mode.
         rt.store.redis.execute_command("WAIT", 1, 300)
 
-    worker.TaskRun(jobs.Job("simulate", job, lambda params, settings=None: params), task_id,
+    worker.TaskRun(job_of(job), task_id,
                    {"steps": 3}, rt=rt)()  # fmt: skip
     last = history(rt, task_id)[-1]
     assert (last["state"], last["error"]["code"]) == (protocol.FAILED, "time_limit")
@@ -206,7 +211,7 @@ def test_a_refused_terminal_write_keeps_the_lease_for_the_reaper(rt, monkeypatch
         return real_append(task, **patch)
 
     monkeypatch.setattr(rt.store, "append", oom_on_terminal)
-    job = jobs.Job("simulate", lambda params: {"ok": 1}, lambda params, settings=None: params)
+    job = job_of(lambda params: {"ok": 1})
     with pytest.raises(redis_lib.ResponseError):
         worker.TaskRun(job, task_id, {}, rt=rt)()
     assert rt.store.redis.zscore(rt.store.leases_key, task_id) is not None

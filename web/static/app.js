@@ -40,7 +40,7 @@ const absolute = new Intl.DateTimeFormat(locale, { dateStyle: "medium", timeStyl
 const clock = new Intl.DateTimeFormat(locale, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 const relative = new Intl.RelativeTimeFormat(locale, { numeric: "auto" });
 
-// AUTH_MODE=jwt (README "Identity"): the token, and auth.js for the rest.
+// AUTH_MODE=jwt (docs/identity.md): the token, and auth.js for the rest.
 const token = () => localStorage.getItem("taskbeam.token");
 let authJs;
 function auth(refused) {

@@ -1,0 +1,60 @@
+"""Creating a task, the one way both ``POST /api/tasks`` and :func:`taskbeam.submit` do it:
+validate the params against the kind's declaration, store the task (within
+MAX_ACTIVE_TASKS), send its broker message, and tell the owner's open pages.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from . import registry
+from .registry import Job, Params
+
+log = logging.getLogger(__name__)
+
+#: Sent to every socket of the task's owner when a task is created (docs/api.md).
+TASK_CREATED_EVENT = "task_created"
+
+
+class QueueUnavailable(RuntimeError):
+    """The broker did not take the task's message; nothing was left behind."""
+
+
+def validate(kind: Any, params: Any, settings: Any) -> tuple[Job, Params]:
+    """The kind and the clean params; raises ``UnknownKind`` or ``ParamError``."""
+    job = registry.get(kind)
+    return job, job.validate({} if params is None else params, settings)
+
+
+def enqueue(
+    job: Job,
+    params: Params,
+    *,
+    owner: str,
+    store: Any,
+    celery: Any,
+    settings: Any,
+    announce: Callable[[str, dict], None],
+) -> dict:
+    """Store the task and send it to the workers; its 202 snapshot.
+
+    Raises ``TooManyActive`` past MAX_ACTIVE_TASKS and :class:`QueueUnavailable` when
+    the broker refuses (the stored task is removed again). ``announce(owner, snapshot)``
+    tells the owner's pages (their sockets join the owner's room).
+    """
+    snapshot = store.create(
+        kind=job.kind, owner=owner, params=params, max_active=settings.max_active_tasks
+    )
+    try:
+        celery.send_task(job.celery_name, args=[snapshot["id"], params], task_id=snapshot["id"])
+    except Exception:
+        log.exception("could not enqueue task %s", snapshot["id"])
+        store.delete(snapshot["id"], owner)
+        raise QueueUnavailable("The task queue is unavailable; try again.") from None
+    try:
+        announce(owner, snapshot)
+    except Exception:  # the task runs all the same; pages list it on their next load
+        log.warning("task %s: could not tell the owner's pages", snapshot["id"], exc_info=True)
+    return snapshot
