@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 from . import progress, registry  # noqa: F401  (registry.get: for tests of a kind)
 from .progress import JobError
 from .registry import ParamError, UnknownKind, job
-from .store import TooManyActive
 from .tasks import QueueUnavailable
 
 if TYPE_CHECKING:
+    from .store import TooManyActive
     from .web.extension import Taskbeam
 
 __all__ = [
@@ -60,9 +60,15 @@ def submit(kind: str, params: Any = None, *, owner: str) -> dict:
     return submitting.submit(kind, params, owner=owner)
 
 
+# Loaded when asked for: importing the package (as Gunicorn's worker class does, before
+# it monkey-patches) must not import redis (and ssl) or Flask.
 def __getattr__(name: str) -> Any:
-    if name == "Taskbeam":  # Flask and the web stack load only when asked for
+    if name == "Taskbeam":
         from .web.extension import Taskbeam
 
         return Taskbeam
+    if name == "TooManyActive":
+        from .store import TooManyActive
+
+        return TooManyActive
     raise AttributeError(f"module 'taskbeam' has no attribute {name!r}")

@@ -41,8 +41,14 @@ def _error(code, message):
 
 
 def _task_id(data):
+    """``(task_id, None)``, or ``(None, the ack's error)``: a string that cannot be a
+    task id is ``not_found``, as REST's 404 for it; anything else ``invalid_params``."""
     task_id = data.get("task_id") if isinstance(data, dict) else None
-    return task_id if protocol.valid_task_id(task_id) else None
+    if not isinstance(task_id, str):
+        return None, _error("invalid_params", "task_id: must be a task id")
+    if not protocol.valid_task_id(task_id):
+        return None, _error("not_found", "No such task.")
+    return task_id, None
 
 
 def register(sio):
@@ -110,9 +116,9 @@ def _guarded(handler, server, services, sid, data=None):
 
 
 def on_subscribe(server, services, sid, data):
-    task_id = _task_id(data)
-    if task_id is None:
-        return _error("invalid_params", "task_id: must be a task id")
+    task_id, refused = _task_id(data)
+    if refused:
+        return refused
     after = data.get("after", 0)
     if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after < MAX_AFTER:
         return _error("invalid_params", f"after: must be an integer from 0 to {MAX_AFTER - 1}")
@@ -154,9 +160,9 @@ def on_subscribe(server, services, sid, data):
 
 
 def on_unsubscribe(server, services, sid, data):
-    task_id = _task_id(data)
-    if task_id is None:
-        return _error("invalid_params", "task_id: must be a task id")
+    task_id, refused = _task_id(data)
+    if refused:
+        return refused
     server.leave_room(sid, protocol.task_room(task_id))
     connection = server.get_session(sid)
     connection.setdefault("subscriptions", set()).discard(task_id)

@@ -81,7 +81,16 @@ def client_frame(opcode, payload, fin=True, key=b"\x01\x02\x03\x04", masked=True
 
 
 def live_greenlets():
-    """The live greenlets, as a set: a test compares which, not how many (another
-    test's greenlet ending meanwhile must not hide a new one)."""
+    """The live greenlets of this thread's hub, as a set: a test compares which, not how
+    many (another test's greenlet ending meanwhile must not hide a new one). Greenlets of
+    other threads (gevent's thread pool, another test's threading engine.io server) start
+    and stop on their own schedule: they are not this hub's, and not counted."""
+    import gevent
+
+    hub = gevent.get_hub()
     # type(), not isinstance(): a dead weak proxy among gc's objects raises on the latter.
-    return {o for o in gc.get_objects() if issubclass(type(o), greenlet.greenlet) and not o.dead}
+    return {
+        o
+        for o in gc.get_objects()
+        if issubclass(type(o), greenlet.greenlet) and not o.dead and o.parent is hub
+    }

@@ -644,3 +644,36 @@ def test_a_message_split_over_reads_keeps_a_reader_only_until_it_is_whole():
     assert c.connection.reader is None
     c.client.close()
     c.wait_closed()
+
+
+def test_a_close_delivers_every_frame_even_with_client_data_left_unread():
+    """Closing a TCP socket whose receive buffer holds unread data sends a reset, and a
+    reset makes the peer (Nginx) drop what it has not read yet: a refusal's
+    CONNECT_ERROR or the last events could be lost. The close is a lingering one."""
+    listener = gevent.socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = gevent.socket.create_connection(listener.getsockname())
+    server_side, _ = listener.accept()
+    listener.close()
+    sock = QueuedEioSocket()
+    sock.server.sockets = {sock.sid: sock}
+    sock.send("open")
+    connection = transport.Connection(sock, server_side)
+    last = "x" * (3 << 20)  # about what the socket buffers hold (under the queue bound)
+    sock.send(last)
+    client.sendall(client_frame(codec.OP_CLOSE, (1000).to_bytes(2, "big")))
+    with gevent.Timeout(2):
+        while not connection.ending:
+            gevent.sleep(0.005)
+    client.sendall(client_frame(codec.OP_TEXT, b"4late") * 100)  # never read: ending
+    received = b""
+    client.settimeout(5)
+    try:
+        while chunk := client.recv(1 << 16):
+            received += chunk
+    finally:
+        client.close()
+    frames = server_frames(received)
+    assert frames[-2] == (codec.OP_TEXT, b"4" + last.encode())
+    assert frames[-1][0] == codec.OP_CLOSE

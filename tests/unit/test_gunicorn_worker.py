@@ -85,3 +85,20 @@ def test_sigterm_before_the_app_is_loaded_only_stops_the_worker():
     worker = worker_of(StockWorker)
     worker.handle_exit(signal.SIGTERM, None)
     assert worker.alive is False and worker.closing is None
+
+
+def test_loading_the_worker_class_imports_nothing_gevent_must_patch_first():
+    """Gunicorn imports the worker class (and so the taskbeam package) before the worker
+    monkey-patches: the package must not import redis, ssl or Flask on its own."""
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, taskbeam.gunicorn_worker, taskbeam\n"
+        "from gevent import monkey\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always')\n"
+        "    monkey.patch_all()\n"
+        "assert not [w for w in seen if 'Monkey-patching' in str(w.message)], seen\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -100,3 +100,18 @@ def test_a_redis_error_on_a_subscribe_again_keeps_the_subscription(server, servi
     sio, sid = server
     assert protocol.task_room(task["id"]) in sio.rooms(sid)
     assert sio.get_session(sid)["subscriptions"] == {task["id"]}
+
+
+@pytest.mark.parametrize("task_id", ["x", "has spaces in it!", "a" * 17, "../../etc/passwd"])
+def test_a_malformed_task_id_is_not_found_as_on_rest(server, services, task_id):
+    """REST answers 404 `not_found` for an id that cannot be one; so do the socket events."""
+    assert subscribe(server, services, task_id)["error"]["code"] == "not_found"
+    sio, sid = server
+    ack = sockets.on_unsubscribe(sio, services, sid, {"task_id": task_id})
+    assert ack["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("data", [{"task_id": 5}, {"task_id": None}, {}, [1], "x"])
+def test_a_task_id_that_is_not_a_string_is_invalid_params(server, services, data):
+    sio, sid = server
+    assert sockets.on_subscribe(sio, services, sid, data)["error"]["code"] == "invalid_params"

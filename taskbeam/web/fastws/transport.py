@@ -53,6 +53,9 @@ MAX_QUEUED_BYTES = 4 * 1024 * 1024
 WRITE_TIMEOUT_S = 30.0
 # After engine.io closes a socket, what is queued may still go out for this long.
 CLOSE_GRACE_S = 3.0
+# After our close frame, how long a closing connection waits for the client to close
+# its side (see Connection.linger).
+LINGER_S = 2.0
 MAX_QUEUED_PONGS = 16  # a client that pings without reading gets no more
 READ_BYTES, READ_BYTES_MID_MESSAGE = 4096, 65536
 
@@ -411,10 +414,33 @@ class Connection(DirectWrites):
             self.tcp.send(codec.close_frame(self.close_code), 0, 0.0)  # a courtesy: never waits
         except OSError:
             pass
-        self.tcp.close()  # also wakes a drainer blocked in sendall, with an error
+        blocked_writer = self.writing
+        if blocked_writer:
+            self.tcp.close()  # wakes the drainer blocked in sendall, with an error
         if not seams.closed(sock):  # a broken write: engine.io learns it here
             sock.close(wait=False, abort=True, reason=sock.server.reason.TRANSPORT_CLOSE)
         seams.forget_socket(sock)
+        if not blocked_writer:
+            self.linger()
+
+    def linger(self) -> None:
+        """Close without a reset: half-close (FIN after every byte written), then read
+        and drop what the client still sends until it closes too, ``LINGER_S`` at most.
+        Closing with unread bytes would send a reset instead, and a reset makes the
+        peer (Nginx) drop what it has not read yet: a refusal's CONNECT_ERROR, the
+        last events before a server-side disconnect."""
+        tcp = self.tcp
+        try:
+            tcp.shutdown(socket.SHUT_WR)
+            give_up_at = time.monotonic() + LINGER_S
+            while (left := give_up_at - time.monotonic()) > 0:
+                tcp.settimeout(left)
+                if not tcp.recv(READ_BYTES_MID_MESSAGE):
+                    break
+        except OSError:  # a timeout, or the client reset it first
+            pass
+        finally:
+            tcp.close()
 
 
 def hand_off(sock, environ: dict, websocket) -> list:
