@@ -510,8 +510,8 @@ def test_page_weight_gzipped_stays_under_25_kb(page):
     auth.js included (jwt mode loads it); the API, and the Socket.IO client app.js
     loads once the page has its answers, aside."""
     assert "socket.io" not in page.request.get(BASE_URL + "/").text()  # loaded lazily
-    page.evaluate("fetch('/auth.js', {cache: 'no-store'})")
-    page.wait_for_function("performance.getEntriesByName(location.origin + '/auth.js').length")
+    page.evaluate("async () => { await (await fetch('/auth.js', {cache: 'no-store'})).text(); }")
+    page.wait_for_function("() => performance.getEntriesByName(origin + '/auth.js').length")
     entries = page.evaluate("""() => [...performance.getEntriesByType("navigation"),
                                      ...performance.getEntriesByType("resource")]
         .filter((e) => !/\\/(api|socket\\.io)\\//.test(e.name))
