@@ -378,9 +378,9 @@ def test_two_browsers_of_one_user_over_https_see_the_same_task_live(trusting_bro
     first_ctx, first = signed_in_page(trusting, "carol")
     second_ctx, second = signed_in_page(trusting, "carol")
     try:
-        first.get_by_label("Steps").fill("30")
-        first.get_by_label("Step (ms)").fill("200")
-        first.get_by_role("button", name="Run simulation").click()
+        first.get_by_label("Kind", exact=True).select_option("simulate")
+        first.get_by_label("Steps", exact=True).fill("30")
+        first.get_by_role("button", name="Start").click()
         task = second.locator("li.task").first
         expect(task).to_be_visible(timeout=15_000)
         bar = task.get_by_role("progressbar")

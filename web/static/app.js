@@ -6,8 +6,6 @@
 "use strict";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
-const KIND_NAMES = { export: "Export", simulate: "Simulation" };
-const UNITS = { export: "rows", simulate: "steps" };
 const TASKS_PAGE = 20;       // tasks shown per "Show older tasks"
 const EVENTS_PAGE = 50;      // events per page of a task's log
 const LOG_LIVE_MAX = 2000;   // past this, a log stops growing live: "Load more" reads on
@@ -16,8 +14,11 @@ const ETA_MIN_SPAN_S = 2;    // ... and shown once the history spans this long
 const QUEUE_POLL_MS = 3000;  // the queue moving sends no event: ask for positions
 const CLOCK_PAINTS = 25;     // tasks whose times are redrawn per frame
 const OFFSCREEN_PAINTS = 25; // off-screen tasks redrawn per frame, each at most once a second
+const RESULT_PAIRS = 20;     // a result shows at most this many key/value pairs
+const VALUE_CHARS = 200;     // ... each value cut to this length
 
 const tasks = new Map(); // id -> task {snapshot, el, f (its nodes), est, log}
+const kinds = new Map(); // kind -> {kind, title, description, units, schema, form, fields}
 const order = [];        // ids, newest first
 const dirty = new Set();
 let listDirty = true;
@@ -28,10 +29,13 @@ const $ = (id) => document.getElementById(id);
 const list = $("tasks");
 const indicator = $("connection");
 const formError = $("form-error");
+const picker = $("kind-picker");
+const make = (tag, props) => Object.assign(document.createElement(tag), props);
 
 const locale = undefined; // the browser's
 const num0 = new Intl.NumberFormat(locale, { maximumFractionDigits: 0 });
 const num1 = new Intl.NumberFormat(locale, { minimumFractionDigits: 1, maximumFractionDigits: 1 });
+const numAny = new Intl.NumberFormat(locale, { maximumFractionDigits: 6 });
 const absolute = new Intl.DateTimeFormat(locale, { dateStyle: "medium", timeStyle: "medium" });
 const clock = new Intl.DateTimeFormat(locale, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 const relative = new Intl.RelativeTimeFormat(locale, { numeric: "auto" });
@@ -46,10 +50,10 @@ function auth(refused) {
 }
 if (token()) auth();
 
-// Connected only after the first API answer: that response sets the session
-// cookie the Socket.IO handshake must carry to be bound to its owner (or a token).
-const socket = io({ transports: ["websocket", "polling"], autoConnect: false,
-                    auth: (cb) => cb(token() ? { token: token() } : undefined) });
+// The Socket.IO client (15 KB gzipped) is loaded once the page has its answers (see
+// connect): the forms and the list come first, and those answers set the session
+// cookie the handshake must carry to be bound to its owner (or a token).
+let socket = null;
 
 function setConnection(state, text) {
   indicator.dataset.state = state;
@@ -95,12 +99,14 @@ function rateText(rate, unit) {
   return `${rate >= 100 ? num0.format(rate) : num1.format(rate)} ${unit}/s`;
 }
 
-function describe(s) {
-  if (s.state === "succeeded" && s.result && s.result.rows !== undefined) {
-    const mb = (s.result.bytes / 1e6).toFixed(1);
-    return `Exported ${s.result.rows.toLocaleString("en")} rows (${mb} MB)`;
-  }
-  return s.message;
+// "date_from" -> "Date from": a result's keys, and a field with no title.
+function pretty(name) {
+  return name.replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
+}
+
+function valueText(v) {
+  const text = typeof v === "number" ? numAny.format(v) : typeof v === "string" ? v : JSON.stringify(v);
+  return text.length > VALUE_CHARS ? `${text.slice(0, VALUE_CHARS - 1)}…` : text;
 }
 
 // Write only what changed: a repaint of 100 tasks then touches few nodes (an
@@ -199,14 +205,15 @@ function paint(task, now) {
     f.fill.style.transform = `scaleX(${s.progress / 100})`;
   }
   show(f.message, !(s.state === "failed" && s.error));
-  setText(f.message, describe(s) || "");
+  setText(f.message, s.message || "");
   show(f.cancel, active);
   show(f.again, !!s.params && (s.state === "failed" || s.state === "cancelled"));
   const url = s.state === "succeeded" && s.result && s.result.download_url;
   show(f.download, !!url);
   if (url && f.download.getAttribute("href") !== url) f.download.href = url;
+  if (task.resultShown !== s.result) paintResult(task);
 
-  const unit = UNITS[s.kind] || "items";
+  const unit = (kinds.get(s.kind) || {}).units || "items";
   const c = task.counts;
   fact(task, "progress", `${Math.floor(s.progress)} %` +
     (c ? ` · ${num0.format(c.done)} of ${num0.format(c.total)} ${unit}` : ""));
@@ -228,6 +235,23 @@ function paint(task, now) {
   timeFact(task, "created", s.created_at);
   timeFact(task, "started", s.started_at);
   timeFact(task, "finished", s.finished_at);
+}
+
+// A finished task's result, whatever its kind: its key/value pairs (the download
+// link apart); the kind's own summary is the last event's message.
+function paintResult(task) {
+  const result = task.snapshot.result;
+  task.resultShown = result;
+  const pairs = Object.entries(result || {}).filter(([key]) => key !== "download_url");
+  task.f.result.replaceChildren(...pairs.slice(0, RESULT_PAIRS).map(([key, value], i) => {
+    const term = make("dt", { id: `${task.snapshot.id}-r${i}`, textContent: pretty(key) });
+    const detail = make("dd", { textContent: valueText(value) });
+    detail.setAttribute("aria-labelledby", term.id);
+    const row = make("div");
+    row.append(term, detail);
+    return row;
+  }));
+  show(task.f.result, pairs.length > 0);
 }
 
 function matches(task) {
@@ -320,7 +344,8 @@ function track(snapshot, atTop) {
     const f = { kind: el.querySelector(".kind"), state: el.querySelector(".state"),
       bar: el.querySelector(".bar"), fill: el.querySelector(".fill"),
       message: el.querySelector(".message"), cancel: el.querySelector(".cancel"),
-      again: el.querySelector(".again"), download: el.querySelector(".download") };
+      again: el.querySelector(".again"), download: el.querySelector(".download"),
+      result: el.querySelector(".result") };
     for (const row of el.querySelectorAll("[data-fact]")) {
       const term = row.firstElementChild;
       term.id = `${snapshot.id}-${row.dataset.fact}`;
@@ -375,7 +400,7 @@ function apply(event) {
 
 function subscribe(id) {
   const task = tasks.get(id);
-  if (!task || !socket.connected) return;
+  if (!task || !socket || !socket.connected) return;
   socket.emit("subscribe", { task_id: id, after: task.snapshot.seq }, (ack) => {
     if (ack && ack.ok) {
       ack.missed.forEach(apply);
@@ -394,10 +419,12 @@ async function cancel(id) {
 
 async function start(kind, params) {
   formError.textContent = "";
+  fieldError(kind, "");
   try {
     track(await api("POST", "/api/tasks", { kind, params }), true);
   } catch (err) {
     formError.textContent = err.message;
+    fieldError(kind, err.message);
   }
 }
 
@@ -537,8 +564,9 @@ function notifyOn() {
 function notify(task) {
   if (!document.hidden || !notifyOn()) return;
   const s = task.snapshot;
-  const body = s.state === "failed" && s.error ? s.error.message : describe(s);
-  const note = new Notification(`${KIND_NAMES[s.kind] || s.kind} ${s.state}`, { body, tag: s.id });
+  const body = s.state === "failed" && s.error ? s.error.message : s.message;
+  const title = (kinds.get(s.kind) || { title: s.kind }).title;
+  const note = new Notification(`${title} ${s.state}`, { body, tag: s.id });
   note.onclick = () => window.focus();
 }
 
@@ -549,25 +577,220 @@ notifyButton.addEventListener("click", async () => {
   notifyButton.hidden = notifyOn() || Notification.permission === "denied";
 });
 
-// --- wiring -------------------------------------------------------------------
+// --- kinds and their forms ----------------------------------------------------
 
-function onSubmit(formId, kind, paramsOf) {
-  $(formId).addEventListener("submit", (e) => {
-    e.preventDefault();
-    start(kind, paramsOf(new FormData(e.target)));
-  });
+// GET /api/kinds gives each kind's params as a JSON Schema (pydantic's); a form is
+// made from it, with the constraints HTML can check, the first time it is shown.
+
+// Follows local references (#/$defs/Name: pydantic's enums) and one-branch allOfs;
+// the keys beside a reference (default, description) win over its target's.
+function resolve(root, s) {
+  for (let depth = 0; s && depth < 8; depth++) {
+    const { $ref, allOf, ...rest } = s;
+    let target;
+    if ($ref) {
+      const name = /^#\/\$defs\/([^/]+)$/.exec($ref);
+      target = name && (root.$defs || {})[name[1].replace(/~1/g, "/").replace(/~0/g, "~")];
+    } else if (allOf && allOf.length === 1) target = allOf[0];
+    else return s;
+    s = { ...target, ...rest };
+  }
+  return s;
 }
 
-onSubmit("export-form", "export", (form) => {
-  const params = { format: form.get("format") };
-  if (form.get("date_from")) params.date_from = form.get("date_from");
-  if (form.get("date_to")) params.date_to = form.get("date_to");
-  return params;
-});
-onSubmit("simulate-form", "simulate", (form) => ({
-  steps: Number(form.get("steps")), step_ms: Number(form.get("step_ms")),
-}));
+// A field's schema with its optional form unwrapped: pydantic writes an optional
+// field as {"anyOf": [{...}, {"type": "null"}], "default": null}.
+function fieldSchema(root, raw) {
+  let s = resolve(root, raw);
+  let nullable = false;
+  const alts = s.anyOf || s.oneOf;
+  if (alts) {
+    const { anyOf, oneOf, ...rest } = s;
+    const some = alts.map((a) => resolve(root, a)).filter((a) => a.type !== "null");
+    nullable = some.length < alts.length;
+    s = some.length === 1 ? { ...some[0], ...rest } : rest;
+  }
+  if (Array.isArray(s.type)) {
+    nullable ||= s.type.includes("null");
+    s = { ...s, type: s.type.find((t) => t !== "null") };
+  }
+  return { ...s, nullable };
+}
 
+// HTML matches a pattern against the whole value with the v flag; JSON Schema's
+// finds it anywhere. One the v flag refuses (e.g. [a-z_-]) is checked by hand, and
+// one JavaScript cannot compile (Python's own syntax) is left to the server.
+function setPattern(input, p) {
+  try {
+    new RegExp(`.*(?:${p}).*`, "v");
+    input.pattern = `.*(?:${p}).*`;
+  } catch (err) {
+    try {
+      const re = new RegExp(p, "u");
+      input.addEventListener("input", () => input.setCustomValidity(
+        !input.value || re.test(input.value) ? "" : "Please match the requested format."));
+    } catch (err2) { /* the server checks it */ }
+  }
+}
+
+let fieldCount = 0;
+
+// One field: its label, its control with the schema's constraints, its hint and a
+// place for the server's error; read() gives its value, or undefined to omit it.
+function makeField(root, name, raw, required) {
+  const s = fieldSchema(root, raw);
+  const id = `field-${++fieldCount}`;
+  const title = raw.title || pretty(name); // a $ref's target is titled after its type
+  const items = s.type === "array" && s.items && fieldSchema(root, s.items);
+  const box = make(items && items.enum ? "fieldset" : "div", { className: "field" });
+  let input, focus, read;
+  if (items && items.enum) {
+    // A set of choices: a checkbox each; the count is checked here, as HTML cannot.
+    box.append(make("legend", { textContent: title }));
+    const picked = new Set(s.default || []);
+    const boxes = items.enum.map((v, i) => {
+      const check = make("input", { type: "checkbox", id: `${id}-${i}`, checked: picked.has(v) });
+      check.v = v;
+      const choice = make("span", { className: "choice" });
+      choice.append(check, make("label", { htmlFor: check.id, textContent: String(v) }));
+      box.append(choice);
+      return check;
+    });
+    const count = () => {
+      const n = boxes.filter((b) => b.checked).length;
+      boxes[0].setCustomValidity(n < (s.minItems || 0) ? `Choose at least ${s.minItems}.`
+        : n > (s.maxItems ?? n) ? `Choose at most ${s.maxItems}.` : "");
+    };
+    if (boxes.length) { box.addEventListener("change", count); count(); }
+    input = box;
+    focus = boxes[0];
+    read = () => boxes.filter((b) => b.checked).map((b) => b.v);
+  } else {
+    const label = make("label", { htmlFor: id, textContent: title });
+    if (s.type === "boolean") {
+      input = make("input", { type: "checkbox", id, checked: s.default === true });
+      box.classList.add("check");
+      // Unticked and never set: left out, so the kind's default (null) applies.
+      read = () => (input.checked || required || s.default != null ? input.checked : undefined);
+    } else if (s.enum) {
+      input = make("select", { id });
+      if (!required && s.default == null) input.append(make("option", { textContent: "(none)" }));
+      for (const v of s.enum) {
+        const option = make("option", { textContent: String(v), selected: v === s.default });
+        option.v = v;
+        input.append(option);
+      }
+      read = () => input.selectedOptions[0] && input.selectedOptions[0].v;
+    } else if (s.type === "integer" || s.type === "number") {
+      const int = s.type === "integer";
+      const { exclusiveMinimum: xmin, exclusiveMaximum: xmax } = s;
+      input = make("input", { type: "number", id, step: s.multipleOf || (int ? 1 : "any") });
+      const min = s.minimum ?? (xmin == null ? null : int ? Math.floor(xmin) + 1 : xmin);
+      const max = s.maximum ?? (xmax == null ? null : int ? Math.ceil(xmax) - 1 : xmax);
+      if (min != null) input.min = min;
+      if (max != null) input.max = max;
+      // An exclusive bound of a number: HTML has none (comparisons with undefined are false).
+      if (!int) input.addEventListener("input", () => input.setCustomValidity(
+        input.valueAsNumber <= xmin ? `Must be more than ${xmin}.`
+          : input.valueAsNumber >= xmax ? `Must be less than ${xmax}.` : ""));
+      read = () => (input.value === "" ? undefined : input.valueAsNumber);
+    } else if (s.type === "string") {
+      const type = { date: "date", "date-time": "datetime-local", email: "email", uri: "url" }[s.format];
+      input = make("input", { type: type || "text", id });
+      if (s.minLength) input.minLength = s.minLength;
+      if (s.maxLength != null) input.maxLength = s.maxLength;
+      const min = s.formatMinimum ?? s.minimum, max = s.formatMaximum ?? s.maximum;
+      if (type && min != null) input.min = min;
+      if (type && max != null) input.max = max;
+      if (s.pattern) setPattern(input, s.pattern);
+      read = () => (input.value === "" ? undefined : input.value);
+    } else {
+      // Anything else (an object, a list of free values): typed as JSON.
+      input = make("input", { type: "text", id, placeholder: "JSON" });
+      if (s.default != null) input.value = JSON.stringify(s.default);
+      read = () => {
+        if (input.value === "") return undefined;
+        try { return JSON.parse(input.value); } catch (err) { return input.value; }
+      };
+    }
+    if (input.type !== "checkbox" && input.type !== "select-one") {
+      if (s.default != null && typeof s.default !== "object") input.value = s.default;
+      input.required = required && !s.nullable;
+    }
+    focus = input;
+    box.append(...(s.type === "boolean" ? [input, label] : [label, input]));
+  }
+  const described = [];
+  if (s.description) {
+    box.append(make("small", { id: `${id}-hint`, className: "muted", textContent: s.description }));
+    described.push(`${id}-hint`);
+  }
+  const err = make("span", { id: `${id}-error`, className: "field-error" });
+  box.append(err);
+  described.push(err.id);
+  input.setAttribute("aria-describedby", described.join(" "));
+  // Left empty, a required field that may be null is sent as null.
+  const value = () => (required && s.nullable ? read() ?? null : read());
+  return { name, box, input, focus, err, read: value };
+}
+
+function makeForm(k) {
+  const schema = k.schema || {};
+  const required = new Set(schema.required || []);
+  const form = make("form", { className: "start" });
+  form.setAttribute("aria-label", k.title);
+  k.fields = Object.entries(schema.properties || {})
+    .map(([name, raw]) => makeField(schema, name, raw, required.has(name)));
+  form.append(...k.fields.map((f) => f.box), make("button", { type: "submit", textContent: "Start" }));
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const params = {};
+    for (const f of k.fields) {
+      const value = f.read();
+      if (value !== undefined) params[f.name] = value;
+    }
+    start(k.kind, params);
+  });
+  return form;
+}
+
+function showKind(kind) {
+  const k = kinds.get(kind);
+  if (!k) return;
+  picker.value = kind;
+  setText($("kind-description"), k.description || "");
+  $("kind-form").replaceChildren(k.form ||= makeForm(k));
+  localStorage.setItem("taskbeam.kind", kind);
+}
+
+function setKinds(list) {
+  for (const k of list) {
+    k.title ||= k.kind;
+    kinds.set(k.kind, k);
+    picker.append(make("option", { value: k.kind, textContent: k.title }));
+    $("filter-kind").append(make("option", { value: k.kind, textContent: k.title }));
+  }
+  const last = localStorage.getItem("taskbeam.kind");
+  if (list.length) showKind(kinds.has(last) ? last : list[0].kind);
+  else setText($("kind-description"), "No kinds of task are registered.");
+}
+
+// A 400 invalid_params names the field ("params.steps: ..."): said beside it too.
+function fieldError(kind, message) {
+  const k = kinds.get(kind);
+  for (const f of (k && k.fields) || []) {
+    const bad = message.startsWith(`params.${f.name}:`) || message.startsWith(`params.${f.name}.`);
+    setText(f.err, bad ? message.slice(message.indexOf(":") + 1).trim() : "");
+    if (!f.focus) continue;
+    if (bad) f.focus.setAttribute("aria-invalid", "true");
+    else f.focus.removeAttribute("aria-invalid");
+    if (bad && k.form.isConnected) f.focus.focus();
+  }
+}
+
+// --- wiring -------------------------------------------------------------------
+
+picker.addEventListener("change", () => showKind(picker.value));
 for (const id of ["filter-state", "filter-kind"]) {
   $(id).addEventListener("change", () => { shownLimit = TASKS_PAGE; listDirty = true; schedule(); });
 }
@@ -582,24 +805,40 @@ setInterval(() => {
   schedule();
 }, 1000);
 
-socket.on("connect", () => {
-  setConnection("connected", "Connected");
-  tasks.forEach((task, id) => { if (!TERMINAL.has(task.snapshot.state)) subscribe(id); });
-});
-socket.on("disconnect", () => setConnection("reconnecting", "Reconnecting…"));
-// A refusal by the server (e.g. it lost Redis) stops automatic reconnection: retry.
-socket.on("connect_error", (err) => {
-  setConnection("reconnecting", "Reconnecting…");
-  if (/^(unauthenticated|token_expired)/.test(err.message)) return auth(true);
-  if (!socket.active) setTimeout(() => socket.connect(), 1000);
-});
-socket.io.on("reconnect_attempt", () => setConnection("reconnecting", "Reconnecting…"));
-socket.io.on("reconnect_failed", () => setConnection("offline", "Offline"));
-socket.on("task_update", apply);
-socket.on("task_created", (snapshot) => tasks.has(snapshot.id) || track(snapshot, true));
-socket.on("error", (err) => err.code === "token_expired" && auth(true));
+// Loaded here rather than by the page (see socket); a failed load is tried again.
+function connect() {
+  const script = make("script", { src: "/vendor/socket.io-4.8.1.min.js" });
+  script.onerror = () => { script.remove(); setTimeout(connect, 5000); };
+  script.onload = () => {
+    socket = io({ transports: ["websocket", "polling"], autoConnect: false,
+                  auth: (cb) => cb(token() ? { token: token() } : undefined) });
+    socket.on("connect", () => {
+      setConnection("connected", "Connected");
+      tasks.forEach((task, id) => { if (!TERMINAL.has(task.snapshot.state)) subscribe(id); });
+    });
+    socket.on("disconnect", () => setConnection("reconnecting", "Reconnecting…"));
+    // A refusal by the server (e.g. it lost Redis) stops automatic reconnection: retry.
+    socket.on("connect_error", (err) => {
+      setConnection("reconnecting", "Reconnecting…");
+      if (/^(unauthenticated|token_expired)/.test(err.message)) return auth(true);
+      if (!socket.active) setTimeout(() => socket.connect(), 1000);
+    });
+    socket.io.on("reconnect_attempt", () => setConnection("reconnecting", "Reconnecting…"));
+    socket.io.on("reconnect_failed", () => setConnection("offline", "Offline"));
+    socket.on("task_update", apply);
+    socket.on("task_created", (snapshot) => tasks.has(snapshot.id) || track(snapshot, true));
+    socket.on("error", (err) => err.code === "token_expired" && auth(true));
+    socket.connect();
+  };
+  document.head.append(script);
+}
 
-api("GET", "/api/tasks")
+// One request after the other: on a first visit each answer sets a session cookie
+// of its own (a new owner), and the list and the socket must be the last one's.
+api("GET", "/api/kinds")
+  .then((data) => setKinds(data.kinds))
+  .catch((err) => { formError.textContent = err.message; })
+  .then(() => api("GET", "/api/tasks"))
   .then((data) => data.tasks.forEach((snapshot) => track(snapshot, false)))
   .catch((err) => { formError.textContent = err.message; })
-  .finally(() => { socket.connect(); setTimeout(pollQueue, QUEUE_POLL_MS); });
+  .finally(() => { connect(); setTimeout(pollQueue, QUEUE_POLL_MS); });
