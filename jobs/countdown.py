@@ -9,7 +9,7 @@ import taskbeam
 
 class CountdownParams(BaseModel):
     start: int = Field(10, ge=1, le=1000, description="Count down from this number.")
-    pause_s: float = Field(0.2, ge=0, le=5, description="Seconds between numbers.")
+    pause_s: float = Field(0.2, ge=0, le=5, title="Pause (s)", description="Between numbers.")
     word: str = Field("liftoff", min_length=1, max_length=40, description="Said at zero.")
     shout: bool = Field(False, description="Say it in capitals.")
 

@@ -28,8 +28,10 @@ class SimulateParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", title="Simulation")
 
-    steps: int = Field(20, ge=1, le=10_000, description="How many steps.")
-    step_ms: int = Field(250, ge=0, le=60_000, description="Milliseconds per step.")
+    steps: int = Field(20, ge=1, le=10_000, title="Steps", description="How many steps.")
+    step_ms: int = Field(
+        250, ge=0, le=60_000, title="Step (ms)", description="Milliseconds per step."
+    )
     fail_at: int | None = Field(None, ge=1, le=10_000, description="Fail at this step (1..steps).")
 
     @model_validator(mode="after")
