@@ -52,10 +52,10 @@ test: ## Run lint, unit tests, then integration tests on a throwaway stack (own 
 	tests/run.sh
 
 # Rules and line length: [tool.ruff] in pyproject.toml; ruff is pinned in the test extras.
-lint: ## Check style: ruff check and ruff format --check over taskbeam/, tests/ and web/
+lint: ## Check style: ruff check and ruff format --check over taskbeam/, tests/, web/, examples/
 	@tests/run.sh venv
-	.venv/bin/ruff check taskbeam tests web
-	.venv/bin/ruff format --check taskbeam tests web
+	.venv/bin/ruff check taskbeam tests web examples
+	.venv/bin/ruff format --check taskbeam tests web examples
 
 # The site's pages are docs/ and its nav mkdocs.yml; tests/run.sh builds it with --strict.
 docs: ## Serve the documentation site at http://127.0.0.1:8000 (mkdocs serve; edits reload)
