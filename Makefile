@@ -56,10 +56,10 @@ test: ## Run lint, unit tests, then integration tests on a throwaway stack (own 
 	tests/run.sh
 
 # Rules: [tool.ruff] and [tool.mypy] in pyproject.toml; both pinned in the test extras.
-lint: ## Check style and types: ruff check, ruff format --check, mypy over taskbeam/
+lint: ## Check style and types: ruff check, ruff format --check (with examples/, jobs/), mypy
 	@tests/run.sh venv
-	.venv/bin/ruff check taskbeam tests web
-	.venv/bin/ruff format --check taskbeam tests web
+	.venv/bin/ruff check taskbeam tests web examples jobs
+	.venv/bin/ruff format --check taskbeam tests web examples jobs
 	.venv/bin/mypy
 
 # The site's pages are docs/ and its nav mkdocs.yml; tests/run.sh builds it with --strict.

@@ -27,12 +27,24 @@ def runtime() -> Runtime:
         return _runtime
 
 
+def _app_identity_mode() -> str | None:
+    """In a request or app context of a Taskbeam app (the extension's), its identity
+    mode: there its own login names owners, whatever AUTH_MODE says."""
+    try:
+        from flask import current_app
+
+        return str(current_app.extensions["taskbeam"].identity.mode)
+    except (ImportError, RuntimeError, KeyError, AttributeError):
+        return None
+
+
 def owner_for(user: str, env: Any = None) -> str:
-    """The owner id the web gives ``user`` under this deployment's AUTH_MODE."""
+    """The owner id the web gives ``user``: as the current Taskbeam app names owners,
+    or else under this deployment's AUTH_MODE."""
     if not isinstance(user, str) or not 0 < len(user) <= 255:
         raise ValueError("owner: must be a user name of 1 to 255 characters")
     env = os.environ if env is None else env
-    mode = env.get("AUTH_MODE", "").strip().lower() or "session"
+    mode = _app_identity_mode() or env.get("AUTH_MODE", "").strip().lower() or "session"
     if mode == "jwt":
         return protocol.owner_id("jwt", json.dumps([env.get("JWT_ISSUER", "").strip(), user]))
     if mode == "header":

@@ -17,8 +17,8 @@ fi
 [ "${1:-all}" = venv ] && exit 0
 
 # Style and types first: the quickest to fail ([tool.ruff], [tool.mypy] in pyproject.toml).
-"$venv/bin/ruff" check taskbeam tests web
-"$venv/bin/ruff" format --check taskbeam tests web
+"$venv/bin/ruff" check taskbeam tests web examples jobs
+"$venv/bin/ruff" format --check taskbeam tests web examples jobs
 # The documentation site (mkdocs.yml): --strict turns every warning into a failure, so a
 # broken link or anchor, or a page missing from the nav, fails here.
 NO_MKDOCS_2_WARNING=1 "$venv/bin/mkdocs" build --strict --quiet
@@ -31,6 +31,21 @@ COVERAGE_FILE=$venv/.coverage \
   "$venv/bin/pytest" tests/unit -q -m "not cpu_budget" --cov=taskbeam --cov-report=term \
   --cov-fail-under=84
 "$venv/bin/pytest" tests/unit -q -m cpu_budget || [ $? = 5 ]  # 5: no test is marked
+# `pip install` of the repository builds a wheel: the package with its public API (the
+# extension too), without the tests, the team's jobs/ or the examples.
+wheel_dir=$(mktemp -d)
+"$venv/bin/pip" wheel --no-deps --quiet --wheel-dir "$wheel_dir" .
+"$venv/bin/python" - "$wheel_dir" <<'EOF_WHEEL' || { rm -rf "$wheel_dir"; exit 1; }
+import pathlib, sys, zipfile
+(wheel,) = pathlib.Path(sys.argv[1]).glob("taskbeam-*.whl")
+names = set(zipfile.ZipFile(wheel).namelist())
+missing = {"taskbeam/__init__.py", "taskbeam/web/extension.py"} - names
+stray = sorted(n for n in names if n.split("/")[0] in ("tests", "jobs", "examples"))
+if missing or stray:
+    sys.exit(f"{wheel.name}: missing {sorted(missing)}; should not hold {stray[:5]}")
+print(f"{wheel.name}: {len(names)} files, the public API in, no tests/jobs/examples")
+EOF_WHEEL
+rm -rf "$wheel_dir"
 [ "${1:-all}" = unit ] && exit 0
 
 if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
@@ -106,6 +121,26 @@ docker compose config -q
 docker compose up -d --build --wait --scale worker=3
 # PYTEST_ARGS narrows the run while developing, e.g. PYTEST_ARGS="-k chaos".
 TASKBEAM_URL=http://127.0.0.1:$TEST_HTTP_PORT "$venv/bin/pytest" tests/integration -q ${PYTEST_ARGS:-}
+# The example app (examples/flask_app/compose.yml): its own login and job, Taskbeam through
+# the extension, on this stack's Redis; the workers are recreated with the example's job,
+# and put back as they were after its tests (TEST_EXAMPLE=0 skips this pass).
+if [ "${TEST_EXAMPLE:-1}" != 0 ]; then
+  with_example=docker-compose.yml:examples/flask_app/compose.yml
+  export EXAMPLE_PORT=${TEST_EXAMPLE_PORT:-$((TEST_HTTP_PORT + 2))}
+  export EXAMPLE_ALICE_PASSWORD=$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')
+  export EXAMPLE_BOB_PASSWORD=$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')
+  COMPOSE_FILE=$with_example docker compose up -d --build --wait --scale worker=3 worker example
+  status=0
+  TEST_EXAMPLE_URL=http://127.0.0.1:$EXAMPLE_PORT \
+    "$venv/bin/pytest" -q tests/integration/test_example_app.py ${PYTEST_ARGS:-} || status=$?
+  if [ "$status" != 0 ] && [ "$status" != 5 ]; then  # 5: PYTEST_ARGS selected none of these
+    mkdir -p tests/artifacts
+    COMPOSE_FILE=$with_example docker compose logs --no-color example > tests/artifacts/example.log 2>&1 || true
+    exit "$status"
+  fi
+  COMPOSE_FILE=$with_example docker compose rm --stop --force example
+  docker compose up -d --wait --scale worker=3 worker
+fi
 # Again with stock python-engineio/python-socketio (WEB_FAST_TRANSPORT=0): only `web` is
 # recreated; delivery, chaos and the page run (TEST_STOCK_TRANSPORT=0 skips this pass).
 if [ "${TEST_STOCK_TRANSPORT:-1}" != 0 ]; then

@@ -378,3 +378,10 @@ def register_error_handlers(app):
 
 # The API's own answers are the contract's JSON in an app of your own too (the extension).
 register_error_handlers(bp)
+
+
+@bp.app_errorhandler(ApiError)
+def api_error_in_the_app(exc):
+    # The origin check runs before every request of the app (the extension's too): on
+    # the app's own routes its 403 is the contract's JSON as well, not a 500.
+    return error_response(exc.status, exc.code, exc.message, exc.headers)

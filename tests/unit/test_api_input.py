@@ -313,3 +313,18 @@ def test_a_bad_param_of_a_declared_kind_is_a_400_naming_it():
         response = client.post("/api/tasks", json={"kind": "countdown", "params": params})
         assert response.status_code == 400, params
         assert response.get_json()["error"]["message"].startswith(field), response.get_json()
+
+
+def test_a_foreign_origin_on_an_apps_own_route_is_the_contracts_403():
+    # An app of your own (the extension): the API blueprint without the app-wide
+    # handlers create_app adds; the origin check still runs before the app's routes.
+    settings = config.load({"REDIS_URL": "redis://:pw@redis:6379/0", "SECRET_KEY": "k" * 40})
+    app = Flask(__name__)
+    app.extensions["taskbeam"] = SimpleNamespace(settings=settings)
+    app.register_blueprint(api.bp)
+    app.add_url_rule("/reports", "reports", lambda: "started", methods=["POST"])
+    client = app.test_client()
+    response = client.post("/reports", headers={"Origin": "https://evil.example"})
+    assert response.status_code == 403 and code_of(response) == "forbidden_origin"
+    own = client.post("/reports", headers={"Origin": "http://localhost"})
+    assert own.status_code == 200 and own.text == "started"

@@ -90,3 +90,18 @@ def test_params_may_be_the_kinds_model(rt):
     ((args, kwargs),) = rt.celery.send_task.calls
     assert kwargs["args"][1] == {"steps": 4, "step_ms": 250}
     assert snap["kind"] == "simulate"
+
+
+def test_inside_an_app_of_your_own_its_login_names_the_owner(rt, monkeypatch):
+    """With the extension (owner_of), submit() from a view names the owner as the app's
+    login does, even if AUTH_MODE says otherwise in that environment."""
+    from types import SimpleNamespace
+
+    from flask import Flask
+
+    monkeypatch.setenv("AUTH_MODE", "jwt")
+    app = Flask(__name__)
+    app.extensions["taskbeam"] = SimpleNamespace(identity=SimpleNamespace(mode="app"))
+    with app.app_context():
+        snap = submitting.submit("simulate", {}, owner="alice", rt=rt)
+    assert rt.store.owned_record(snap["id"], protocol.owner_id("app", "alice")) is not None
