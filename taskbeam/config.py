@@ -445,6 +445,11 @@ def load_or_exit(**kwargs):
 
 
 if __name__ == "__main__":
+    from . import registry
+
     role = sys.argv[1] if len(sys.argv) > 1 else "web"
-    load_or_exit(need_secret=(role == "web"))
+    checked = load_or_exit(need_secret=(role == "web"))
+    # The jobs modules too, here before the server starts: inside a Gunicorn worker
+    # the same exit only makes Gunicorn start another worker, again and again.
+    registry.load_or_exit(checked.jobs_modules)
     print(f"taskbeam: configuration for {role} is valid")

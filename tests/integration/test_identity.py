@@ -395,3 +395,105 @@ def test_two_browsers_of_one_user_over_https_see_the_same_task_live(trusting_bro
     finally:
         first_ctx.close()
         second_ctx.close()
+
+
+# --- two tabs of one browser: tasks appear wherever their owner looks -----------------
+
+
+def tab_context(browser, user):
+    """A browser context (its tabs share it) whose requests carry ``user``'s credentials
+    as the page's would: the token the page keeps (jwt), the auth proxy's header."""
+    if MODE == "jwt":
+        context = browser.new_context()
+        token = token_for(user)
+        context.add_init_script(f"localStorage.setItem('taskbeam.token', {json.dumps(token)})")
+        return context, HTTPS_URL, Client(user, token=token)
+    context = browser.new_context(extra_http_headers={PROXY_HEADER: user})
+    return context, BASE_URL, Client(user)
+
+
+@pytest.mark.skipif(MODE not in ("jwt", "header"), reason="jwt and header passes")
+@pytest.mark.parametrize("start_from", ["second tab", "api"])
+def test_two_tabs_a_task_started_elsewhere_appears_live(trusting_browser, start_from):
+    from test_tabs import COUNTDOWN, MARK, assert_appears_live, open_tab, start_in_tab
+
+    user = f"tabs-{start_from.replace(' ', '-')}-{int(time.time() * 1000)}"  # no tasks yet
+    context, url, client = tab_context(trusting_browser[0], user)
+    try:
+        first = open_tab(context, url)
+        first.evaluate(MARK)
+        if start_from == "api":
+            task = client.create(kind="countdown", **COUNTDOWN["params"])
+        else:
+            task = start_in_tab(open_tab(context, url))
+        assert_appears_live(first, task)
+    finally:
+        context.close()
+
+
+# --- taskbeam.submit() from the worker's container ------------------------------------
+
+SUBMIT = """import json, sys, taskbeam
+print(json.dumps(taskbeam.submit(sys.argv[1], json.loads(sys.argv[2]), owner=sys.argv[3])))"""
+
+
+def submit_in_worker(kind, params, owner):
+    """``taskbeam.submit()`` in a worker container, the web's AUTH_MODE and JWT_ISSUER
+    given (the identity pass recreates only web and nginx); the finished process."""
+    return subprocess.run(
+        ["docker", "compose", "exec", "-T", "-e", "AUTH_MODE=jwt", "-e", f"JWT_ISSUER={ISS}"]
+        + ["worker", "python", "-c", SUBMIT, kind, json.dumps(params), owner],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@only("jwt")
+def test_submit_from_python_reaches_its_owner_live_and_no_one_else(alice):
+    bob = Client("bob")
+    alice_socket, bob_socket = alice.socket(), bob.socket()
+    try:
+        done = submit_in_worker("countdown", {"start": 5, "pause_s": 0.1}, "alice")
+        assert done.returncode == 0, done.stderr
+        task = json.loads(done.stdout.strip().splitlines()[-1])
+        assert task["kind"] == "countdown" and task["state"] == "queued"
+        wait_until(
+            lambda: any(t["id"] == task["id"] for t in alice_socket.created), 15, what="created"
+        )
+        listed = alice.request("GET", "/api/tasks").json()["tasks"]
+        assert task["id"] in {t["id"] for t in listed}
+        wait_until(
+            lambda: alice.request("GET", f"/api/tasks/{task['id']}").json()["state"] in TERMINAL,
+            60,
+            interval=0.3,
+            what="the submitted task to finish",
+        )
+        snap = alice.request("GET", f"/api/tasks/{task['id']}").json()
+        assert snap["state"] == "succeeded" and snap["result"] == {"counted": 5, "said": "liftoff"}
+
+        assert task["id"] not in {t["id"] for t in bob.request("GET", "/api/tasks").json()["tasks"]}
+        assert bob.request("GET", f"/api/tasks/{task['id']}").status_code == 404
+        assert not any(t["id"] == task["id"] for t in bob_socket.created)
+    finally:
+        alice_socket.disconnect()
+        bob_socket.disconnect()
+
+
+@only("jwt")
+@pytest.mark.parametrize(
+    "kind, params, error, field",
+    [
+        ("countdown", {"start": 0}, "ParamError", "start"),
+        ("countdown", {"shout": "yes"}, "ParamError", "shout"),
+        ("countdown", {"colour": "red"}, "ParamError", "colour"),
+        ("no_such_kind", {}, "UnknownKind", "kind"),
+    ],
+)
+def test_submit_with_bad_params_raises_the_apis_errors(alice, kind, params, error, field):
+    before = alice.request("GET", "/api/tasks").json()
+    done = submit_in_worker(kind, params, "alice")
+    assert done.returncode != 0, done.stdout
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"taskbeam.registry.{error}: {field}"), done.stderr
+    assert alice.request("GET", "/api/tasks").json() == before

@@ -1,5 +1,10 @@
 """Unit tests for environment validation in taskbeam.config."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from taskbeam import config
@@ -111,6 +116,25 @@ def test_load_or_exit_exits_with_one_line(capsys):
     err = capsys.readouterr().err
     assert err.startswith("taskbeam: configuration error: REDIS_URL is required")
     assert err.count("\n") == 1 and err.endswith("\n")
+
+
+@pytest.mark.parametrize("role", ["web", "worker"])
+def test_the_start_scripts_check_stops_on_a_jobs_module_that_fails(role):
+    # web/start.sh and worker/start.sh run it before Gunicorn or Celery: Gunicorn
+    # would start its worker again and again on the app's exit, never stopping.
+    done = subprocess.run(
+        [sys.executable, "-m", "taskbeam.config", role],
+        env={**os.environ, **env(JOBS_MODULES="jobs,no_such_jobs_module")},
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stdout
+    assert done.stderr.splitlines() == [
+        "taskbeam: JOBS_MODULES: no_such_jobs_module failed to import: "
+        "ModuleNotFoundError: No module named 'no_such_jobs_module'"
+    ]
 
 
 def test_load_or_exit_returns_settings():
