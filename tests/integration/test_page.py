@@ -578,3 +578,24 @@ def test_a_refused_value_is_named_beside_its_field(page):
     expect(first_task(page).locator(".state")).to_have_text("succeeded", timeout=30_000)
     expect(steps).not_to_have_attribute("aria-invalid", "true")
     assert all_tasks(page)[0]["params"] == {"steps": 2, "step_ms": 0}
+
+
+def test_a_teams_own_job_runs_from_its_generated_form(page):
+    """jobs/countdown.py, outside the package (JOBS_MODULES): its form, its units, its
+    summary and its result, with no line of the page written for it."""
+    form = pick(page, "countdown")
+    form.field("start").fill("8")
+    form.field("pause_s").fill("0.5")
+    form.field("word").fill("go")
+    form.field("shout").check()
+    form.get_by_role("button", name="Start").click()
+    task = first_task(page)
+    expect(task).to_contain_text("of 8 numbers", timeout=15_000)  # its units, by the bar
+    expect(task.locator(".state")).to_have_text("succeeded", timeout=30_000)
+    expect(task).to_contain_text("GO")  # the kind's summary, the final message
+    assert all_tasks(page)[0]["params"] == {
+        "start": 8,
+        "pause_s": 0.5,
+        "word": "go",
+        "shout": True,
+    }

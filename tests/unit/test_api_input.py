@@ -318,7 +318,9 @@ def test_a_bad_param_of_a_declared_kind_is_a_400_naming_it():
 def test_a_foreign_origin_on_an_apps_own_route_is_the_contracts_403():
     # An app of your own (the extension): the API blueprint without the app-wide
     # handlers create_app adds; the origin check still runs before the app's routes.
-    settings = config.load({"REDIS_URL": "redis://:pw@redis:6379/0", "SECRET_KEY": "k" * 40})
+    settings = config.load(
+        {"REDIS_URL": "redis://:0123456789abcdef@redis:6379/0", "SECRET_KEY": "k0123456789" * 4}
+    )
     app = Flask(__name__)
     app.extensions["taskbeam"] = SimpleNamespace(settings=settings)
     app.register_blueprint(api.bp)
