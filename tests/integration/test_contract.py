@@ -193,20 +193,20 @@ def test_another_session_sees_nothing_of_a_task(api):
     api.request("POST", f"/api/tasks/{task['id']}/cancel", json={})
 
 
-@pytest.mark.parametrize(
-    "payload",
-    [
-        None,
-        "abc",
-        {"after": 0},
-        {"task_id": 5},
-        {"task_id": ""},
-        {"task_id": "x" * 65},
-    ],
-)
-def test_subscribe_with_bad_task_id_gets_invalid_params(watcher, payload):
+@pytest.mark.parametrize("payload", [None, "abc", {"after": 0}, {"task_id": 5}])
+def test_subscribe_without_a_task_id_string_gets_invalid_params(watcher, payload):
     ack = watcher.sio.call("subscribe", payload, timeout=10)
     assert ack["ok"] is False and ack["error"]["code"] == "invalid_params"
+
+
+@pytest.mark.parametrize("task_id", ["", "x" * 65, "../etc/passwd"])
+def test_a_malformed_task_id_gets_one_answer_everywhere(api, watcher, task_id):
+    """A string that cannot be a task id: REST's 404 and subscribe's `not_found` alike."""
+    ack = watcher.sio.call("subscribe", {"task_id": task_id}, timeout=10)
+    assert ack["ok"] is False and ack["error"]["code"] == "not_found"
+    if task_id:
+        response = api.request("GET", f"/api/tasks/{task_id}")
+        assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
 
 
 @pytest.mark.parametrize("after", [-1, "3", 1.5, True, None])
