@@ -22,7 +22,8 @@ os.environ.pop("WEB_FAST_TRANSPORT", None)
 
 # Every kind a process has at start-up (the shipped ones and jobs/, as JOBS_MODULES=jobs
 # loads them), whichever test runs first: no test may depend on another's imports.
-from taskbeam import registry  # noqa: E402
+from taskbeam import config, registry  # noqa: E402
+from taskbeam.store import TaskStore  # noqa: E402
 
 registry.load_modules(["jobs"])
 
@@ -56,6 +57,20 @@ def redis_server(tmp_path_factory):
     yield sock
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture
+def settings():
+    """Settings of a deployment named ``t`` (a module may define its own)."""
+    return config.load(
+        {"REDIS_URL": "redis://placeholder:6379/0", "TASKBEAM_NAMESPACE": "t"}, need_secret=False
+    )
+
+
+@pytest.fixture
+def store(redis_client, settings):
+    """A TaskStore on the throwaway Redis."""
+    return TaskStore(redis_client, settings)
 
 
 @pytest.fixture

@@ -4,26 +4,11 @@ Celery's real queue layout and a throwaway Redis."""
 
 import os
 
-import pytest
-
-from taskbeam import broker, config
-from taskbeam.store import TaskStore
+from taskbeam import broker
 from taskbeam.web.metrics import render_operator_gauges
 
 os.environ.setdefault("REDIS_URL", "redis://placeholder:6379/0")
 from taskbeam import worker  # noqa: E402  (needs REDIS_URL at import)
-
-
-@pytest.fixture
-def settings():
-    return config.load(
-        {"REDIS_URL": "redis://placeholder:6379/0", "TASKBEAM_NAMESPACE": "t"}, need_secret=False
-    )
-
-
-@pytest.fixture
-def store(redis_client, settings):
-    return TaskStore(redis_client, settings)
 
 
 def test_a_worker_reports_only_while_its_consumer_touches_the_alive_file(

@@ -4,20 +4,8 @@ claims, the reaper's take, and the operator's gauges. The worker's use of them
 
 import pytest
 
-from taskbeam import config, protocol
-from taskbeam.store import LeaseLost, TaskFinished, TaskGone, TaskStore
-
-
-@pytest.fixture
-def settings():
-    return config.load(
-        {"REDIS_URL": "redis://placeholder:6379/0", "TASKBEAM_NAMESPACE": "t"}, need_secret=False
-    )
-
-
-@pytest.fixture
-def store(redis_client, settings):
-    return TaskStore(redis_client, settings)
+from taskbeam import protocol
+from taskbeam.store import LeaseLost, TaskFinished, TaskGone
 
 
 def new_task(store, owner="alice", **params):

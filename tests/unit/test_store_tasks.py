@@ -5,20 +5,8 @@ the bytes the append publishes in test_emitter_publish.py."""
 
 import pytest
 
-from taskbeam import config, protocol
-from taskbeam.store import TaskGone, TaskStore, TooManyActive
-
-
-@pytest.fixture
-def settings():
-    return config.load(
-        {"REDIS_URL": "redis://placeholder:6379/0", "TASKBEAM_NAMESPACE": "t"}, need_secret=False
-    )
-
-
-@pytest.fixture
-def store(redis_client, settings):
-    return TaskStore(redis_client, settings)
+from taskbeam import protocol
+from taskbeam.store import TaskGone, TooManyActive
 
 
 def new_task(store, owner="alice", **params):
