@@ -117,7 +117,19 @@ def compose_environment(service):
         timeout=60,
         check=True,
         cwd=Path(__file__).resolve().parents[2],
-        env={"PATH": os.environ["PATH"], "SECRET_KEY": "x", "REDIS_PASSWORD": "x"},
+        env={
+            "PATH": os.environ["PATH"],
+            **{
+                name: "x"
+                for name in (
+                    "SECRET_KEY",
+                    "REDIS_PASSWORD",
+                    "REDIS_WEB_PASSWORD",
+                    "REDIS_WORKER_PASSWORD",
+                    "REDIS_FLOWER_PASSWORD",
+                )
+            },
+        },
     )
     return json.loads(done.stdout)["services"][service]["environment"]
 
