@@ -75,7 +75,6 @@ def submit(kind: Any, params: Any, *, owner: str, rt: Runtime | None = None) -> 
         owner=owner_id,
         store=rt.store,
         celery=rt.celery,
-        settings=rt.settings,
         announce=announce,
         create=functools.partial(quotas.create, guarded),
     )

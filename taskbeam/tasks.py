@@ -35,7 +35,6 @@ def enqueue(
     owner: str,
     store: Any,
     celery: Any,
-    settings: Any,
     announce: Callable[[str, dict[str, Any]], None],
     create: Callable[..., dict[str, Any]],
 ) -> dict[str, Any]:

@@ -185,7 +185,6 @@ def create_task():
             owner=owner,
             store=svc.store,
             celery=svc.celery,
-            settings=svc.settings,
             announce=announce,
             create=functools.partial(quotas.create, svc, address=request.remote_addr),
         )
