@@ -284,6 +284,7 @@ class Settings:
     # What one client may accumulate (taskbeam/quotas.py, issue 32).
     anonymous_task_retention_s: int = 3_600
     max_active_tasks_per_ip: int = 30
+    max_workflow_children: int = 1_000
     redis_memory_high_water_pct: int = 80
     export_quota_bytes: int = 0  # 0: half the exports volume's size
     export_quota_per_owner_bytes: int = 1 << 30
@@ -365,6 +366,7 @@ def _quotas(env):
             env, "ANONYMOUS_TASK_RETENTION_S", 3_600, 60, 90 * 86_400
         ),
         "max_active_tasks_per_ip": _int(env, "MAX_ACTIVE_TASKS_PER_IP", 30, 0, 1_000_000),
+        "max_workflow_children": _int(env, "MAX_WORKFLOW_CHILDREN", 1_000, 1, 10_000),
         "redis_memory_high_water_pct": _int(env, "REDIS_MEMORY_HIGH_WATER_PCT", 80, 10, 100),
         "export_quota_bytes": _int(env, "EXPORT_QUOTA_BYTES", 0, 0, 1 << 60),
         "export_quota_per_owner_bytes": _int(

@@ -54,7 +54,7 @@ def owner_for(user: str, env: Any = None) -> str:
 
 def submit(kind: Any, params: Any, *, owner: str, rt: Runtime | None = None) -> dict[str, Any]:
     rt = rt or runtime()
-    job, clean = tasks.validate(kind, params, rt.settings)
+    job, clean, plan = tasks.validate(kind, params, rt.settings)
     owner_id = owner_for(owner)
 
     def announce(owner_id: str, snapshot: dict[str, Any]) -> None:
@@ -72,6 +72,7 @@ def submit(kind: Any, params: Any, *, owner: str, rt: Runtime | None = None) -> 
     return tasks.enqueue(
         job,
         clean,
+        plan,
         owner=owner_id,
         store=rt.store,
         celery=rt.celery,

@@ -49,6 +49,7 @@ STRANDED_AFTER_S = 60.0
 ALIVE_FILE = "/tmp/taskbeam-worker-alive"
 ALIVE_EVERY_S = 2.0
 ALIVE_STALE_S = 10.0  # as in worker/healthcheck.sh
+ROLLUP_FLUSH_S = 0.5
 
 
 settings = config.current()
@@ -82,23 +83,37 @@ class TaskRun:
             self.rt.settings.progress_coalesce_ms / 1000, time.monotonic
         )
         self.lease: Any = None  # the run's Lease, once it has one
+        # The current stage's place on the bar, in percent: (start, width).
+        self.span = (0.0, 100.0)
 
     def emit(self, **patch: Any) -> bool:
         """Persist and publish an event; True if the owner asked to cancel."""
         self.lease.check()
-        event, cancel = self.rt.emitter.emit(self.task_id, token=self.lease.token, **patch)
+        event, written = self.rt.emitter.write(self.task_id, token=self.lease.token, **patch)
         self.coalescer.note(event["state"])
-        return cancel
+        if written.fan_in_due:  # this child was its workflow's last: the fan-in is due
+            send_parent(self.rt, written.fan_in_due)
+        return bool(written.cancel)
 
     def report(self, done: float, total: float, message: str) -> None:
         """Where the job's ``progress.update`` calls land."""
         self.lease.check()
-        pct = protocol.percent(done, total)
+        start, width = self.span
+        pct = round(start + width * protocol.percent(done, total) / 100, 1)
         if self.coalescer.admit(protocol.RUNNING, pct):
             if self.emit(
                 state=protocol.RUNNING, progress=pct, message=message, done=done, total=total
             ):
                 raise progress.Cancelled()
+
+    def enter_stage(self, name: str) -> None:
+        """Where the job's ``progress.stage`` calls land: the bar moves to its start."""
+        self.lease.check()
+        self.span = self.job.stage_span(name)
+        if self.emit(
+            state=protocol.RUNNING, progress=round(self.span[0], 1), message=name, stage=name
+        ):
+            raise progress.Cancelled()
 
     def __call__(self) -> None:
         store = self.rt.store
@@ -133,7 +148,15 @@ class TaskRun:
 
     def _run(self) -> None:
         settings = self.rt.settings
-        attempt = self.rt.store.count_attempt(self.task_id)
+        rec = self.rt.store.record(self.task_id) or {}
+        phase = rec.get("phase", "")
+        counter = "fanin_attempts" if phase == "fanin" else "attempts"
+        attempt = self.rt.store.count_attempt(self.task_id, counter)
+        if rec.get("cancel") == "1":
+            # Asked to stop before this run began: a workflow's child whose parent
+            # failed or was cancelled, or a task whose worker died after the ask.
+            self.emit(state=protocol.CANCELLED, message="Cancelled")
+            return
         if attempt > settings.max_redeliveries + 1:
             self.emit(
                 **_error(
@@ -141,6 +164,9 @@ class TaskRun:
                     f"Gave up after {attempt - 1} runs; its worker kept dying.",
                 )
             )
+            return
+        if self.job.is_workflow:
+            self._run_workflow(phase)
             return
         if attempt > 1:
             self.emit(
@@ -151,16 +177,49 @@ class TaskRun:
         if self.emit(state=protocol.RUNNING, message="Running", worker=WORKER_NAME):
             self.emit(state=protocol.CANCELLED, message="Cancelled")
             return
-        self.emit(**self._execute())
+        self.emit(**self._execute(self.job.func))
 
-    def _execute(self) -> dict[str, Any]:
-        """Run the job's function; return the terminal event's fields."""
+    def _run_workflow(self, phase: str) -> None:
+        """A workflow's run: first it sends its children to the workers (they were
+        stored with it) and ends, leaving the parent running; the children's events
+        roll it up. Once the last child ended, the fan-in runs here (a run of its
+        own), or this run if the children were quicker than it."""
+        store = self.rt.store
+        if phase == "":
+            if self.emit(
+                state=protocol.RUNNING, message="Starting the children", worker=WORKER_NAME
+            ):
+                self.emit(state=protocol.CANCELLED, message="Cancelled")
+                self.rt.emitter.cancel_children(self.task_id)
+                return
+            send_children(self.rt, self.task_id)
+            # Not over "fanin": the children may all have ended already.
+            store.redis.hsetnx(store.keys.task(self.task_id), "phase", "children")
+            phase = str(store.redis.hget(store.keys.task(self.task_id), "phase") or "")
+        elif phase == "children":
+            send_children(self.rt, self.task_id)  # again: this run's first try may have died
+        if phase != "fanin" or self.job.fan_in is None:
+            return
+        stage = self.job.stages[-1][0]
+        self.span = self.job.stage_span(stage)
+        if self.emit(state=protocol.RUNNING, message=stage, stage=stage, worker=WORKER_NAME):
+            self.emit(state=protocol.CANCELLED, message="Cancelled")
+            return
+        fan_in = self.job.fan_in
+        results = store.children_results(self.task_id)
+        self.emit(**self._execute(lambda params: fan_in(params, results)))
+
+    def _execute(self, func: Any) -> dict[str, Any]:
+        """Run ``func`` (the job's function) with the params; the terminal event's fields."""
         try:
             params = self.job.load(self.params, self.rt.settings)
             with progress.reporting_to(
-                self.report, task_id=self.task_id, run=str(self.lease.token)
+                self.report,
+                task_id=self.task_id,
+                run=str(self.lease.token),
+                on_stage=self.enter_stage,
             ):
-                result = self.job.func(params)
+                result = func(params)
         except progress.Cancelled:
             return {"state": protocol.CANCELLED, "message": "Cancelled"}
         except jobs.ParamError as exc:
@@ -252,6 +311,34 @@ def send_again(rt: Runtime, rec: Any, connection: Any) -> None:
     )
 
 
+def send_children(rt: Runtime, task_id: str) -> int:
+    """Send a workflow's queued children to the workers; how many. A child sent
+    twice (this run's first try died half-way) runs once: see :meth:`TaskRun.__call__`."""
+    ids = rt.store.child_ids(task_id)
+    pipe = rt.store.redis.pipeline(transaction=False)
+    for child in ids:
+        pipe.hmget(rt.store.keys.task(child), "state", "kind", "params")
+    sent = 0
+    with broker_connection(rt) as connection:
+        for child, (state, kind, params) in zip(ids, pipe.execute()):
+            if state == protocol.QUEUED:
+                send_again(rt, {"id": child, "kind": kind, "params": params}, connection)
+                sent += 1
+    return sent
+
+
+def send_parent(rt: Runtime, task_id: str) -> None:
+    """Send a workflow whose children all ended, for its fan-in. If this is lost, the
+    sweeper sends it: it is unfinished, holds no lease and has no message."""
+    rec = rt.store.record(task_id)
+    if rec is None:
+        return
+    try:
+        send_again(rt, rec, None)
+    except Exception as exc:
+        log.warning("workflow %s: fan-in not sent (%r); the sweeper will", task_id, exc)
+
+
 def requeue_orphans(rt: Runtime | None = None) -> int:
     """Send again every task whose run lease expired (its worker is gone or frozen).
 
@@ -309,7 +396,10 @@ def sweep_stranded(rt: Runtime | None = None) -> int:
     if queued is None:
         log.warning("sweeper: the queue is too long to scan; skipped")
         return 0
-    stranded = [rec for rec in stranded if rec["id"] not in queued]
+    # A workflow waiting for its children runs nowhere by design.
+    stranded = [
+        rec for rec in stranded if rec["id"] not in queued and rec.get("phase") != "children"
+    ]
     if stranded:
         with broker_connection(rt) as connection:
             for rec in stranded:
@@ -357,10 +447,24 @@ def _housekeeping_forever() -> None:
             log.exception("housekeeping failed")
 
 
+def _flush_rollups_forever() -> None:
+    """Write the workflows' roll-up events that the 10-a-second cap held back (when
+    no later child event carried them), so a parent's bar lags by at most this."""
+    while True:
+        time.sleep(ROLLUP_FLUSH_S)
+        try:
+            emitter.flush_rollups()
+        except redis.RedisError as exc:  # Redis down: the next round catches up
+            log.debug("roll-up flush skipped: %s", exc)
+        except Exception:
+            log.exception("roll-up flush failed")
+
+
 @signals.worker_ready.connect
 def _start_housekeeping(**_: Any) -> None:
     # In the worker's main process, which outlives the pool's child processes.
     threading.Thread(target=_housekeeping_forever, daemon=True, name="housekeeping").start()
+    threading.Thread(target=_flush_rollups_forever, daemon=True, name="rollups").start()
 
 
 class AliveFile(bootsteps.StartStopStep):
