@@ -90,6 +90,8 @@ bench: ## Benchmark the running stack (after `make up`): table, JSON and PNG in 
 	  $(COMPOSE) up -d --no-deps --wait nginx; exit $$status
 	$(if $(TIMELINE),@true,$(COMPOSE) exec -T worker python - < tests/bench/persist_overhead.py > tests/bench/results/persist.json)
 	$(if $(TIMELINE),@true,@cat tests/bench/results/persist.json)
+	$(if $(TIMELINE),@true,$(COMPOSE) exec -T worker python - < tests/bench/rollup_cost.py > tests/bench/results/rollup.json)
+	$(if $(TIMELINE),@true,@cat tests/bench/results/rollup.json)
 
 bench-export: ## Export rows/s and RSS: SQLite, PostgreSQL (generic, COPY), psql (stack on PostgreSQL)
 	@tests/run.sh venv
