@@ -32,11 +32,16 @@ def _with_components(kind, schema, components):
     return moved
 
 
+def _creatable():
+    """The kinds ``POST /api/tasks`` takes (not those that run only as children)."""
+    return sorted(kind for kind, job in registry.JOBS.items() if job.listed)
+
+
 def param_schemas(settings, components):
-    """Each registered kind's params schema, generated from its declaration."""
+    """Each creatable kind's params schema, generated from its declaration."""
     return {
         kind: _with_components(kind, registry.JOBS[kind].schema(settings), components)
-        for kind in sorted(registry.JOBS)
+        for kind in _creatable()
     }
 
 
@@ -53,7 +58,7 @@ def openapi_document(settings=None):
             "additionalProperties": False,
             "properties": {"kind": {"type": "string", "enum": [kind]}, "params": schemas[kind]},
         }
-        for kind in sorted(registry.JOBS)
+        for kind in _creatable()
     ]
     return {
         "openapi": "3.1.0",
