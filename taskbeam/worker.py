@@ -54,8 +54,8 @@ ALIVE_STALE_S = 10.0  # as in worker/healthcheck.sh
 settings = config.current()
 # The team's own kinds (JOBS_MODULES) before the Celery tasks are made from JOBS.
 registry.load_or_exit(settings.jobs_modules)
-runtime = make_runtime(settings)
-celery, store, emitter = runtime.celery, runtime.store, runtime.emitter
+default_runtime = make_runtime(settings)  # what runs and housekeeping use unless given one
+celery, store, emitter = default_runtime.celery, default_runtime.store, default_runtime.emitter
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
@@ -75,18 +75,20 @@ class TaskRun:
     without writing anything more.
     """
 
-    def __init__(self, job: jobs.Job, task_id: str, params: Any, rt: Runtime | None = None) -> None:
+    def __init__(
+        self, job: jobs.Job, task_id: str, params: Any, runtime: Runtime | None = None
+    ) -> None:
         self.job, self.task_id, self.params = job, task_id, params
-        self.rt = rt or runtime
+        self.runtime = runtime or default_runtime
         self.coalescer = protocol.Coalescer(
-            self.rt.settings.progress_coalesce_ms / 1000, time.monotonic
+            self.runtime.settings.progress_coalesce_ms / 1000, time.monotonic
         )
         self.lease: Any = None  # the run's Lease, once it has one
 
     def emit(self, **patch: Any) -> bool:
         """Persist and publish an event; True if the owner asked to cancel."""
         self.lease.check()
-        event, cancel = self.rt.emitter.emit(self.task_id, token=self.lease.token, **patch)
+        event, cancel = self.runtime.emitter.emit(self.task_id, token=self.lease.token, **patch)
         self.coalescer.note(event["state"])
         return cancel
 
@@ -101,7 +103,7 @@ class TaskRun:
                 raise progress.Cancelled()
 
     def __call__(self) -> None:
-        store = self.rt.store
+        store = self.runtime.store
         try:
             token = store.claim_run(self.task_id, LEASE_S)
         except (TaskFinished, TaskGone) as exc:
@@ -132,8 +134,8 @@ class TaskRun:
         store.release_lease(self.task_id, token)
 
     def _run(self) -> None:
-        settings = self.rt.settings
-        attempt = self.rt.store.count_attempt(self.task_id)
+        settings = self.runtime.settings
+        attempt = self.runtime.store.count_attempt(self.task_id)
         if attempt > settings.max_redeliveries + 1:
             self.emit(
                 **_error(
@@ -156,7 +158,7 @@ class TaskRun:
     def _execute(self) -> dict[str, Any]:
         """Run the job's function; return the terminal event's fields."""
         try:
-            params = self.job.load(self.params, self.rt.settings)
+            params = self.job.load(self.params, self.runtime.settings)
             with progress.reporting_to(
                 self.report, task_id=self.task_id, run=str(self.lease.token)
             ):
@@ -171,9 +173,10 @@ class TaskRun:
             # Raised wherever the job was, maybe between a Redis request and its reply
             # (a WAIT, a slow Redis): a connection put back with that reply still to
             # come would hand it to the next command. Close them all; the pool reopens.
-            self.rt.store.redis.connection_pool.disconnect()
+            self.runtime.store.redis.connection_pool.disconnect()
             return _error(
-                "time_limit", f"Stopped after the {self.rt.settings.task_time_limit_s}s time limit."
+                "time_limit",
+                f"Stopped after the {self.runtime.settings.task_time_limit_s}s time limit.",
             )
         except (TaskFinished, TaskGone):
             raise
@@ -234,17 +237,17 @@ class Lease:
         self.thread.join()
 
 
-def send_again(rt: Runtime, rec: Any, connection: Any) -> None:
+def send_again(runtime: Runtime, rec: Any, connection: Any) -> None:
     """Put an unfinished task back on the queue (a kind no longer known fails)."""
     job = jobs.JOBS.get(rec.get("kind"))
     if job is None:
         message = f"Task kind {rec.get('kind')!r} is not known to the workers."
         try:
-            rt.emitter.emit(rec["id"], **_error("unknown_kind", message))
+            runtime.emitter.emit(rec["id"], **_error("unknown_kind", message))
         except (TaskFinished, TaskGone):
             pass
         return
-    rt.celery.send_task(
+    runtime.celery.send_task(
         job.celery_name,
         args=[rec["id"], json.loads(rec["params"])],
         task_id=rec["id"],
@@ -252,43 +255,43 @@ def send_again(rt: Runtime, rec: Any, connection: Any) -> None:
     )
 
 
-def requeue_orphans(rt: Runtime | None = None) -> int:
+def requeue_orphans(runtime: Runtime | None = None) -> int:
     """Send again every task whose run lease expired (its worker is gone or frozen).
 
     Each id on its own: one that cannot be sent gets its lease back, so the next
     round tries it again, and the others still go out.
     """
-    rt = rt or runtime
-    orphans = rt.store.reap_expired_leases()
+    runtime = runtime or default_runtime
+    orphans = runtime.store.reap_expired_leases()
     if not orphans:
         return 0
     sent = 0
-    with broker_connection(rt) as connection:
+    with broker_connection(runtime) as connection:
         for task_id in orphans:
             try:
-                rec = rt.store.record(task_id)
+                rec = runtime.store.record(task_id)
                 if rec is None or rec["state"] in protocol.TERMINAL_STATES:
                     continue
                 log.warning("task %s lost its worker; sending it again", task_id)
-                send_again(rt, rec, connection)
+                send_again(runtime, rec, connection)
                 sent += 1
             except Exception as exc:
                 log.warning("could not send task %s again (%r); retrying next round", task_id, exc)
                 try:
-                    rt.store.restore_lease(task_id)
+                    runtime.store.restore_lease(task_id)
                 except redis.RedisError:
                     pass  # the sweeper finds it: unfinished, no lease, no message
     return sent
 
 
-def broker_connection(rt: Runtime) -> Any:
+def broker_connection(runtime: Runtime) -> Any:
     """A broker connection of its own for housekeeping's sends, closed after each
     round: the app's pooled producer lives in the same process as the consumer,
     and after a broker restart kombu can leave it broken for good."""
-    return rt.celery.connection_for_write()
+    return runtime.celery.connection_for_write()
 
 
-def sweep_stranded(rt: Runtime | None = None) -> int:
+def sweep_stranded(runtime: Runtime | None = None) -> int:
     """Send again unfinished tasks that hold no lease and have no broker message.
 
     They are what a lost message (a Redis crash within its fsync window), a
@@ -296,43 +299,43 @@ def sweep_stranded(rt: Runtime | None = None) -> int:
     behind: without this they would stay ``queued`` or ``running`` forever. One
     worker sweeps at a time.
     """
-    rt = rt or runtime
-    lock = rt.store.keys.sweeper
-    if not rt.store.redis.set(
+    runtime = runtime or default_runtime
+    lock = runtime.store.keys.sweeper
+    if not runtime.store.redis.set(
         lock, WORKER_NAME, nx=True, ex=int(SWEEP_ROUNDS * REAP_INTERVAL_S) - 1
     ):
         return 0
-    stranded = rt.store.unfinished_without_run(STRANDED_AFTER_S)
+    stranded = runtime.store.unfinished_without_run(STRANDED_AFTER_S)
     if not stranded:
         return 0
-    queued = broker.queued_task_ids(rt.store.redis, rt.celery)
+    queued = broker.queued_task_ids(runtime.store.redis, runtime.celery)
     if queued is None:
         log.warning("sweeper: the queue is too long to scan; skipped")
         return 0
     stranded = [rec for rec in stranded if rec["id"] not in queued]
     if stranded:
-        with broker_connection(rt) as connection:
+        with broker_connection(runtime) as connection:
             for rec in stranded:
                 log.warning(
                     "task %s is %s with no worker and no queued message; sending it again",
                     rec["id"],
                     rec["state"],
                 )
-                send_again(rt, rec, connection)
+                send_again(runtime, rec, connection)
     return len(stranded)
 
 
-def report_alive(rt: Runtime | None = None) -> bool:
+def report_alive(runtime: Runtime | None = None) -> bool:
     """Count this worker in the metrics' ``taskbeam_workers_alive`` while its
     consumer runs (the alive file is fresh), not merely while the process exists."""
-    rt = rt or runtime
+    runtime = runtime or default_runtime
     try:
         age = time.time() - os.stat(ALIVE_FILE).st_mtime
     except FileNotFoundError:
         return False
     if age >= ALIVE_STALE_S:
         return False
-    rt.store.worker_alive(WORKER_NAME)
+    runtime.store.worker_alive(WORKER_NAME)
     return True
 
 
