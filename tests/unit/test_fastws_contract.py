@@ -32,7 +32,7 @@ from taskbeam.gunicorn_worker import Handler
 from taskbeam.web import fastws, mq_listener
 from taskbeam.web.fastws import listener, seams, transport
 from taskbeam.web.metrics import Metrics
-from taskbeam.web.mq_listener import Heard, StockRedisManager, make_manager
+from taskbeam.web.mq_listener import StockRedisManager, WatchedManager, make_manager
 
 
 def test_the_installed_libraries_are_the_ones_the_seams_were_read_from():
@@ -498,7 +498,7 @@ def test_web_fast_transport_0_means_stock(fresh_usable, monkeypatch):
     monkeypatch.setenv("WEB_FAST_TRANSPORT", "0")
     assert not fastws.usable()
     manager = make_manager("redis://unused", "sio", Metrics())
-    assert type(manager).__mro__[1:3] == (Heard, socketio.RedisManager)
+    assert type(manager).__mro__[1:3] == (WatchedManager, socketio.RedisManager)
     monkeypatch.setenv("WEB_FAST_TRANSPORT", "1")
     fastws.usable.cache_clear()
     assert isinstance(make_manager("redis://unused", "sio", Metrics()), listener.FastRedisManager)
