@@ -62,10 +62,12 @@ class StockRedisManager(WatchedManager, socketio.RedisManager):
         return participants
 
 
-def make_manager(url: str, channel: str, metrics: Metrics, redis_options=None) -> WatchedManager:
-    """The fast listener, or the stock one (``WEB_FAST_TRANSPORT=0``, or libraries
-    the fast path was not written against). ``redis_options``: TLS, for one."""
-    if fastws.usable():
+def make_manager(
+    url: str, channel: str, metrics: Metrics, redis_options=None, *, fast: bool
+) -> WatchedManager:
+    """The fast listener if ``fast`` (:func:`fastws.in_use`), else the stock one.
+    ``redis_options``: TLS, for one."""
+    if fast:
         return fastws.FastRedisManager(url, channel, metrics, redis_options=redis_options)
     return StockRedisManager(url, channel, metrics, redis_options)
 
