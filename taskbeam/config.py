@@ -293,6 +293,9 @@ class Settings:
     # Per Socket.IO connection (taskbeam/web/sockets.py).
     subscribe_rate_per_s: int = 20
     subscribe_replay_bytes_per_s: int = 1 << 20
+    # Our code below a library's API, each switchable back to the library's own path.
+    web_fast_transport: bool = True  # taskbeam/web/fastws
+    broker_transport_fix: bool = True  # taskbeam/broker_transport.py
 
     @property
     def socketio_channel(self):
@@ -344,6 +347,8 @@ def load(env=None, *, need_secret=True):
         redis_tls_ca_file=_redis_tls_ca_file(env, redis_url),
         jobs_modules=_jobs_modules(env),
         **_quotas(env),
+        web_fast_transport=_bool(env, "WEB_FAST_TRANSPORT", True),
+        broker_transport_fix=_bool(env, "BROKER_TRANSPORT_FIX", True),
     )
 
 

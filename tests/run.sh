@@ -17,8 +17,8 @@ fi
 [ "${1:-all}" = venv ] && exit 0
 
 # Style and types first: the quickest to fail ([tool.ruff], [tool.mypy] in pyproject.toml).
-"$venv/bin/ruff" check taskbeam tests web examples jobs
-"$venv/bin/ruff" format --check taskbeam tests web examples jobs
+"$venv/bin/ruff" check taskbeam tests web examples jobs bench
+"$venv/bin/ruff" format --check taskbeam tests web examples jobs bench
 # The documentation site (mkdocs.yml): --strict turns every warning into a failure, so a
 # broken link or anchor, or a page missing from the nav, fails here.
 NO_MKDOCS_2_WARNING=1 "$venv/bin/mkdocs" build --strict --quiet

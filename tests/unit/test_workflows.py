@@ -70,7 +70,8 @@ def create(rt, kind="primes", **params):
 def run(rt, task_id):
     """One delivery of ``task_id`` to a worker, as Celery would make it."""
     rec = rt.store.record(task_id)
-    worker.TaskRun(registry.get(rec["kind"]), task_id, rt.store.snapshot_of(rec)["params"], rt=rt)()
+    params = rt.store.snapshot_of(rec)["params"]
+    worker.TaskRun(registry.get(rec["kind"]), task_id, params, runtime=rt)()
 
 
 def history(rt, task_id):
@@ -316,7 +317,7 @@ def test_a_staged_job_reports_the_weighted_whole_and_names_its_stage(rt):
     registry.job("staged_test", params=P, stages={"query": 10, "render": 80, "upload": 10})(staged)
     try:
         snap = rt.store.create(kind="staged_test", owner="alice", params={})
-        worker.TaskRun(registry.get("staged_test"), snap["id"], {}, rt=rt)()
+        worker.TaskRun(registry.get("staged_test"), snap["id"], {}, runtime=rt)()
     finally:
         registry.JOBS.pop("staged_test")
     running = [e for e in history(rt, snap["id"]) if e["state"] == "running"]
@@ -339,7 +340,7 @@ def test_a_stage_the_kind_does_not_declare_fails_the_task(rt):
     registry.job("staged_bad", params=P, stages={"one": 1})(lambda p: progress.stage("two"))
     try:
         snap = rt.store.create(kind="staged_bad", owner="alice", params={})
-        worker.TaskRun(registry.get("staged_bad"), snap["id"], {}, rt=rt)()
+        worker.TaskRun(registry.get("staged_bad"), snap["id"], {}, runtime=rt)()
     finally:
         registry.JOBS.pop("staged_bad")
     last = history(rt, snap["id"])[-1]

@@ -3,7 +3,7 @@ plain task's, sample by sample in turn; and how many parent events a browser get
 while 1,000 children each report 10 times a second.
 
 Runs inside a worker container, next to the stack's Redis, on the worker's own code
-path:  docker compose exec -T worker python - < tests/bench/rollup_cost.py
+path:  docker compose exec -T worker python - < bench/rollup_cost.py
 Prints one JSON object; its scratch tasks are deleted at the end.
 """
 
@@ -57,12 +57,12 @@ def main():
         for i in range(N):
             kid = kids[i % CHILDREN]
             pct = 1 + i // CHILDREN  # each child moves on: every append rolls up
-            for fn, taken in (
-                (lambda: emitter.emit(plain["id"], token=plain_token, progress=pct), plain_us),
-                (lambda: emitter.emit(kid, token=tokens[kid], progress=pct), child_us),
+            for task_id, token, taken in (
+                (plain["id"], plain_token, plain_us),
+                (kid, tokens[kid], child_us),
             ):
                 start = time.perf_counter()
-                fn()
+                emitter.emit(task_id, token=token, progress=pct)
                 taken.append((time.perf_counter() - start) * 1e6)
         before = store.redis.hget(store.keys.task(parent), "seq")
         # 1,000 children at 10 reports a second each, for SECONDS (paced).
