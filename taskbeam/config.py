@@ -292,6 +292,9 @@ class Settings:
     # Per Socket.IO connection (taskbeam/web/sockets.py).
     subscribe_rate_per_s: int = 20
     subscribe_replay_bytes_per_s: int = 1 << 20
+    # Observability (taskbeam/observability.py, taskbeam/tracing.py).
+    log_format: str = "text"
+    otel_endpoint: str = ""  # "": no traces
 
     @property
     def socketio_channel(self):
@@ -343,7 +346,23 @@ def load(env=None, *, need_secret=True):
         redis_tls_ca_file=_redis_tls_ca_file(env, redis_url),
         jobs_modules=_jobs_modules(env),
         **_quotas(env),
+        **_observability(env),
     )
+
+
+def _observability(env):
+    """LOG_FORMAT (text or json) and OTEL_EXPORTER_OTLP_ENDPOINT (traces when set)."""
+    log_format = env.get("LOG_FORMAT", "").strip().lower() or "text"
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"LOG_FORMAT must be text or json, got {log_format[:40]!r}")
+    endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    parts = urlsplit(endpoint)
+    if endpoint and (parts.scheme not in ("http", "https") or not parts.hostname):
+        raise ConfigError(
+            "OTEL_EXPORTER_OTLP_ENDPOINT must be an OTLP/HTTP base URL, e.g. "
+            "http://otel-collector:4318"
+        )
+    return {"log_format": log_format, "otel_endpoint": endpoint}
 
 
 def _jobs_modules(env):

@@ -10,7 +10,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, session
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
-from .. import broker, export, protocol, quotas, registry, tasks
+from .. import broker, export, observability, protocol, quotas, registry, tasks
 from ..protocol import MAX_EVENTS_PAGE, MAX_SEQ_DIGITS
 from ..store import Keys, TaskFinished, TaskGone, TooManyActive
 from . import identity
@@ -68,6 +68,8 @@ def current_owner():
             raise ApiError(
                 401, exc.code, exc.message, {"WWW-Authenticate": exc.challenge}
             ) from None
+        # Its hash, on this request's log lines (and its tasks').
+        observability.bind(owner=observability.owner_hash(g.owner))
     return g.owner
 
 
@@ -198,6 +200,12 @@ def create_task():
         ) from None
     except tasks.QueueUnavailable as exc:
         raise ApiError(503, "unavailable", str(exc)) from None
+    log.info(
+        "task %s created: %s",
+        snapshot["id"],
+        job.kind,
+        extra={"task_id": snapshot["id"], "kind": job.kind},
+    )
     response = jsonify(snapshot)
     response.status_code = 202
     response.headers["Location"] = url_for("api.get_task", task_id=snapshot["id"])
