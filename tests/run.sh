@@ -92,6 +92,7 @@ sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n
     -e "s/^EVENT_READS_PER_SECOND_PER_IP=.*/EVENT_READS_PER_SECOND_PER_IP=50/" \
     -e "s/^EVENT_READS_BURST_PER_IP=.*/EVENT_READS_BURST_PER_IP=200/" \
     -e "s/^WS_CONNECTIONS_PER_IP=.*/WS_CONNECTIONS_PER_IP=300/" \
+    -e "s/^LOG_FORMAT=.*/LOG_FORMAT=json/" \
     .env.example > "$COMPOSE_ENV_FILES"
 # Keep the base images the user's own stack builds from (a mirror, or offline stand-ins).
 [ -f .env ] && grep -E '^(PYTHON|REDIS|NGINX|POSTGRES)_IMAGE=' .env >> "$COMPOSE_ENV_FILES" || true
