@@ -123,8 +123,9 @@ class ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         ids = current()
         args = record.args
-        if "task_id" not in ids and isinstance(args, Mapping) and isinstance(args.get("id"), str):
-            ids["task_id"] = args["id"]  # "Task %(name)s[%(id)s] succeeded ..."
+        task_id = args.get("id") if isinstance(args, Mapping) else None
+        if "task_id" not in ids and isinstance(task_id, str):
+            ids["task_id"] = task_id  # "Task %(name)s[%(id)s] succeeded ..."
         trace_id = tracing.current_trace_id()
         if trace_id is not None:
             ids["trace_id"] = trace_id

@@ -156,6 +156,12 @@ def refuse_foreign_origin():
         raise ApiError(403, "forbidden_origin", "This origin is not allowed.")
 
 
+@bp.teardown_app_request
+def forget_log_ids(_exc):
+    # The owner bound by current_owner (and the request id) end with the request.
+    observability.clear()
+
+
 @bp.before_request
 def require_owner():
     # Credentials before anything else about a task request: no 404 vs 400 oracle.

@@ -14,6 +14,7 @@ from taskbeam.web import front
 @pytest.fixture
 def json_log():
     """A logger writing JSON lines to a buffer; the buffer."""
+    observability.clear()
     out = io.StringIO()
     logger = logging.getLogger("taskbeam.test_observability")
     logger.propagate = False
