@@ -6,6 +6,7 @@ Run ``python -m taskbeam.config`` to check the current environment.
 """
 
 import functools
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass
@@ -361,6 +362,11 @@ def _observability(env):
         raise ConfigError(
             "OTEL_EXPORTER_OTLP_ENDPOINT must be an OTLP/HTTP base URL, e.g. "
             "http://otel-collector:4318"
+        )
+    if endpoint and importlib.util.find_spec("opentelemetry.sdk") is None:
+        raise ConfigError(
+            "OTEL_EXPORTER_OTLP_ENDPOINT needs the tracing extra in the image: "
+            "PIP_EXTRAS=tracing in .env, then make up (or pip install 'taskbeam[tracing]')"
         )
     return {"log_format": log_format, "otel_endpoint": endpoint}
 

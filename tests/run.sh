@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 venv=${TASKBEAM_TEST_VENV:-.venv}
 if [ ! -x "$venv/bin/pytest" ] || [ pyproject.toml -nt "$venv/.installed" ]; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q -e '.[test,docs]'
+  "$venv/bin/pip" install -q -e '.[test,docs,tracing]'
   touch "$venv/.installed"
 fi
 [ "${1:-all}" = venv ] && exit 0

@@ -3,12 +3,18 @@
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from flask import Flask
 
 from taskbeam import config, observability
 from taskbeam.web import front
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -113,3 +119,46 @@ def test_observability_settings_default_to_text_and_no_traces():
     env = {"LOG_FORMAT": "JSON", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}
     settings = config.load({"REDIS_URL": "redis://r:6379/0", **env}, need_secret=False)
     assert (settings.log_format, settings.otel_endpoint) == ("json", "http://c:4318")
+
+
+def test_with_tracing_off_nothing_of_opentelemetry_is_imported():
+    # Of ours: redis-py imports the SDK's metrics itself when they are installed (which
+    # is why tracing is an extra).
+    script = (
+        "OURS = ('opentelemetry.sdk.trace', 'opentelemetry.instrumentation',"
+        " 'opentelemetry.exporter', 'pythonjsonlogger')\n"
+        "from gevent import monkey; monkey.patch_all()\n"
+        "import sys; from taskbeam import config, tracing; from taskbeam.web import create_app\n"
+        "app = create_app(config.load())\n"
+        "assert not tracing.start('x', app)\n"
+        "print(sorted(m for m in sys.modules if m.startswith(OURS)))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "LOG_"))}
+    env.update(
+        REDIS_URL="redis://127.0.0.1:1/0",  # never connected to here
+        SECRET_KEY="no-tracing-" + "0123456789abcdef" * 2,
+        WEB_FAST_TRANSPORT="0",
+        PYTHONPATH=str(ROOT),
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_traces_without_the_tracing_extra_are_refused(monkeypatch):
+    real = config.importlib.util.find_spec
+    monkeypatch.setattr(
+        config.importlib.util,
+        "find_spec",
+        lambda name: None if name.startswith("opentelemetry") else real(name),
+    )
+    env = {"REDIS_URL": "redis://r:6379/0", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}
+    with pytest.raises(config.ConfigError, match="PIP_EXTRAS=tracing"):
+        config.load(env, need_secret=False)
