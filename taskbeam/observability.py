@@ -39,6 +39,7 @@ HEADER_PREFIX = "taskbeam_"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Paths of the health checks: their access lines say nothing and come every few seconds.
 HEALTH_PATHS = ("/healthz", "/readyz", "/nginx-health", "/flower/healthcheck")
+ACCESS_LOGGERS = ("geventwebsocket.handler", "tornado.access", "gunicorn.access")
 
 _context: dict[str, contextvars.ContextVar[str | None]] = {
     name: contextvars.ContextVar(f"taskbeam_{name}", default=None) for name in FIELDS
@@ -136,7 +137,7 @@ class ContextFilter(logging.Filter):
 
 
 class HealthCheckFilter(logging.Filter):
-    """Drops access lines of the health checks (Tornado's in Flower, Gunicorn's)."""
+    """Drops access lines of the health checks (``"GET /readyz HTTP/1.0" 200 ...``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -177,8 +178,9 @@ def configure(log_format: str, level: str | int = logging.INFO, stream: Any = No
 
 
 def drop_health_checks() -> None:
-    """No access lines for the health checks (Flower's Tornado, Gunicorn's if enabled)."""
-    for name in ("tornado.access", "gunicorn.access"):
+    """No access lines for the health checks: the web's (gevent-websocket's handler
+    logs every request), Flower's (Tornado's), Gunicorn's if someone enables it."""
+    for name in ACCESS_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, HealthCheckFilter) for f in logger.filters):
             logger.addFilter(HealthCheckFilter())

@@ -81,6 +81,15 @@ def test_health_check_access_lines_are_dropped():
 
     assert not keep.filter(record(200, "GET /flower/healthcheck (127.0.0.1)", 1.0))
     assert keep.filter(record(200, "GET /flower/tasks (127.0.0.1)", 1.0))
+    # gevent-websocket's handler, the web's: one line a request, formatted already.
+    line = '127.0.0.1 - - [2026-12-06 19:34:47] "GET /readyz HTTP/1.0" 200 396 0.003999'
+    assert not keep.filter(logging.LogRecord("g", 20, "", 0, line, None, None))
+    assert keep.filter(
+        logging.LogRecord("g", 20, "", 0, line.replace("readyz", "api/x"), None, None)
+    )
+    observability.drop_health_checks()
+    web_access = logging.getLogger("geventwebsocket.handler")
+    assert sum(isinstance(f, observability.HealthCheckFilter) for f in web_access.filters) == 1
 
 
 def app_with_ids(trusted):
