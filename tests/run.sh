@@ -78,7 +78,7 @@ sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n
     -e "s/^HTTP_PORT=.*/HTTP_PORT=$TEST_HTTP_PORT/" \
     -e "s/^WORKER_REPLICAS=.*/WORKER_REPLICAS=3/" \
     -e "s/^IMAGE_TAG=.*/IMAGE_TAG=${TEST_IMAGE_TAG:-test}/" \
-    -e "s/^PIP_EXTRAS=.*/PIP_EXTRAS=postgres/" \
+    -e "s/^PIP_EXTRAS=.*/PIP_EXTRAS=postgres,tracing/" \
     -e "s/^EXPORT_TTL=.*/EXPORT_TTL=$TEST_EXPORT_TTL/" \
     -e "s/^TASK_MAX_REDELIVERIES=.*/TASK_MAX_REDELIVERIES=1/" \
     -e "s/^TASK_TIME_LIMIT_S=.*/TASK_TIME_LIMIT_S=30/" \

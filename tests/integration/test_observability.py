@@ -1,25 +1,9 @@
 """One request id finds the whole story: Nginx's JSON access line, the web's line, the
 worker's lines and the task's events (tests/run.sh runs the stack with LOG_FORMAT=json)."""
 
-import json
 import time
 
-from conftest import TERMINAL, compose, stored_history, wait_until
-
-
-def json_lines(service, since):
-    """The JSON objects among a service's log lines since ``since`` (epoch seconds)."""
-    found = []
-    for line in compose("logs", "--no-color", "--no-log-prefix", "--since", since, service).split(
-        "\n"
-    ):
-        line = line[line.find("{") :]  # after any terminal codes of `compose logs`
-        if line.startswith("{"):
-            try:
-                found.append(json.loads(line))
-            except ValueError:
-                pass
-    return found
+from conftest import TERMINAL, json_lines, stored_history, wait_until
 
 
 def test_one_request_id_leads_from_nginx_to_the_tasks_events(api):
