@@ -76,6 +76,7 @@ sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n
     -e "s/^POSTGRES_PASSWORD=.*/POSTGRES_PASSWORD=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
     -e "s/^POSTGRES_EXPORT_PASSWORD=.*/POSTGRES_EXPORT_PASSWORD=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
     -e "s/^HTTP_PORT=.*/HTTP_PORT=$TEST_HTTP_PORT/" \
+    -e "s/^PROMETHEUS_PORT=.*/PROMETHEUS_PORT=${TEST_PROMETHEUS_PORT:-$((TEST_HTTP_PORT + 3))}/" \
     -e "s/^WORKER_REPLICAS=.*/WORKER_REPLICAS=3/" \
     -e "s/^IMAGE_TAG=.*/IMAGE_TAG=${TEST_IMAGE_TAG:-test}/" \
     -e "s/^PIP_EXTRAS=.*/PIP_EXTRAS=postgres,tracing/" \
@@ -95,7 +96,7 @@ sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n
     -e "s/^LOG_FORMAT=.*/LOG_FORMAT=json/" \
     .env.example > "$COMPOSE_ENV_FILES"
 # Keep the base images the user's own stack builds from (a mirror, or offline stand-ins).
-[ -f .env ] && grep -E '^(PYTHON|REDIS|NGINX|POSTGRES)_IMAGE=' .env >> "$COMPOSE_ENV_FILES" || true
+[ -f .env ] && grep -E '^(PYTHON|REDIS|NGINX|POSTGRES|PROMETHEUS)_IMAGE=' .env >> "$COMPOSE_ENV_FILES" || true
 
 # The PostgreSQL pass below adds this override; cleanup removes its service and volume too.
 with_postgres=docker-compose.yml:postgres/compose.yml

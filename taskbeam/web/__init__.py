@@ -95,6 +95,7 @@ def install(app, sio, settings, owner_of=None):
     # instead of opening one per greenlet (and timing out under the load it makes).
     client = redis_client(settings, max_connections=REDIS_POOL_SIZE)
     metrics = Metrics()
+    metrics.count_responses(app)
     # The fast transport, or stock python-socketio (WEB_FAST_TRANSPORT=0; fastws).
     fast = fastws.in_use(settings)
     manager = make_manager(

@@ -15,7 +15,7 @@ from ..protocol import MAX_CHILDREN_PAGE, MAX_EVENTS_PAGE, MAX_SEQ_DIGITS
 from ..store import Keys, TaskFinished, TaskGone, TooManyActive
 from . import identity
 from .front import origin_allowed, own_origin
-from .metrics import render_operator_gauges
+from .metrics import render_operator_gauges, resource_gauges
 from .openapi import openapi_document
 
 log = logging.getLogger(__name__)
@@ -362,6 +362,7 @@ def metrics():
         gauges = svc.store.operator_gauges()
         gauges["queue_length"] = broker.queue_length(svc.redis, svc.celery)
         text += render_operator_gauges(gauges)
+        text += resource_gauges(svc.redis, svc.settings)
     except RedisError:
         pass  # Redis down: this process's own counters still answer
     return Response(text, content_type="text/plain; version=0.0.4; charset=utf-8")
