@@ -1,5 +1,6 @@
 #!/bin/sh
-# Redis with one ACL user per role, made at start from the environment, then the
+# Redis with one ACL user per role, made at start from the environment (each
+# password NAME or, as Docker secrets come, a file NAME_FILE), then the
 # server (extra arguments, e.g. redis/ha.yml's replication and TLS, are passed on):
 #   default  REDIS_PASSWORD         operators, health checks, replication: everything
 #   web      REDIS_WEB_PASSWORD     the deployment's keys (TASKBEAM_NAMESPACE:*) only
@@ -16,8 +17,13 @@ case "$ns" in
   ''|*[!A-Za-z0-9_.-]*) echo "taskbeam-redis: TASKBEAM_NAMESPACE must be letters, digits, _ . -" >&2
                         exit 2 ;;
 esac
-hash() {  # the SHA-256 of the variable named $1, which must be set and not empty
-  eval "value=\${$1:-}"
+hash() {  # the SHA-256 of the variable named $1 (or of the file $1_FILE names, as
+          # Docker secrets come), which must be set and not empty
+  eval "value=\${$1:-} file=\${$1_FILE:-}"
+  if [ -n "$file" ]; then
+    [ -z "$value" ] || { echo "taskbeam-redis: set $1 or $1_FILE, not both" >&2; exit 2; }
+    value=$(cat "$file") || exit 2
+  fi
   [ -n "$value" ] || { echo "taskbeam-redis: set $1 in .env (make env writes one)" >&2; exit 2; }
   printf '%s' "$value" | sha256sum | cut -d' ' -f1
 }
@@ -27,7 +33,7 @@ flower=$(hash REDIS_FLOWER_PASSWORD)
 admin=$(hash REDIS_PASSWORD)
 role="resetchannels &* nocommands +@all -@admin -@dangerous +info"
 sentinel=""
-if [ -n "${REDIS_SENTINEL_PASSWORD:-}" ]; then
+if [ -n "${REDIS_SENTINEL_PASSWORD:-}${REDIS_SENTINEL_PASSWORD_FILE:-}" ]; then
   sentinel="--user sentinel on #$(hash REDIS_SENTINEL_PASSWORD) resetchannels &* nocommands
     +multi +slaveof +ping +exec +subscribe +config|rewrite +role +publish +info
     +client|setname +client|kill +script|kill"
