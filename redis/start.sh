@@ -6,6 +6,7 @@
 #   web      REDIS_WEB_PASSWORD     the deployment's keys (TASKBEAM_NAMESPACE:*) only
 #   worker   REDIS_WORKER_PASSWORD  Celery's consumer (kombu names some keys unprefixed)
 #   flower   REDIS_FLOWER_PASSWORD  as the worker: Flower is a Celery consumer too
+#            (only if set: the Swarm stack runs no Flower)
 #   sentinel REDIS_SENTINEL_PASSWORD (redis/ha.yml only) what a Sentinel sends a data
 #            node: the command list of Redis's Sentinel docs
 # None of them may run admin or dangerous commands (ACL, CONFIG, FLUSHALL, KEYS,
@@ -29,21 +30,24 @@ hash() {  # the SHA-256 of the variable named $1 (or of the file $1_FILE names, 
 }
 web=$(hash REDIS_WEB_PASSWORD)
 worker=$(hash REDIS_WORKER_PASSWORD)
-flower=$(hash REDIS_FLOWER_PASSWORD)
 admin=$(hash REDIS_PASSWORD)
 role="resetchannels &* nocommands +@all -@admin -@dangerous +info"
+flower=""
+if [ -n "${REDIS_FLOWER_PASSWORD:-}${REDIS_FLOWER_PASSWORD_FILE:-}" ]; then
+  flower="--user flower on #$(hash REDIS_FLOWER_PASSWORD) ~* $role"
+fi
 sentinel=""
 if [ -n "${REDIS_SENTINEL_PASSWORD:-}${REDIS_SENTINEL_PASSWORD_FILE:-}" ]; then
   sentinel="--user sentinel on #$(hash REDIS_SENTINEL_PASSWORD) resetchannels &* nocommands
     +multi +slaveof +ping +exec +subscribe +config|rewrite +role +publish +info
     +client|setname +client|kill +script|kill"
 fi
-set -o noglob  # $role and $sentinel: one argument per rule, none a file pattern
+set -o noglob  # $role, $flower, $sentinel: one argument per rule, none a file pattern
 # shellcheck disable=SC2086
 exec redis-server "${REDIS_CONF:-/usr/local/etc/redis/redis.conf}" \
   --user default on "#$admin" "~*" "&*" +@all \
   --user web on "#$web" "~$ns:*" $role \
   --user worker on "#$worker" "~*" $role \
-  --user flower on "#$flower" "~*" $role \
+  $flower \
   $sentinel \
   --maxmemory "${REDIS_MAXMEMORY:-512mb}" "$@"

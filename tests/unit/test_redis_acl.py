@@ -88,3 +88,17 @@ def test_passwords_may_come_from_files(tmp_path):
             assert as_user(server, user).ping()  # logged in as its user
     finally:
         server.stop()
+
+
+def test_without_flowers_password_there_is_no_flower_user(tmp_path):
+    # The Swarm stack and Kubernetes run no Flower: its user exists only with a password.
+    conf = tmp_path / "redis.conf"
+    conf.write_text((ROOT / "redis" / "redis.conf").read_text().replace("dir /data", "dir ."))
+    env = {"PATH": os.environ["PATH"], "REDIS_CONF": str(conf), **ROLE_ENV}
+    del env["REDIS_FLOWER_PASSWORD"]
+    launcher = ["sh", str(ROOT / "redis" / "start.sh")]
+    server = Server(tmp_path, launcher=launcher, env=env, password=ROLE_ENV["REDIS_PASSWORD"])
+    try:
+        assert set(server.client.acl_users()) == {"default", "web", "worker", "sentinel"}
+    finally:
+        server.stop()
