@@ -60,7 +60,8 @@ MAX_SECRET_FILE_BYTES = 65_536
 
 def _with_secret_files(env):
     """``env`` with every ``NAME_FILE`` of :data:`SECRET_FILE_VARIABLES` read into
-    ``NAME``, and ``REDIS_PASSWORD`` put into a ``REDIS_URL`` that has none."""
+    ``NAME``, and ``REDIS_PASSWORD`` put into a ``REDIS_URL`` that has none (after
+    the URL's user name, if it has one)."""
     env = dict(env)
     for name in SECRET_FILE_VARIABLES:
         path = env.pop(f"{name}_FILE", "").strip()
@@ -84,7 +85,9 @@ def _with_secret_files(env):
                 "REDIS_PASSWORD (or REDIS_PASSWORD_FILE) needs a REDIS_URL without a "
                 "password, e.g. redis://redis:6379/0"
             )
-        netloc = f":{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
+        # The URL's user stays: an ACL user of Redis's own (redis/start.sh).
+        user, _, host = parts.netloc.rpartition("@")
+        netloc = f"{user}:{quote(password, safe='')}@{host}"
         env["REDIS_URL"] = urlunsplit(parts._replace(netloc=netloc))
     return env
 

@@ -1,5 +1,6 @@
 # Gunicorn settings for the web role; values from the environment where tunable.
 import fcntl
+import ipaddress
 import os
 import socket
 import struct
@@ -18,11 +19,28 @@ def interface_address(name):
             ) from None
 
 
+def listen_address(interface):
+    """The IPv4 address of ``interface``: a name, or a subnet (``10.0.9.0/24``) that
+    holds the address (Swarm names every overlay interface ethN, in no fixed order)."""
+    if "/" not in interface:
+        return interface_address(interface)
+    subnet = ipaddress.ip_network(interface, strict=False)
+    for _index, name in socket.if_nameindex():
+        try:
+            address = interface_address(name)
+        except SystemExit:  # no IPv4 address on this one
+            continue
+        if ipaddress.ip_address(address) in subnet:
+            return address
+    raise SystemExit(f"taskbeam-web: WEB_LISTEN_INTERFACE={interface}: no interface in it")
+
+
 # WEB_LISTEN_INTERFACE (docker-compose.yml: front0, the interface on the network Nginx
-# shares): listen there and on loopback only, so the workers and Redis, which share
-# the back network with web, cannot reach it. Empty: every interface (a pod's one).
+# shares; deploy/swarm/stack.yml: that network's subnet): listen there and on loopback
+# only, so the workers and Redis, which share the back network with web, cannot reach
+# it. Empty: every interface (a pod's one).
 _interface = os.environ.get("WEB_LISTEN_INTERFACE", "").strip()
-bind = ["127.0.0.1:8000", f"{interface_address(_interface)}:8000"] if _interface else "0.0.0.0:8000"
+bind = ["127.0.0.1:8000", f"{listen_address(_interface)}:8000"] if _interface else "0.0.0.0:8000"
 # One worker per container: Gunicorn cannot route a Socket.IO session back to the
 # worker that holds it, so scale with more `web` containers instead.
 workers = 1

@@ -2,9 +2,9 @@
 # `make swarm-up`: deploy deploy/swarm/stack.yml to the swarm this engine manages.
 #   1. images: built from this checkout (docker compose build); with IMAGE_REPO set
 #      (e.g. registry.example.com/) tagged and pushed there, so every node can pull them
-#   2. secrets: taskbeam_secret_key and taskbeam_redis_password from .env, once
-#      (a Docker secret cannot change; to rotate, create new names and point
-#      SECRET_KEY_SECRET / REDIS_PASSWORD_SECRET at them)
+#   2. secrets: taskbeam_secret_key and taskbeam_redis_{,web_,worker_}password from
+#      .env, once (a Docker secret cannot change; to rotate, create new names and
+#      point SECRET_KEY_SECRET / REDIS_PASSWORD_SECRET / ... at them)
 #   3. node labels: this node gets taskbeam.redis and taskbeam.edge unless some node has them
 #   4. docker stack deploy, with the settings of .env (stack deploy reads no .env itself)
 # ENV_FILE names another settings file; SWARM_BUILD=0 skips step 1 (the images are on
@@ -44,6 +44,10 @@ secret() {  # name value
 }
 secret "${SECRET_KEY_SECRET:-taskbeam_secret_key}" "$SECRET_KEY"
 secret "${REDIS_PASSWORD_SECRET:-taskbeam_redis_password}" "$REDIS_PASSWORD"
+secret "${REDIS_WEB_PASSWORD_SECRET:-taskbeam_redis_web_password}" \
+  "${REDIS_WEB_PASSWORD:?set REDIS_WEB_PASSWORD in $env_file (make env writes one)}"
+secret "${REDIS_WORKER_PASSWORD_SECRET:-taskbeam_redis_worker_password}" \
+  "${REDIS_WORKER_PASSWORD:?set REDIS_WORKER_PASSWORD in $env_file (make env writes one)}"
 
 self=$(docker info -f '{{.Swarm.NodeID}}')
 for label in taskbeam.redis taskbeam.edge; do

@@ -139,7 +139,7 @@ def test_the_stack_has_the_compose_settings_with_secrets_in_files():
     lines = Path(os.environ["SWARM_ENV_FILE"]).read_text().splitlines()
     settings = dict(line.split("=", 1) for line in lines if "=" in line)
     inspected = on(MANAGER, "service", "inspect", *(f"{STACK}_{s}" for s in SERVICES))
-    for secret in ("SECRET_KEY", "REDIS_PASSWORD"):
+    for secret in ("SECRET_KEY", "REDIS_PASSWORD", "REDIS_WEB_PASSWORD", "REDIS_WORKER_PASSWORD"):
         assert settings[secret].strip() not in inspected, f"{secret} is in a service spec"
     for service in ("web", "worker"):
         spec = service_spec(service)
@@ -150,8 +150,11 @@ def test_the_stack_has_the_compose_settings_with_secrets_in_files():
             n for n in compose_environment(service) if n not in env and f"{n}_FILE" not in env
         }
         assert not missing, f"{service}: settings of docker-compose.yml missing: {missing}"
-        assert "@" not in env["REDIS_URL"] and env["REDIS_PASSWORD_FILE"]
-        assert {s["SecretName"] for s in container["Secrets"]} >= {"taskbeam_redis_password"}
+        # Its own Redis user; the password from its own secret, not the default user's.
+        assert env["REDIS_URL"] == f"redis://{service}@redis:6379/0"
+        secrets = {s["SecretName"] for s in container["Secrets"]}
+        assert f"taskbeam_redis_{service}_password" in secrets
+        assert "taskbeam_redis_password" not in secrets
         assert spec["UpdateConfig"]["Order"] == "start-first"
         assert spec["UpdateConfig"]["FailureAction"] == "rollback"
         assert container["Healthcheck"]["Test"]
@@ -167,6 +170,68 @@ def test_the_stack_has_the_compose_settings_with_secrets_in_files():
     assert set(compose_environment("nginx")) <= nginx_names
     for service in SERVICES:  # as in docker-compose.yml: only /tmp and volumes written
         assert service_spec(service)["TaskTemplate"]["ContainerSpec"]["ReadOnly"] is True
+
+
+def containers(service):
+    """(node, container id) of every task of ``service`` running on the swarm."""
+    label = f"label=com.docker.swarm.service.name={STACK}_{service}"
+    return [
+        (node, cid) for node in NODES for cid in on(node, "ps", "-q", "--filter", label).split()
+    ]
+
+
+PROBE_WEB = r"""
+import json, socket, sys
+seen = {}
+for address in sys.argv[1:]:
+    try:
+        socket.create_connection((address, 8000), timeout=3).close()
+        seen[address] = "open"
+    except OSError as exc:
+        seen[address] = type(exc).__name__
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="seen 2026-12-06: a worker (back only) still reached web's front addresses "
+    "(10.231.0.x) on both nodes, its back ones refused; the path is not known yet",
+)
+def test_only_nginx_reaches_web():
+    # As in Compose (tests/integration/test_security.py): from a worker, by name and by
+    # each of web's addresses on every network, nothing on port 8000 answers.
+    addresses = ["web", "tasks.web"]
+    for node, cid in containers("web"):
+        addresses += on(
+            node, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", cid
+        ).split()
+    assert len(addresses) >= 6, addresses  # two replicas, each on front and back
+    for node, cid in containers("worker"):
+        out = on(node, "exec", cid, "python", "-c", PROBE_WEB, *addresses)
+        reached = {a: r for a, r in json.loads(out).items() if r == "open"}
+        assert not reached, f"a worker on {node} reached web:8000 at {reached}"
+    (node, nginx), *_ = containers("nginx")
+    assert on(node, "exec", nginx, "wget", "-q", "-O", "-", "http://tasks.web:8000/healthz")
+
+
+def test_web_and_workers_use_their_own_redis_users():
+    (node, redis), *_ = containers("redis")
+    clients = on(
+        node,
+        "exec",
+        redis,
+        "sh",
+        "-c",
+        'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" redis-cli CLIENT LIST',
+    )
+    users = {}
+    for line in clients.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        users.setdefault(fields["user"], set()).add(fields["cmd"])
+    assert {"web", "worker"} <= set(users), users
+    # The default user: only this command and the health check's ping.
+    assert users.get("default", set()) <= {"client|list", "ping"}, users
 
 
 def test_tasks_from_both_nodes_reach_clients_gaplessly(api):

@@ -125,6 +125,8 @@ secret() { od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'; }
   cat <<SETTINGS
 SECRET_KEY=$(secret 32)
 REDIS_PASSWORD=$(secret 24)
+REDIS_WEB_PASSWORD=$(secret 24)
+REDIS_WORKER_PASSWORD=$(secret 24)
 IMAGE_TAG=$tag
 REDIS_IMAGE=$redis_image
 HTTP_PORT=8080

@@ -228,6 +228,14 @@ def test_secrets_read_from_files(tmp_path):
     assert settings.database_url == "postgresql+psycopg://u:p@db/shop"
 
 
+def test_a_redis_password_file_keeps_the_urls_user(tmp_path):
+    # Kubernetes and Swarm: each role's REDIS_URL names its ACL user, the file its password.
+    (tmp_path / "redis").write_text("web-pw-0123456789\n")
+    url = "redis://web@redis:6379/0"
+    settings = config.load(env(REDIS_URL=url, REDIS_PASSWORD_FILE=str(tmp_path / "redis")))
+    assert settings.redis_url == "redis://web:web-pw-0123456789@redis:6379/0"
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

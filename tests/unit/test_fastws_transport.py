@@ -2,7 +2,9 @@
 must queue, the connection after hand-off, its close codes and its bounds."""
 
 import json
+import logging
 import time
+import types
 
 import gevent
 import gevent.pool
@@ -10,8 +12,9 @@ import gevent.socket
 import pytest
 from conftest import client_frame, live_greenlets
 from engineio import packet as eio_packet
-from geventwebsocket.websocket import Header, WebSocket
+from geventwebsocket.websocket import Header, Stream, WebSocket
 
+from taskbeam.web import MAX_BODY_BYTES
 from taskbeam.web.fastws import codec, transport
 
 
@@ -719,3 +722,28 @@ def test_a_partial_message_not_finished_in_time_ends_the_connection(monkeypatch)
     assert 0.15 < time.monotonic() - started < 1.5
     assert c.connection.reader is None and c.sock.received == []
     c.client.close()
+
+
+def test_the_stock_transport_bounds_only_whole_messages():
+    # WEB_FAST_TRANSPORT=0 (docs/api.md): gevent-websocket reads a frame as long as its
+    # header says before engine.io's max_http_buffer_size (1 MiB) sees the message, so
+    # a socket, authenticated or not, holds an unfinished message of any size while its
+    # bytes keep coming (engine.io's socket timeout, 45 s, is per read). Left as the
+    # libraries ship it on purpose: the stock path is what the fast transport falls
+    # back to, so it must not depend on their private parts (docs/security.md).
+    server_end, client = gevent.socket.socketpair()
+    handler = types.SimpleNamespace(
+        rfile=server_end.makefile("rb", -1), socket=server_end, logger=logging.getLogger(__name__)
+    )
+    ws = WebSocket({}, Stream(handler), handler)
+    reading = gevent.spawn(ws.receive)
+    claimed = 2 * MAX_BODY_BYTES
+    client.sendall(bytes(Header.encode_header(True, WebSocket.OPCODE_TEXT, b"\0" * 4, claimed, 0)))
+    client.sendall(b"4" + b"x" * (MAX_BODY_BYTES - 1))  # returns once the reader took most
+    assert not reading.ready()  # a header over the bound was not refused; 1 MiB is held
+    client.sendall(b"x" * MAX_BODY_BYTES)
+    assert len(reading.get(timeout=10)) == claimed  # only now could engine.io refuse it
+    ws.close()
+    handler.rfile.close()
+    server_end.close()
+    client.close()

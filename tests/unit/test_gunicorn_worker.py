@@ -123,3 +123,14 @@ def test_web_listens_on_loopback_and_the_named_interface_only():
     ]
     with pytest.raises(SystemExit, match="WEB_LISTEN_INTERFACE=nosuch0: no such interface"):
         gunicorn_settings(WEB_LISTEN_INTERFACE="nosuch0")
+
+
+def test_web_may_name_its_interface_by_a_subnet_of_its_address():
+    # Swarm names every overlay interface ethN (deploy/swarm/stack.yml fixes the
+    # front network's subnet instead): the interface whose address is in it.
+    assert gunicorn_settings(WEB_LISTEN_INTERFACE="127.0.0.0/8")["bind"] == [
+        "127.0.0.1:8000",
+        "127.0.0.1:8000",
+    ]
+    with pytest.raises(SystemExit, match="WEB_LISTEN_INTERFACE=198.51.100.0/24: no interface"):
+        gunicorn_settings(WEB_LISTEN_INTERFACE="198.51.100.0/24")

@@ -16,6 +16,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from test_sentinel import ROLE_ENV, Server, shipped_redis
 
 from taskbeam import broker, config
 
@@ -160,34 +161,89 @@ def test_every_compose_setting_is_set_with_the_same_default(base, compose):
                 continue
             name = FROM_SECRET_FILES.get(name, name)
             assert name in settings, f"{service}: {name} is not in the ConfigMap"
-            if name == "REDIS_URL":  # the password comes from REDIS_PASSWORD_FILE
-                # (Kubernetes keeps Redis's default user: no per-role ACL users there.)
-                assert settings[name] == re.sub(r"\w*:\$\{[^}]+\}@", "", value)
+            if name == "REDIS_URL":  # the same user; its password from REDIS_PASSWORD_FILE
+                assert settings[name] == re.sub(r":\$\{[^}]+\}@", "@", value)
             elif not name.endswith("_FILE"):
                 assert settings[name] == default_of(value), name
     nginx = config_map(base, "taskbeam-nginx")
     assert nginx == {k: default_of(v) for k, v in compose["nginx"]["environment"].items()}
 
 
-def test_the_settings_load_and_the_secrets_are_the_files_the_pods_mount(base, tmp_path):
-    settings = dict(config_map(base))
-    mounts = {
-        m["mountPath"] for m in container(base, "web")["volumeMounts"] if m["name"] == "secrets"
+# The Secret's keys each pod may read: its own Redis user's password, never the
+# default (superuser) one, which only Redis itself gets.
+OWN_SECRETS = {
+    "web": {"secret-key", "redis-web-password", "jwt-secret"},
+    "worker": {"redis-worker-password"},
+}
+
+
+def secret_keys(docs, name):
+    """The keys of a Secret a pod's container can read (a whole Secret: ``*``)."""
+    pod = one(docs, "Deployment", name)["spec"]["template"]["spec"]
+    keys = set()
+    for volume in pod.get("volumes", []):
+        sources = [volume] if "secret" in volume else volume.get("projected", {}).get("sources", [])
+        for source in sources:
+            if "secret" in source:
+                items = source["secret"].get("items")
+                keys |= {i["key"] for i in items} if items else {"*"}
+    (c,) = pod["containers"]
+    keys |= {"*" for e in c.get("envFrom", []) if "secretRef" in e}
+    keys |= {e["valueFrom"]["secretKeyRef"]["key"] for e in c.get("env", []) if "valueFrom" in e}
+    return keys
+
+
+@pytest.mark.parametrize("name", sorted(OWN_SECRETS))
+def test_each_role_gets_its_own_redis_user_not_the_superuser(base, name, tmp_path):
+    assert secret_keys(base, name) == OWN_SECRETS[name]
+    own = {e["name"]: e.get("value") for e in container(base, name).get("env", [])}
+    settings = {**config_map(base), **own}
+    (mount,) = [
+        m["mountPath"] for m in container(base, name)["volumeMounts"] if m["name"] == "secrets"
+    ]
+    # The Secret's keys, as files, where the settings say they are.
+    for variable in ("SECRET_KEY_FILE", "REDIS_PASSWORD_FILE"):
+        if variable not in settings:
+            continue
+        assert os.path.dirname(settings[variable]) == mount
+        path = tmp_path / os.path.basename(settings[variable])
+        assert path.name in OWN_SECRETS[name], variable
+        path.write_text("k0123456789" * 4)
+        settings[variable] = str(path)
+    loaded = config.load(settings, need_secret=name == "web")
+    assert loaded.redis_url == f"redis://{name}:{'k0123456789' * 4}@redis:6379/0"
+    if name == "web":
+        assert loaded.secret_key == "k0123456789" * 4
+
+
+def test_kubernetes_redis_has_the_acl_users_of_redis_start_sh(base, tmp_path):
+    redis = container(base, "redis")
+    from_secret = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]["key"]
+        for e in redis["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
     }
-    assert {os.path.dirname(settings[k]) for k in ("SECRET_KEY_FILE", "REDIS_PASSWORD_FILE")} == (
-        mounts
-    )
-    # The Secret's keys, as files, where the ConfigMap says they are.
-    for name, content in (
-        ("SECRET_KEY_FILE", "k0123456789" * 4),
-        ("REDIS_PASSWORD_FILE", "0123456789abcdef"),
-    ):
-        path = tmp_path / os.path.basename(settings[name])
-        path.write_text(content)
-        settings[name] = str(path)
-    loaded = config.load(settings)
-    assert loaded.redis_url == "redis://:0123456789abcdef@redis:6379/0"
-    assert loaded.secret_key == "k0123456789" * 4
+    assert from_secret["REDIS_PASSWORD"] == "redis-password"
+    for role in ("web", "worker", "flower"):
+        assert from_secret[f"REDIS_{role.upper()}_PASSWORD"] == f"redis-{role}-password"
+    env = {k: v for k, v in ROLE_ENV.items() if k != "REDIS_SENTINEL_PASSWORD"}
+    env |= {"PATH": os.environ["PATH"], "TASKBEAM_NAMESPACE": "taskbeam", "REDIS_MAXMEMORY": "8mb"}
+    # The pod's volume is /data; Server's own arguments (port, ...) come after "$@".
+    *shell, script = redis["command"]
+    launcher = [*shell, script.replace("--dir /data", f"--dir {tmp_path}"), "redis"]
+    ours = Server(tmp_path, launcher=launcher, env=env, password=env["REDIS_PASSWORD"])
+    compose = shipped_redis(tmp_path)
+    try:
+        # Each user's rules as a set: Redis lists removed commands in no fixed order.
+        users = [
+            sorted(sorted(u.split()) for u in server.client.acl_list() if " sentinel " not in u)
+            for server in (ours, compose)
+        ]
+        assert users[0] == users[1]
+        assert len(users[0]) == 4
+    finally:
+        ours.stop()
+        compose.stop()
 
 
 def test_probes_are_the_compose_healthchecks(base, compose):
@@ -262,9 +318,9 @@ def test_keda_scales_the_workers_on_the_list_celery_really_uses(rendered):
     assert one(rendered, "Deployment", scaled["spec"]["scaleTargetRef"]["name"])
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "redis"
+    worker_url = {e["name"]: e.get("value") for e in container(rendered, "worker")["env"]}
     settings = config.load(
-        {**config_map(rendered), "SECRET_KEY_FILE": "", "REDIS_PASSWORD_FILE": ""},
-        need_secret=False,
+        {**config_map(rendered), "REDIS_URL": worker_url["REDIS_URL"]}, need_secret=False
     )
     app = broker.make_celery(settings)
     assert trigger["metadata"]["listName"] == broker.queue_lists(app)[0]
@@ -275,7 +331,7 @@ def test_keda_scales_the_workers_on_the_list_celery_really_uses(rendered):
     redis_env = {
         e["name"]: e["valueFrom"]["secretKeyRef"]
         for e in container(rendered, "redis")["env"]
-        if "valueFrom" in e
+        if "secretKeyRef" in e.get("valueFrom", {})
     }
     assert {"name": ref["name"], "key": ref["key"]} == redis_env["REDIS_PASSWORD"]
     hpa = one(rendered, "HorizontalPodAutoscaler", "web")

@@ -2,8 +2,10 @@
 work and nothing an attacker with its password would want. The stack's tests
 (tests/integration/test_security.py) check the running services use them."""
 
+import os
+
 import pytest
-from test_sentinel import ROLE_ENV, shipped_redis
+from test_sentinel import ROLE_ENV, ROOT, Server, shipped_redis
 
 import redis as redis_lib
 
@@ -90,3 +92,34 @@ def test_the_web_may_run_every_store_script_it_calls(node):
     assert store.cancel_children(parent["id"]) == 1
     store.flush_rollups()
     assert store.remove_finished(parent["id"], "alice")
+
+
+def test_passwords_may_come_from_files(tmp_path):
+    # Swarm gives secrets as files (deploy/swarm/stack.yml): NAME_FILE, as the app reads.
+    conf = tmp_path / "redis.conf"
+    conf.write_text((ROOT / "redis" / "redis.conf").read_text().replace("dir /data", "dir ."))
+    env = {"PATH": os.environ["PATH"], "REDIS_CONF": str(conf)}
+    for name, value in ROLE_ENV.items():
+        (tmp_path / name).write_text(value + "\n")  # as `docker secret create` may keep it
+        env[f"{name}_FILE"] = str(tmp_path / name)
+    launcher = ["sh", str(ROOT / "redis" / "start.sh")]
+    server = Server(tmp_path, launcher=launcher, env=env, password=ROLE_ENV["REDIS_PASSWORD"])
+    try:
+        for user in ("web", "worker", "flower", "sentinel"):
+            assert as_user(server, user).ping()  # logged in as its user
+    finally:
+        server.stop()
+
+
+def test_without_flowers_password_there_is_no_flower_user(tmp_path):
+    # The Swarm stack and Kubernetes run no Flower: its user exists only with a password.
+    conf = tmp_path / "redis.conf"
+    conf.write_text((ROOT / "redis" / "redis.conf").read_text().replace("dir /data", "dir ."))
+    env = {"PATH": os.environ["PATH"], "REDIS_CONF": str(conf), **ROLE_ENV}
+    del env["REDIS_FLOWER_PASSWORD"]
+    launcher = ["sh", str(ROOT / "redis" / "start.sh")]
+    server = Server(tmp_path, launcher=launcher, env=env, password=ROLE_ENV["REDIS_PASSWORD"])
+    try:
+        assert set(server.client.acl_users()) == {"default", "web", "worker", "sentinel"}
+    finally:
+        server.stop()
