@@ -90,6 +90,7 @@ class StormClient:
         self.drops = self.failures = self.refusals = self.gaps = 0
         self.ws = None
         self.ack_ids = 0
+        self.last_error = None  # the last failed attempt's or refused ack's, for reports
 
     @property
     def caught_up(self):
@@ -104,10 +105,12 @@ class StormClient:
                 await self.session(stop)
                 delay = reconnect_delay(self.attempts)  # a drop: the Manager's first retry
                 self.attempts += 1
-            except Refused:
+            except Refused as exc:
+                self.last_error = str(exc)[:120]
                 self.refusals += 1
                 delay = REFUSED_RETRY_S
-            except (TimeoutError, OSError, websockets.WebSocketException, EOFError):
+            except (TimeoutError, OSError, websockets.WebSocketException, EOFError) as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"[:120]
                 self.failures += 1
                 delay = reconnect_delay(self.attempts)
                 self.attempts += 1
@@ -192,6 +195,7 @@ class StormClient:
 
     async def acked(self, ack):
         if not ack.get("ok"):  # rate_limited, unavailable: again shortly
+            self.last_error = json.dumps(ack)[:120]
             wait = ack.get("error", {}).get("retry_after", 1.0)
             await asyncio.sleep(min(float(wait), 5.0))
             await self.subscribe()
@@ -360,12 +364,25 @@ def task_seqs(url, cookie, task_ids):
     return seqs
 
 
-async def until(predicate, timeout_s, what, interval_s=0.1):
+async def until(predicate, timeout_s, what, clients=(), interval_s=0.1):
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+            raise TimeoutError(
+                f"timed out after {timeout_s} s waiting for {what}: {state(clients)}"
+            )
         await asyncio.sleep(interval_s)
+
+
+def state(clients):
+    """What the clients are doing, for a timeout's message."""
+    return {
+        "connected": sum(1 for c in clients if c.ws is not None),
+        "caught_up": sum(1 for c in clients if c.caught_up),
+        "failed_attempts": sum(c.failures for c in clients),
+        "refusals": sum(c.refusals for c in clients),
+        "last_errors": sorted({c.last_error for c in clients if c.last_error})[:5],
+    }
 
 
 def pct(values, q):
@@ -385,7 +402,9 @@ async def storm(clients, health, fault, lags, back_timeout_s):
         back_timeout_s,
         "every client to see its connection end",
     )
-    await until(lambda: all(c.caught_up for c in clients), back_timeout_s, "every client back")
+    await until(
+        lambda: all(c.caught_up for c in clients), back_timeout_s, "every client back", clients
+    )
     back = max(c.caught_up_at for c in clients)
     ready = health.ready_again(t0)
     first_drop = min(c.dropped_at for c in clients)
@@ -443,14 +462,14 @@ async def run(url, n_clients, n_tasks, rate, faults, back_timeout_s=120):
                     asyncio.ensure_future(c.run(stop)) for c in clients[start : start + 200]
                 ]
                 await asyncio.sleep(0.05)
-            await until(lambda: all(c.caught_up for c in clients), 300, "every client subscribed")
+            await until(
+                lambda: all(c.caught_up for c in clients), 300, "every client subscribed", clients
+            )
             result["open_and_subscribe_s"] = round(time.monotonic() - opened, 2)
             for fault in faults:
                 await asyncio.sleep(2)  # a steady state to compare the lag against
                 since = time.monotonic()
-                figures = await storm(
-                    url, cookie, clients, feed, health, fault, lags, back_timeout_s
-                )
+                figures = await storm(clients, health, fault, lags, back_timeout_s)
                 await asyncio.sleep(3)  # live events after the storm, to the last client
                 ready = since + figures["web_ready_s"]
                 figures.update(health_summary(health, since, ready))
