@@ -18,6 +18,7 @@ environment): run against a web started by hand, e.g.
 import argparse
 import asyncio
 import json
+import os
 import re
 import statistics
 import time
@@ -46,11 +47,20 @@ def gc_figures(url):
     return figures
 
 
+def cpu_s(pid):
+    """User + system CPU seconds of a local process (0 without one)."""
+    if not pid:
+        return 0.0
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Rooms:
     def __init__(self, url, store, owner, cookie):
         self.url, self.store, self.owner, self.cookie = url, store, owner, cookie
         self.clients = {}  # task id -> client
         self.lags, self.seq = [], 1000
+        self.rate = 0
 
     def on_event(self, name, data):
         if name == "task_update" and data.get("message") == "rooms":
@@ -99,16 +109,24 @@ class Rooms:
             }
             message = protocol.mq_emit_message(protocol.TASK_UPDATE_EVENT, event, room, "rooms")
             commands.append((protocol.room_channel(channel, room), message))
+        # In 10-ms ticks at `rate` events/s (0: all at once), each tick's ts its own.
+        per_tick = len(commands) if not self.rate else max(1, self.rate // 100)
         connection = redis_client.connection_pool.get_connection()
         try:
-            now = repr(time.time())
-            packed = b"".join(
-                b"".join(connection.pack_command("PUBLISH", ch, msg.replace(stamp, now)))
-                for ch, msg in commands
-            )
-            connection.send_packed_command([packed])
-            for _ in commands:
-                connection.read_response()
+            started = time.monotonic()
+            for tick, first in enumerate(range(0, len(commands), per_tick)):
+                pause = started + tick / 100 - time.monotonic()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                batch = commands[first : first + per_tick]
+                now = repr(time.time())
+                packed = b"".join(
+                    b"".join(connection.pack_command("PUBLISH", ch, msg.replace(stamp, now)))
+                    for ch, msg in batch
+                )
+                connection.send_packed_command([packed])
+                for _ in batch:
+                    connection.read_response()
         finally:
             redis_client.connection_pool.release(connection)
         deadline = time.monotonic() + 30
@@ -128,6 +146,7 @@ async def main(args):
     store = TaskStore(client, settings)
     cookie = session_cookie(args.url)
     rooms = Rooms(args.url, store, owner_of(cookie), cookie)
+    rooms.rate = args.rate
     started = time.monotonic()
     await rooms.open(args.clients)
     print(
@@ -137,7 +156,11 @@ async def main(args):
     rounds = []
     for number in range(args.rounds):
         before = gc_figures(args.url)
+        cpu = cpu_s(args.web_pid)
         figures = await rooms.one_event_each(client, settings.socketio_channel)
+        if args.web_pid:
+            used = cpu_s(args.web_pid) - cpu
+            figures["web_cpu_us_per_event"] = round(used / len(rooms.clients) * 1e6, 1)
         after = gc_figures(args.url)
         figures["full_gcs"] = after["collections_total"] - before["collections_total"]
         figures["full_gc_ms"] = round(
@@ -151,8 +174,10 @@ async def main(args):
         rounds.append(figures)
         if number + 1 < args.rounds:
             await rooms.churn(args.churn)
-    for key in ("p99_ms", "web_last_ms", "full_gc_ms"):
-        values = [r[key] for r in rounds]
+    for key in ("p99_ms", "web_last_ms", "full_gc_ms", "web_cpu_us_per_event"):
+        values = [r[key] for r in rounds if key in r]
+        if not values:
+            continue
         print(f"{key} per round: {values} median {statistics.median(values)}", flush=True)
     await asyncio.gather(*(c.close() for c in rooms.clients.values()))
     for task_id in rooms.clients:
@@ -165,5 +190,7 @@ if __name__ == "__main__":
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--clients", type=int, default=10000)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rate", type=int, default=2000, help="events/s (0: all at once)")
+    parser.add_argument("--web-pid", type=int, help="the web worker's pid: its CPU per event")
     parser.add_argument("--churn", type=int, default=2000, help="clients replaced between rounds")
     asyncio.run(main(parser.parse_args()))
