@@ -179,6 +179,9 @@ async def main(args):
         if not values:
             continue
         print(f"{key} per round: {values} median {statistics.median(values)}", flush=True)
+    figures = gc_figures(args.url)  # the web's whole life: opens, closes and rounds
+    mean_ms = figures["pause_seconds_total"] / max(1, figures["collections_total"]) * 1000
+    print(f"full GCs so far: {figures['collections_total']:g}, mean {mean_ms:.1f} ms", flush=True)
     await asyncio.gather(*(c.close() for c in rooms.clients.values()))
     for task_id in rooms.clients:
         store.delete(task_id, rooms.owner)
