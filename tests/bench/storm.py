@@ -91,6 +91,7 @@ class StormClient:
         self.ws = None
         self.ack_ids = 0
         self.last_error = None  # the last failed attempt's or refused ack's, for reports
+        self.pending, self.held = False, []  # a subscribe in flight; live events meanwhile
 
     @property
     def caught_up(self):
@@ -141,6 +142,7 @@ class StormClient:
                 raise EOFError(f"no engine.io OPEN: {opened[:80]}")
             self.attempts = 0  # the Manager resets its backoff once the transport opens
             self.ws = ws
+            self.pending, self.held = False, []
             await ws.send("40")
             stopping = asyncio.ensure_future(stop.wait())
             try:
@@ -174,6 +176,8 @@ class StormClient:
             await self.acked(json.loads(body[body.index("[") :])[0])
 
     async def subscribe(self):
+        # Live events that come before the ack are held and applied after `missed`.
+        self.pending = True
         self.ack_ids += 1
         data = {"task_id": self.task_id, "after": self.last_seq}
         await self.ws.send(f"42{self.ack_ids}" + json.dumps(["subscribe", data]))
@@ -186,9 +190,13 @@ class StormClient:
         return False
 
     def live(self, event):
+        if self.pending:
+            self.held.append(event)
+            return
         seq = event.get("seq", 0)
         if seq > self.last_seq + 1:  # a gap: the page subscribes again from its last seq
             self.gaps += 1
+            self.pending = True  # what comes until its ack is held
             asyncio.ensure_future(self.subscribe())
         elif self.apply(event):
             self.lags.add(event.get("ts"))
@@ -204,7 +212,12 @@ class StormClient:
             self.apply(event)
         if ack["more"]:
             await self.subscribe()
-        else:
+            return
+        self.pending = False
+        held, self.held = self.held, []
+        for event in sorted(held, key=lambda event: event.get("seq", 0)):
+            self.live(event)
+        if not self.pending:  # no gap among them
             self.caught_up_at = time.monotonic()
 
 
