@@ -365,6 +365,8 @@ class Feed:
         self.proc.stdin.write("\n")  # deletes the tasks
         self.proc.stdin.flush()
         self.proc.wait(120)
+        self.proc.stdin.close()
+        self.proc.stdout.close()
 
 
 def task_seqs(url, cookie, task_ids):
