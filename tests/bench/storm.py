@@ -513,17 +513,16 @@ def main():
     parser.add_argument("--rate", type=int, default=500, help="events/s over all the tasks")
     parser.add_argument("--faults", nargs="+", choices=FAULTS, default=list(FAULTS))
     parser.add_argument("--runs", type=int, default=1, help="repeat the whole storm")
+    parser.add_argument("--back-timeout", type=float, default=300, help="seconds, per fault")
     args = parser.parse_args()
     url = args.url or container_url("nginx", 8080)
     RESULTS.mkdir(exist_ok=True)
     runs = []
     for number in range(args.runs):
         print(f"storm run {number + 1}/{args.runs}: {args.clients} clients via {url}", flush=True)
-        runs.append(
-            asyncio.run(
-                run(url, args.clients, min(args.tasks, args.clients), args.rate, args.faults)
-            )
-        )
+        tasks = min(args.tasks, args.clients)
+        storms = run(url, args.clients, tasks, args.rate, args.faults, args.back_timeout)
+        runs.append(asyncio.run(storms))
     (RESULTS / "storm.json").write_text(json.dumps(runs, indent=1))
     for fault in args.faults:
         rows = [s for r in runs for s in r["storms"] if s["fault"] == fault]
