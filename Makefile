@@ -83,10 +83,16 @@ TIMELINE ?=
 TIMELINE_LABEL ?= run
 BENCH_ARGS = $(if $(TIMELINE),--timeline $(TIMELINE) --label $(TIMELINE_LABEL),--client $(BENCH_CLIENT) $(if $(WEB_SCALING),--web-scaling $(WEB_SCALING)))
 
+# The reconnect storm, last (it restarts web and kills its worker): STORM_CLIENTS clients
+# subscribed to running tasks, back after each fault (bench/storm.py).
+STORM_CLIENTS ?= 10000
+STORM = .venv/bin/python bench/storm.py --clients $(STORM_CLIENTS)
+
 bench: ## Benchmark the running stack (after `make up`): table, JSON and PNG in bench/results/
 	@tests/run.sh venv
 	$(LOAD_LIMITS) $(COMPOSE) up -d --no-deps --wait nginx
 	.venv/bin/python bench/bench.py $(BENCH_ARGS); status=$$?; \
+	  $(if $(TIMELINE),,if [ $$status = 0 ]; then $(STORM); status=$$?; fi;) \
 	  $(COMPOSE) up -d --no-deps --wait nginx; exit $$status
 	$(if $(TIMELINE),@true,$(COMPOSE) exec -T worker python - < bench/persist_overhead.py > bench/results/persist.json)
 	$(if $(TIMELINE),@true,@cat bench/results/persist.json)

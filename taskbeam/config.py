@@ -303,6 +303,8 @@ class Settings:
     # Observability (taskbeam/observability.py, taskbeam/tracing.py).
     log_format: str = "text"
     otel_endpoint: str = ""  # "": no traces
+    # New Socket.IO connections one web process admits a second (fastws.admission).
+    web_connects_per_s: int = 500
 
     @property
     def socketio_channel(self):
@@ -413,6 +415,7 @@ def _quotas(env):
         "subscribe_replay_bytes_per_s": _int(
             env, "SUBSCRIBE_REPLAY_BYTES_PER_S", 1_048_576, 65_536, 1 << 40
         ),
+        "web_connects_per_s": _int(env, "WEB_CONNECTS_PER_S", 500, 0, 1_000_000),
     }
 
 

@@ -19,6 +19,8 @@ Less kept per connection:
   larger read goes around the buffer anyway. A connection's handler lives as long
   as its long-polling session or upgraded WebSocket (one that opens directly is
   handed off, see ``fastws.transport``).
+- With the fast transport, :class:`Worker`'s handler refuses new Socket.IO
+  connections past ``WEB_CONNECTS_PER_S`` with a quick 503 (``fastws.admission``).
 - In either worker, no record of where each greenlet was spawned (a stack and a
   dict, ~2 KB per socket in tracemalloc), which only debugging tools read; with the
   fast transport a greenlet starts for each read and each burst of writes.
@@ -43,6 +45,20 @@ class Handler(WebSocketHandler):
             from .web.fastws import seams
 
             seams.small_read_buffer(self, sock, READ_BUFFER_BYTES)
+
+    def run_application(self):
+        # Past WEB_CONNECTS_PER_S a new Socket.IO connection is refused here, before
+        # gevent-websocket's handshake (fastws.admission); pywsgi's own body otherwise.
+        from .web.fastws import admission
+
+        refuse = admission.refusal(self.environ)
+        if refuse is None:
+            return super().run_application()
+        try:
+            self.result = refuse(self.environ, self.start_response)
+            self.process_result()
+        finally:
+            self.result = None
 
 
 CLOSE_AGAIN_S = 0.5

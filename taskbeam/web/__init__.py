@@ -18,6 +18,7 @@ from ..broker import make_celery
 from ..emitter import Emitter
 from ..store import TaskStore, redis_client, redis_tls
 from . import fastws, front, identity
+from .fastws import admission
 from .front import origin_allowed
 from .metrics import Metrics
 from .mq_listener import QueueWatch, make_manager
@@ -121,6 +122,7 @@ def install(app, sio, settings, owner_of=None):
     )
     if fast:
         fastws.install(sio.server)
+        admission.configure(settings.web_connects_per_s)
     store = TaskStore(client, settings)
     watch = QueueWatch(sio, manager, client, store.keys.main_only)
     services = app.extensions["taskbeam"] = Services(

@@ -3,6 +3,7 @@ connections closed on SIGTERM."""
 
 import runpy
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -134,3 +135,16 @@ def test_web_may_name_its_interface_by_a_subnet_of_its_address():
     ]
     with pytest.raises(SystemExit, match="WEB_LISTEN_INTERFACE=198.51.100.0/24: no interface"):
         gunicorn_settings(WEB_LISTEN_INTERFACE="198.51.100.0/24")
+
+
+def test_a_worker_freezes_its_start_up_and_makes_full_collections_rare():
+    conf = Path(__file__).resolve().parents[2] / "web" / "gunicorn.conf.py"
+    code = (
+        "import gc, runpy, sys\n"
+        "runpy.run_path(sys.argv[1])['post_worker_init'](None)\n"
+        "print(gc.get_threshold()[2], gc.get_freeze_count() > 0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(conf)], capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.split() == ["100", "True"], done.stderr

@@ -122,6 +122,8 @@ class FastRedisManager(WatchedManager, seams.RoomsBySid, seams.PubSubHooks):
         # channel -> RoomChannel. An entry means one SUBSCRIBE for it is sent or
         # confirmed on the current connection (or will be sent by the next one).
         self.room_channels: dict[str, RoomChannel] = {}
+        # Rooms python-socketio dropped (their last socket left) since the last sweep.
+        self.emptied: set[str] = set()
         self.subscription = None  # the subscribed socket, while there is one
         self.send_lock = threading.Lock()  # commands from handlers and the sweep
 
@@ -136,18 +138,30 @@ class FastRedisManager(WatchedManager, seams.RoomsBySid, seams.PubSubHooks):
             self.send("SUBSCRIBE", channel)
         return watched.ready.wait(timeout_s)
 
+    def basic_leave_room(self, sid, namespace, room):
+        super().basic_leave_room(sid, namespace, room)
+        if namespace == "/" and room not in seams.rooms(self).get(namespace, ()):  # dropped
+            self.emptied.add(room)
+
     def forget_idle_rooms(self) -> int:
         """Unsubscribe the channels of rooms no socket here holds any more; how many.
-        A channel still waiting for its confirmation stays (that SUBSCRIBE's reply
-        must not be taken for a later one's)."""
+        Only rooms emptied since the last sweep are looked at (a scan of every
+        channel paused the web for 3-15 ms every 2 s with 10,000 rooms). A channel
+        still waiting for its confirmation stays until a later sweep (that
+        SUBSCRIBE's reply must not be taken for a later one's)."""
         held = seams.rooms(self).get("/", {})
-        idle = [
-            channel
-            for channel, watched in self.room_channels.items()
-            if watched.ready.is_set() and not held.get(watched.room)
-        ]
-        for channel in idle:
-            del self.room_channels[channel]
+        emptied, self.emptied = self.emptied, set()
+        idle = []
+        for room in emptied:
+            channel = protocol.room_channel(self.channel, room)
+            watched = self.room_channels.get(channel)
+            if watched is None or held.get(room):
+                continue
+            if watched.ready.is_set():
+                idle.append(channel)
+                del self.room_channels[channel]
+            else:
+                self.emptied.add(room)
         for start in range(0, len(idle), 1000):
             self.send("UNSUBSCRIBE", *idle[start : start + 1000])
         return len(idle)
