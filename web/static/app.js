@@ -124,22 +124,29 @@ function show(node, visible) {
 // Samples are (server ts, amount done) of running events; the rate is the slope
 // over the last RATE_WINDOW_S. A report with counts (done/total) measures in its
 // units (rows, steps), one without in percent; a change of unit or a step back
-// (a retry starting over) starts the history again.
+// (a retry starting over) starts the history again. A task in stages, or a
+// workflow, measures in its weighted percent: its counts are the current stage's
+// (or finished children's) and would mislead.
 function sample(task, ev) {
   const e = task.est;
   if (ev.state !== "running" || typeof ev.ts !== "number") {
     if (ev.state !== "running") e.samples = [];
     return;
   }
-  const total = ev.total || 100;
-  const x = ev.total ? ev.done : ev.progress;
+  const k = kinds.get(task.snapshot.kind) || {};
+  const staged = !!ev.stage || !!(k.stages && k.stages.length) || !!k.workflow;
+  const counted = !!ev.total && !staged;
+  const total = counted ? ev.total : 100;
+  const x = counted ? ev.done : ev.progress;
   const last = e.samples[e.samples.length - 1];
   // Measure from the last report before work moved (an export counts rows first).
-  if (last && (last.total !== total || x < last.x || x === e.samples[0].x)) e.samples = [];
-  e.samples.push({ ts: ev.ts, x, total, at: performance.now() });
+  if (last && (last.total !== total || last.counted !== counted || x < last.x ||
+               x === e.samples[0].x)) e.samples = [];
+  e.samples.push({ ts: ev.ts, x, total, counted, at: performance.now() });
   while (e.samples.length > 3 && ev.ts - e.samples[1].ts >= RATE_WINDOW_S) e.samples.shift();
   if (e.samples.length > 200) e.samples.splice(1, 1);
   if (ev.total) task.counts = { done: ev.done, total: ev.total };
+  else if (staged) task.counts = null; // a new stage, not counted yet
 }
 
 function rateOf(task) {
@@ -214,14 +221,15 @@ function paint(task, now) {
   if (task.resultShown !== s.result) paintResult(task);
 
   const unit = (kinds.get(s.kind) || {}).units || "items";
-  const c = task.counts;
+  const c = task.counts || (s.children && s.children.total ? s.children : null);
+  fact(task, "stage", s.state === "running" && s.stage ? s.stage : null);
   fact(task, "progress", `${Math.floor(s.progress)} %` +
     (c ? ` · ${num0.format(c.done)} of ${num0.format(c.total)} ${unit}` : ""));
   fact(task, "queue", s.state === "queued" && s.queue_position ? num0.format(s.queue_position) : null);
   const left = timeLeft(task, now);
   fact(task, "left", left === null ? null : duration(left));
   const r = active && rateOf(task);
-  fact(task, "rate", r ? rateText(r.rate, c ? unit : "%") : null);
+  fact(task, "rate", r ? rateText(r.rate, r.last.counted ? unit : "%") : null);
   fact(task, "error", s.state === "failed" && s.error ? `${s.error.message} (${s.error.code})` : null);
   // What moves with the clock only: once a second, or when the state changes,
   // for at most CLOCK_PAINTS tasks a frame (the others wait a frame or two).
@@ -367,6 +375,7 @@ function track(snapshot, atTop) {
   } else if (snapshot.seq >= task.snapshot.seq) {
     task.snapshot = Object.assign(task.snapshot, snapshot);
     if (snapshot.state !== "queued") delete task.snapshot.queue_position;
+    if (!snapshot.stage) delete task.snapshot.stage;
   }
   changed(task, true);
   if (!TERMINAL.has(task.snapshot.state)) subscribe(snapshot.id);
@@ -388,6 +397,13 @@ function apply(event) {
   if (event.state === "running" && !s.started_at) s.started_at = stamp;
   if (event.result) s.result = event.result;
   if (event.error) s.error = event.error;
+  // A stage is named while running (a report that names none stays in it).
+  if (event.state !== "running") delete s.stage;
+  else if (event.stage) s.stage = event.stage;
+  // A workflow's counts are its children: finished, in all.
+  if (event.total && (s.children || (kinds.get(s.kind) || {}).workflow)) {
+    s.children = { failed: 0, ...s.children, done: event.done, total: event.total };
+  }
   sample(task, event);
   logLive(task, event);
   const ended = wasActive && TERMINAL.has(event.state);
