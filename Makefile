@@ -56,10 +56,10 @@ test: ## Run lint, unit tests, then integration tests on a throwaway stack (own 
 	tests/run.sh
 
 # Rules: [tool.ruff] and [tool.mypy] in pyproject.toml; both pinned in the test extras.
-lint: ## Check style and types: ruff check, ruff format --check (with examples/, jobs/), mypy
+lint: ## Check style and types: ruff check, ruff format --check (with examples/, jobs/, bench/), mypy
 	@tests/run.sh venv
-	.venv/bin/ruff check taskbeam tests web examples jobs
-	.venv/bin/ruff format --check taskbeam tests web examples jobs
+	.venv/bin/ruff check taskbeam tests web examples jobs bench
+	.venv/bin/ruff format --check taskbeam tests web examples jobs bench
 	.venv/bin/mypy
 
 # The site's pages are docs/ and its nav mkdocs.yml; tests/run.sh builds it with --strict.
@@ -72,7 +72,7 @@ docs: ## Serve the documentation site at http://127.0.0.1:8000 (mkdocs serve; ed
 LOAD_LIMITS = WS_CONNECTIONS_PER_IP=20000 CREATES_PER_MINUTE_PER_IP=60000 CREATE_BURST_PER_IP=10000
 
 # BENCH_CLIENT=tuned|stock|both: our tuned client, a plain `websockets` client fed by a
-# stock emitter (the fan-in only), or both (tests/bench/bench.py).
+# stock emitter (the fan-in only), or both (bench/bench.py).
 BENCH_CLIENT ?= both
 # WEB_SCALING="1 2 3": also web CPU per event with that many web replicas, and the
 # marginal CPU per event between a quarter of the rate and the rate (bench.py).
@@ -83,22 +83,24 @@ TIMELINE ?=
 TIMELINE_LABEL ?= run
 BENCH_ARGS = $(if $(TIMELINE),--timeline $(TIMELINE) --label $(TIMELINE_LABEL),--client $(BENCH_CLIENT) $(if $(WEB_SCALING),--web-scaling $(WEB_SCALING)))
 
-bench: ## Benchmark the running stack (after `make up`): table, JSON and PNG in tests/bench/results/
+bench: ## Benchmark the running stack (after `make up`): table, JSON and PNG in bench/results/
 	@tests/run.sh venv
 	$(LOAD_LIMITS) $(COMPOSE) up -d --no-deps --wait nginx
-	.venv/bin/python tests/bench/bench.py $(BENCH_ARGS); status=$$?; \
+	.venv/bin/python bench/bench.py $(BENCH_ARGS); status=$$?; \
 	  $(COMPOSE) up -d --no-deps --wait nginx; exit $$status
-	$(if $(TIMELINE),@true,$(COMPOSE) exec -T worker python - < tests/bench/persist_overhead.py > tests/bench/results/persist.json)
-	$(if $(TIMELINE),@true,@cat tests/bench/results/persist.json)
+	$(if $(TIMELINE),@true,$(COMPOSE) exec -T worker python - < bench/persist_overhead.py > bench/results/persist.json)
+	$(if $(TIMELINE),@true,@cat bench/results/persist.json)
+	$(if $(TIMELINE),@true,$(COMPOSE) exec -T worker python - < bench/rollup_cost.py > bench/results/rollup.json)
+	$(if $(TIMELINE),@true,@cat bench/results/rollup.json)
 
 bench-export: ## Export rows/s and RSS: SQLite, PostgreSQL (generic, COPY), psql (stack on PostgreSQL)
 	@tests/run.sh venv
-	.venv/bin/python tests/bench/export_db_bench.py
+	.venv/bin/python bench/export_db_bench.py
 
 soak: ## Soak the running stack: 1,000 idle sockets + 50 tasks for 3 minutes (after `make up`)
 	@tests/run.sh venv
 	$(LOAD_LIMITS) $(COMPOSE) up -d --no-deps --wait nginx
-	.venv/bin/python tests/bench/soak.py --url http://127.0.0.1:$(or $(HTTP_PORT),8080); \
+	.venv/bin/python bench/soak.py --url http://127.0.0.1:$(or $(HTTP_PORT),8080); \
 	  status=$$?; $(COMPOSE) up -d --no-deps --wait nginx; exit $$status
 
 # For HTTPS on this machine (nginx/tls.yml): trust certs/ca.pem in the browser once.

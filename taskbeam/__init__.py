@@ -4,8 +4,11 @@ The public API, for a team's own jobs and code (docs/jobs.md); every other modul
 is internal and may change between versions:
 
 - :func:`job`: register a function as a job kind, its params declared once as a
-  pydantic model;
-- :mod:`progress`: ``progress.update(done, total, message)`` from inside a job;
+  pydantic model, maybe in weighted ``stages``;
+- :func:`workflow`, :class:`Child`, :class:`Group`: a kind whose children run in
+  parallel on any workers, with one bar for them all and an optional fan-in;
+- :mod:`progress`: ``progress.update(done, total, message)`` and
+  ``progress.stage(name)`` from inside a job;
 - :class:`JobError`: end a job as ``failed`` with a code and a message of its own;
 - :func:`submit`: start a task from your own code (a view, a CLI command, Celery beat);
 - :class:`Taskbeam`: the Flask extension for an app of your own (``init_app``);
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import progress, registry  # noqa: F401  (registry.get: for tests of a kind)
 from .progress import JobError
-from .registry import ParamError, UnknownKind, job
+from .registry import Child, Group, ParamError, UnknownKind, job, workflow
 from .tasks import QueueUnavailable
 
 if TYPE_CHECKING:
@@ -27,6 +30,8 @@ if TYPE_CHECKING:
     from .web.extension import Taskbeam
 
 __all__ = [
+    "Child",
+    "Group",
     "JobError",
     "ParamError",
     "QueueUnavailable",
@@ -36,6 +41,7 @@ __all__ = [
     "job",
     "progress",
     "submit",
+    "workflow",
 ]
 
 

@@ -51,7 +51,7 @@ def make_celery(settings):
         app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": ca_file}
     app.conf.update(
         # kombu's Redis transport, or ours that survives a broker restart (see there).
-        broker_transport=broker_transport.selected(sentinel=ha),
+        broker_transport=broker_transport.selected(settings.broker_transport_fix, sentinel=ha),
         broker_connection_retry_on_startup=True,
         broker_transport_options=options,
         task_acks_late=True,

@@ -16,13 +16,13 @@ once detached, so the restore and the acks reach Redis
 again, or fail with a connection error that Celery handles. This is the one
 place that overrides a private kombu method (``Channel._connparams``).
 
-- ``BROKER_TRANSPORT_FIX=0`` uses kombu's stock transport.
+- ``BROKER_TRANSPORT_FIX=0`` (``Settings.broker_transport_fix``, passed to
+  :func:`selected`) uses kombu's stock transport.
 - On a kombu version other than :data:`KOMBU_VERSIONS`, or one without the
   method, the stock transport is used, with one warning.
 """
 
 import logging
-import os
 
 import kombu
 from kombu.transport import redis as kombu_redis
@@ -100,12 +100,12 @@ def problems():
     return found
 
 
-def selected(sentinel=False):
+def selected(enabled, sentinel=False):
     """The ``broker_transport`` setting for Celery: this transport, or kombu's own
-    (``BROKER_TRANSPORT_FIX=0``, or a kombu it was not written for): None for
-    Redis, ``"sentinel"`` in Sentinel mode."""
+    (not ``enabled``: ``BROKER_TRANSPORT_FIX=0``, ``Settings.broker_transport_fix``;
+    or a kombu it was not written for): None for Redis, ``"sentinel"`` in Sentinel mode."""
     stock = "sentinel" if sentinel else None
-    if os.environ.get("BROKER_TRANSPORT_FIX", "1").strip().lower() in ("0", "false", "no", "off"):
+    if not enabled:
         return stock
     found = problems()
     if found:

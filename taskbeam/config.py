@@ -284,6 +284,7 @@ class Settings:
     # What one client may accumulate (taskbeam/quotas.py, issue 32).
     anonymous_task_retention_s: int = 3_600
     max_active_tasks_per_ip: int = 30
+    max_workflow_children: int = 1_000
     redis_memory_high_water_pct: int = 80
     export_quota_bytes: int = 0  # 0: half the exports volume's size
     export_quota_per_owner_bytes: int = 1 << 30
@@ -292,6 +293,9 @@ class Settings:
     # Per Socket.IO connection (taskbeam/web/sockets.py).
     subscribe_rate_per_s: int = 20
     subscribe_replay_bytes_per_s: int = 1 << 20
+    # Our code below a library's API, each switchable back to the library's own path.
+    web_fast_transport: bool = True  # taskbeam/web/fastws
+    broker_transport_fix: bool = True  # taskbeam/broker_transport.py
 
     @property
     def socketio_channel(self):
@@ -343,6 +347,8 @@ def load(env=None, *, need_secret=True):
         redis_tls_ca_file=_redis_tls_ca_file(env, redis_url),
         jobs_modules=_jobs_modules(env),
         **_quotas(env),
+        web_fast_transport=_bool(env, "WEB_FAST_TRANSPORT", True),
+        broker_transport_fix=_bool(env, "BROKER_TRANSPORT_FIX", True),
     )
 
 
@@ -365,6 +371,7 @@ def _quotas(env):
             env, "ANONYMOUS_TASK_RETENTION_S", 3_600, 60, 90 * 86_400
         ),
         "max_active_tasks_per_ip": _int(env, "MAX_ACTIVE_TASKS_PER_IP", 30, 0, 1_000_000),
+        "max_workflow_children": _int(env, "MAX_WORKFLOW_CHILDREN", 1_000, 1, 10_000),
         "redis_memory_high_water_pct": _int(env, "REDIS_MEMORY_HIGH_WATER_PCT", 80, 10, 100),
         "export_quota_bytes": _int(env, "EXPORT_QUOTA_BYTES", 0, 0, 1 << 60),
         "export_quota_per_owner_bytes": _int(

@@ -90,13 +90,17 @@ class StockEnvelope:
         self.middle, self.tail = rest.split(json.dumps(self.ROOM))
 
     def around(self, task_id):
-        """``(channel, room_channel, head, tail)`` for one task's events."""
+        """``(channel, room_channel, head, tail, before_room, after_room)`` for one
+        task's events: its message is ``head + event + tail``; the last two build
+        another task's tail (a workflow's, in the store's script)."""
         room = protocol.task_room(task_id)
         return (
             self.channel,
             protocol.room_channel(self.channel, room),
             self.head,
             self.middle + json.dumps(room) + self.tail,
+            self.middle,
+            self.tail,
         )
 
 
@@ -120,19 +124,15 @@ class Emitter:
         # In Sentinel mode the append waits for replicas; the publish comes after it.
         self.in_append = self.envelope is not None and not store.wait_replicas
 
-    def emit(self, task_id, *, token=None, **patch):
-        """Persist and publish one event; returns ``(event, cancel_requested)``.
-
-        :param token: the run's token (see :meth:`TaskStore.claim_run`), if a run writes.
-        :raises taskbeam.store.TaskFinished: the task already ended.
-        :raises taskbeam.store.LeaseLost: ``token``'s run was replaced.
-        """
+    def write(self, task_id, *, token=None, **patch):
+        """:meth:`emit`, returning ``(event, taskbeam.store.Appended)``: for a
+        workflow's child, also what it did to the parent."""
         # One id for every try: a retry after a lost reply is not written twice. One
         # time too: a retry that writes it again on a new primary (an event lost in
         # a failover before any replica had it) writes the same event.
         emit_id, ts = self.store.new_emit_id(), time.time()
         publish = self.envelope.around(task_id) if self.envelope else None
-        event_json, cancel = retrying(
+        written = retrying(
             lambda: self.store.append(
                 task_id,
                 ts=ts,
@@ -143,17 +143,47 @@ class Emitter:
             ),
             deadline_s=self.retry_for_s,
         )
-        event = json.loads(event_json)
-        if self.in_append:
-            return event, cancel
-        # Best effort: the event is already in the log, and subscribers read it back
-        # when they resubscribe. Killed right here, a worker leaves it stored only.
-        if publish is None:  # the manager logs and gives up after one retry
+        event = json.loads(written.event)
+        if not self.in_append:
+            self.publish(task_id, event)
+            if written.parent_event:  # a workflow's roll-up, from a child's event
+                self.publish(written.parent, json.loads(written.parent_event))
+        return event, written
+
+    def emit(self, task_id, *, token=None, **patch):
+        """Persist and publish one event; returns ``(event, cancel_requested)``.
+
+        :param token: the run's token (see :meth:`TaskStore.claim_run`), if a run writes.
+        :raises taskbeam.store.TaskFinished: the task already ended.
+        :raises taskbeam.store.LeaseLost: ``token``'s run was replaced.
+        """
+        event, written = self.write(task_id, token=token, **patch)
+        return event, written.cancel
+
+    def publish(self, task_id, event):
+        """Publish an event already in the log (best effort: subscribers read it back
+        when they resubscribe; killed right here, a worker leaves it stored only)."""
+        if self.envelope is None:  # the manager logs and gives up after one retry
             self.socketio.emit(protocol.TASK_UPDATE_EVENT, event, to=protocol.task_room(task_id))
-            return event, cancel
-        channel, room_channel, head, tail = publish
+            return
+        channel, room_channel, head, tail = self.envelope.around(task_id)[:4]
         try:
             self.store.publish(channel, room_channel, head + json.dumps(event) + tail)
         except RedisError as exc:
             log.warning("event %s/%s not published: %s", task_id, event["seq"], exc)
-        return event, cancel
+
+    def cancel_children(self, task_id):
+        """Cancel a workflow's children (see :meth:`TaskStore.cancel_children`)."""
+        around = self.envelope.around if self.in_append else None
+        return retrying(
+            lambda: self.store.cancel_children(task_id, around), deadline_s=self.retry_for_s
+        )
+
+    def flush_rollups(self):
+        """Write and publish the workflows' held-back roll-up events; how many."""
+        around = self.envelope.around if self.in_append else None
+        written = retrying(lambda: self.store.flush_rollups(around), deadline_s=self.retry_for_s)
+        if not self.in_append:
+            for task_id, event in written:
+                self.publish(task_id, json.loads(event))
+        return len(written)

@@ -38,7 +38,8 @@ class Handler(WebSocketHandler):
         super().__init__(sock, address, server, rfile)
         from .web import fastws  # not at import time (see the module's docstring)
 
-        if rfile is None and fastws.usable():
+        # This class runs with WEB_FAST_TRANSPORT on only (web/gunicorn.conf.py).
+        if rfile is None and fastws.libraries_supported():
             from .web.fastws import seams
 
             seams.small_read_buffer(self, sock, READ_BUFFER_BYTES)

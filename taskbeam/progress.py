@@ -1,14 +1,12 @@
 """The API for task authors: report progress from inside a job with one call.
 
-    from taskbeam import progress
-    from taskbeam.registry import job
+    from taskbeam import job, progress
 
-    @job("resize", validate=resize_params)  # resize_params(params, settings=None)
+    @job("resize", params=ResizeParams, units="images")
     def resize(params):
-        images = params["images"]
-        for i, image in enumerate(images, 1):
+        for i, image in enumerate(params.images, 1):
             ...
-            progress.update(i, len(images), f"Resized {image}")
+            progress.update(i, len(params.images), f"Resized {image}")
 
 No Flask app or context is needed: the worker framework routes the call to the
 running task. A cancel request surfaces as :class:`Cancelled` raised from
@@ -35,6 +33,9 @@ _task_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "taskbeam_task_id", default=None
 )
 _run: contextvars.ContextVar[str | None] = contextvars.ContextVar("taskbeam_run", default=None)
+_stager: contextvars.ContextVar[Callable[[str], object] | None] = contextvars.ContextVar(
+    "taskbeam_stager", default=None
+)
 
 
 class Cancelled(Exception):
@@ -78,6 +79,19 @@ def update(done: float, total: float, message: object = "") -> None:
     reporter(done, total, str(message)[:MAX_MESSAGE_LENGTH])
 
 
+def stage(name: str) -> None:
+    """Enter the stage ``name``, one of the kind's declared ``stages``: the bar moves
+    to where the stage starts, and later :func:`update` calls count within it.
+
+    :raises ValueError: the kind declares no such stage.
+    :raises Cancelled: the task should stop now.
+    """
+    stager = _stager.get()
+    if stager is None:
+        raise RuntimeError("progress.stage() called outside a Taskbeam job")
+    stager(name)
+
+
 def current_task_id() -> str:
     """The id of the task being run (e.g. to name its output files)."""
     task_id = _task_id.get()
@@ -97,16 +111,22 @@ def current_run() -> str:
 
 @contextlib.contextmanager
 def reporting_to(
-    callback: Reporter, task_id: str | None = None, run: str | None = None
+    callback: Reporter,
+    task_id: str | None = None,
+    run: str | None = None,
+    on_stage: Callable[[str], object] | None = None,
 ) -> Iterator[Reporter]:
-    """Route :func:`update` calls to ``callback(done, total, message)`` in this block.
+    """Route :func:`update` calls to ``callback(done, total, message)`` and
+    :func:`stage` calls to ``on_stage(name)`` in this block.
 
     The worker uses it around every job; unit tests use it to capture progress.
     """
     reporter, task, of_run = _reporter.set(callback), _task_id.set(task_id), _run.set(run)
+    stager = _stager.set(on_stage)
     try:
         yield callback
     finally:
         _reporter.reset(reporter)
         _task_id.reset(task)
         _run.reset(of_run)
+        _stager.reset(stager)

@@ -23,6 +23,7 @@ TASK_UPDATE_EVENT = "task_update"
 # Events per page of GET /events and of the subscribe ack: a 10,000-event history
 # cost ~45 ms of CPU and 1.3 MB per unpaged read.
 MAX_EVENTS_PAGE = 500
+MAX_CHILDREN_PAGE = 100  # GET /api/tasks/<id>/children
 # Digits of an `after` seq the API and the subscribe handler accept.
 MAX_SEQ_DIGITS = 18
 

@@ -10,13 +10,15 @@ what the function receives. Kinds register by being imported: the shipped ones b
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import datetime
 import importlib
 import json
+import math
 import pkgutil
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pydantic
@@ -48,7 +50,8 @@ class UnknownKind(LookupError):
     """No job kind of that name is registered."""
 
     def __init__(self, kind: object) -> None:
-        super().__init__(f"kind: must be one of {', '.join(sorted(JOBS))}")
+        listed = sorted(kind for kind, job in JOBS.items() if job.listed)
+        super().__init__(f"kind: must be one of {', '.join(listed)}")
         self.kind = kind
 
 
@@ -56,8 +59,51 @@ class RegistryError(RuntimeError):
     """A kind or a jobs module that cannot be registered; start-up stops on it."""
 
 
+#: A job's stages: ``(name, weight)`` in order; a name is what the page shows.
+Stages = tuple[tuple[str, float], ...]
+MAX_STAGE_NAME = 40
+
+
+@dataclasses.dataclass(frozen=True)
+class Child:
+    """One child task of a workflow: a registered kind, its params and its share
+    of the parent's bar (``weight``, any positive number; e.g. rows to process)."""
+
+    kind: str
+    params: Any = None
+    weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """A workflow's children, run in parallel; ``allow_failures``: a child that fails
+    does not fail the parent (the fan-in receives None for it)."""
+
+    children: Sequence[Child]
+    allow_failures: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedChild:
+    """A child as stored: its kind checked, its params clean."""
+
+    kind: str
+    params: Params
+    weight: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    children: tuple[PlannedChild, ...]
+    allow_failures: bool
+
+
 class Job:
-    """A registered job kind: its function, its parameter model and how the page shows it."""
+    """A registered job kind: its function, its parameter model and how the page shows it.
+
+    A workflow kind (:func:`workflow`) has ``plan`` (its children, from the params)
+    and maybe ``fan_in``; its own ``func`` is not run.
+    """
 
     def __init__(
         self,
@@ -69,10 +115,62 @@ class Job:
         description: str,
         units: str,
         summary: Callable[[Any], str] | None = None,
+        stages: Stages = (),
+        plan: Callable[[Any], Any] | None = None,
+        fan_in: Callable[[Any, list[Any]], Any] | None = None,
+        listed: bool = True,
     ) -> None:
         self.kind, self.func, self.params = kind, func, params
         self.title, self.description, self.units = title, description, units
         self.summary = summary
+        self.stages, self.plan, self.fan_in, self.listed = stages, plan, fan_in, listed
+
+    @property
+    def is_workflow(self) -> bool:
+        return self.plan is not None
+
+    def stage_span(self, name: str) -> tuple[float, float]:
+        """Where stage ``name`` lies on the whole bar: ``(start %, width %)``;
+        raises ValueError for a stage the kind does not declare."""
+        total = sum(weight for _, weight in self.stages)
+        start = 0.0
+        for stage, weight in self.stages:
+            if stage == name:
+                return start * 100 / total, weight * 100 / total
+            start += weight
+        declared = ", ".join(repr(s) for s, _ in self.stages) or "none"
+        raise ValueError(f"job {self.kind!r} has no stage {name!r} (declared: {declared})")
+
+    def make_plan(self, params: pydantic.BaseModel, settings: Settings | None = None) -> Plan:
+        """The workflow's children for ``params``, each checked as a task of its own
+        would be; raises :class:`ParamError` (field ``params``) naming the child."""
+        assert self.plan is not None
+        made = self.plan(params)
+        group = made if isinstance(made, Group) else Group(list(made or ()))
+        limit = settings.max_workflow_children if settings is not None else 1_000
+        if not 1 <= len(group.children) <= limit:
+            raise ParamError(
+                "params", f"a workflow has 1 to {limit} children, got {len(group.children)}"
+            )
+        children = []
+        for i, child in enumerate(group.children):
+            where = f"child {i}"
+            if not isinstance(child, Child):
+                raise ParamError("params", f"{where}: the plan must give Child(...) values")
+            found = JOBS.get(child.kind)
+            if found is None or found.is_workflow:
+                raise ParamError("params", f"{where}: {child.kind!r} is not a job kind")
+            weight = child.weight
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                raise ParamError("params", f"{where}: weight must be a number")
+            if not (math.isfinite(weight) and weight > 0):
+                raise ParamError("params", f"{where}: weight must be positive, got {weight}")
+            try:
+                clean = found.validate({} if child.params is None else child.params, settings)
+            except ParamError as exc:
+                raise ParamError("params", f"{where} ({child.kind}): {exc}") from None
+            children.append(PlannedChild(child.kind, clean, float(weight)))
+        return Plan(tuple(children), bool(group.allow_failures))
 
     @property
     def celery_name(self) -> str:
@@ -121,6 +219,8 @@ class Job:
             "title": self.title,
             "description": self.description,
             "units": self.units,
+            "stages": [{"name": name, "weight": weight} for name, weight in self.stages],
+            "workflow": self.is_workflow,
             "schema": self.schema(settings),
         }
 
@@ -152,6 +252,51 @@ JOBS: dict[str, Job] = {}
 SHIPPED = "taskbeam.jobs"
 
 
+def _stages(kind: str, stages: Mapping[str, float] | Sequence[tuple[str, float]] | None) -> Stages:
+    """``stages`` checked: names unique and short, weights positive numbers."""
+    if stages is None:
+        return ()
+    items = list(stages.items() if isinstance(stages, Mapping) else stages)
+    names = [name for name, _ in items]
+    for name, weight in items:
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_STAGE_NAME:
+            raise RegistryError(f"job kind {kind!r}: a stage name must be 1 to 40 characters")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise RegistryError(f"job kind {kind!r}: stage {name!r}: weight must be a number")
+        if not (math.isfinite(weight) and weight > 0):
+            raise RegistryError(f"job kind {kind!r}: stage {name!r}: weight must be positive")
+    if len(set(names)) != len(names):
+        raise RegistryError(f"job kind {kind!r}: two stages share a name")
+    return tuple((name, float(weight)) for name, weight in items)
+
+
+def _checked_params(kind: str, params: Any) -> type[pydantic.BaseModel]:
+    if not isinstance(kind, str) or not KIND_RE.fullmatch(kind):
+        raise RegistryError(f"job kind {kind!r}: must match {KIND_RE.pattern}")
+    if not (isinstance(params, type) and issubclass(params, pydantic.BaseModel)):
+        raise RegistryError(f"job kind {kind!r}: params= must be a pydantic model class")
+    if params.model_config.get("extra") == "forbid":
+        return params
+    # Unknown params are a 400, always.
+    return type(
+        params.__name__,
+        (params,),
+        {
+            "__module__": params.__module__,
+            "__doc__": params.__doc__,
+            "model_config": pydantic.ConfigDict(**params.model_config, extra="forbid"),
+        },
+    )
+
+
+def _register(kind: str, func: JobFunc, **declared: Any) -> None:
+    if kind in JOBS and JOBS[kind].func is not func:
+        where = getattr(JOBS[kind].func, "__module__", "?")
+        raise RegistryError(f"job kind {kind!r} is registered twice (first in {where})")
+    title = declared.pop("title") or kind.replace("_", " ").capitalize()
+    JOBS[kind] = Job(kind, func, title=title, **declared)
+
+
 def job(
     kind: str,
     *,
@@ -160,6 +305,8 @@ def job(
     description: str = "",
     units: str = "steps",
     summary: Callable[[Any], str] | None = None,
+    stages: Mapping[str, float] | Sequence[tuple[str, float]] | None = None,
+    listed: bool = True,
 ) -> Callable[[JobFunc], JobFunc]:
     """Register the decorated function as the job kind ``kind``.
 
@@ -170,45 +317,92 @@ def job(
     :param units: what progress counts (``progress.update(done, total)``), e.g. ``rows``.
     :param summary: ``summary(result) -> str``, the message of the finished task
                     (default: "Done").
+    :param stages: ``{name: weight}`` in order, e.g. ``{"Query": 10, "Render": 80,
+                   "Upload": 10}``: the job calls ``progress.stage(name)`` as it enters
+                   each, its reports count within it, and the bar is the weighted whole.
+    :param listed: False for a kind that only runs as a workflow's child: the page
+                   and ``POST /api/tasks`` do not offer it.
     """
-    if not isinstance(kind, str) or not KIND_RE.fullmatch(kind):
-        raise RegistryError(f"job kind {kind!r}: must match {KIND_RE.pattern}")
-    if not (isinstance(params, type) and issubclass(params, pydantic.BaseModel)):
-        raise RegistryError(f"job kind {kind!r}: params= must be a pydantic model class")
-
-    if params.model_config.get("extra") != "forbid":  # unknown params are a 400, always
-        params = type(
-            params.__name__,
-            (params,),
-            {
-                "__module__": params.__module__,
-                "__doc__": params.__doc__,
-                "model_config": pydantic.ConfigDict(**params.model_config, extra="forbid"),
-            },
-        )
+    params = _checked_params(kind, params)
+    checked = _stages(kind, stages)
 
     def register(func: JobFunc) -> JobFunc:
-        if kind in JOBS and JOBS[kind].func is not func:
-            where = getattr(JOBS[kind].func, "__module__", "?")
-            raise RegistryError(f"job kind {kind!r} is registered twice (first in {where})")
-        JOBS[kind] = Job(
+        _register(
             kind,
             func,
-            params,
-            title=title or kind.replace("_", " ").capitalize(),
+            params=params,
+            title=title,
             description=description,
             units=units,
             summary=summary,
+            stages=checked,
+            listed=listed,
         )
         return func
 
     return register
 
 
-def get(kind: object) -> Job:
-    """The registered kind; raises :class:`UnknownKind`."""
+def workflow(
+    kind: str,
+    *,
+    params: type[pydantic.BaseModel] | None = None,
+    title: str | None = None,
+    description: str = "",
+    units: str = "children",
+    fan_in: Callable[[Any, list[Any]], Any] | None = None,
+    stages: Mapping[str, float] | Sequence[tuple[str, float]] | None = None,
+    summary: Callable[[Any], str] | None = None,
+) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+    """Register the decorated function as the plan of the workflow kind ``kind``.
+
+    The plan gets the validated params and returns the children: a list of
+    :class:`Child` (or a :class:`Group`, to allow failures). It runs when the task
+    is created, so it must be quick and pure; a bad plan is the API's 400 and
+    nothing starts. The children run in parallel on any workers, each a task with
+    its own history; the parent's bar is their weighted roll-up.
+
+    :param fan_in: ``fan_in(params, results)``, run on a worker once every child
+                   has finished, with their results in the plan's order (None for
+                   a failed child when failures are allowed); its return value is
+                   the workflow's result. Without it the result counts the children.
+    :param stages: two stages, ``{children's stage: weight, fan-in's stage: weight}``
+                   (default ``{"Children": 90, "Finishing": 10}``), or one without a
+                   fan-in (default ``{"Children": 100}``).
+    """
+    params = _checked_params(kind, params)
+    default = {"Children": 90, "Finishing": 10} if fan_in else {"Children": 100}
+    checked = _stages(kind, stages if stages is not None else default)
+    if len(checked) != (2 if fan_in else 1):
+        raise RegistryError(
+            f"workflow {kind!r}: stages= names {'two (children, fan-in)' if fan_in else 'one'}"
+        )
+    if fan_in is not None and not callable(fan_in):
+        raise RegistryError(f"workflow {kind!r}: fan_in= must be a function")
+
+    def register(plan: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        _register(
+            kind,
+            plan,
+            params=params,
+            title=title,
+            description=description,
+            units=units,
+            summary=summary,
+            stages=checked,
+            plan=plan,
+            fan_in=fan_in,
+        )
+        return plan
+
+    return register
+
+
+def get(kind: object, *, listed: bool = False) -> Job:
+    """The registered kind; raises :class:`UnknownKind` (``listed``: also for a kind
+    that only runs as a child)."""
     found = JOBS.get(kind) if isinstance(kind, str) else None
-    if found is None:
+    if found is None or (listed and not found.listed):
         raise UnknownKind(kind)
     return found
 

@@ -16,7 +16,7 @@ _runtime: Runtime | None = None
 _lock = threading.Lock()
 
 
-def runtime() -> Runtime:
+def default_runtime() -> Runtime:
     """This process's store, broker and emitter, made on first use (from the environment)."""
     global _runtime
     with _lock:
@@ -52,29 +52,30 @@ def owner_for(user: str, env: Any = None) -> str:
     return protocol.owner_id("app", user)  # the extension's owner_of(request)
 
 
-def submit(kind: Any, params: Any, *, owner: str, rt: Runtime | None = None) -> dict[str, Any]:
-    rt = rt or runtime()
-    job, clean = tasks.validate(kind, params, rt.settings)
+def submit(kind: Any, params: Any, *, owner: str, runtime: Runtime | None = None) -> dict[str, Any]:
+    runtime = runtime or default_runtime()
+    job, clean, plan = tasks.validate(kind, params, runtime.settings)
     owner_id = owner_for(owner)
 
     def announce(owner_id: str, snapshot: dict[str, Any]) -> None:
-        rt.emitter.socketio.emit(
+        runtime.emitter.socketio.emit(
             tasks.TASK_CREATED_EVENT, snapshot, to=protocol.owner_room(owner_id)
         )
 
     # The API's guards but the per-address ones: memory, export bytes, MAX_ACTIVE_TASKS.
     guarded = types.SimpleNamespace(
-        settings=rt.settings,
-        redis=rt.store.redis,
-        store=rt.store,
+        settings=runtime.settings,
+        redis=runtime.store.redis,
+        store=runtime.store,
         identity=types.SimpleNamespace(mode="app"),  # a named user: the normal retention
     )
     return tasks.enqueue(
         job,
         clean,
+        plan,
         owner=owner_id,
-        store=rt.store,
-        celery=rt.celery,
+        store=runtime.store,
+        celery=runtime.celery,
         announce=announce,
         create=functools.partial(quotas.create, guarded),
     )

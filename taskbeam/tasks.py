@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import registry
-from .registry import Job, Params
+from .registry import Job, Params, Plan
 
 log = logging.getLogger(__name__)
 
@@ -22,15 +22,19 @@ class QueueUnavailable(RuntimeError):
     """The broker did not take the task's message; nothing was left behind."""
 
 
-def validate(kind: Any, params: Any, settings: Any) -> tuple[Job, Params]:
-    """The kind and the clean params; raises ``UnknownKind`` or ``ParamError``."""
-    job = registry.get(kind)
-    return job, job.validate({} if params is None else params, settings)
+def validate(kind: Any, params: Any, settings: Any) -> tuple[Job, Params, Plan | None]:
+    """The kind, the clean params and a workflow's children; raises ``UnknownKind``
+    (also for a kind that only runs as a child) or ``ParamError``."""
+    job = registry.get(kind, listed=True)
+    model = job.load({} if params is None else params, settings)
+    plan = job.make_plan(model, settings) if job.is_workflow else None
+    return job, model.model_dump(mode="json", exclude_none=True), plan
 
 
 def enqueue(
     job: Job,
     params: Params,
+    plan: Plan | None = None,
     *,
     owner: str,
     store: Any,
@@ -48,6 +52,8 @@ def enqueue(
     """
     snapshot = create(kind=job.kind, owner=owner, params=params)
     try:
+        if plan is not None:
+            _create_children(store, job, snapshot, plan)
         celery.send_task(job.celery_name, args=[snapshot["id"], params], task_id=snapshot["id"])
     except Exception:
         log.exception("could not enqueue task %s", snapshot["id"])
@@ -58,3 +64,17 @@ def enqueue(
     except Exception:  # the task runs all the same; pages list it on their next load
         log.warning("task %s: could not tell the owner's pages", snapshot["id"], exc_info=True)
     return snapshot
+
+
+def _create_children(store: Any, job: Job, snapshot: dict[str, Any], plan: Plan) -> None:
+    """Store the workflow's children with it; its parent's run sends them."""
+    stage = job.stages[0][0]
+    store.create_children(
+        snapshot,
+        plan.children,
+        span=job.stage_span(stage)[1],
+        allow_failures=plan.allow_failures,
+        fan_in=job.fan_in is not None,
+        stage=stage,
+    )
+    snapshot["children"] = {"total": len(plan.children), "done": 0, "failed": 0}

@@ -49,13 +49,14 @@ STRANDED_AFTER_S = 60.0
 ALIVE_FILE = "/tmp/taskbeam-worker-alive"
 ALIVE_EVERY_S = 2.0
 ALIVE_STALE_S = 10.0  # as in worker/healthcheck.sh
+ROLLUP_FLUSH_S = 0.5
 
 
 settings = config.current()
 # The team's own kinds (JOBS_MODULES) before the Celery tasks are made from JOBS.
 registry.load_or_exit(settings.jobs_modules)
-runtime = make_runtime(settings)
-celery, store, emitter = runtime.celery, runtime.store, runtime.emitter
+default_runtime = make_runtime(settings)  # what runs and housekeeping use unless given one
+celery, store, emitter = default_runtime.celery, default_runtime.store, default_runtime.emitter
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
@@ -75,33 +76,49 @@ class TaskRun:
     without writing anything more.
     """
 
-    def __init__(self, job: jobs.Job, task_id: str, params: Any, rt: Runtime | None = None) -> None:
+    def __init__(
+        self, job: jobs.Job, task_id: str, params: Any, runtime: Runtime | None = None
+    ) -> None:
         self.job, self.task_id, self.params = job, task_id, params
-        self.rt = rt or runtime
+        self.runtime = runtime or default_runtime
         self.coalescer = protocol.Coalescer(
-            self.rt.settings.progress_coalesce_ms / 1000, time.monotonic
+            self.runtime.settings.progress_coalesce_ms / 1000, time.monotonic
         )
         self.lease: Any = None  # the run's Lease, once it has one
+        # The current stage's place on the bar, in percent: (start, width).
+        self.span = (0.0, 100.0)
 
     def emit(self, **patch: Any) -> bool:
         """Persist and publish an event; True if the owner asked to cancel."""
         self.lease.check()
-        event, cancel = self.rt.emitter.emit(self.task_id, token=self.lease.token, **patch)
+        event, written = self.runtime.emitter.write(self.task_id, token=self.lease.token, **patch)
         self.coalescer.note(event["state"])
-        return cancel
+        if written.fan_in_due:  # this child was its workflow's last: the fan-in is due
+            send_parent(self.runtime, written.fan_in_due)
+        return bool(written.cancel)
 
     def report(self, done: float, total: float, message: str) -> None:
         """Where the job's ``progress.update`` calls land."""
         self.lease.check()
-        pct = protocol.percent(done, total)
+        start, width = self.span
+        pct = round(start + width * protocol.percent(done, total) / 100, 1)
         if self.coalescer.admit(protocol.RUNNING, pct):
             if self.emit(
                 state=protocol.RUNNING, progress=pct, message=message, done=done, total=total
             ):
                 raise progress.Cancelled()
 
+    def enter_stage(self, name: str) -> None:
+        """Where the job's ``progress.stage`` calls land: the bar moves to its start."""
+        self.lease.check()
+        self.span = self.job.stage_span(name)
+        if self.emit(
+            state=protocol.RUNNING, progress=round(self.span[0], 1), message=name, stage=name
+        ):
+            raise progress.Cancelled()
+
     def __call__(self) -> None:
-        store = self.rt.store
+        store = self.runtime.store
         try:
             token = store.claim_run(self.task_id, LEASE_S)
         except (TaskFinished, TaskGone) as exc:
@@ -132,8 +149,16 @@ class TaskRun:
         store.release_lease(self.task_id, token)
 
     def _run(self) -> None:
-        settings = self.rt.settings
-        attempt = self.rt.store.count_attempt(self.task_id)
+        settings = self.runtime.settings
+        rec = self.runtime.store.record(self.task_id) or {}
+        phase = rec.get("phase", "")
+        counter = "fanin_attempts" if phase == "fanin" else "attempts"
+        attempt = self.runtime.store.count_attempt(self.task_id, counter)
+        if rec.get("cancel") == "1":
+            # Asked to stop before this run began: a workflow's child whose parent
+            # failed or was cancelled, or a task whose worker died after the ask.
+            self.emit(state=protocol.CANCELLED, message="Cancelled")
+            return
         if attempt > settings.max_redeliveries + 1:
             self.emit(
                 **_error(
@@ -141,6 +166,9 @@ class TaskRun:
                     f"Gave up after {attempt - 1} runs; its worker kept dying.",
                 )
             )
+            return
+        if self.job.is_workflow:
+            self._run_workflow(phase)
             return
         if attempt > 1:
             self.emit(
@@ -151,16 +179,49 @@ class TaskRun:
         if self.emit(state=protocol.RUNNING, message="Running", worker=WORKER_NAME):
             self.emit(state=protocol.CANCELLED, message="Cancelled")
             return
-        self.emit(**self._execute())
+        self.emit(**self._execute(self.job.func))
 
-    def _execute(self) -> dict[str, Any]:
-        """Run the job's function; return the terminal event's fields."""
-        try:
-            params = self.job.load(self.params, self.rt.settings)
-            with progress.reporting_to(
-                self.report, task_id=self.task_id, run=str(self.lease.token)
+    def _run_workflow(self, phase: str) -> None:
+        """A workflow's run: first it sends its children to the workers (they were
+        stored with it) and ends, leaving the parent running; the children's events
+        roll it up. Once the last child ended, the fan-in runs here (a run of its
+        own), or this run if the children were quicker than it."""
+        store = self.runtime.store
+        if phase == "":
+            if self.emit(
+                state=protocol.RUNNING, message="Starting the children", worker=WORKER_NAME
             ):
-                result = self.job.func(params)
+                self.emit(state=protocol.CANCELLED, message="Cancelled")
+                self.runtime.emitter.cancel_children(self.task_id)
+                return
+            send_children(self.runtime, self.task_id)
+            # Not over "fanin": the children may all have ended already.
+            store.redis.hsetnx(store.keys.task(self.task_id), "phase", "children")
+            phase = str(store.redis.hget(store.keys.task(self.task_id), "phase") or "")
+        elif phase == "children":
+            send_children(self.runtime, self.task_id)  # again: this run's first try may have died
+        if phase != "fanin" or self.job.fan_in is None:
+            return
+        stage = self.job.stages[-1][0]
+        self.span = self.job.stage_span(stage)
+        if self.emit(state=protocol.RUNNING, message=stage, stage=stage, worker=WORKER_NAME):
+            self.emit(state=protocol.CANCELLED, message="Cancelled")
+            return
+        fan_in = self.job.fan_in
+        results = store.children_results(self.task_id)
+        self.emit(**self._execute(lambda params: fan_in(params, results)))
+
+    def _execute(self, func: Any) -> dict[str, Any]:
+        """Run ``func`` (the job's function) with the params; the terminal event's fields."""
+        try:
+            params = self.job.load(self.params, self.runtime.settings)
+            with progress.reporting_to(
+                self.report,
+                task_id=self.task_id,
+                run=str(self.lease.token),
+                on_stage=self.enter_stage,
+            ):
+                result = func(params)
         except progress.Cancelled:
             return {"state": protocol.CANCELLED, "message": "Cancelled"}
         except jobs.ParamError as exc:
@@ -171,9 +232,10 @@ class TaskRun:
             # Raised wherever the job was, maybe between a Redis request and its reply
             # (a WAIT, a slow Redis): a connection put back with that reply still to
             # come would hand it to the next command. Close them all; the pool reopens.
-            self.rt.store.redis.connection_pool.disconnect()
+            self.runtime.store.redis.connection_pool.disconnect()
             return _error(
-                "time_limit", f"Stopped after the {self.rt.settings.task_time_limit_s}s time limit."
+                "time_limit",
+                f"Stopped after the {self.runtime.settings.task_time_limit_s}s time limit.",
             )
         except (TaskFinished, TaskGone):
             raise
@@ -234,17 +296,17 @@ class Lease:
         self.thread.join()
 
 
-def send_again(rt: Runtime, rec: Any, connection: Any) -> None:
+def send_again(runtime: Runtime, rec: Any, connection: Any) -> None:
     """Put an unfinished task back on the queue (a kind no longer known fails)."""
     job = jobs.JOBS.get(rec.get("kind"))
     if job is None:
         message = f"Task kind {rec.get('kind')!r} is not known to the workers."
         try:
-            rt.emitter.emit(rec["id"], **_error("unknown_kind", message))
+            runtime.emitter.emit(rec["id"], **_error("unknown_kind", message))
         except (TaskFinished, TaskGone):
             pass
         return
-    rt.celery.send_task(
+    runtime.celery.send_task(
         job.celery_name,
         args=[rec["id"], json.loads(rec["params"])],
         task_id=rec["id"],
@@ -252,43 +314,71 @@ def send_again(rt: Runtime, rec: Any, connection: Any) -> None:
     )
 
 
-def requeue_orphans(rt: Runtime | None = None) -> int:
+def send_children(runtime: Runtime, task_id: str) -> int:
+    """Send a workflow's queued children to the workers; how many. A child sent
+    twice (this run's first try died half-way) runs once: see :meth:`TaskRun.__call__`."""
+    ids = runtime.store.child_ids(task_id)
+    pipe = runtime.store.redis.pipeline(transaction=False)
+    for child in ids:
+        pipe.hmget(runtime.store.keys.task(child), "state", "kind", "params")
+    sent = 0
+    with broker_connection(runtime) as connection:
+        for child, (state, kind, params) in zip(ids, pipe.execute()):
+            if state == protocol.QUEUED:
+                send_again(runtime, {"id": child, "kind": kind, "params": params}, connection)
+                sent += 1
+    return sent
+
+
+def send_parent(runtime: Runtime, task_id: str) -> None:
+    """Send a workflow whose children all ended, for its fan-in. If this is lost, the
+    sweeper sends it: it is unfinished, holds no lease and has no message."""
+    rec = runtime.store.record(task_id)
+    if rec is None:
+        return
+    try:
+        send_again(runtime, rec, None)
+    except Exception as exc:
+        log.warning("workflow %s: fan-in not sent (%r); the sweeper will", task_id, exc)
+
+
+def requeue_orphans(runtime: Runtime | None = None) -> int:
     """Send again every task whose run lease expired (its worker is gone or frozen).
 
     Each id on its own: one that cannot be sent gets its lease back, so the next
     round tries it again, and the others still go out.
     """
-    rt = rt or runtime
-    orphans = rt.store.reap_expired_leases()
+    runtime = runtime or default_runtime
+    orphans = runtime.store.reap_expired_leases()
     if not orphans:
         return 0
     sent = 0
-    with broker_connection(rt) as connection:
+    with broker_connection(runtime) as connection:
         for task_id in orphans:
             try:
-                rec = rt.store.record(task_id)
+                rec = runtime.store.record(task_id)
                 if rec is None or rec["state"] in protocol.TERMINAL_STATES:
                     continue
                 log.warning("task %s lost its worker; sending it again", task_id)
-                send_again(rt, rec, connection)
+                send_again(runtime, rec, connection)
                 sent += 1
             except Exception as exc:
                 log.warning("could not send task %s again (%r); retrying next round", task_id, exc)
                 try:
-                    rt.store.restore_lease(task_id)
+                    runtime.store.restore_lease(task_id)
                 except redis.RedisError:
                     pass  # the sweeper finds it: unfinished, no lease, no message
     return sent
 
 
-def broker_connection(rt: Runtime) -> Any:
+def broker_connection(runtime: Runtime) -> Any:
     """A broker connection of its own for housekeeping's sends, closed after each
     round: the app's pooled producer lives in the same process as the consumer,
     and after a broker restart kombu can leave it broken for good."""
-    return rt.celery.connection_for_write()
+    return runtime.celery.connection_for_write()
 
 
-def sweep_stranded(rt: Runtime | None = None) -> int:
+def sweep_stranded(runtime: Runtime | None = None) -> int:
     """Send again unfinished tasks that hold no lease and have no broker message.
 
     They are what a lost message (a Redis crash within its fsync window), a
@@ -296,43 +386,46 @@ def sweep_stranded(rt: Runtime | None = None) -> int:
     behind: without this they would stay ``queued`` or ``running`` forever. One
     worker sweeps at a time.
     """
-    rt = rt or runtime
-    lock = rt.store.keys.sweeper
-    if not rt.store.redis.set(
+    runtime = runtime or default_runtime
+    lock = runtime.store.keys.sweeper
+    if not runtime.store.redis.set(
         lock, WORKER_NAME, nx=True, ex=int(SWEEP_ROUNDS * REAP_INTERVAL_S) - 1
     ):
         return 0
-    stranded = rt.store.unfinished_without_run(STRANDED_AFTER_S)
+    stranded = runtime.store.unfinished_without_run(STRANDED_AFTER_S)
     if not stranded:
         return 0
-    queued = broker.queued_task_ids(rt.store.redis, rt.celery)
+    queued = broker.queued_task_ids(runtime.store.redis, runtime.celery)
     if queued is None:
         log.warning("sweeper: the queue is too long to scan; skipped")
         return 0
-    stranded = [rec for rec in stranded if rec["id"] not in queued]
+    # A workflow waiting for its children runs nowhere by design.
+    stranded = [
+        rec for rec in stranded if rec["id"] not in queued and rec.get("phase") != "children"
+    ]
     if stranded:
-        with broker_connection(rt) as connection:
+        with broker_connection(runtime) as connection:
             for rec in stranded:
                 log.warning(
                     "task %s is %s with no worker and no queued message; sending it again",
                     rec["id"],
                     rec["state"],
                 )
-                send_again(rt, rec, connection)
+                send_again(runtime, rec, connection)
     return len(stranded)
 
 
-def report_alive(rt: Runtime | None = None) -> bool:
+def report_alive(runtime: Runtime | None = None) -> bool:
     """Count this worker in the metrics' ``taskbeam_workers_alive`` while its
     consumer runs (the alive file is fresh), not merely while the process exists."""
-    rt = rt or runtime
+    runtime = runtime or default_runtime
     try:
         age = time.time() - os.stat(ALIVE_FILE).st_mtime
     except FileNotFoundError:
         return False
     if age >= ALIVE_STALE_S:
         return False
-    rt.store.worker_alive(WORKER_NAME)
+    runtime.store.worker_alive(WORKER_NAME)
     return True
 
 
@@ -357,10 +450,24 @@ def _housekeeping_forever() -> None:
             log.exception("housekeeping failed")
 
 
+def _flush_rollups_forever() -> None:
+    """Write the workflows' roll-up events that the 10-a-second cap held back (when
+    no later child event carried them), so a parent's bar lags by at most this."""
+    while True:
+        time.sleep(ROLLUP_FLUSH_S)
+        try:
+            emitter.flush_rollups()
+        except redis.RedisError as exc:  # Redis down: the next round catches up
+            log.debug("roll-up flush skipped: %s", exc)
+        except Exception:
+            log.exception("roll-up flush failed")
+
+
 @signals.worker_ready.connect
 def _start_housekeeping(**_: Any) -> None:
     # In the worker's main process, which outlives the pool's child processes.
     threading.Thread(target=_housekeeping_forever, daemon=True, name="housekeeping").start()
+    threading.Thread(target=_flush_rollups_forever, daemon=True, name="rollups").start()
 
 
 class AliveFile(bootsteps.StartStopStep):

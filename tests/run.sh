@@ -17,8 +17,8 @@ fi
 [ "${1:-all}" = venv ] && exit 0
 
 # Style and types first: the quickest to fail ([tool.ruff], [tool.mypy] in pyproject.toml).
-"$venv/bin/ruff" check taskbeam tests web examples jobs
-"$venv/bin/ruff" format --check taskbeam tests web examples jobs
+"$venv/bin/ruff" check taskbeam tests web examples jobs bench
+"$venv/bin/ruff" format --check taskbeam tests web examples jobs bench
 # The documentation site (mkdocs.yml): --strict turns every warning into a failure, so a
 # broken link or anchor, or a page missing from the nav, fails here.
 NO_MKDOCS_2_WARNING=1 "$venv/bin/mkdocs" build --strict --quiet
@@ -142,7 +142,8 @@ if [ "${TEST_EXAMPLE:-1}" != 0 ]; then
   docker compose up -d --wait --scale worker=3 worker
 fi
 # Again with stock python-engineio/python-socketio (WEB_FAST_TRANSPORT=0): only `web` is
-# recreated; delivery, chaos and the page run (TEST_STOCK_TRANSPORT=0 skips this pass).
+# recreated; delivery, chaos, workflows and the page run (TEST_STOCK_TRANSPORT=0 skips
+# this pass).
 if [ "${TEST_STOCK_TRANSPORT:-1}" != 0 ]; then
   WEB_FAST_TRANSPORT=0 docker compose up -d --wait --no-deps web
   # Read the logs whole first: `grep -q` stopping at the match would end `docker compose
@@ -153,7 +154,8 @@ if [ "${TEST_STOCK_TRANSPORT:-1}" != 0 ]; then
   status=0
   TASKBEAM_URL=http://127.0.0.1:$TEST_HTTP_PORT WEB_FAST_TRANSPORT=0 "$venv/bin/pytest" -q \
     tests/integration/test_delivery.py tests/integration/test_chaos.py \
-    tests/integration/test_page.py ${PYTEST_ARGS:-} || status=$?
+    tests/integration/test_workflows.py tests/integration/test_page.py ${PYTEST_ARGS:-} \
+    || status=$?
   [ "$status" = 0 ] || [ "$status" = 5 ]  # 5: PYTEST_ARGS selected none of these
 fi
 # The export from PostgreSQL (postgres/compose.yml): PostgreSQL and its demo data are

@@ -28,13 +28,15 @@ bind = ["127.0.0.1:8000", f"{interface_address(_interface)}:8000"] if _interface
 workers = 1
 # gevent-websocket's worker (plain `-k gevent` fails WebSockets), closing the clients'
 # connections on shutdown; with the fast transport, one keeping less per connection
-# (taskbeam/gunicorn_worker.py).
+# (taskbeam/gunicorn_worker.py). WEB_FAST_TRANSPORT as taskbeam/config.py reads it,
+# which is not imported here: the master must not import redis (and ssl) before the
+# worker monkey-patches. A bad value stops web/start.sh's settings check first.
 fast_transport = os.environ.get("WEB_FAST_TRANSPORT", "1").strip().lower() not in (
     "0",
     "false",
     "no",
     "off",
-)  # as taskbeam.web.fastws.wanted()
+)
 worker_class = (
     "taskbeam.gunicorn_worker.Worker" if fast_transport else "taskbeam.gunicorn_worker.StockWorker"
 )

@@ -20,9 +20,11 @@ from .base import (
 from .client import DEAD_PEER_OPTIONS, redis_client, redis_tls
 from .keys import Keys
 from .runs import WORKER_ALIVE_WINDOW_S, Runs
-from .tasks import Tasks, new_task_id
+from .tasks import Appended, Tasks, new_task_id
+from .workflows import Workflows
 
 __all__ = [
+    "Appended",
     "DEAD_PEER_OPTIONS",
     "WORKER_ALIVE_WINDOW_S",
     "Keys",
@@ -39,7 +41,7 @@ __all__ = [
 ]
 
 
-class TaskStore(Tasks, Runs):
+class TaskStore(Tasks, Workflows, Runs):
     """Reads and writes tasks. Shared by the web app and the worker.
 
     :param redis: a ``redis.Redis`` client (``decode_responses=True``).

@@ -83,6 +83,9 @@ class StoreBase:
         self._reap = redis.register_script(scripts.REAP)
         self._remove_finished = redis.register_script(scripts.REMOVE_FINISHED)
         self._publish = redis.register_script(scripts.PUBLISH)
+        self._create_children = redis.register_script(scripts.CREATE_CHILDREN)
+        self._cancel_children = redis.register_script(scripts.CANCEL_CHILDREN)
+        self._flush_rollups = redis.register_script(scripts.FLUSH_ROLLUPS)
 
     def _call(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         """Run a Lua script; in Sentinel mode (``wait_replicas``) return only once

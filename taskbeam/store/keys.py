@@ -5,6 +5,9 @@
 - ``ns:task:<id>``             hash, the snapshot plus owner, params, attempts, cancel flag,
                                ``fence`` (the current run's token) and ``last_emit``
 - ``ns:task:<id>:events``      stream, one entry per event, entry id ``<seq>-0``
+- ``ns:task:<id>:kids``        a workflow's children: sorted set of ids by their order
+- ``ns:task:<id>:counted``     a workflow's roll-up: hash, child id -> its progress counted
+- ``ns:rollups``               sorted set of workflows with a roll-up event held back (scripts)
 - ``ns:owner:<owner>``         sorted set of the owner's task ids by creation time
 - ``ns:owner:<owner>:active``  set of the owner's tasks that have not finished
 - ``ns:active``                sorted set of every unfinished task id by creation time
@@ -39,6 +42,13 @@ class Keys:
 
     def events(self, task_id: str) -> str:
         return f"{self.ns}:task:{task_id}:events"
+
+    def kids(self, task_id: str) -> str:
+        return f"{self.ns}:task:{task_id}:kids"
+
+    @property
+    def rollups(self) -> str:
+        return f"{self.ns}:rollups"
 
     def owner(self, owner: str) -> str:
         return f"{self.ns}:owner:{owner}"

@@ -19,6 +19,12 @@ local function terminal(state)
 end
 """
 
+# Leases use Redis's clock, so workers on hosts with skewed clocks agree.
+NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+"""
+
 # Stores a task and its first event unless the owner already has ``max_active``
 # unfinished tasks (0) or its client address ``ARGV[9]`` (-1; taskbeam.quotas); ids of
 # tasks that finished or expired unfinished are forgotten on the way.
@@ -85,6 +91,109 @@ local function py_str(s)
 end
 """
 
+# What APPEND and FLUSH_ROLLUPS share: their arguments, and writing an event.
+# KEYS: task, its events, leases, active, queued, main_only; ARGV: 1 ts, 2 ISO time,
+# 3 stream maxlen, 4 retention, 5 emit id, 6 run token, 7 owner key prefix,
+# 8 channel, 9 room channel, 10 message head, 11 message tail, 12 a tail's part
+# before the room, 13 after it, 14 task key prefix, 15 pending roll-ups key;
+# from 16: the patch.
+EVENTS = (
+    TERMINAL
+    + PY_JSON
+    + """
+local task, leases, active, queued = KEYS[1], KEYS[3], KEYS[4], KEYS[5]
+local channel, task_prefix, pending = ARGV[8], ARGV[14], ARGV[15]
+
+-- The event's JSON with the given string encoder and separators; a running event
+-- of a staged task names its stage.
+local function event_of(f, seq, counts, str, colon, comma)
+  local e = '{"task_id"' .. colon .. str(f[1]) .. comma .. '"seq"' .. colon .. seq
+    .. comma .. '"state"' .. colon .. str(f[2]) .. comma .. '"progress"' .. colon .. f[3]
+    .. comma .. '"message"' .. colon .. str(f[4]) .. comma .. '"ts"' .. colon .. ARGV[1]
+  if f[2] == 'running' and f[8] then e = e .. comma .. '"stage"' .. colon .. str(f[8]) end
+  for i = 1, #counts, 2 do e = e .. comma .. '"' .. counts[i] .. '"' .. colon .. counts[i + 1] end
+  if f[2] == 'succeeded' and f[5] then e = e .. comma .. '"result"' .. colon .. f[5] end
+  if f[2] == 'failed' and f[6] then e = e .. comma .. '"error"' .. colon .. f[6] end
+  return e .. '}'
+end
+
+-- Logs the event of the task at key t (already patched; was: its state before) and
+-- publishes it to its room; returns the event's JSON, the cancel flag and the seq.
+local function write_event(t, was, counts)
+  local seq = redis.call('HINCRBY', t, 'seq', 1)
+  redis.call('HSET', t, 'updated_at', ARGV[2])
+  local f = redis.call('HMGET', t, 'id', 'state', 'progress', 'message', 'result', 'error',
+                       'cancel', 'stage')
+  if f[2] ~= was then  -- a state change; progress events skip all of this
+    if was == 'queued' then redis.call('ZREM', queued, f[1]) end
+    if f[2] == 'running' then redis.call('HSETNX', t, 'started_at', ARGV[2]) end
+    if terminal(f[2]) then redis.call('HSET', t, 'finished_at', ARGV[2]) end
+  end
+  local event = event_of(f, seq, counts, cjson.encode, ':', ',')
+  redis.call('XADD', t .. ':events', 'MAXLEN', '~', ARGV[3], seq .. '-0', 'e', event)
+  if terminal(f[2]) then
+    -- A task of an anonymous owner keeps its own, shorter retention (quotas.py).
+    local keep = redis.call('HGET', t, 'retention') or ARGV[4]
+    for _, key in ipairs({t, t .. ':events', t .. ':kids', t .. ':counted'}) do
+      redis.call('EXPIRE', key, keep)
+    end
+    redis.call('ZREM', active, f[1])
+    redis.call('ZREM', queued, f[1])
+    local owner = redis.call('HGET', t, 'owner')
+    if owner then redis.call('SREM', ARGV[7] .. owner .. ':active', f[1]) end
+  end
+  if channel ~= '' then
+    local to, room, tail = channel, ARGV[9], ARGV[11]
+    if t ~= task then
+      room = channel .. '#task:' .. f[1]
+      tail = ARGV[12] .. '"task:' .. f[1] .. '"' .. ARGV[13]
+    end
+    if room ~= '' and redis.call('EXISTS', KEYS[6]) == 0 then to = room end
+    redis.call('PUBLISH', to, ARGV[10] .. event_of(f, seq, counts, py_str, '"""
+    + _COLON
+    + "', '"
+    + _COMMA
+    + """') .. tail)
+  end
+  return event, f[7] or '0', seq
+end
+
+-- Ends a workflow's queued children as cancelled (they never start) and asks its
+-- running ones to stop (at their next report); how many were unfinished.
+local function cancel_kids(parent)
+  local n = 0
+  for _, kid in ipairs(redis.call('ZRANGE', parent .. ':kids', 0, -1)) do
+    local k = task_prefix .. kid
+    local s = redis.call('HGET', k, 'state')
+    if s and not terminal(s) then
+      n = n + 1
+      redis.call('HSET', k, 'cancel', 1)
+      if s == 'queued' then
+        redis.call('HSET', k, 'state', 'cancelled', 'message', 'Cancelled')
+        write_event(k, s, {})
+      end
+    end
+  end
+  return n
+end
+
+-- A workflow's event from its children's roll-up: progress never goes back.
+local function roll_up(parent, fields)
+  local p = redis.call('HMGET', parent, 'state', 'rollup_total', 'rollup_span', 'kids_total',
+                       'kids_done', 'progress', 'rollup')
+  local whole = tonumber(p[3]) * tonumber(p[7]) / (tonumber(p[2]) * 100)
+  whole = math.max(tonumber(p[6]), math.floor(math.min(whole, 100) * 10) / 10)
+  redis.call('HSET', parent, 'progress', string.format('%.1f', whole),
+             'message', p[5] .. ' of ' .. p[4] .. ' children finished')
+  if #fields > 0 then redis.call('HSET', parent, unpack(fields)) end
+  local clock = redis.call('TIME')
+  redis.call('HSET', parent, 'rollup_at', tonumber(clock[1]) + tonumber(clock[2]) / 1e6)
+  redis.call('ZREM', pending, string.sub(parent, #task_prefix + 1))
+  return write_event(parent, p[1], {'done', p[5], 'total', p[4]})
+end
+"""
+)
+
 # Increments seq, applies the patch and appends the event in one atomic step.
 # Refuses to write after a terminal state, which is what makes the terminal
 # event unique however many workers or retries race for it; refuses a run whose
@@ -98,18 +207,28 @@ end
 # room channel (ARGV[9]), which only web processes holding the room read, unless a
 # web reads the main channel only (KEYS[6] exists): then to the main channel ARGV[8].
 # A retry answered from the log publishes nothing: its first try already did.
+#
+# A workflow's child (its hash names a ``parent``) also rolls up into the parent,
+# in the same step: the child's progress counts once, at its highest (a retry
+# starting over or a fenced-off run adds nothing), weighted; its end counts once
+# (its terminal write happens once). The parent gets an event when it changes
+# state, else at most every 100 ms (Redis's clock): a change held back waits in
+# the pending set for a worker's FLUSH_ROLLUPS. A failed child fails the parent and
+# asks the others to cancel, unless failures are allowed; the last child to end
+# finishes the parent, or marks it for its fan-in, which the caller then sends.
+# A child's reply adds: the parent's id, the parent's new event or '' (for a caller
+# that publishes after the append), and the parent's id again when its fan-in is due.
 APPEND = (
-    TERMINAL
-    + PY_JSON
+    EVENTS
     + """
-local task, events, leases, active, queued = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local emit_id, token, channel = ARGV[5], ARGV[6], ARGV[8]
-local cur = redis.call('HMGET', task, 'state', 'id', 'fence', 'last_emit', 'owner')
+local emit_id, token = ARGV[5], ARGV[6]
+local cur = redis.call('HMGET', task, 'state', 'id', 'fence', 'last_emit', 'owner', 'parent',
+                       'weight', 'index')
 if not cur[1] then return {-1, ''} end
 if emit_id ~= '' and cur[4] == emit_id then
   -- Rewritten (same value) so that a WAIT on this connection covers the first try.
   redis.call('HSET', task, 'last_emit', emit_id)
-  local last = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)[1]
+  local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
   return {tonumber(redis.call('HGET', task, 'seq')), last[2][2],
           redis.call('HGET', task, 'cancel') or '0'}
 end
@@ -119,7 +238,7 @@ if token ~= '' and (cur[3] ~= token or not redis.call('ZSCORE', leases, cur[2]))
 end
 -- done/total (a progress report's counts) go into this event only, not the snapshot.
 local counts = {}
-for i = 12, #ARGV, 2 do
+for i = 16, #ARGV, 2 do
   if ARGV[i] == 'done' or ARGV[i] == 'total' then
     counts[#counts + 1] = ARGV[i]
     counts[#counts + 1] = ARGV[i + 1]
@@ -128,44 +247,75 @@ for i = 12, #ARGV, 2 do
   end
 end
 if emit_id ~= '' then redis.call('HSET', task, 'last_emit', emit_id) end
-local seq = redis.call('HINCRBY', task, 'seq', 1)
-redis.call('HSET', task, 'updated_at', ARGV[2])
-local f = redis.call('HMGET', task, 'id', 'state', 'progress', 'message', 'result', 'error',
-                     'cancel')
-if f[2] ~= cur[1] then  -- a state change; progress events skip all of this
-  if cur[1] == 'queued' then redis.call('ZREM', queued, f[1]) end
-  if f[2] == 'running' then redis.call('HSETNX', task, 'started_at', ARGV[2]) end
-  if terminal(f[2]) then redis.call('HSET', task, 'finished_at', ARGV[2]) end
+local event, cancel, seq = write_event(task, cur[1], counts)
+if not cur[6] then return {seq, event, cancel} end
+
+-- A workflow's child: the roll-up into its parent.
+local reply = {seq, event, cancel, cur[6], '', ''}
+local parent = task_prefix .. cur[6]
+local p = redis.call('HMGET', parent, 'state', 'kids_total', 'allow_failures', 'fan_in',
+                     'rollup_at')
+if not p[1] or terminal(p[1]) then return reply end
+local state = redis.call('HGET', task, 'state')
+local ended = terminal(state)
+local pct = ended and 100 or tonumber(redis.call('HGET', task, 'progress'))
+local counted = tonumber(redis.call('HGET', parent .. ':counted', cur[2]) or '0')
+local moved = pct > counted
+if moved then
+  redis.call('HSET', parent .. ':counted', cur[2], pct)
+  redis.call('HINCRBYFLOAT', parent, 'rollup', (pct - counted) * tonumber(cur[7]))
 end
--- The event's JSON with the given string encoder and separators.
-local function event_of(str, colon, comma)
-  local e = '{"task_id"' .. colon .. str(f[1]) .. comma .. '"seq"' .. colon .. seq
-    .. comma .. '"state"' .. colon .. str(f[2]) .. comma .. '"progress"' .. colon .. f[3]
-    .. comma .. '"message"' .. colon .. str(f[4]) .. comma .. '"ts"' .. colon .. ARGV[1]
-  for i = 1, #counts, 2 do e = e .. comma .. '"' .. counts[i] .. '"' .. colon .. counts[i + 1] end
-  if f[2] == 'succeeded' and f[5] then e = e .. comma .. '"result"' .. colon .. f[5] end
-  if f[2] == 'failed' and f[6] then e = e .. comma .. '"error"' .. colon .. f[6] end
-  return e .. '}'
+if not (moved or ended) then return reply end
+local fields = {}
+if ended then
+  local done = redis.call('HINCRBY', parent, 'kids_done', 1)
+  if state ~= 'succeeded' then redis.call('HINCRBY', parent, 'kids_failed', 1) end
+  local failed = tonumber(redis.call('HGET', parent, 'kids_failed'))
+  if state ~= 'succeeded' and p[3] ~= '1' then
+    local why = redis.call('HGET', task, 'message') or state
+    fields = {'state', 'failed', 'message', 'Child ' .. cur[8] .. ' ' .. state,
+              'error', cjson.encode({code = 'child_failed',
+                                     message = 'Child ' .. cur[8] .. ' ' .. state .. ': ' .. why})}
+    cancel_kids(parent)
+  elseif done == tonumber(p[2]) and p[4] == '1' then
+    fields = {'phase', 'fanin', 'message', 'All ' .. p[2] .. ' children finished'}
+    reply[6] = cur[6]
+  elseif done == tonumber(p[2]) then
+    fields = {'state', 'succeeded', 'progress', '100.0',
+              'message', 'Done: ' .. p[2] .. ' children' .. (failed > 0 and (', ' .. failed
+                .. ' failed') or ''),
+              'result', '{"children":' .. p[2] .. ',"failed":' .. failed .. '}'}
+  end
 end
-local event = event_of(cjson.encode, ':', ',')
-redis.call('XADD', events, 'MAXLEN', '~', ARGV[3], seq .. '-0', 'e', event)
-if terminal(f[2]) then
-  -- A task of an anonymous owner keeps its own, shorter retention (quotas.py).
-  local keep = redis.call('HGET', task, 'retention') or ARGV[4]
-  redis.call('EXPIRE', task, keep)
-  redis.call('EXPIRE', events, keep)
-  redis.call('ZREM', active, f[1])
-  if cur[5] then redis.call('SREM', ARGV[7] .. cur[5] .. ':active', f[1]) end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
+if #fields == 0 and now - tonumber(p[5] or '0') < 0.1 then
+  redis.call('ZADD', pending, 'NX', now, cur[6])
+  return reply
 end
-if channel ~= '' then
-  if ARGV[9] ~= '' and redis.call('EXISTS', KEYS[6]) == 0 then channel = ARGV[9] end
-  redis.call('PUBLISH', channel, ARGV[10] .. event_of(py_str, '"""
-    + _COLON
-    + "', '"
-    + _COMMA
-    + """') .. ARGV[11])
+reply[5] = roll_up(parent, fields)
+return reply
+"""
+)
+
+# Writes the held-back roll-up events of workflows whose last event is 100 ms old
+# (at most ARGV[16] of them); returns their events, for a caller that publishes them.
+FLUSH_ROLLUPS = (
+    EVENTS
+    + """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
+local written = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', pending, '-inf', now - 0.1, 'LIMIT', 0,
+                                tonumber(ARGV[16]))) do
+  redis.call('ZREM', pending, id)
+  local state = redis.call('HGET', task_prefix .. id, 'state')
+  if state and not terminal(state) then
+    written[#written + 1] = id
+    written[#written + 1] = roll_up(task_prefix .. id, {})
+  end
 end
-return {seq, event, f[7] or '0'}
+return written
 """
 )
 
@@ -190,15 +340,60 @@ if not terminal(cur[1]) then return 0 end
 redis.call('DEL', task, events)
 for _, key in ipairs({owner_tasks, active, queued, leases}) do redis.call('ZREM', key, ARGV[1]) end
 redis.call('SREM', owner_active, ARGV[1])
+-- A workflow's children go with it (one that still winds down ends at its next write).
+for _, kid in ipairs(redis.call('ZRANGE', task .. ':kids', 0, -1)) do
+  redis.call('DEL', ARGV[3] .. kid, ARGV[3] .. kid .. ':events')
+  for _, key in ipairs({active, queued, leases}) do redis.call('ZREM', key, kid) end
+end
+redis.call('DEL', task .. ':kids', task .. ':counted')
 return 1
 """
 )
 
-# Leases use Redis's clock, so workers on hosts with skewed clocks agree.
-NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+# Stores a workflow's children (queued, each with its first event) under the
+# parent ``KEYS[1]``, and the parent's roll-up fields. ARGV: 1 parent id, 2 now,
+# 3 ttl, 4 stream maxlen, 5 task key prefix, 6 the children's weights' sum, 7 the
+# children's share of the bar (%), 8 allow_failures, 9 fan_in, 10 the first stage;
+# then per child: id, weight, kind, params JSON, first event JSON.
+# 0 if the parent is gone.
+CREATE_CHILDREN = """
+local parent, kids, active, queued = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local pid, now, ttl, maxlen, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local p = redis.call('HMGET', parent, 'owner', 'retention', 'created_at')
+if not p[1] then return 0 end
+redis.call('HSET', parent, 'rollup_total', ARGV[6], 'rollup_span', ARGV[7],
+           'allow_failures', ARGV[8], 'fan_in', ARGV[9], 'stage', ARGV[10], 'rollup', 0,
+           'kids_total', (#ARGV - 10) / 5, 'kids_done', 0, 'kids_failed', 0)
+local index = 0
+for i = 11, #ARGV, 5 do
+  local id = ARGV[i]
+  local t = prefix .. id
+  redis.call('HSET', t, 'id', id, 'kind', ARGV[i + 2], 'owner', p[1], 'params', ARGV[i + 3],
+             'state', 'queued', 'progress', '0.0', 'message', 'Queued', 'seq', 1,
+             'created_at', p[3], 'updated_at', p[3], 'attempts', 0, 'cancel', 0, 'fence', 0,
+             'parent', pid, 'weight', ARGV[i + 1], 'index', index)
+  if p[2] then redis.call('HSET', t, 'retention', p[2]) end
+  redis.call('XADD', t .. ':events', 'MAXLEN', '~', maxlen, '1-0', 'e', ARGV[i + 4])
+  redis.call('EXPIRE', t, ttl)
+  redis.call('EXPIRE', t .. ':events', ttl)
+  redis.call('ZADD', kids, index, id)
+  redis.call('ZADD', active, now, id)
+  redis.call('ZADD', queued, now, id)
+  index = index + 1
+end
+redis.call('EXPIRE', kids, ttl)
+return 1
 """
+
+# Cancels a workflow's children (``KEYS[1]``, the parent's key; the arguments as
+# APPEND's): the queued ones end now, the running ones at their next report.
+CANCEL_CHILDREN = (
+    EVENTS
+    + """
+return cancel_kids(task)
+"""
+)
+
 
 # -1: no such task; -2: already finished; 0: a live run holds the lease;
 # otherwise the new run's token.

@@ -13,7 +13,7 @@ import math
 import secrets
 import time
 import uuid
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from .. import protocol
 from .base import (
@@ -29,6 +29,20 @@ from .base import (
 # A task's raw hash as Redis returns it, and the contract's snapshot made from it.
 Record = dict[str, str]
 Snapshot = dict[str, Any]
+
+
+class Appended(NamedTuple):
+    """What :meth:`Tasks.append` wrote. For a workflow's child also: its parent's id,
+    the parent's event it wrote ('' if held back) and, when the parent's fan-in is
+    due, the parent's id again (the caller sends it to the workers)."""
+
+    event: str
+    cancel: bool
+    parent: str = ""
+    parent_event: str = ""
+    fan_in_due: str = ""
+
+
 # events_page's answer: the events' JSON texts, the last seq returned, and whether more follow.
 Page = tuple[list[str], int, bool]
 
@@ -150,8 +164,15 @@ class Tasks(StoreBase):
         return self.snapshot_of({k: str(v) for k, v in fields.items()})
 
     def delete(self, task_id: str, owner: str) -> None:
-        """Remove a task that could not be enqueued, so no half-created task remains."""
+        """Remove a task that could not be enqueued, so no half-created task remains
+        (a workflow's children too)."""
+        kids = cast(list[str], self.redis.zrange(self.keys.kids(task_id), 0, -1))
         pipe = self.redis.pipeline(transaction=True)
+        for kid in kids:
+            pipe.delete(self.keys.task(kid), self.keys.events(kid))
+            pipe.zrem(self.keys.active, kid)
+            pipe.zrem(self.keys.queued, kid)
+        pipe.delete(self.keys.kids(task_id))
         pipe.delete(self.keys.task(task_id), self.keys.events(task_id))
         pipe.zrem(self.keys.leases, task_id)
         pipe.zrem(self.keys.owner(owner), task_id)
@@ -167,7 +188,7 @@ class Tasks(StoreBase):
         :raises TaskGone: no such task, or not ``owner``'s.
         """
         keys = [*self._keys_of(task_id, owner), self.keys.leases]
-        code = int(self._remove_finished(keys=keys, args=[task_id, owner]))
+        code = int(self._remove_finished(keys=keys, args=[task_id, owner, self.keys.task("")]))
         if code == -1:
             raise TaskGone(task_id)
         return code == 1
@@ -198,9 +219,9 @@ class Tasks(StoreBase):
         *,
         token: int | None = None,
         emit_id: str | None = None,
-        publish: tuple[str, str, str, str] | None = None,
+        publish: tuple[str, ...] | None = None,
         **patch: Any,
-    ) -> tuple[str, bool]:
+    ) -> Appended:
         """Apply ``patch`` (state, progress, message, result, error, worker...) and log
         the event atomically.
 
@@ -208,12 +229,13 @@ class Tasks(StoreBase):
                       outside a run (a cancel while queued, the sweeper).
         :param emit_id: names this write, so that a retry after a lost reply does not
                         write it twice.
-        :param publish: ``(channel, room_channel, head, tail)``: also PUBLISH
-                        ``head + event + tail`` in the same step (the external emitter's
-                        message, :class:`taskbeam.emitter.StockEnvelope`), to
-                        ``room_channel`` unless a web reads ``channel`` only (see
-                        :meth:`publish`); None publishes nothing.
-        :returns: ``(event_json, cancel_requested)``.
+        :param publish: ``(channel, room_channel, head, tail, before_room, after_room)``:
+                        also PUBLISH ``head + event + tail`` in the same step (the
+                        external emitter's message, :class:`taskbeam.emitter.StockEnvelope`),
+                        to ``room_channel`` unless a web reads ``channel`` only (see
+                        :meth:`publish`); a workflow's event, to its own room. None
+                        publishes nothing.
+        :returns: :class:`Appended`.
         :raises TaskGone: the task does not exist.
         :raises TaskFinished: the task is already terminal; nothing was written.
         :raises LeaseLost: ``token`` is not the current run's; nothing was written.
@@ -228,7 +250,9 @@ class Tasks(StoreBase):
             emit_id or "",
             "" if token is None else str(token),
             self.keys.owner(""),
-            *(publish or ("", "", "", "")),
+            *(tuple(publish or ()) + ("",) * 6)[:6],
+            self.keys.task(""),
+            self.keys.rollups,
         ]
         for field, value in patch.items():
             if field == "progress":
@@ -256,7 +280,7 @@ class Tasks(StoreBase):
             raise TaskFinished(reply[1])
         if code == -2:
             raise LeaseLost(task_id)
-        return reply[1], reply[2] == "1"
+        return Appended(reply[1], reply[2] == "1", *reply[3:6])
 
     def publish(self, channel: str, room_channel: str, message: str) -> int:
         """PUBLISH ``message`` to ``room_channel``, read only by the web processes that
@@ -323,9 +347,10 @@ class Tasks(StoreBase):
     def request_cancel(self, task_id: str) -> None:
         self.redis.hset(self.keys.task(task_id), "cancel", 1)
 
-    def count_attempt(self, task_id: str) -> int:
-        """Count one more start of the task; returns how many starts there were."""
-        return int(self.redis.hincrby(self.keys.task(task_id), "attempts", 1))
+    def count_attempt(self, task_id: str, counter: str = "attempts") -> int:
+        """Count one more start of the task (or of a workflow's fan-in:
+        ``counter="fanin_attempts"``); returns how many starts there were."""
+        return int(self.redis.hincrby(self.keys.task(task_id), counter, 1))
 
     @staticmethod
     def new_emit_id() -> str:
@@ -355,4 +380,14 @@ class Tasks(StoreBase):
                 snap[field] = rec[field]
         if rec.get("params"):
             snap["params"] = json.loads(rec["params"])
+        if rec["state"] == protocol.RUNNING and rec.get("stage"):
+            snap["stage"] = rec["stage"]
+        if rec.get("kids_total"):
+            snap["children"] = {
+                "total": int(rec["kids_total"]),
+                "done": int(rec.get("kids_done", 0)),
+                "failed": int(rec.get("kids_failed", 0)),
+            }
+        if rec.get("parent"):
+            snap["parent"] = rec["parent"]
         return snap

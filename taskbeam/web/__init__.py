@@ -89,8 +89,9 @@ def install(app, sio, settings, owner_of=None):
     client = redis_client(settings, max_connections=REDIS_POOL_SIZE)
     metrics = Metrics()
     # The fast transport, or stock python-socketio (WEB_FAST_TRANSPORT=0; fastws).
+    fast = fastws.in_use(settings)
     manager = make_manager(
-        settings.redis_url, settings.socketio_channel, metrics, redis_tls(settings)
+        settings.redis_url, settings.socketio_channel, metrics, redis_tls(settings), fast=fast
     )
 
     def socket_origin_allowed(origin, environ):
@@ -110,7 +111,7 @@ def install(app, sio, settings, owner_of=None):
         # Same bound as HTTP bodies: larger messages close the connection.
         max_http_buffer_size=MAX_BODY_BYTES,
     )
-    if fastws.usable():
+    if fast:
         fastws.install(sio.server)
     store = TaskStore(client, settings)
     watch = QueueWatch(sio, manager, client, store.keys.main_only)

@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 from .. import broker, export, protocol, quotas, registry, tasks
-from ..protocol import MAX_EVENTS_PAGE, MAX_SEQ_DIGITS
+from ..protocol import MAX_CHILDREN_PAGE, MAX_EVENTS_PAGE, MAX_SEQ_DIGITS
 from ..store import Keys, TaskFinished, TaskGone, TooManyActive
 from . import identity
 from .front import origin_allowed, own_origin
@@ -171,7 +171,7 @@ def create_task():
         raise ApiError(400, "invalid_params", f"{unknown[0]}: unknown field")
     svc = services()
     try:
-        job, params = tasks.validate(kind, params, svc.settings)
+        job, params, plan = tasks.validate(kind, params, svc.settings)
     except registry.UnknownKind as exc:
         raise ApiError(400, "invalid_params", str(exc)) from None
     except registry.ParamError as exc:
@@ -182,6 +182,7 @@ def create_task():
         snapshot = tasks.enqueue(
             job,
             params,
+            plan,
             owner=owner,
             store=svc.store,
             celery=svc.celery,
@@ -212,7 +213,8 @@ def announce(owner, snapshot):
 @bp.get("/api/kinds")
 def list_kinds():
     settings = services().settings
-    return {"kinds": [registry.JOBS[kind].describe(settings) for kind in sorted(registry.JOBS)]}
+    listed = [job for kind, job in sorted(registry.JOBS.items()) if job.listed]
+    return {"kinds": [job.describe(settings) for job in listed]}
 
 
 @bp.get("/api/tasks")
@@ -258,6 +260,16 @@ def task_events(task_id):
     return Response(body, mimetype="application/json")
 
 
+@bp.get("/api/tasks/<task_id>/children")
+def task_children(task_id):
+    """One page of a workflow's children, in the plan's order (none for other tasks)."""
+    owned_record(task_id)
+    offset = ascii_int("offset", 0, 0, 1_000_000)
+    limit = ascii_int("limit", 50, 1, MAX_CHILDREN_PAGE)
+    total, children = services().store.children_page(task_id, offset, limit)
+    return {"total": total, "offset": offset, "children": children}
+
+
 @bp.post("/api/tasks/<task_id>/cancel")
 def cancel_task(task_id):
     json_body(allow_empty=True)
@@ -273,7 +285,15 @@ def cancel_task(task_id):
             svc.emitter.emit(task_id, state=protocol.CANCELLED, message="Cancelled")
         except TaskFinished:
             pass  # a worker finished or cancelled it first
+    elif rec.get("phase") == "children":
+        # A workflow waiting for its children: no run of its own would see the ask.
+        try:
+            svc.emitter.emit(task_id, state=protocol.CANCELLED, message="Cancelled")
+        except TaskFinished:
+            pass  # its last child ended it first
     # Running: the worker stops at its next progress report and emits `cancelled`.
+    if rec.get("kids_total"):
+        svc.emitter.cancel_children(task_id)
     response = jsonify(svc.store.snapshot_of(svc.store.record(task_id)))
     response.status_code = 202
     return response

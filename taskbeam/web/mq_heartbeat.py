@@ -13,7 +13,7 @@ from collections.abc import Callable
 HEARTBEAT_SID = "taskbeam-heartbeat"
 
 
-class Heard:
+class WatchedManager:
     """What :class:`QueueWatch` needs of a Socket.IO message-queue manager.
 
     The heartbeat is python-socketio's own ``callback`` message addressed to this

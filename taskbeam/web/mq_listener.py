@@ -3,7 +3,7 @@
 Two listeners fit here: the fast path's (``fastws.FastRedisManager``) and
 python-socketio's stock ``RedisManager`` (:class:`StockRedisManager`, for
 ``WEB_FAST_TRANSPORT=0``). :class:`QueueWatch` works with either, through what
-both have (:class:`Heard`, :mod:`.mq_heartbeat`): a self-addressed heartbeat that
+both have (:class:`WatchedManager`, :mod:`.mq_heartbeat`): a self-addressed heartbeat that
 the listener must hear, so ``/readyz`` can tell a live listener from a dead one,
 and a call when a lost subscription is back, after which every client reconnects
 and resumes.
@@ -26,12 +26,12 @@ from .. import sentinel
 from . import fastws
 from .fastws import seams
 from .metrics import Metrics
-from .mq_heartbeat import Heard
+from .mq_heartbeat import WatchedManager
 
 log = logging.getLogger(__name__)
 
 
-class StockRedisManager(Heard, socketio.RedisManager):
+class StockRedisManager(WatchedManager, socketio.RedisManager):
     """python-socketio's ``RedisManager`` as it is, watched through public hooks:
     the heartbeat's ``trigger_callback``, redis-py's ``redis_connect_func`` (a
     new connection for the subscription means it was lost), and
@@ -62,10 +62,12 @@ class StockRedisManager(Heard, socketio.RedisManager):
         return participants
 
 
-def make_manager(url: str, channel: str, metrics: Metrics, redis_options=None) -> Heard:
-    """The fast listener, or the stock one (``WEB_FAST_TRANSPORT=0``, or libraries
-    the fast path was not written against). ``redis_options``: TLS, for one."""
-    if fastws.usable():
+def make_manager(
+    url: str, channel: str, metrics: Metrics, redis_options=None, *, fast: bool
+) -> WatchedManager:
+    """The fast listener if ``fast`` (:func:`fastws.in_use`), else the stock one.
+    ``redis_options``: TLS, for one."""
+    if fast:
         return fastws.FastRedisManager(url, channel, metrics, redis_options=redis_options)
     return StockRedisManager(url, channel, metrics, redis_options)
 
@@ -86,7 +88,7 @@ class QueueWatch:
     # Longer than stale_after_s: this process stops serving before the key lapses.
     main_only_ttl_s = 15
 
-    def __init__(self, sio, manager: Heard, client: redis.Redis, main_only_key: str):
+    def __init__(self, sio, manager: WatchedManager, client: redis.Redis, main_only_key: str):
         self.sio = sio
         self.manager = manager
         self.client = client  # publishes the heartbeat

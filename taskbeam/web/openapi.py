@@ -3,7 +3,7 @@
 import json
 
 from .. import config, protocol, registry
-from ..protocol import MAX_EVENTS_PAGE
+from ..protocol import MAX_CHILDREN_PAGE, MAX_EVENTS_PAGE
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -13,6 +13,11 @@ def _error_responses(*statuses):
         str(s): {"description": "Error", "content": {"application/json": {"schema": _ERROR}}}
         for s in statuses
     }
+
+
+def _int_query(name, low, high, default):
+    schema = {"type": "integer", "minimum": low, "maximum": high, "default": default}
+    return {"name": name, "in": "query", "schema": schema}
 
 
 def _json(schema):
@@ -27,11 +32,16 @@ def _with_components(kind, schema, components):
     return moved
 
 
+def _creatable():
+    """The kinds ``POST /api/tasks`` takes (not those that run only as children)."""
+    return sorted(kind for kind, job in registry.JOBS.items() if job.listed)
+
+
 def param_schemas(settings, components):
-    """Each registered kind's params schema, generated from its declaration."""
+    """Each creatable kind's params schema, generated from its declaration."""
     return {
         kind: _with_components(kind, registry.JOBS[kind].schema(settings), components)
-        for kind in sorted(registry.JOBS)
+        for kind in _creatable()
     }
 
 
@@ -48,7 +58,7 @@ def openapi_document(settings=None):
             "additionalProperties": False,
             "properties": {"kind": {"type": "string", "enum": [kind]}, "params": schemas[kind]},
         }
-        for kind in sorted(registry.JOBS)
+        for kind in _creatable()
     ]
     return {
         "openapi": "3.1.0",
@@ -166,6 +176,36 @@ def openapi_document(settings=None):
                     },
                 }
             },
+            "/api/tasks/{task_id}/children": {
+                "get": {
+                    "summary": "A workflow's children, one page at a time, in its plan's order",
+                    "parameters": [
+                        task_id,
+                        _int_query("offset", 0, 1_000_000, 0),
+                        _int_query("limit", 1, MAX_CHILDREN_PAGE, 50),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "OK (`total` 0 for a task that is not a workflow)",
+                            **_json(
+                                {
+                                    "type": "object",
+                                    "required": ["total", "offset", "children"],
+                                    "properties": {
+                                        "total": {"type": "integer"},
+                                        "offset": {"type": "integer"},
+                                        "children": {
+                                            "type": "array",
+                                            "items": {"$ref": "#/components/schemas/Snapshot"},
+                                        },
+                                    },
+                                }
+                            ),
+                        },
+                        **_error_responses(400, 404),
+                    },
+                }
+            },
             "/api/tasks/{task_id}/download": {
                 "get": {
                     "summary": "Download a finished export (served by Nginx)",
@@ -210,6 +250,11 @@ def openapi_document(settings=None):
                                                     "title": {"type": "string"},
                                                     "description": {"type": "string"},
                                                     "units": {"type": "string"},
+                                                    "stages": {
+                                                        "type": "array",
+                                                        "items": {"type": "object"},
+                                                    },
+                                                    "workflow": {"type": "boolean"},
                                                     "schema": {"type": "object"},
                                                 },
                                             },
@@ -280,6 +325,12 @@ def openapi_document(settings=None):
                             "description": "While queued: place among all tasks not "
                             "started yet (1 = next).",
                         },
+                        "stage": {"type": "string", "description": "While running."},
+                        "children": {
+                            "type": "object",
+                            "description": "A workflow's children: total, done, failed.",
+                        },
+                        "parent": {"type": "string", "description": "A child's workflow."},
                         "result": {"type": "object"},
                         "error": {
                             "type": "object",
@@ -305,6 +356,7 @@ def openapi_document(settings=None):
                             "description": "A progress report's count done (rows, steps).",
                         },
                         "total": {"type": "number", "description": "The report's total."},
+                        "stage": {"type": "string", "description": "The current stage."},
                         "result": {"type": "object"},
                         "error": {"type": "object"},
                     },

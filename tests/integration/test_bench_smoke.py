@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import BASE_URL
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 def bench(*args):

@@ -296,7 +296,15 @@ def test_ha_every_task_ends_once_and_nothing_seen_is_lost(fault, prober):
         fault_at = time.time()
         FAULTS[fault](ctx)
         for watcher, task in zip(watchers, tasks):
-            watcher.wait_terminal([task["id"]], timeout=180)
+            try:
+                watcher.wait_terminal([task["id"]], timeout=180)
+            except AssertionError as exc:
+                # Which side lost it: the store (no terminal event) or the client.
+                stored = stored_history(api, task["id"])
+                raise AssertionError(
+                    f"{exc}; the client's last seq {watcher.last_seq(task['id'])} "
+                    f"({watcher.connects} connects), the store's last event {stored[-1:]}"
+                ) from None
 
         row, watched = record_chaos_row(
             fault, watchers, tasks, None, failover_s=prober.failover_s(fault_at)

@@ -1,4 +1,4 @@
-"""The pure parts of `make bench`'s timeline (tests/bench/timeline.py): where a
+"""The pure parts of `make bench`'s timeline (bench/timeline.py): where a
 container's CPU time is on the host, the machine's CPU, the web's counters, Docker's
 exec events paired into health checks, and readings put into 100-ms buckets."""
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import timeline  # noqa: E402  (a script's module, not a package)
 
 from taskbeam.web.metrics import Metrics  # noqa: E402

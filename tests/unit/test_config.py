@@ -182,6 +182,17 @@ def test_session_cookie_secure_garbage_refused():
         config.load(env(SESSION_COOKIE_SECURE="maybe"))
 
 
+@pytest.mark.parametrize("name", ["WEB_FAST_TRANSPORT", "BROKER_TRANSPORT_FIX"])
+def test_the_switches_back_to_stock_libraries_are_settings(name):
+    def switch(raw):
+        return getattr(config.load(env(**{name: raw}), need_secret=False), name.lower())
+
+    assert switch(None) is True and switch("") is True and switch("1") is True
+    assert switch("0") is False and switch("off") is False
+    with pytest.raises(config.ConfigError, match=name):
+        switch("maybe")
+
+
 def test_allowed_hosts_parsed_and_include_the_allowed_origins_hosts():
     settings = config.load(
         env(

@@ -27,17 +27,17 @@ from flask_socketio import SocketIO
 from websockets.exceptions import ConnectionClosed
 
 import redis
-from taskbeam import protocol
+from taskbeam import config, protocol
 from taskbeam.gunicorn_worker import Handler
 from taskbeam.web import fastws, mq_listener
 from taskbeam.web.fastws import listener, seams, transport
 from taskbeam.web.metrics import Metrics
-from taskbeam.web.mq_listener import Heard, StockRedisManager, make_manager
+from taskbeam.web.mq_listener import StockRedisManager, WatchedManager, make_manager
 
 
 def test_the_installed_libraries_are_the_ones_the_seams_were_read_from():
     assert seams.problems() == []
-    assert fastws.usable()
+    assert fastws.libraries_supported()
 
 
 def in_thread(fn, *args, timeout=10):
@@ -469,39 +469,46 @@ def test_a_long_polling_socket_past_its_queue_bound_is_closed_by_engineio(monkey
 # The switch.
 
 
+def settings_with(**env):
+    return config.load({"REDIS_URL": "redis://redis:6379/0", **env}, need_secret=False)
+
+
 @pytest.fixture
-def fresh_usable():
-    fastws.usable.cache_clear()
+def fresh_check():
+    fastws.libraries_supported.cache_clear()
     yield
-    fastws.usable.cache_clear()
+    fastws.libraries_supported.cache_clear()
 
 
 def test_libraries_other_than_the_seams_were_read_from_mean_stock_and_one_warning(
-    fresh_usable, monkeypatch, caplog
+    fresh_check, monkeypatch, caplog
 ):
     monkeypatch.setitem(seams.READ_FROM, "python-engineio", "4.14.0")
-    assert not fastws.usable()
+    assert not fastws.in_use(settings_with())
+    assert not fastws.in_use(settings_with())
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "python-engineio 4.15.1 (read from 4.14.0)" in warnings[0].message
-    assert isinstance(make_manager("redis://unused", "sio", Metrics()), StockRedisManager)
+    manager = make_manager("redis://unused", "sio", Metrics(), fast=fastws.in_use(settings_with()))
+    assert isinstance(manager, StockRedisManager)
 
 
-def test_a_message_layout_other_than_python_socketios_means_stock(fresh_usable, monkeypatch):
+def test_a_message_layout_other_than_python_socketios_means_stock(fresh_check, monkeypatch):
     """The worker writes protocol.mq_emit_message and the fast listener cuts task events
     out of it: if the installed python-socketio writes anything else, the web runs stock."""
     monkeypatch.setattr(protocol, "MQ_JSON_SEPARATORS", (",", ":"))
     assert "socketio PubSubManager.emit's message (protocol.mq_emit_message)" in seams.problems()
-    assert not fastws.usable()
+    assert not fastws.in_use(settings_with())
 
 
-def test_web_fast_transport_0_means_stock(fresh_usable, monkeypatch):
-    monkeypatch.setenv("WEB_FAST_TRANSPORT", "0")
-    assert not fastws.usable()
-    manager = make_manager("redis://unused", "sio", Metrics())
-    assert type(manager).__mro__[1:3] == (Heard, socketio.RedisManager)
-    monkeypatch.setenv("WEB_FAST_TRANSPORT", "1")
-    fastws.usable.cache_clear()
-    assert isinstance(make_manager("redis://unused", "sio", Metrics()), listener.FastRedisManager)
+def test_web_fast_transport_0_means_stock(fresh_check):
+    for env, kind in (({"WEB_FAST_TRANSPORT": "0"}, "stock"), ({}, "fast")):
+        fast = fastws.in_use(settings_with(**env))
+        manager = make_manager("redis://unused", "sio", Metrics(), fast=fast)
+        assert fast is (kind == "fast")
+        if kind == "fast":
+            assert isinstance(manager, listener.FastRedisManager)
+        else:
+            assert type(manager).__mro__[1:3] == (WatchedManager, socketio.RedisManager)
 
 
 # python-socketio's client leaves the socket of a dropped connection to the GC.

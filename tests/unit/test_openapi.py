@@ -29,7 +29,8 @@ def test_create_body_lists_simulate():
     body = openapi_document()["paths"]["/api/tasks"]["post"]["requestBody"]
     variants = body["content"]["application/json"]["schema"]["oneOf"]
     kinds = [v["properties"]["kind"]["enum"] for v in variants]
-    assert ["simulate"] in kinds and ["export"] in kinds
+    assert ["simulate"] in kinds and ["export"] in kinds and ["primes"] in kinds
+    assert ["count_primes"] not in kinds  # runs only as a workflow's child: not creatable
 
 
 def test_json_serialisable():

@@ -14,16 +14,16 @@ from taskbeam import worker  # noqa: E402  (needs REDIS_URL at import)
 def test_a_worker_reports_only_while_its_consumer_touches_the_alive_file(
     store, settings, tmp_path, monkeypatch
 ):
-    rt = worker.Runtime(settings, None, store, None)
+    runtime = worker.Runtime(settings, None, store, None)
     alive = tmp_path / "alive"
     monkeypatch.setattr(worker, "ALIVE_FILE", str(alive))
-    assert worker.report_alive(rt) is False  # consumer never started
+    assert worker.report_alive(runtime) is False  # consumer never started
     alive.touch()
-    assert worker.report_alive(rt) is True
+    assert worker.report_alive(runtime) is True
     assert store.operator_gauges()["workers_alive"] == 1
     stale = os.stat(alive).st_mtime - worker.ALIVE_STALE_S - 1
     os.utime(alive, (stale, stale))
-    assert worker.report_alive(rt) is False  # a stuck consumer is not counted
+    assert worker.report_alive(runtime) is False  # a stuck consumer is not counted
 
 
 def test_queue_length_counts_waiting_messages_not_reserved_ones(

@@ -108,7 +108,7 @@ def test_every_client_works_over_tls(scheme, primary, sentinel, certs, monkeypat
 
     # The web's listener (fast and stock) subscribes; the worker's emitter publishes.
     fast = mq_listener.make_manager(
-        settings.redis_url, "tls-test", Metrics(), store.redis_tls(settings)
+        settings.redis_url, "tls-test", Metrics(), store.redis_tls(settings), fast=True
     )
     subscriber, connection = fast.subscribe()
     assert connection.read_response()[0] in (b"subscribe", "subscribe")

@@ -52,7 +52,7 @@ def settings():
 
 
 @pytest.fixture
-def rt(redis_client, settings, monkeypatch):
+def runtime(redis_client, settings, monkeypatch):
     runtime = worker.Runtime(
         settings, worker.broker.make_celery(settings), TaskStore(redis_client, settings), None
     )
@@ -66,53 +66,53 @@ def job_of(func):
     return jobs.Job("simulate", func, jobs.SimulateParams, title="t", description="", units="u")
 
 
-def new_task(rt, owner="alice", **params):
-    return rt.store.create(kind="simulate", owner=owner, params=params)["id"]
+def new_task(runtime, owner="alice", **params):
+    return runtime.store.create(kind="simulate", owner=owner, params=params)["id"]
 
 
-def history(rt, task_id):
-    return rt.store.events_after(task_id, 0)
+def history(runtime, task_id):
+    return runtime.store.events_after(task_id, 0)
 
 
-def expire_lease(rt, task_id):
-    rt.store.redis.zadd(rt.store.keys.leases, {task_id: 0}, xx=True)
+def expire_lease(runtime, task_id):
+    runtime.store.redis.zadd(runtime.store.keys.leases, {task_id: 0}, xx=True)
 
 
 # --- fencing ----------------------------------------------------------------
 
 
-def test_frozen_run_stops_at_its_next_progress_update(rt, monkeypatch):
+def test_frozen_run_stops_at_its_next_progress_update(runtime, monkeypatch):
     """A whole TaskRun: it is 'frozen' inside the job while the task is handed to
     a second run; when it thaws, its next update stops it without a write."""
     monkeypatch.setattr(worker, "LEASE_S", 0.2)  # renewals every 50 ms
-    task_id = new_task(rt, steps=3)
+    task_id = new_task(runtime, steps=3)
     outcome = {}
 
     def frozen_job(params):
         progress.update(1, 3, "one")
-        expire_lease(rt, task_id)
-        rt.store.reap_expired_leases()
-        outcome["second"] = rt.store.claim_run(task_id, 10)
-        rt.store.append(task_id, token=outcome["second"], state=protocol.RETRYING, progress=0)
+        expire_lease(runtime, task_id)
+        runtime.store.reap_expired_leases()
+        outcome["second"] = runtime.store.claim_run(task_id, 10)
+        runtime.store.append(task_id, token=outcome["second"], state=protocol.RETRYING, progress=0)
         outcome["lost"] = run.lease.lost.wait(5)
         progress.update(2, 3, "two")  # raises LeaseLost
         outcome["went_on"] = True
 
     job = job_of(frozen_job)
-    run = worker.TaskRun(job, task_id, {"steps": 3}, rt=rt)
+    run = worker.TaskRun(job, task_id, {"steps": 3}, runtime=runtime)
     run()
     assert outcome["lost"] and "went_on" not in outcome
-    states = [e["state"] for e in history(rt, task_id)]
+    states = [e["state"] for e in history(runtime, task_id)]
     assert states == ["queued", "running", "retrying"]
-    assert rt.store.record(task_id)["state"] == protocol.RETRYING
-    assert rt.store.redis.zscore(rt.store.keys.leases, task_id) is not None  # run 2's
+    assert runtime.store.record(task_id)["state"] == protocol.RETRYING
+    assert runtime.store.redis.zscore(runtime.store.keys.leases, task_id) is not None  # run 2's
 
 
-def test_a_time_limit_between_a_redis_request_and_its_reply_desyncs_nothing(rt, monkeypatch):
+def test_a_time_limit_between_a_redis_request_and_its_reply_desyncs_nothing(runtime, monkeypatch):
     """Celery's soft time limit is raised wherever the job is, also after a Redis
     request was sent and before its reply was read: that connection must not hand
     the stale reply to the next command (the run's error event, the next task)."""
-    task_id = new_task(rt, steps=3)
+    task_id = new_task(runtime, steps=3)
     read_response = redis_lib.connection.AbstractConnection.read_response
 
     def interrupted(self, *args, **kwargs):  # the signal, just before the read
@@ -124,22 +124,24 @@ def test_a_time_limit_between_a_redis_request_and_its_reply_desyncs_nothing(rt, 
         monkeypatch.setattr(redis_lib.connection.AbstractConnection, "read_response", interrupted)
         # A request whose reply is not back yet when the connection is reused (redis-py
         # checks for unread data then), as a WAIT for a replica in Sentinel mode.
-        rt.store.redis.execute_command("WAIT", 1, 300)
+        runtime.store.redis.execute_command("WAIT", 1, 300)
 
     worker.TaskRun(job_of(job), task_id,
-                   {"steps": 3}, rt=rt)()  # fmt: skip
-    last = history(rt, task_id)[-1]
+                   {"steps": 3}, runtime=runtime)()  # fmt: skip
+    last = history(runtime, task_id)[-1]
     assert (last["state"], last["error"]["code"]) == (protocol.FAILED, "time_limit")
-    assert [e["seq"] for e in history(rt, task_id)] == list(range(1, len(history(rt, task_id)) + 1))
-    assert rt.store.redis.echo("next") == "next"  # not a reply meant for another command
+    assert [e["seq"] for e in history(runtime, task_id)] == list(
+        range(1, len(history(runtime, task_id)) + 1)
+    )
+    assert runtime.store.redis.echo("next") == "next"  # not a reply meant for another command
 
 
 # --- idempotent emits -----------------------------------------------------------
 
 
-def test_a_retried_emit_after_a_lost_reply_is_written_once(rt, monkeypatch):
-    task_id = new_task(rt)
-    real_append, calls = rt.store.append, []
+def test_a_retried_emit_after_a_lost_reply_is_written_once(runtime, monkeypatch):
+    task_id = new_task(runtime)
+    real_append, calls = runtime.store.append, []
 
     def reply_lost_once(*args, **kwargs):
         result = real_append(*args, **kwargs)
@@ -148,76 +150,76 @@ def test_a_retried_emit_after_a_lost_reply_is_written_once(rt, monkeypatch):
             raise redis_lib.ConnectionError("connection reset after the write")
         return result
 
-    monkeypatch.setattr(rt.store, "append", reply_lost_once)
-    event, _ = rt.emitter.emit(task_id, state=protocol.RUNNING, progress=40)
+    monkeypatch.setattr(runtime.store, "append", reply_lost_once)
+    event, _ = runtime.emitter.emit(task_id, state=protocol.RUNNING, progress=40)
     assert calls[0] == calls[1]
-    assert [e["seq"] for e in history(rt, task_id)] == [1, 2]
+    assert [e["seq"] for e in history(runtime, task_id)] == [1, 2]
     assert event["seq"] == 2 and event["progress"] == 40
 
 
 # --- a terminal write that fails --------------------------------------------------
 
 
-def test_a_refused_terminal_write_keeps_the_lease_for_the_reaper(rt, monkeypatch):
-    task_id = new_task(rt)
-    real_append = rt.store.append
+def test_a_refused_terminal_write_keeps_the_lease_for_the_reaper(runtime, monkeypatch):
+    task_id = new_task(runtime)
+    real_append = runtime.store.append
 
     def oom_on_terminal(task, **patch):
         if patch.get("state") == protocol.SUCCEEDED:
             raise redis_lib.ResponseError("OOM command not allowed when used memory > 'maxmemory'")
         return real_append(task, **patch)
 
-    monkeypatch.setattr(rt.store, "append", oom_on_terminal)
+    monkeypatch.setattr(runtime.store, "append", oom_on_terminal)
     job = job_of(lambda params: {"ok": 1})
     with pytest.raises(redis_lib.ResponseError):
-        worker.TaskRun(job, task_id, {}, rt=rt)()
-    assert rt.store.redis.zscore(rt.store.keys.leases, task_id) is not None
-    expire_lease(rt, task_id)
-    assert worker.requeue_orphans(rt) == 1
-    assert rt.celery.send_task.ids == [task_id]
+        worker.TaskRun(job, task_id, {}, runtime=runtime)()
+    assert runtime.store.redis.zscore(runtime.store.keys.leases, task_id) is not None
+    expire_lease(runtime, task_id)
+    assert worker.requeue_orphans(runtime) == 1
+    assert runtime.celery.send_task.ids == [task_id]
 
 
 # --- reaper -------------------------------------------------------------------
 
 
-def test_one_failing_send_does_not_drop_the_other_orphans(rt, monkeypatch):
-    first, second = new_task(rt), new_task(rt)
+def test_one_failing_send_does_not_drop_the_other_orphans(runtime, monkeypatch):
+    first, second = new_task(runtime), new_task(runtime)
     for task_id in (first, second):
-        rt.store.claim_run(task_id, 10)
-        expire_lease(rt, task_id)
-    monkeypatch.setattr(rt.celery, "send_task", Sent(failing={first}))
-    assert worker.requeue_orphans(rt) == 1
-    assert rt.celery.send_task.ids == [second]
+        runtime.store.claim_run(task_id, 10)
+        expire_lease(runtime, task_id)
+    monkeypatch.setattr(runtime.celery, "send_task", Sent(failing={first}))
+    assert worker.requeue_orphans(runtime) == 1
+    assert runtime.celery.send_task.ids == [second]
     # The failed one has its lease back and goes out in the next round.
-    rt.celery.send_task.failing.clear()
-    assert worker.requeue_orphans(rt) == 1
-    assert rt.celery.send_task.ids == [second, first]
+    runtime.celery.send_task.failing.clear()
+    assert worker.requeue_orphans(runtime) == 1
+    assert runtime.celery.send_task.ids == [second, first]
 
 
 # --- sweeper ------------------------------------------------------------------
 
 
-def test_sweeper_sends_again_only_tasks_with_no_run_and_no_message(rt, monkeypatch):
+def test_sweeper_sends_again_only_tasks_with_no_run_and_no_message(runtime, monkeypatch):
     monkeypatch.setattr(worker, "STRANDED_AFTER_S", 0)
-    lost, waiting, running = new_task(rt), new_task(rt), new_task(rt)
-    finished = new_task(rt)
-    rt.store.append(finished, state=protocol.CANCELLED)
-    rt.store.claim_run(running, 10)
-    queue = f"{rt.settings.namespace}:celery:celery"
+    lost, waiting, running = new_task(runtime), new_task(runtime), new_task(runtime)
+    finished = new_task(runtime)
+    runtime.store.append(finished, state=protocol.CANCELLED)
+    runtime.store.claim_run(running, 10)
+    queue = f"{runtime.settings.namespace}:celery:celery"
     message = {"body": "", "headers": {"id": waiting, "task": "taskbeam.simulate"}}
-    rt.store.redis.lpush(queue, json.dumps(message))
-    assert broker.queued_task_ids(rt.store.redis, rt.celery) == {waiting}
-    assert worker.sweep_stranded(rt) == 1
-    assert rt.celery.send_task.ids == [lost]
-    assert worker.sweep_stranded(rt) == 0  # one sweep per interval across workers
+    runtime.store.redis.lpush(queue, json.dumps(message))
+    assert broker.queued_task_ids(runtime.store.redis, runtime.celery) == {waiting}
+    assert worker.sweep_stranded(runtime) == 1
+    assert runtime.celery.send_task.ids == [lost]
+    assert worker.sweep_stranded(runtime) == 0  # one sweep per interval across workers
 
 
-def test_sweeper_fails_a_task_whose_kind_is_gone(rt, monkeypatch):
+def test_sweeper_fails_a_task_whose_kind_is_gone(runtime, monkeypatch):
     monkeypatch.setattr(worker, "STRANDED_AFTER_S", 0)
-    task_id = rt.store.create(kind="retired", owner="alice", params={})["id"]
-    worker.sweep_stranded(rt)
-    assert rt.store.record(task_id)["state"] == protocol.FAILED
-    assert json.loads(rt.store.record(task_id)["error"])["code"] == "unknown_kind"
+    task_id = runtime.store.create(kind="retired", owner="alice", params={})["id"]
+    worker.sweep_stranded(runtime)
+    assert runtime.store.record(task_id)["state"] == protocol.FAILED
+    assert json.loads(runtime.store.record(task_id)["error"])["code"] == "unknown_kind"
 
 
 # --- active-task cap and TTLs ----------------------------------------------------------
@@ -246,14 +248,16 @@ def test_queued_task_ids_reads_what_celery_really_sends(
 # --- progress counts ------------------------------------------------------------
 
 
-def test_progress_events_carry_the_reports_counts_but_the_snapshot_does_not(rt):
+def test_progress_events_carry_the_reports_counts_but_the_snapshot_does_not(runtime):
     """done/total let a page show rows done and rows/s; they belong to one report."""
-    task_id = new_task(rt, steps=4)
-    run = worker.TaskRun(jobs.JOBS["simulate"], task_id, {"steps": 4, "step_ms": 0}, rt=rt)
+    task_id = new_task(runtime, steps=4)
+    run = worker.TaskRun(
+        jobs.JOBS["simulate"], task_id, {"steps": 4, "step_ms": 0}, runtime=runtime
+    )
     run()
-    events = history(rt, task_id)
+    events = history(runtime, task_id)
     reports = [(e.get("done"), e.get("total")) for e in events if e["message"].startswith("Step")]
     assert reports and reports[-1] == (4, 4)
     assert all(total == 4 and 1 <= done <= 4 for done, total in reports)
     assert all("done" not in e for e in events if not e["message"].startswith("Step"))
-    assert "done" not in rt.store.record(task_id)
+    assert "done" not in runtime.store.record(task_id)

@@ -242,7 +242,7 @@ def test_an_event_returns_only_once_on_a_replica(ha):
             other.append(task_id, emit_id="e3", progress=5)
     finally:
         ha["replica"].proc.send_signal(signal.SIGCONT)
-    event, _ = store.append(task_id, emit_id="e3", progress=5)  # the retry, once acknowledged
+    event = store.append(task_id, emit_id="e3", progress=5).event  # the retry, once acknowledged
     assert '"seq":3' in event
     assert len(store.events_after(task_id, 0)) == 3  # written once
 

@@ -21,7 +21,7 @@ class Recorder:
 
 
 @pytest.fixture
-def rt(redis_client, monkeypatch):
+def runtime(redis_client, monkeypatch):
     settings = config.load(
         {"REDIS_URL": "redis://placeholder:6379/0", "MAX_ACTIVE_TASKS": "2"}, need_secret=False
     )
@@ -33,66 +33,66 @@ def rt(redis_client, monkeypatch):
     return runtime
 
 
-def test_submit_stores_sends_and_tells_the_owners_pages(rt, monkeypatch):
+def test_submit_stores_sends_and_tells_the_owners_pages(runtime, monkeypatch):
     monkeypatch.delenv("AUTH_MODE", raising=False)
-    snap = submitting.submit("simulate", {"steps": 3}, owner="alice", rt=rt)
+    snap = submitting.submit("simulate", {"steps": 3}, owner="alice", runtime=runtime)
     assert snap["state"] == "queued" and snap["seq"] == 1 and snap["kind"] == "simulate"
     owner = protocol.owner_id("app", "alice")  # as the extension's owner_of names alice
-    assert rt.store.owned_record(snap["id"], owner) is not None
-    ((args, kwargs),) = rt.celery.send_task.calls
+    assert runtime.store.owned_record(snap["id"], owner) is not None
+    ((args, kwargs),) = runtime.celery.send_task.calls
     assert args == ("taskbeam.simulate",) and kwargs["args"] == [
         snap["id"],
         {"steps": 3, "step_ms": 250},
     ]
-    ((args, kwargs),) = rt.emitted.calls
+    ((args, kwargs),) = runtime.emitted.calls
     assert args == ("task_created", snap) and kwargs == {"to": protocol.owner_room(owner)}
 
 
-def test_submit_names_the_owner_as_the_web_does_in_jwt_mode(rt, monkeypatch):
+def test_submit_names_the_owner_as_the_web_does_in_jwt_mode(runtime, monkeypatch):
     monkeypatch.setenv("AUTH_MODE", "jwt")
     monkeypatch.setenv("JWT_ISSUER", "https://login.example")
-    snap = submitting.submit("simulate", {}, owner="alice", rt=rt)
+    snap = submitting.submit("simulate", {}, owner="alice", runtime=runtime)
     owner = protocol.owner_id("jwt", '["https://login.example", "alice"]')
-    assert rt.store.owned_record(snap["id"], owner) is not None
+    assert runtime.store.owned_record(snap["id"], owner) is not None
 
 
-def test_bad_params_and_kinds_raise_the_apis_errors_and_store_nothing(rt, redis_client):
+def test_bad_params_and_kinds_raise_the_apis_errors_and_store_nothing(runtime, redis_client):
     with pytest.raises(taskbeam.ParamError) as caught:
-        submitting.submit("simulate", {"steps": "3"}, owner="alice", rt=rt)
+        submitting.submit("simulate", {"steps": "3"}, owner="alice", runtime=runtime)
     assert caught.value.field == "steps"
     with pytest.raises(taskbeam.UnknownKind):
-        submitting.submit("nope", {}, owner="alice", rt=rt)
+        submitting.submit("nope", {}, owner="alice", runtime=runtime)
     with pytest.raises(ValueError):
-        submitting.submit("simulate", {}, owner="", rt=rt)
-    assert redis_client.dbsize() == 0 and not rt.celery.send_task.calls
+        submitting.submit("simulate", {}, owner="", runtime=runtime)
+    assert redis_client.dbsize() == 0 and not runtime.celery.send_task.calls
 
 
-def test_submit_keeps_max_active_tasks(rt):
+def test_submit_keeps_max_active_tasks(runtime):
     for _ in range(2):
-        submitting.submit("simulate", {}, owner="bob", rt=rt)
+        submitting.submit("simulate", {}, owner="bob", runtime=runtime)
     with pytest.raises(taskbeam.TooManyActive):
-        submitting.submit("simulate", {}, owner="bob", rt=rt)
+        submitting.submit("simulate", {}, owner="bob", runtime=runtime)
 
 
-def test_a_refused_broker_leaves_no_task(rt, redis_client, monkeypatch):
-    monkeypatch.setattr(rt.celery, "send_task", Recorder(fail=True))
+def test_a_refused_broker_leaves_no_task(runtime, redis_client, monkeypatch):
+    monkeypatch.setattr(runtime.celery, "send_task", Recorder(fail=True))
     with pytest.raises(taskbeam.QueueUnavailable):
-        submitting.submit("simulate", {}, owner="carol", rt=rt)
+        submitting.submit("simulate", {}, owner="carol", runtime=runtime)
     owner = protocol.owner_id("app", "carol")
-    assert rt.store.list_for_owner(owner) == []
-    assert not rt.emitted.calls
+    assert runtime.store.list_for_owner(owner) == []
+    assert not runtime.emitted.calls
 
 
-def test_params_may_be_the_kinds_model(rt):
+def test_params_may_be_the_kinds_model(runtime):
     from taskbeam.jobs import SimulateParams
 
-    snap = submitting.submit("simulate", SimulateParams(steps=4), owner="dave", rt=rt)
-    ((args, kwargs),) = rt.celery.send_task.calls
+    snap = submitting.submit("simulate", SimulateParams(steps=4), owner="dave", runtime=runtime)
+    ((args, kwargs),) = runtime.celery.send_task.calls
     assert kwargs["args"][1] == {"steps": 4, "step_ms": 250}
     assert snap["kind"] == "simulate"
 
 
-def test_inside_an_app_of_your_own_its_login_names_the_owner(rt, monkeypatch):
+def test_inside_an_app_of_your_own_its_login_names_the_owner(runtime, monkeypatch):
     """With the extension (owner_of), submit() from a view names the owner as the app's
     login does, even if AUTH_MODE says otherwise in that environment."""
     from types import SimpleNamespace
@@ -103,5 +103,5 @@ def test_inside_an_app_of_your_own_its_login_names_the_owner(rt, monkeypatch):
     app = Flask(__name__)
     app.extensions["taskbeam"] = SimpleNamespace(identity=SimpleNamespace(mode="app"))
     with app.app_context():
-        snap = submitting.submit("simulate", {}, owner="alice", rt=rt)
-    assert rt.store.owned_record(snap["id"], protocol.owner_id("app", "alice")) is not None
+        snap = submitting.submit("simulate", {}, owner="alice", runtime=runtime)
+    assert runtime.store.owned_record(snap["id"], protocol.owner_id("app", "alice")) is not None

@@ -2,11 +2,13 @@
 
 Interface (all the app uses):
 
-- :func:`wanted` -- ``WEB_FAST_TRANSPORT`` (default 1); 0 runs stock
-  python-engineio/python-socketio with no patching at all.
-- :func:`usable` -- ``wanted()`` and the installed libraries are the versions
-  and have the attributes :mod:`.seams` was written against; otherwise one
-  warning line, and the app runs stock.
+- :func:`in_use` -- whether the app runs it: ``WEB_FAST_TRANSPORT``
+  (``Settings.web_fast_transport``, default 1; 0 runs stock
+  python-engineio/python-socketio with no patching at all) and
+  :func:`libraries_supported`.
+- :func:`libraries_supported` -- the installed libraries are the versions and
+  have the attributes :mod:`.seams` was written against; otherwise one warning
+  line, and the app runs stock.
 - :class:`FastRedisManager` -- the message-queue listener (python-socketio's
   Redis manager, a faster read loop) that delivers through :func:`deliver`.
 - :func:`install` -- engine.io's WebSocket transport and pings, on a Socket.IO server.
@@ -21,22 +23,23 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
+
+from ... import config
 
 log = logging.getLogger(__name__)
 
 
-def wanted() -> bool:
-    setting = os.environ.get("WEB_FAST_TRANSPORT", "1").strip().lower()
-    return setting not in ("0", "false", "no", "off")
+def in_use(settings: config.Settings) -> bool:
+    """Whether an app with ``settings`` runs the fast transport."""
+    if not settings.web_fast_transport:
+        log.info("WEB_FAST_TRANSPORT=0: stock python-engineio/python-socketio transport")
+        return False
+    return libraries_supported()
 
 
 @functools.cache
-def usable() -> bool:
-    """Whether this process runs the fast transport (checked once)."""
-    if not wanted():
-        log.info("WEB_FAST_TRANSPORT=0: stock python-engineio/python-socketio transport")
-        return False
+def libraries_supported() -> bool:
+    """Whether the installed libraries are those :mod:`.seams` was read from (checked once)."""
     try:
         from . import seams
 

@@ -27,7 +27,7 @@ import hiredis
 import redis
 
 from ... import protocol, sentinel
-from ..mq_heartbeat import Heard
+from ..mq_heartbeat import WatchedManager
 from . import seams, transport
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class RoomChannel:
         self.room, self.ready = room, threading.Event()
 
 
-class FastRedisManager(Heard, seams.RoomsBySid, seams.PubSubHooks):
+class FastRedisManager(WatchedManager, seams.RoomsBySid, seams.PubSubHooks):
     """:param silence_s: reconnect when nothing (not even a heartbeat) arrived for this long.
     :param metrics: counts the task events delivered (``taskbeam.web.metrics.Metrics``)."""
 

@@ -67,7 +67,7 @@ MAX_QUEUED_PONGS = 16  # a client that pings without reading gets no more
 READ_BYTES, READ_BYTES_MID_MESSAGE = 4096, 65536
 
 
-class Rest:
+class FramedBytes:
     """Bytes already framed (the unsent tail of a frame, a pong), queued for the
     writer; ``encode()``-able like the engine.io packets it drains."""
 
@@ -76,7 +76,7 @@ class Rest:
     def __init__(self, data: bytes):
         self.data = data
 
-    def encode(self) -> Rest:
+    def encode(self) -> FramedBytes:
         return self
 
 
@@ -184,9 +184,9 @@ class WakingQueue:
 
 
 def encode_frame(message) -> bytes:
-    """The frame for what a writer takes off the queue: a :class:`Rest` as is,
+    """The frame for what a writer takes off the queue: a :class:`FramedBytes` as is,
     an engine.io packet's encoding as a text or binary message."""
-    if isinstance(message, Rest):
+    if isinstance(message, FramedBytes):
         return message.data
     if isinstance(message, str):
         return codec.frame(codec.OP_TEXT, message.encode())
@@ -210,7 +210,7 @@ class DirectWrites:
         except OSError:  # would block, or broken: the writer's path handles both
             return False
         if sent < len(frame):
-            self.eio_socket.queue.put(Rest(frame[sent:]))
+            self.eio_socket.queue.put(FramedBytes(frame[sent:]))
         return True
 
     def send(self, message) -> None:
@@ -387,7 +387,7 @@ class Connection(DirectWrites):
             # In order with what is queued; a client that pings without reading
             # does not grow the queue past a few packets.
             if not self.try_send(pong) and self.eio_socket.queue.qsize() < MAX_QUEUED_PONGS:
-                self.eio_socket.queue.put(Rest(pong))
+                self.eio_socket.queue.put(FramedBytes(pong))
         elif opcode == codec.OP_CLOSE:
             self.end(codec.close_reply(payload[0]))
         # OP_PONG: nothing to do

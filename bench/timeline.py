@@ -7,7 +7,7 @@ whole machine (/proc/stat); the web process's garbage collections and its messag
 queue listener's reads (its GET /metrics, sampled every 100 ms: a small text page
 from a process with a thousand sockets); and every health check, from Docker's event
 log (`exec_start`/`exec_die`, read after the step, so nothing runs during it).
-Writes tests/bench/results/timeline-LABEL.json and .png.
+Writes bench/results/timeline-LABEL.json and .png.
 """
 
 import json

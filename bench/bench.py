@@ -15,19 +15,19 @@ out at a few thousand connections. `--url` picks another address.
   and `persist` (persist and publish: the whole path);
 - stock fan-in (`--client stock`): the same steps (6 s each) measured the way a
   user's own load test would: a plain `websockets` client per socket
-  (tests/bench/stockclient.py) fed by a stock Flask-SocketIO external emitter
-  through redis-py pipelines (tests/bench/emit_driver.py's `stock` mode);
+  (bench/stockclient.py) fed by a stock Flask-SocketIO external emitter
+  through redis-py pipelines (bench/emit_driver.py's `stock` mode);
 - connections: idle clients held by one web process, and its RSS per client;
 - push vs 1-s polling for a 60-s task: requests and bytes;
-- export rows/s and peak RSS (tests/bench/export_bench.py).
+- export rows/s and peak RSS (bench/export_bench.py).
 Every figure but the last two is measured --runs times (default 3) and reported
 as median [min-max]. `--client tuned` measures all but the stock fan-in, `stock`
 only that, `both` (the default) everything. Prints a table, writes
-tests/bench/results/bench.json and a PNG plot.
+bench/results/bench.json and a PNG plot.
 - timeline (`--timeline RATE`): one stock-client step held at RATE for 10 s, per
-  100-ms bucket next to what ran then (tests/bench/timeline.py), instead of the rest.
-    python tests/bench/bench.py [--url URL] [--runs N] [--client C] [--smoke]
-    python tests/bench/bench.py --timeline RATE [--label NAME]
+  100-ms bucket next to what ran then (bench/timeline.py), instead of the rest.
+    python bench/bench.py [--url URL] [--runs N] [--client C] [--smoke]
+    python bench/bench.py --timeline RATE [--label NAME]
 """
 
 import argparse
@@ -83,7 +83,7 @@ def shown(figure, unit=""):
 
 
 class Driver:
-    """The event source inside a worker container (tests/bench/emit_driver.py)."""
+    """The event source inside a worker container (bench/emit_driver.py)."""
 
     def __init__(self, owner, tasks):
         script = (HERE / "emit_driver.py").read_text()
@@ -793,7 +793,7 @@ if __name__ == "__main__":
         type=int,
         metavar="RATE",
         help="only one stock-client step held at RATE events/s, per 100 ms next to CPU, "
-        "GC, health checks and listener reads (tests/bench/timeline.py)",
+        "GC, health checks and listener reads (bench/timeline.py)",
     )
     parser.add_argument(
         "--label", default="run", help="--timeline's files: results/timeline-LABEL.json/.png"

@@ -5,7 +5,7 @@ Against the running stack, loopback only (with `make up` defaults one worker run
 Every finished task must have been seen
 gapless with exactly one terminal event; the RSS of the web and worker processes
 is sampled and its slope reported. Prints a summary and writes JSON.
-    python tests/bench/soak.py [--seconds 180] [--idle 1000] [--tasks 50]
+    python bench/soak.py [--seconds 180] [--idle 1000] [--tasks 50]
 """
 
 import argparse

@@ -1,7 +1,7 @@
 """Event source for `make bench`, run inside a worker container with the worker's
 own store and Flask-SocketIO external emitter:
 
-    docker compose exec -T worker python - OWNER TASKS < tests/bench/emit_driver.py
+    docker compose exec -T worker python - OWNER TASKS < bench/emit_driver.py
 
 Creates TASKS running tasks owned by OWNER and prints their ids as one JSON line.
 Then, for every line `RATE SECONDS MODE [PUBLISH]` read from stdin, emits progress

@@ -1,7 +1,7 @@
 """Export throughput (rows/s) and peak RSS, on the worker's real export code.
 
 Runs inside a worker container, against the stack's demo database:
-    docker compose exec -T worker python - < tests/bench/export_bench.py
+    docker compose exec -T worker python - < bench/export_bench.py
 Each size runs in a fresh process so its peak RSS is its own. Prints JSON.
 """
 

@@ -6,7 +6,7 @@ docs/export.md). Each export runs the worker's real code in a fresh process insi
 container (its peak RSS is its own); psql runs in a container of its own on the
 project network, as the worker reaches the database, writing to /dev/null (CSV)
 or through gzip to /dev/null (CSV.gz). Repeats each figure, prints a table and
-writes tests/bench/results/export-ROWS.json.
+writes bench/results/export-ROWS.json.
 """
 
 import argparse

@@ -4,7 +4,7 @@ path of a writer that waits for replicas), sample by sample in turn so that the
 machine's load falls on both alike.
 
 Runs inside a worker container, next to the stack's Redis, on the worker's own
-code path:  docker compose exec -T worker python - < tests/bench/persist_overhead.py
+code path:  docker compose exec -T worker python - < bench/persist_overhead.py
 Prints one JSON object; creates one scratch task per run and deletes it.
 """
 
