@@ -42,6 +42,15 @@ install_redis_server() {
   service redis-server stop >/dev/null 2>&1 || true
 }
 
+# promtool for the alert rules' unit tests (tests/unit/test_monitoring.py): Debian's
+# prometheus package; the server it also installs is not left running here.
+install_promtool() {
+  if command -v promtool >/dev/null; then return; fi
+  log "installing prometheus (promtool)"
+  apt_install prometheus
+  service prometheus stop >/dev/null 2>&1 || true
+}
+
 # Debian's Chromium for the browser tests (driven by Playwright, which must not
 # download a browser of its own).
 install_browser() {
@@ -143,7 +152,8 @@ DOCKERFILE
 # provisioned before one was added builds just that one); a host that can pull the
 # official images never needs them.
 STANDINS="python:taskbeam-standin/python:3.12-slim redis:taskbeam-standin/redis:7
-  nginx:taskbeam-standin/nginx:1.27 postgres:taskbeam-standin/postgres:15"
+  nginx:taskbeam-standin/nginx:1.27 postgres:taskbeam-standin/postgres:15
+  prometheus:taskbeam-standin/prometheus:2"
 build_standins() {
   local item name tag
   for item in $STANDINS; do
@@ -176,6 +186,7 @@ fi
 
 install_engine
 install_redis_server
+install_promtool
 install_browser
 install_kubectl
 install_tls_tools
@@ -188,6 +199,7 @@ PYTHON_IMAGE=taskbeam-standin/python:3.12-slim
 REDIS_IMAGE=taskbeam-standin/redis:7
 NGINX_IMAGE=taskbeam-standin/nginx:1.27
 POSTGRES_IMAGE=taskbeam-standin/postgres:15
+PROMETHEUS_IMAGE=taskbeam-standin/prometheus:2
 ENV
 else
   : >"$state/images.env"

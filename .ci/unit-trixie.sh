@@ -25,7 +25,7 @@ docker run --rm --network bridge \
     cd /work
     python3 --version
     python3 -m venv /tmp/venv
-    /tmp/venv/bin/pip install -q -e ".[test]"
+    /tmp/venv/bin/pip install -q -e ".[test,tracing]"
     /tmp/venv/bin/pytest tests/unit -q -p no:cacheprovider
   '
 echo "unit tests under trixie's Python: $(( $(date +%s) - started ))s"

@@ -51,12 +51,14 @@ done
 # Proxies in front of Nginx (an Ingress) whose X-Forwarded-For names the client.
 : "${TRUSTED_PROXY_CIDRS:=}"
 real_ip_from=""
+trusted_proxy_geo=""
 for address in $(printf '%s' "$TRUSTED_PROXY_CIDRS" | tr ',' ' '); do
   case "$address" in
     *[!0-9A-Fa-f.:/]*) echo "taskbeam-nginx: TRUSTED_PROXY_CIDRS: '$address' is not an address or CIDR" >&2
                        exit 2 ;;
   esac
   real_ip_from="$real_ip_from set_real_ip_from $address;"
+  trusted_proxy_geo="$trusted_proxy_geo $address 1;"
 done
 [ -n "$real_ip_from" ] && real_ip_from="$real_ip_from real_ip_header X-Forwarded-For; real_ip_recursive on;"
 case "$TLS" in
@@ -94,6 +96,7 @@ render() {
       -e "s|\${AUTH_PROXY_GEO}|$auth_proxy_geo|g" \
       -e "s|\${AUTH_PROXY_VAR}|$auth_proxy_var|g" \
       -e "s|\${REAL_IP_FROM}|$real_ip_from|g" \
+      -e "s|\${TRUSTED_PROXY_GEO}|$trusted_proxy_geo|g" \
       "$template" | tls
 }
 

@@ -6,6 +6,7 @@ Run ``python -m taskbeam.config`` to check the current environment.
 """
 
 import functools
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass
@@ -296,6 +297,9 @@ class Settings:
     # Our code below a library's API, each switchable back to the library's own path.
     web_fast_transport: bool = True  # taskbeam/web/fastws
     broker_transport_fix: bool = True  # taskbeam/broker_transport.py
+    # Observability (taskbeam/observability.py, taskbeam/tracing.py).
+    log_format: str = "text"
+    otel_endpoint: str = ""  # "": no traces
 
     @property
     def socketio_channel(self):
@@ -349,7 +353,28 @@ def load(env=None, *, need_secret=True):
         **_quotas(env),
         web_fast_transport=_bool(env, "WEB_FAST_TRANSPORT", True),
         broker_transport_fix=_bool(env, "BROKER_TRANSPORT_FIX", True),
+        **_observability(env),
     )
+
+
+def _observability(env):
+    """LOG_FORMAT (text or json) and OTEL_EXPORTER_OTLP_ENDPOINT (traces when set)."""
+    log_format = env.get("LOG_FORMAT", "").strip().lower() or "text"
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"LOG_FORMAT must be text or json, got {log_format[:40]!r}")
+    endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    parts = urlsplit(endpoint)
+    if endpoint and (parts.scheme not in ("http", "https") or not parts.hostname):
+        raise ConfigError(
+            "OTEL_EXPORTER_OTLP_ENDPOINT must be an OTLP/HTTP base URL, e.g. "
+            "http://otel-collector:4318"
+        )
+    if endpoint and importlib.util.find_spec("opentelemetry.sdk") is None:
+        raise ConfigError(
+            "OTEL_EXPORTER_OTLP_ENDPOINT needs the tracing extra in the image: "
+            "PIP_EXTRAS=tracing in .env, then make up (or pip install 'taskbeam[tracing]')"
+        )
+    return {"log_format": log_format, "otel_endpoint": endpoint}
 
 
 def _jobs_modules(env):

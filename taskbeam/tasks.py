@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from . import registry
+from . import observability, registry
 from .registry import Job, Params, Plan
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,13 @@ def enqueue(
     try:
         if plan is not None:
             _create_children(store, job, snapshot, plan)
-        celery.send_task(job.celery_name, args=[snapshot["id"], params], task_id=snapshot["id"])
+        # The request's id and owner hash ride along: the worker's lines carry them.
+        celery.send_task(
+            job.celery_name,
+            args=[snapshot["id"], params],
+            task_id=snapshot["id"],
+            headers=observability.task_headers(),
+        )
     except Exception:
         log.exception("could not enqueue task %s", snapshot["id"])
         store.delete(snapshot["id"], owner)

@@ -30,7 +30,18 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 import redis
 
-from . import broker, config, export, jobs, progress, protocol, quotas, registry
+from . import (
+    broker,
+    config,
+    export,
+    jobs,
+    observability,
+    progress,
+    protocol,
+    quotas,
+    registry,
+    tracing,
+)
 from .runtime import Runtime, make_runtime  # noqa: F401  (Runtime: for the tests)
 from .store import LeaseLost, TaskFinished, TaskGone, TaskStore
 
@@ -53,6 +64,12 @@ ROLLUP_FLUSH_S = 0.5
 
 
 settings = config.current()
+if settings.log_format == "json":
+    # Ours instead of Celery's (and Tornado's, in Flower): a receiver of setup_logging
+    # tells Celery to leave logging alone.
+    observability.configure("json", os.environ.get("WORKER_LOG_LEVEL", "INFO").upper())
+    signals.setup_logging.connect(lambda **_: None, weak=False)
+observability.drop_health_checks()  # Flower's /flower/healthcheck, every 10 s
 # The team's own kinds (JOBS_MODULES) before the Celery tasks are made from JOBS.
 registry.load_or_exit(settings.jobs_modules)
 default_runtime = make_runtime(settings)  # what runs and housekeeping use unless given one
@@ -132,7 +149,7 @@ class TaskRun:
             return
         self.lease = Lease(store, self.task_id, token)
         try:
-            with self.lease:
+            with observability.bound(run=token), self.lease:
                 self._run()
         except (TaskFinished, TaskGone) as exc:
             log.info("task %s: nothing more to do (%s)", self.task_id, exc)
@@ -154,6 +171,7 @@ class TaskRun:
         phase = rec.get("phase", "")
         counter = "fanin_attempts" if phase == "fanin" else "attempts"
         attempt = self.runtime.store.count_attempt(self.task_id, counter)
+        log.info("task %s: run %s starts (attempt %d)", self.task_id, self.lease.token, attempt)
         if rec.get("cancel") == "1":
             # Asked to stop before this run began: a workflow's child whose parent
             # failed or was cancelled, or a task whose worker died after the ask.
@@ -461,6 +479,28 @@ def _flush_rollups_forever() -> None:
             log.debug("roll-up flush skipped: %s", exc)
         except Exception:
             log.exception("roll-up flush failed")
+
+
+@signals.task_prerun.connect
+def _bind_task_ids(task_id: str, task: Any, **_: Any) -> None:
+    # The ids of the request that created the task (tasks.enqueue's headers).
+    observability.bind(task_id=task_id, **observability.from_headers(task.request))
+
+
+@signals.task_postrun.connect
+def _unbind_task_ids(**_: Any) -> None:
+    observability.clear()
+
+
+@signals.worker_process_init.connect
+def _start_tracing(**_: Any) -> None:
+    # In each prefork child: the span exporter's thread does not survive a fork.
+    tracing.start("taskbeam-worker")
+
+
+@signals.worker_process_shutdown.connect
+def _flush_traces(**_: Any) -> None:
+    tracing.flush()
 
 
 @signals.worker_ready.connect

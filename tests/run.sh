@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 venv=${TASKBEAM_TEST_VENV:-.venv}
 if [ ! -x "$venv/bin/pytest" ] || [ pyproject.toml -nt "$venv/.installed" ]; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q -e '.[test,docs]'
+  "$venv/bin/pip" install -q -e '.[test,docs,tracing]'
   touch "$venv/.installed"
 fi
 [ "${1:-all}" = venv ] && exit 0
@@ -76,9 +76,10 @@ sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n
     -e "s/^POSTGRES_PASSWORD=.*/POSTGRES_PASSWORD=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
     -e "s/^POSTGRES_EXPORT_PASSWORD=.*/POSTGRES_EXPORT_PASSWORD=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')/" \
     -e "s/^HTTP_PORT=.*/HTTP_PORT=$TEST_HTTP_PORT/" \
+    -e "s/^PROMETHEUS_PORT=.*/PROMETHEUS_PORT=${TEST_PROMETHEUS_PORT:-$((TEST_HTTP_PORT + 3))}/" \
     -e "s/^WORKER_REPLICAS=.*/WORKER_REPLICAS=3/" \
     -e "s/^IMAGE_TAG=.*/IMAGE_TAG=${TEST_IMAGE_TAG:-test}/" \
-    -e "s/^PIP_EXTRAS=.*/PIP_EXTRAS=postgres/" \
+    -e "s/^PIP_EXTRAS=.*/PIP_EXTRAS=postgres,tracing/" \
     -e "s/^EXPORT_TTL=.*/EXPORT_TTL=$TEST_EXPORT_TTL/" \
     -e "s/^TASK_MAX_REDELIVERIES=.*/TASK_MAX_REDELIVERIES=1/" \
     -e "s/^TASK_TIME_LIMIT_S=.*/TASK_TIME_LIMIT_S=30/" \
@@ -92,9 +93,10 @@ sed -e "s/^SECRET_KEY=.*/SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n
     -e "s/^EVENT_READS_PER_SECOND_PER_IP=.*/EVENT_READS_PER_SECOND_PER_IP=50/" \
     -e "s/^EVENT_READS_BURST_PER_IP=.*/EVENT_READS_BURST_PER_IP=200/" \
     -e "s/^WS_CONNECTIONS_PER_IP=.*/WS_CONNECTIONS_PER_IP=300/" \
+    -e "s/^LOG_FORMAT=.*/LOG_FORMAT=json/" \
     .env.example > "$COMPOSE_ENV_FILES"
 # Keep the base images the user's own stack builds from (a mirror, or offline stand-ins).
-[ -f .env ] && grep -E '^(PYTHON|REDIS|NGINX|POSTGRES)_IMAGE=' .env >> "$COMPOSE_ENV_FILES" || true
+[ -f .env ] && grep -E '^(PYTHON|REDIS|NGINX|POSTGRES|PROMETHEUS)_IMAGE=' .env >> "$COMPOSE_ENV_FILES" || true
 
 # The PostgreSQL pass below adds this override; cleanup removes its service and volume too.
 with_postgres=docker-compose.yml:postgres/compose.yml

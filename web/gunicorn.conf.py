@@ -46,6 +46,12 @@ graceful_timeout = 10
 keepalive = 75
 errorlog = "-"
 loglevel = "info"
+# LOG_FORMAT=json: Gunicorn's own lines as JSON too (taskbeam/observability.py). No
+# access log: Nginx writes one (JSON, with the request id), without health checks.
+if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+    from taskbeam.observability import gunicorn_logconfig
+
+    logconfig_dict = gunicorn_logconfig("json")
 # Gunicorn 27's control socket (for `gunicornc`) would live in an unwritable home.
 control_socket_disable = True
 

@@ -300,6 +300,7 @@ return reply
 
 # Writes the held-back roll-up events of workflows whose last event is 100 ms old
 # (at most ARGV[16] of them); returns their events, for a caller that publishes them.
+# KEYS[1] and KEYS[2] are the pending set (no task of its own).
 FLUSH_ROLLUPS = (
     EVENTS
     + """

@@ -109,14 +109,16 @@ class Workflows(StoreBase):
     def cancel_children(self, task_id: str, publish: Any = None) -> int:
         """End the queued children as cancelled, ask the running ones to stop; how
         many were unfinished. ``publish``: as :meth:`flush_rollups`'s."""
-        keys = [self.keys.task(task_id), "", *self._shared_keys()]
+        keys = [self.keys.task(task_id), self.keys.events(task_id), *self._shared_keys()]
         return int(self._call(self._cancel_children, keys, self._event_args(publish)))
 
     def flush_rollups(self, publish: Any = None) -> list[tuple[str, str]]:
         """Write the roll-up events held back for 100 ms or more; ``(parent id,
         event)`` of each. ``publish(task_id)``: the envelope to publish each with in
         the script (:meth:`taskbeam.emitter.StockEnvelope.around`), or None."""
-        keys = ["", "", *self._shared_keys()]
+        # No task of its own: the pending set stands in for it (a declared key must be
+        # one the caller's Redis user may touch, so never an empty placeholder).
+        keys = [self.keys.rollups, self.keys.rollups, *self._shared_keys()]
         args = [*self._event_args(publish), FLUSH_BATCH]
         written = self._call(self._flush_rollups, keys, args)
         return list(zip(written[::2], written[1::2]))

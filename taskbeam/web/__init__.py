@@ -13,7 +13,7 @@ from flask_socketio import SocketIO
 
 import redis
 
-from .. import config, registry
+from .. import config, observability, registry, tracing
 from ..broker import make_celery
 from ..emitter import Emitter
 from ..store import TaskStore, redis_client, redis_tls
@@ -52,7 +52,11 @@ def create_app(settings=None, owner_of=None):
     (docs/identity.md); None means not signed in (401 ``unauthenticated``).
     """
     settings = settings or config.load_or_exit()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if settings.log_format == "json":
+        observability.configure("json")
+    else:
+        logging.basicConfig(level=logging.INFO, format=observability.TEXT_FORMAT)
+        observability.drop_health_checks()  # the container's /readyz every 5 s
 
     app = Flask(__name__, static_folder=None)
     app.config.update(
@@ -68,14 +72,17 @@ def create_app(settings=None, owner_of=None):
         SESSION_COOKIE_SECURE=settings.session_cookie_secure,
         PERMANENT_SESSION_LIFETIME=30 * 86_400,
     )
-    # Nginx is the one proxy in front: trust its X-Forwarded-For/-Proto only.
+    # Nginx is the one proxy in front: trust its X-Forwarded-For/-Proto only, and
+    # the X-Request-ID it sets on every request.
     app.wsgi_app = front.trust_nginx(app.wsgi_app)
+    app.config["TASKBEAM_TRUST_REQUEST_ID"] = True
     install(app, socketio, settings, owner_of)
     # Outermost, so Socket.IO's handshake is checked too.
     app.wsgi_app = front.HostCheck(app.wsgi_app, settings)
     from . import api
 
     api.register_error_handlers(app)  # every answer of this app is the contract's JSON
+    tracing.start("taskbeam-web", app)  # only with OTEL_EXPORTER_OTLP_ENDPOINT set
     return app
 
 
@@ -88,6 +95,7 @@ def install(app, sio, settings, owner_of=None):
     # instead of opening one per greenlet (and timing out under the load it makes).
     client = redis_client(settings, max_connections=REDIS_POOL_SIZE)
     metrics = Metrics()
+    metrics.count_responses(app)
     # The fast transport, or stock python-socketio (WEB_FAST_TRANSPORT=0; fastws).
     fast = fastws.in_use(settings)
     manager = make_manager(
@@ -126,6 +134,8 @@ def install(app, sio, settings, owner_of=None):
         identity=identity.Identity(settings.auth, owner_of),
         socketio=sio,
     )
+
+    front.request_ids(app)
 
     @app.before_request
     def ensure_owner():

@@ -10,12 +10,12 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, session
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
-from .. import broker, export, protocol, quotas, registry, tasks
+from .. import broker, export, observability, protocol, quotas, registry, tasks
 from ..protocol import MAX_CHILDREN_PAGE, MAX_EVENTS_PAGE, MAX_SEQ_DIGITS
 from ..store import Keys, TaskFinished, TaskGone, TooManyActive
 from . import identity
 from .front import origin_allowed, own_origin
-from .metrics import render_operator_gauges
+from .metrics import render_operator_gauges, resource_gauges
 from .openapi import openapi_document
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,8 @@ def current_owner():
             raise ApiError(
                 401, exc.code, exc.message, {"WWW-Authenticate": exc.challenge}
             ) from None
+        # Its hash, on this request's log lines (and its tasks').
+        observability.bind(owner=observability.owner_hash(g.owner))
     return g.owner
 
 
@@ -154,6 +156,12 @@ def refuse_foreign_origin():
         raise ApiError(403, "forbidden_origin", "This origin is not allowed.")
 
 
+@bp.teardown_app_request
+def forget_log_ids(_exc):
+    # The owner bound by current_owner (and the request id) end with the request.
+    observability.clear()
+
+
 @bp.before_request
 def require_owner():
     # Credentials before anything else about a task request: no 404 vs 400 oracle.
@@ -199,6 +207,12 @@ def create_task():
         ) from None
     except tasks.QueueUnavailable as exc:
         raise ApiError(503, "unavailable", str(exc)) from None
+    log.info(
+        "task %s created: %s",
+        snapshot["id"],
+        job.kind,
+        extra={"task_id": snapshot["id"], "kind": job.kind},
+    )
     response = jsonify(snapshot)
     response.status_code = 202
     response.headers["Location"] = url_for("api.get_task", task_id=snapshot["id"])
@@ -348,6 +362,7 @@ def metrics():
         gauges = svc.store.operator_gauges()
         gauges["queue_length"] = broker.queue_length(svc.redis, svc.celery)
         text += render_operator_gauges(gauges)
+        text += resource_gauges(svc.redis, svc.settings)
     except RedisError:
         pass  # Redis down: this process's own counters still answer
     return Response(text, content_type="text/plain; version=0.0.4; charset=utf-8")

@@ -9,6 +9,8 @@
   Host *and* as Origin, which the Origin check alone would take for our own origin.
 - :func:`origin_allowed`: the Origin check itself, of the API's state-changing
   requests and of Socket.IO's handshake.
+- :func:`request_ids`: each request's id for the log lines (and its task's), Nginx's
+  ``X-Request-ID`` where the app trusts it.
 """
 
 import ipaddress
@@ -17,6 +19,8 @@ from urllib.parse import urlsplit
 
 from flask import request
 from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .. import observability
 
 # Always served: loopback names and the Compose service name other containers use.
 # IP literals are always allowed too: a rebinding attack needs a domain name.
@@ -34,6 +38,35 @@ _MISDIRECTED = json.dumps(
 
 def trust_nginx(wsgi_app):
     return ProxyFix(wsgi_app, x_for=1, x_proto=1)
+
+
+def request_ids(app):
+    """Bind each request's id for its log lines and answer it in ``X-Request-ID``.
+
+    The incoming ``X-Request-ID`` is believed only where the app trusts its proxy as
+    it does for X-Forwarded-For (``TASKBEAM_TRUST_REQUEST_ID``: :func:`create_app` sets
+    it, for the Nginx in front, which sets the header on every request); an app of
+    your own (the extension) makes its own ids unless it sets the flag.
+    """
+
+    @app.before_request
+    def bind_request_id():
+        incoming = None
+        if app.config.get("TASKBEAM_TRUST_REQUEST_ID"):
+            incoming = request.headers.get("X-Request-ID")
+        observability.bind(request_id=observability.request_id(incoming))
+
+    @app.after_request
+    def answer_request_id(response):
+        rid = observability.current().get("request_id")
+        if rid is not None:
+            response.headers["X-Request-ID"] = rid
+        return response
+
+    @app.teardown_request
+    def unbind_request_id(_exc):
+        # A keep-alive connection's next request runs in the same greenlet.
+        observability.clear()
 
 
 def host_allowed(host_header, allowed):

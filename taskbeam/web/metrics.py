@@ -1,13 +1,22 @@
 """Prometheus text-format metrics (`GET /metrics`, not proxied by Nginx: scrape each
 `web` container on the Compose network, port 8000): counters of one web process,
-and gauges of the whole deployment read from Redis, for autoscalers."""
+and gauges of the whole deployment read from Redis, for autoscalers and the alert
+rules of deploy/monitoring/."""
 
 import gc
 import threading
 import time
 
+from flask import request
+from redis.exceptions import ResponseError
+
 from .. import protocol
+from ..store import Keys
 from .fastws import seams
+
+# Not counted in taskbeam_http_responses_total: health checks and scrapes arrive every
+# few seconds whatever the traffic, and would dilute the error rate the alerts read.
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class Metrics:
@@ -24,7 +33,20 @@ class Metrics:
         self.lag_last = 0.0
         self.mq_reads = 0  # socket reads of the message-queue listener ...
         self.mq_messages = 0  # ... and the messages they brought
+        self.responses = {}  # HTTP status -> answers (a few dozen statuses at most)
         watch_gc()
+
+    def count_responses(self, app):
+        """Count ``app``'s answers by status (an unhandled error's 500 too: Flask runs
+        ``after_request`` for it), the :data:`PROBE_PATHS` left out."""
+
+        @app.after_request
+        def count(response):
+            if request.path not in PROBE_PATHS:
+                with self.lock:
+                    status = response.status_code
+                    self.responses[status] = self.responses.get(status, 0) + 1
+            return response
 
     def read(self, messages):
         """One socket read of the message-queue listener brought ``messages`` messages."""
@@ -144,7 +166,14 @@ class Metrics:
                     int(getattr(manager, "fast_transport", False)),
                 ),
             ]
-        return _text(rows) + GC.render()
+            responses = sorted(self.responses.items())
+        name = "taskbeam_http_responses_total"
+        lines = [
+            f"# HELP {name} HTTP answers of this process by status (probes excluded).",
+            f"# TYPE {name} counter",
+        ]
+        lines += [f'{name}{{code="{code}"}} {count}' for code, count in responses]
+        return _text(rows) + "\n".join(lines) + "\n" + GC.render()
 
 
 class GcWatch:
@@ -210,6 +239,63 @@ def render_operator_gauges(values):
         [
             (name, "gauge", text, values[name.removeprefix("taskbeam_")])
             for name, text in OPERATOR_GAUGES
+        ]
+    )
+
+
+# The deployment's resources, read on each scrape for the alert rules: name, help text,
+# source (``memory``: Redis's INFO memory; ``exports``: the exports volume as a worker
+# last measured it, taskbeam.quotas.report_export_usage) and field.
+RESOURCE_GAUGES = (
+    (
+        "taskbeam_redis_used_memory_bytes",
+        "Memory Redis uses (INFO memory: used_memory).",
+        "memory",
+        "used_memory",
+    ),
+    (
+        "taskbeam_redis_maxmemory_bytes",
+        "Redis's memory cap (maxmemory; 0: none).",
+        "memory",
+        "maxmemory",
+    ),
+    ("taskbeam_export_volume_size_bytes", "Size of the exports volume.", "exports", "size"),
+    (
+        "taskbeam_export_volume_free_bytes",
+        "Free space on the exports volume.",
+        "exports",
+        "free",
+    ),
+    (
+        "taskbeam_export_volume_floor_bytes",
+        "Free space at or below which exports are refused and stopped (EXPORT_MIN_FREE_PCT).",
+        "exports",
+        "floor",
+    ),
+    ("taskbeam_exports_stored_bytes", "Bytes of the stored export files.", "exports", "used"),
+    (
+        "taskbeam_exports_cap_bytes",
+        "Stored export bytes at which new exports are refused (EXPORT_QUOTA_BYTES).",
+        "exports",
+        "cap",
+    ),
+)
+
+
+def resource_gauges(redis, settings):
+    """The gauges of :data:`RESOURCE_GAUGES`, as Prometheus text. Redis's are left out
+    when this Redis user may not run INFO; the volume's when no worker measured it in
+    the last two minutes (the figures expire: stale ones would hide a full volume)."""
+    try:
+        sources = {"memory": redis.info("memory")}
+    except ResponseError:  # INFO refused to this user: the other gauges still answer
+        sources = {}
+    sources["exports"] = redis.hgetall(Keys(settings.namespace).exports_usage)
+    return _text(
+        [
+            (name, "gauge", text, int(float(sources[source][field])))
+            for name, text, source, field in RESOURCE_GAUGES
+            if field in sources.get(source, {})
         ]
     )
 

@@ -30,6 +30,21 @@ def compose(*args, check=True, timeout=120):
     return done.stdout
 
 
+def json_lines(service, since):
+    """The JSON objects among a service's log lines since ``since`` (epoch seconds)."""
+    found = []
+    for line in compose("logs", "--no-color", "--no-log-prefix", "--since", since, service).split(
+        "\n"
+    ):
+        if "{" not in line:
+            continue
+        try:  # from the first brace: `compose logs` may put terminal codes before it
+            found.append(json.loads(line[line.index("{") :]))
+        except ValueError:
+            pass
+    return found
+
+
 def docker(*args, timeout=60):
     """Run `docker ARGS`; returns stdout."""
     return subprocess.run(

@@ -22,7 +22,10 @@ def test_web_never_gets_the_database_url():
 def test_web_shares_a_network_with_nginx_and_nothing_else_does():
     found = {name: set(s.get("networks", ["default"])) for name, s in services().items()}
     front = {name for name, networks in found.items() if "front" in networks}
-    assert front == {"nginx", "web", "flower"}
+    # Flower and Prometheus (the monitoring profile): Nginx serves Flower; Prometheus
+    # scrapes web's /metrics, which Gunicorn serves on the front network only.
+    assert front == {"nginx", "web", "flower", "prometheus"}
+    assert found["prometheus"] == {"front"}
     assert found["nginx"] == {"front"} and found["worker"] == {"back"}
     assert found["redis"] == {"back"}
     # web listens on the front network's interface (web/gunicorn.conf.py) only.

@@ -219,3 +219,33 @@ def test_tls_settings_are_modern():
     assert "proxy_cookie_flags ~ secure;" in tls
     snippet = (NGINX / "security-headers.conf").read_text()
     assert "add_header Strict-Transport-Security $hsts always;" in snippet
+
+
+def test_every_proxied_location_passes_the_request_id():
+    text = render().stdout
+    proxied = [body for name, body in blocks(text) if "proxy_pass $" in body]
+    assert len(proxied) == 3  # /socket.io/, the API, Flower
+    for body in proxied:
+        assert "proxy_set_header X-Request-ID $taskbeam_request_id;" in body
+
+
+def trusted_geo(text):
+    geo = text.split("geo $realip_remote_addr $from_trusted_proxy {", 1)[1].split("}", 1)[0]
+    return [line.strip() for line in config_lines(geo) if line.strip()]
+
+
+def test_a_request_id_is_believed_only_from_a_trusted_proxy():
+    assert trusted_geo(render().stdout) == ["default 0;"]
+    text = render(TRUSTED_PROXY_CIDRS="10.42.0.0/16,fd00::/8").stdout
+    assert trusted_geo(text) == ["default 0;", "10.42.0.0/16 1; fd00::/8 1;"]
+    assert '"~^1:(?<forwarded_request_id>[A-Za-z0-9._-]{1,64})$"' in text
+    assert re.search(r"default\s+\$request_id;", text)
+
+
+def test_the_access_log_is_json_without_health_checks():
+    text = "\n".join(config_lines(render().stdout))
+    assert "log_format taskbeam_json escape=json" in text
+    assert '"request_id":"$taskbeam_request_id"' in text
+    (access_log,) = re.findall(r"access_log /dev/stdout [^;]*;", text)
+    assert access_log == "access_log /dev/stdout taskbeam_json if=$taskbeam_loggable;"
+    assert "~^/(healthz|readyz|nginx-health)$ 0;" in text

@@ -1,11 +1,15 @@
-"""The deployment's gauges for autoscalers (GET /metrics: queue length, tasks queued
-and the oldest one's age, tasks running, workers alive), against the real store,
-Celery's real queue layout and a throwaway Redis."""
+"""The deployment's gauges for autoscalers and alerts (GET /metrics: queue length, tasks
+queued and the oldest one's age, tasks running, workers alive, Redis's memory, the
+exports volume), against the real store, Celery's real queue layout and a throwaway
+Redis."""
 
+import dataclasses
 import os
+from types import SimpleNamespace
 
-from taskbeam import broker
-from taskbeam.web.metrics import render_operator_gauges
+import redis as redis_lib
+from taskbeam import broker, quotas
+from taskbeam.web.metrics import render_operator_gauges, resource_gauges
 
 os.environ.setdefault("REDIS_URL", "redis://placeholder:6379/0")
 from taskbeam import worker  # noqa: E402  (needs REDIS_URL at import)
@@ -63,3 +67,57 @@ def test_the_gauges_render_as_prometheus_text():
         "taskbeam_workers_alive": "2",
     }
     assert "# TYPE taskbeam_workers_alive gauge" in text
+
+
+def samples_of(text):
+    return {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+def test_redis_memory_and_the_exports_volume_are_gauges(
+    redis_client, store, settings, tmp_path, monkeypatch
+):
+    """What the alert rules (deploy/monitoring/) watch: Redis's memory against its
+    cap, and the exports volume as a worker last measured it."""
+    settings = dataclasses.replace(settings, export_dir=str(tmp_path))
+    redis_client.config_set("maxmemory", 50_000_000)
+    try:
+        found = samples_of(resource_gauges(redis_client, settings))
+    finally:
+        redis_client.config_set("maxmemory", 0)
+    assert found["taskbeam_redis_maxmemory_bytes"] == 50_000_000
+    assert 0 < found["taskbeam_redis_used_memory_bytes"] < 50_000_000
+    assert "taskbeam_export_volume_free_bytes" not in found  # no worker measured yet
+    volume = SimpleNamespace(f_blocks=1000, f_frsize=4096, f_bavail=300)
+    monkeypatch.setattr(quotas.os, "statvfs", lambda path: volume)
+    (tmp_path / "abc.1.csv").write_bytes(b"x" * 700)
+    quotas.report_export_usage(redis_client, store, settings)
+    found = samples_of(resource_gauges(redis_client, settings))
+    assert found["taskbeam_export_volume_size_bytes"] == 4_096_000
+    assert found["taskbeam_export_volume_free_bytes"] == 1_228_800
+    assert found["taskbeam_export_volume_floor_bytes"] == 409_600  # EXPORT_MIN_FREE_PCT=10
+    assert found["taskbeam_exports_stored_bytes"] == 700
+    assert found["taskbeam_exports_cap_bytes"] == 2_048_000  # half the volume
+
+
+def test_a_redis_user_without_info_still_gets_the_export_gauges(
+    redis_server, redis_client, store, settings, tmp_path
+):
+    settings = dataclasses.replace(settings, export_dir=str(tmp_path))
+    quotas.report_export_usage(redis_client, store, settings)
+    redis_client.acl_setuser(
+        "noinfo", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-info"]
+    )
+    limited = redis_lib.Redis(
+        unix_socket_path=redis_server, username="noinfo", password="pw", decode_responses=True
+    )
+    try:
+        found = samples_of(resource_gauges(limited, settings))
+    finally:
+        limited.close()
+        redis_client.acl_deluser("noinfo")
+    assert "taskbeam_redis_used_memory_bytes" not in found
+    assert "taskbeam_export_volume_free_bytes" in found

@@ -69,3 +69,24 @@ def test_the_default_user_has_everything_and_wants_the_password(node):
     assert node.client.config_get("maxmemory")  # operators, the health check
     with pytest.raises(redis_lib.exceptions.AuthenticationError):
         redis_lib.Redis(port=node.port).ping()
+
+
+def test_the_web_may_run_every_store_script_it_calls(node):
+    """A script's declared keys are checked too: an empty placeholder key is refused."""
+    from taskbeam import config, registry
+    from taskbeam.store import TaskStore
+
+    settings = config.load(
+        {"REDIS_URL": "redis://placeholder:6379/0", "TASKBEAM_NAMESPACE": "taskbeam"},
+        need_secret=False,
+    )
+    password = ROLE_ENV["REDIS_WEB_PASSWORD"]
+    web = redis_lib.Redis(port=node.port, username="web", password=password, decode_responses=True)
+    store = TaskStore(web, settings)
+    parent = store.create(kind="primes", owner="alice", params={})
+    child = registry.PlannedChild("count_primes", {"start": 0, "stop": 10}, 1.0)
+    store.create_children(parent, [child], span=90, allow_failures=False, fan_in=True, stage="a")
+    store.append(parent["id"], state="cancelled", message="Cancelled")
+    assert store.cancel_children(parent["id"]) == 1
+    store.flush_rollups()
+    assert store.remove_finished(parent["id"], "alice")

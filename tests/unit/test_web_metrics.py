@@ -8,6 +8,7 @@ import threading
 import time
 
 import socketio
+from flask import Flask
 
 from taskbeam.web.fastws import listener
 from taskbeam.web.metrics import Metrics
@@ -81,3 +82,26 @@ def test_the_fast_listener_counts_messages_per_socket_read(redis_server, redis_c
     # closes at it); every message before it is.
     assert sample(text, "taskbeam_mq_messages_total") >= 50
     assert 1 <= reads < 50
+
+
+def test_responses_are_counted_by_status_but_not_the_probes():
+    """The 5xx-rate alert's counter: every answer of the app, an unhandled error's
+    500 too; the health checks and scrapes every few seconds are left out."""
+    metrics = Metrics()
+    app = Flask(__name__)
+    metrics.count_responses(app)
+    app.add_url_rule("/ok", "ok", lambda: "fine")
+    app.add_url_rule("/healthz", "healthz", lambda: "fine")
+
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("a bug")
+
+    client = app.test_client()
+    client.get("/ok"), client.get("/ok"), client.get("/missing"), client.get("/boom")
+    client.get("/healthz")
+    text = rendered(metrics)
+    assert "# TYPE taskbeam_http_responses_total counter" in text
+    assert sample(text, "taskbeam_http_responses_total", code="200") == 2
+    assert sample(text, "taskbeam_http_responses_total", code="404") == 1
+    assert sample(text, "taskbeam_http_responses_total", code="500") == 1

@@ -32,7 +32,7 @@ class Sent:
     def __init__(self):
         self.ids = []
 
-    def __call__(self, name, args=None, task_id=None, connection=None):
+    def __call__(self, name, args=None, task_id=None, connection=None, headers=None):
         self.ids.append(task_id)
 
 
