@@ -16,6 +16,11 @@ const CLOCK_PAINTS = 25;     // tasks whose times are redrawn per frame
 const OFFSCREEN_PAINTS = 25; // off-screen tasks redrawn per frame, each at most once a second
 const RESULT_PAIRS = 20;     // a result shows at most this many key/value pairs
 const VALUE_CHARS = 200;     // ... each value cut to this length
+const KID_ROW_PX = 44;       // a child's row (style.css .kid): the list is windowed by it
+const KID_MARGIN = 4;        // rows drawn beyond the view, either side
+const KID_POLL_MS = 1000;    // an open list of an unfinished workflow is read this often
+const KID_KEEP = 200;        // children kept in memory either side of the view
+const KID_SETTLE_POLLS = 10; // reads after the workflow ended, while children in view end too
 
 const tasks = new Map(); // id -> task {snapshot, el, f (its nodes), est, log}
 const kinds = new Map(); // kind -> {kind, title, description, units, schema, form, fields}
@@ -124,22 +129,29 @@ function show(node, visible) {
 // Samples are (server ts, amount done) of running events; the rate is the slope
 // over the last RATE_WINDOW_S. A report with counts (done/total) measures in its
 // units (rows, steps), one without in percent; a change of unit or a step back
-// (a retry starting over) starts the history again.
+// (a retry starting over) starts the history again. A task in stages, or a
+// workflow, measures in its weighted percent: its counts are the current stage's
+// (or finished children's) and would mislead.
 function sample(task, ev) {
   const e = task.est;
   if (ev.state !== "running" || typeof ev.ts !== "number") {
     if (ev.state !== "running") e.samples = [];
     return;
   }
-  const total = ev.total || 100;
-  const x = ev.total ? ev.done : ev.progress;
+  const k = kinds.get(task.snapshot.kind) || {};
+  const staged = !!ev.stage || !!(k.stages && k.stages.length) || !!k.workflow;
+  const counted = !!ev.total && !staged;
+  const total = counted ? ev.total : 100;
+  const x = counted ? ev.done : ev.progress;
   const last = e.samples[e.samples.length - 1];
   // Measure from the last report before work moved (an export counts rows first).
-  if (last && (last.total !== total || x < last.x || x === e.samples[0].x)) e.samples = [];
-  e.samples.push({ ts: ev.ts, x, total, at: performance.now() });
+  if (last && (last.total !== total || last.counted !== counted || x < last.x ||
+               x === e.samples[0].x)) e.samples = [];
+  e.samples.push({ ts: ev.ts, x, total, counted, at: performance.now() });
   while (e.samples.length > 3 && ev.ts - e.samples[1].ts >= RATE_WINDOW_S) e.samples.shift();
   if (e.samples.length > 200) e.samples.splice(1, 1);
   if (ev.total) task.counts = { done: ev.done, total: ev.total };
+  else if (staged) task.counts = null; // a new stage, not counted yet
 }
 
 function rateOf(task) {
@@ -214,14 +226,16 @@ function paint(task, now) {
   if (task.resultShown !== s.result) paintResult(task);
 
   const unit = (kinds.get(s.kind) || {}).units || "items";
-  const c = task.counts;
+  const c = task.counts || (s.children && s.children.total ? s.children : null);
+  fact(task, "stage", s.state === "running" && s.stage ? s.stage : null);
   fact(task, "progress", `${Math.floor(s.progress)} %` +
     (c ? ` · ${num0.format(c.done)} of ${num0.format(c.total)} ${unit}` : ""));
   fact(task, "queue", s.state === "queued" && s.queue_position ? num0.format(s.queue_position) : null);
   const left = timeLeft(task, now);
   fact(task, "left", left === null ? null : duration(left));
   const r = active && rateOf(task);
-  fact(task, "rate", r ? rateText(r.rate, c ? unit : "%") : null);
+  fact(task, "rate", r ? rateText(r.rate, r.last.counted ? unit : "%") : null);
+  paintKidsToggle(task);
   fact(task, "error", s.state === "failed" && s.error ? `${s.error.message} (${s.error.code})` : null);
   // What moves with the clock only: once a second, or when the state changes,
   // for at most CLOCK_PAINTS tasks a frame (the others wait a frame or two).
@@ -299,6 +313,7 @@ const onScreen = new IntersectionObserver((entries) => {
     const task = entry.target.task;
     task.onScreen = entry.isIntersecting;
     if (task.onScreen) changed(task, false);
+    if (task.onScreen && task.kids && task.kids.idle) loadKids(task);
   }
 });
 
@@ -345,7 +360,8 @@ function track(snapshot, atTop) {
       bar: el.querySelector(".bar"), fill: el.querySelector(".fill"),
       message: el.querySelector(".message"), cancel: el.querySelector(".cancel"),
       again: el.querySelector(".again"), download: el.querySelector(".download"),
-      result: el.querySelector(".result") };
+      result: el.querySelector(".result"), kidsToggle: el.querySelector(".kids-toggle"),
+      kids: el.querySelector(".kids") };
     for (const row of el.querySelectorAll("[data-fact]")) {
       const term = row.firstElementChild;
       term.id = `${snapshot.id}-${row.dataset.fact}`;
@@ -362,11 +378,15 @@ function track(snapshot, atTop) {
     f.again.addEventListener("click", () => runAgain(task));
     el.querySelector(".log-toggle").addEventListener("click", () => toggleLog(task));
     el.querySelector(".log-more").addEventListener("click", () => loadLog(task));
+    f.kidsToggle.addEventListener("click", () => toggleKids(task));
+    f.kids.id = `${snapshot.id}-kids`;
+    f.kidsToggle.setAttribute("aria-controls", f.kids.id);
     tasks.set(snapshot.id, task);
     if (atTop) order.unshift(snapshot.id); else order.push(snapshot.id);
   } else if (snapshot.seq >= task.snapshot.seq) {
     task.snapshot = Object.assign(task.snapshot, snapshot);
     if (snapshot.state !== "queued") delete task.snapshot.queue_position;
+    if (!snapshot.stage) delete task.snapshot.stage;
   }
   changed(task, true);
   if (!TERMINAL.has(task.snapshot.state)) subscribe(snapshot.id);
@@ -388,12 +408,20 @@ function apply(event) {
   if (event.state === "running" && !s.started_at) s.started_at = stamp;
   if (event.result) s.result = event.result;
   if (event.error) s.error = event.error;
+  // A stage is named while running (a report that names none stays in it).
+  if (event.state !== "running") delete s.stage;
+  else if (event.stage) s.stage = event.stage;
+  // A workflow's counts are its children: finished, in all.
+  if (event.total && (s.children || (kinds.get(s.kind) || {}).workflow)) {
+    s.children = { failed: 0, ...s.children, done: event.done, total: event.total };
+  }
   sample(task, event);
   logLive(task, event);
   const ended = wasActive && TERMINAL.has(event.state);
   if (ended) {
     s.finished_at = stamp;
     notify(task);
+    if (task.kids && task.kids.open) loadKids(task); // their final states
   }
   changed(task, ended);
 }
@@ -550,6 +578,160 @@ function logAppend(log, events) {
     log.count++;
   }
   log.list.append(items);
+}
+
+// --- a workflow's children ----------------------------------------------------
+
+// A workflow's children are read a page at a time (GET .../children), never
+// subscribed to: only the rows in view (and KID_MARGIN either side) are in the
+// DOM, over a list as tall as all of them, so 1,000 children cost as much as 20.
+// While the list is open and the workflow unfinished, the rows in view are read
+// again every KID_POLL_MS, one request at a time; once it ends, once more (and a
+// few more while children in view are still stopping, e.g. after a cancel).
+
+// How many children: the last page's count or the workflow's own, the larger
+// (either may be the older); null while neither is known.
+function kidsTotal(task) {
+  const read = task.kids ? task.kids.total : null;
+  const own = task.snapshot.children ? task.snapshot.children.total : null;
+  return read === null ? own : own === null ? read : Math.max(read, own);
+}
+
+function paintKidsToggle(task) {
+  const s = task.snapshot;
+  const button = task.f.kidsToggle;
+  show(button, !!s.children || !!(kinds.get(s.kind) || {}).workflow);
+  if (button.hidden) return;
+  const n = kidsTotal(task);
+  const what = n ? `${num0.format(n)} ${n === 1 ? "child" : "children"}` : "children";
+  setText(button, `${task.kids && task.kids.open ? "Hide" : "Show"} ${what}`);
+}
+
+function toggleKids(task) {
+  const k = task.kids ||= { open: false, total: null, rows: [], cache: new Map(),
+                            loading: false, again: false, timer: 0 };
+  k.open = !k.open;
+  task.f.kidsToggle.setAttribute("aria-expanded", String(k.open));
+  show(task.f.kids, k.open);
+  paintKidsToggle(task);
+  if (!k.open) {
+    clearTimeout(k.timer);
+    return;
+  }
+  if (!k.listening) {
+    k.listening = true;
+    task.f.kids.addEventListener("scroll", () => scrollKids(task), { passive: true });
+  }
+  paintKids(task);
+  loadKids(task);
+}
+
+// The rows in view and KID_MARGIN either side: [first, last], empty when last < first.
+function kidsWindow(task) {
+  const list = task.f.kids;
+  const total = kidsTotal(task) || 0;
+  const view = list.clientHeight || 8 * KID_ROW_PX;
+  const first = Math.max(0, Math.floor(list.scrollTop / KID_ROW_PX) - KID_MARGIN);
+  const last = Math.min(total - 1, Math.ceil((list.scrollTop + view) / KID_ROW_PX) - 1 + KID_MARGIN);
+  return { first, last, rows: Math.ceil(view / KID_ROW_PX) + KID_MARGIN };
+}
+
+function scrollKids(task) {
+  const k = task.kids;
+  paintKids(task);
+  const { first, last } = kidsWindow(task);
+  for (let i = first; i <= last; i++) {
+    if (!k.cache.has(i)) return loadKids(task);
+  }
+}
+
+async function loadKids(task) {
+  const k = task.kids;
+  if (!k.open) return;
+  if (k.loading) { k.again = true; return; }
+  // A list out of sight waits until it is seen again (see onScreen).
+  k.idle = task.el.hidden || !task.onScreen;
+  if (k.idle) return;
+  k.loading = true;
+  k.again = false;
+  clearTimeout(k.timer);
+  const ended = TERMINAL.has(task.snapshot.state);
+  let settled = false;
+  const w = kidsWindow(task);
+  // Before the count is known, the first screenful.
+  const offset = k.total === null ? 0 : w.first;
+  const limit = Math.max(1, Math.min(100, k.total === null ? w.rows : w.last - w.first + 1));
+  try {
+    const id = encodeURIComponent(task.snapshot.id);
+    const page = await api("GET", `/api/tasks/${id}/children?offset=${offset}&limit=${limit}`);
+    k.total = page.total;
+    // What was read before the end is stale now: read again when scrolled to.
+    if (ended && !k.ends) k.cache.clear();
+    if (ended) k.ends = (k.ends || 0) + 1;
+    settled = ended && page.children.every((child) => TERMINAL.has(child.state));
+    page.children.forEach((child, i) => k.cache.set(page.offset + i, child));
+    for (const i of k.cache.keys()) {
+      if (i < w.first - KID_KEEP || i > w.last + KID_KEEP || i >= k.total) k.cache.delete(i);
+    }
+  } catch (err) {
+    formError.textContent = err.message;
+  }
+  k.loading = false;
+  if (!k.open) return;
+  paintKids(task);
+  paintKidsToggle(task);
+  if (k.again) loadKids(task);
+  else if (!ended || (!settled && (k.ends || 0) < KID_SETTLE_POLLS)) {
+    k.timer = setTimeout(() => loadKids(task), KID_POLL_MS);
+  }
+}
+
+function kidRow() {
+  const row = make("li", { className: "kid" });
+  const bar = make("div", { className: "kid-bar" });
+  bar.setAttribute("role", "progressbar");
+  bar.setAttribute("aria-valuemin", "0");
+  bar.setAttribute("aria-valuemax", "100");
+  bar.append(make("div", { className: "kid-fill" }));
+  row.append(make("span", { className: "kid-n" }), make("span", { className: "kid-state" }),
+             bar, make("span", { className: "kid-message" }));
+  return row;
+}
+
+// Rows are kept in order, one per index in the window, placed by a transform.
+function paintKids(task) {
+  const k = task.kids;
+  const list = task.f.kids;
+  const total = kidsTotal(task) || 0;
+  list.style.setProperty("--kids", String(total));
+  const { first, last } = kidsWindow(task);
+  const n = Math.max(0, last - first + 1);
+  while (k.rows.length < n) k.rows.push(list.appendChild(kidRow()));
+  while (k.rows.length > n) k.rows.pop().remove();
+  k.rows.forEach((row, j) => paintKid(row, first + j, k.cache.get(first + j), total));
+}
+
+function paintKid(row, i, child, total) {
+  const [n, state, bar, message] = row.children;
+  if (row.index !== i) {
+    row.index = i;
+    row.style.transform = `translateY(${i * KID_ROW_PX}px)`;
+    row.setAttribute("aria-posinset", String(i + 1));
+    bar.setAttribute("aria-label", `Child ${i + 1} progress`);
+  }
+  if (row.getAttribute("aria-setsize") !== String(total)) row.setAttribute("aria-setsize", String(total));
+  const s = child || { state: "", progress: 0, message: "" };
+  if (row.dataset.state !== s.state) row.dataset.state = s.state;
+  setText(n, `${num0.format(i + 1)}`);
+  setText(state, child ? s.state : "…");
+  const pct = String(Math.round(s.progress || 0));
+  if (bar.getAttribute("aria-valuenow") !== pct) {
+    bar.setAttribute("aria-valuenow", pct);
+    bar.firstElementChild.style.transform = `scaleX(${(s.progress || 0) / 100})`;
+  }
+  const text = s.state === "failed" && s.error ? `${s.error.message} (${s.error.code})` : s.message || "";
+  setText(message, text);
+  if (message.title !== text) message.title = text;
 }
 
 // --- notifications ------------------------------------------------------------
