@@ -107,30 +107,20 @@ def emit_batch(raw, envelope, sender, task_ids, first, count, progress, mode, in
         return
     if mode == "persist":
         # What TaskStore.append sends for a run's event: its token and an emit id.
-        head = (repr(float(f"{now:.6f}")), protocol.iso_utc(now), store.maxlen, store.retention_s)
-        tail = ("progress", repr(float(progress)), "message", "bench")
         # Sentinel mode: each append followed by its WAIT for replicas, as the store does.
         wait = [raw.command("WAIT", store.wait_replicas, store.wait_timeout_ms)]
-        appends = [
-            raw.command(
-                "EVALSHA",
-                store._append.sha,
-                6,
-                store.keys.task(t),
-                store.keys.events(t),
-                store.keys.leases,
-                store.keys.active,
-                store.keys.queued,
-                store.keys.main_only,
-                *head,
-                store.new_emit_id(),
-                TOKENS[t],
-                store.keys.owner(""),
-                *(envelope.around(t) if in_append else ("", "", "", "")),
-                *tail,
+        appends = []
+        for t in targets:
+            keys, args = store.append_call(
+                t,
+                now,
+                token=TOKENS[t],
+                emit_id=store.new_emit_id(),
+                publish=envelope.around(t) if in_append else None,
+                progress=progress,
+                message="bench",
             )
-            for t in targets
-        ]
+            appends.append(raw.command("EVALSHA", store._append.sha, len(keys), *keys, *args))
         step = 2 if store.wait_replicas else 1
         replies = raw.run([c for a in appends for c in [a] + wait * (step - 1)])[::step]
         if in_append:
@@ -152,7 +142,7 @@ def emit_batch(raw, envelope, sender, task_ids, first, count, progress, mode, in
         ]
     commands = []
     for task_id, event in zip(targets, events):
-        _channel, room_channel, head, tail = envelope.around(task_id)
+        _channel, room_channel, head, tail = envelope.around(task_id)[:4]
         commands.append(raw.command("PUBLISH", room_channel, head + event + tail))
     raw.run(commands)
 

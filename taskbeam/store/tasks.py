@@ -240,6 +240,31 @@ class Tasks(StoreBase):
         :raises TaskFinished: the task is already terminal; nothing was written.
         :raises LeaseLost: ``token`` is not the current run's; nothing was written.
         """
+        keys, args = self.append_call(
+            task_id, ts, token=token, emit_id=emit_id, publish=publish, **patch
+        )
+        reply = self._call(self._append, keys, args)
+        code = int(reply[0])
+        if code == -1:
+            raise TaskGone(task_id)
+        if code == 0:
+            raise TaskFinished(reply[1])
+        if code == -2:
+            raise LeaseLost(task_id)
+        return Appended(reply[1], reply[2] == "1", *reply[3:6])
+
+    def append_call(
+        self,
+        task_id: str,
+        ts: float | None = None,
+        *,
+        token: int | None = None,
+        emit_id: str | None = None,
+        publish: tuple[str, ...] | None = None,
+        **patch: Any,
+    ) -> tuple[list[str], list[Any]]:
+        """The append script's KEYS and ARGV for :meth:`append`'s arguments (also what
+        bench/emit_driver.py pipelines)."""
         ts = time.time() if ts is None else ts
         args = [
             # To the microsecond, as json.dumps writes that float (the published text).
@@ -272,15 +297,7 @@ class Tasks(StoreBase):
             self.keys.queued,
             self.keys.main_only,
         ]
-        reply = self._call(self._append, keys, args)
-        code = int(reply[0])
-        if code == -1:
-            raise TaskGone(task_id)
-        if code == 0:
-            raise TaskFinished(reply[1])
-        if code == -2:
-            raise LeaseLost(task_id)
-        return Appended(reply[1], reply[2] == "1", *reply[3:6])
+        return keys, args
 
     def publish(self, channel: str, room_channel: str, message: str) -> int:
         """PUBLISH ``message`` to ``room_channel``, read only by the web processes that

@@ -22,6 +22,8 @@ def test_every_client_back_gapless_through_storm(fault):
     # is its task's (it applied only seq + 1, so nothing in between was skipped).
     assert result["clients_behind_at_end"] == 0
     assert figures["all_back_after_ready_s"] < 30, figures
-    # The web's Docker health check never failed, and it never turned unhealthy.
-    assert figures["docker_checks_failed"] == 0, figures
+    # The web's Docker health check never failed once the new web was ready, and it
+    # never turned unhealthy. A check that runs while the restarted web is still
+    # starting fails (CI saw one); Docker's start period does not count it.
+    assert figures["docker_checks_failed_when_ready"] == 0, figures
     assert "unhealthy" not in figures["docker_statuses"], figures
