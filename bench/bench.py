@@ -47,7 +47,15 @@ from pathlib import Path
 import stockclient
 import timeline
 from sioclient import Client, create_task, owner_of, session_cookie
-from stack import compose, container_url, container_urls, containers, cpu_seconds, rss_kb
+from stack import (
+    compose,
+    container_url,
+    container_urls,
+    containers,
+    cpu_seconds,
+    rss_kb,
+    start_emit_driver,
+)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -86,25 +94,7 @@ class Driver:
     """The event source inside a worker container (bench/emit_driver.py)."""
 
     def __init__(self, owner, tasks):
-        script = (HERE / "emit_driver.py").read_text()
-        self.proc = subprocess.Popen(
-            [
-                "docker",
-                "compose",
-                "exec",
-                "-T",
-                "worker",
-                "python",
-                "-c",
-                script,
-                owner,
-                str(tasks),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self.task_ids = json.loads(self.proc.stdout.readline())["task_ids"]
+        self.proc, self.task_ids = start_emit_driver(owner, tasks)
 
     def run(self, rate, seconds, mode):
         self.proc.stdin.write(f"{rate} {seconds} {mode} {PUBLISH}\n")

@@ -1,12 +1,27 @@
 """Readings of the running Compose stack for the benchmarks (RSS, CPU time)."""
 
+import json
 import subprocess
+from pathlib import Path
 
 
 def compose(*args, **kwargs):
     return subprocess.run(
         ["docker", "compose", *args], capture_output=True, text=True, check=True, **kwargs
     ).stdout
+
+
+def start_emit_driver(owner, tasks):
+    """bench/emit_driver.py in a worker container, with ``tasks`` running tasks of
+    ``owner``: the process (commands on its stdin) and the tasks' ids."""
+    script = (Path(__file__).resolve().parent / "emit_driver.py").read_text()
+    proc = subprocess.Popen(
+        ["docker", "compose", "exec", "-T", "worker", "python", "-c", script, owner, str(tasks)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return proc, json.loads(proc.stdout.readline())["task_ids"]
 
 
 def containers(service):

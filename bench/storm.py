@@ -36,7 +36,7 @@ from pathlib import Path
 
 import websockets
 from sioclient import owner_of, session_cookie
-from stack import compose, container_url, containers
+from stack import compose, container_url, containers, start_emit_driver
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -328,25 +328,7 @@ class Feed:
     seq, then published, as a job's), in 2-s steps until stopped."""
 
     def __init__(self, owner, tasks, rate):
-        script = (HERE / "emit_driver.py").read_text()
-        self.proc = subprocess.Popen(
-            [
-                "docker",
-                "compose",
-                "exec",
-                "-T",
-                "worker",
-                "python",
-                "-c",
-                script,
-                owner,
-                str(tasks),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self.task_ids = json.loads(self.proc.stdout.readline())["task_ids"]
+        self.proc, self.task_ids = start_emit_driver(owner, tasks)
         self.rate, self.emitted = rate, 0
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)

@@ -51,6 +51,18 @@ def new_task_id() -> str:
     return secrets.token_urlsafe(12)
 
 
+def first_event(task_id: str, now: float) -> dict[str, Any]:
+    """A new task's event seq 1, ``queued``, stored with it."""
+    return {
+        "task_id": task_id,
+        "seq": 1,
+        "state": protocol.QUEUED,
+        "progress": 0.0,
+        "message": "Queued",
+        "ts": round(now, 6),
+    }
+
+
 def _count_text(count: float) -> str:
     # A JSON number, spliced into the event as it is: 20000, not 20000.0.
     return str(int(count)) if float(count).is_integer() else repr(float(count))
@@ -128,14 +140,7 @@ class Tasks(StoreBase):
         retention = self.retention_s
         if retention_s is not None and retention_s < self.retention_s:
             retention = fields["retention"] = retention_s
-        event = {
-            "task_id": task_id,
-            "seq": 1,
-            "state": protocol.QUEUED,
-            "progress": 0.0,
-            "message": "Queued",
-            "ts": round(now, 6),
-        }
+        event = first_event(task_id, now)
         args = [
             task_id,
             f"{now:.6f}",

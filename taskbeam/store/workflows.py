@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from .. import protocol
 from .base import StoreBase
-from .tasks import Snapshot, Tasks, new_task_id
+from .tasks import Snapshot, Tasks, first_event, new_task_id
 
 #: Workflows whose held-back roll-up event one flush writes at most.
 FLUSH_BATCH = 100
@@ -57,16 +57,8 @@ class Workflows(StoreBase):
             stage,
         ]
         for task_id, child in zip(ids, children):
-            event = {
-                "task_id": task_id,
-                "seq": 1,
-                "state": protocol.QUEUED,
-                "progress": 0.0,
-                "message": "Queued",
-                "ts": round(now, 6),
-            }
             args += [task_id, repr(child.weight), child.kind, json.dumps(child.params)]
-            args.append(json.dumps(event))
+            args.append(json.dumps(first_event(task_id, now)))
         keys = [
             self.keys.task(parent["id"]),
             self.keys.kids(parent["id"]),
