@@ -223,18 +223,24 @@ def freeze_run(api, watcher, task_id, pause_when, min_freeze_s, lead_by):
         handover_s = time.monotonic() - paused
         retry_index = handed_over()
 
+        # A run paused late (a slow `docker pause`) leaves less than ``lead_by`` to go:
+        # then half of what is left is ahead enough to see a stale writer behind.
+        target = frozen_at + min(lead_by, max(1, (100 - frozen_at) // 2))
+
         def new_run_ahead():
             after = watcher.history(task_id)[retry_index:]
             return time.monotonic() - paused >= min_freeze_s and any(
-                e["progress"] >= frozen_at + lead_by for e in after
+                e["progress"] >= target for e in after
             )
 
-        wait_until(
-            new_run_ahead,
-            min_freeze_s + 60,
-            interval=0.05,
-            what="the new run to get ahead of the frozen one",
-        )
+        try:
+            wait_until(new_run_ahead, min_freeze_s + 60, interval=0.05, what="")
+        except AssertionError:
+            after = [(e["state"], e["progress"]) for e in watcher.history(task_id)[retry_index:]]
+            raise AssertionError(
+                f"the new run never reached {target} % (frozen at {frozen_at} %) in "
+                f"{min_freeze_s + 60} s; its events: {after[-20:]}"
+            ) from None
     finally:
         docker("unpause", container)
     return container, handover_s, frozen_at

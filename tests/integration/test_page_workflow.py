@@ -42,7 +42,14 @@ def children_of(page, task_id, limit=100):
 
 
 def newest_id(page):
-    return page.request.get(BASE_URL + "/api/tasks").json()["tasks"][0]["id"]
+    """The id of the newest task, once the page's POST has made one."""
+    tasks = wait_until(
+        lambda: page.request.get(BASE_URL + "/api/tasks").json()["tasks"],
+        15,
+        interval=0.2,
+        what="the task to be created",
+    )
+    return tasks[0]["id"]
 
 
 def test_a_workflow_shows_one_bar_its_stage_and_a_falling_time_left(page):
@@ -112,8 +119,8 @@ def test_a_workflows_children_expand_into_a_list_of_the_rows_in_view(page):
 
 def test_cancelling_a_workflow_cancels_its_children(page):
     task = run_primes(page, slow_ms=600)
-    task_id = newest_id(page)
     expect(stat(task, "Stage")).to_have_text("Counting", timeout=15_000)
+    task_id = newest_id(page)
     task.get_by_role("button", name=f"Show {SHARDS} children").click()
     rows = task.get_by_role("list", name="Children").get_by_role("listitem")
     expect(rows.first).to_contain_text("running", timeout=15_000)
