@@ -98,6 +98,8 @@ bench: ## Benchmark the running stack (after `make up`): table, JSON and PNG in 
 	$(if $(TIMELINE),@true,@cat bench/results/persist.json)
 	$(if $(TIMELINE),@true,$(COMPOSE) exec -T worker python - < bench/rollup_cost.py > bench/results/rollup.json)
 	$(if $(TIMELINE),@true,@cat bench/results/rollup.json)
+	$(if $(TIMELINE),@true,$(COMPOSE) exec -T worker python - < bench/tracing_cost.py > bench/results/tracing.json)
+	$(if $(TIMELINE),@true,@cat bench/results/tracing.json)
 
 bench-export: ## Export rows/s and RSS: SQLite, PostgreSQL (generic, COPY), psql (stack on PostgreSQL)
 	@tests/run.sh venv
