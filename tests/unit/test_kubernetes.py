@@ -18,6 +18,7 @@ import pytest
 import yaml
 from test_sentinel import ROLE_ENV, Server, shipped_redis
 
+import redis as redis_lib
 from taskbeam import broker, config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -246,6 +247,39 @@ def test_kubernetes_redis_has_the_acl_users_of_redis_start_sh(base, tmp_path):
         compose.stop()
 
 
+def test_kedas_redis_user_may_read_the_queues_length_and_nothing_else(base, tmp_path):
+    redis = container(base, "redis")
+    env = {k: v for k, v in ROLE_ENV.items() if k != "REDIS_SENTINEL_PASSWORD"}
+    env |= {"PATH": os.environ["PATH"], "TASKBEAM_NAMESPACE": "tb", "REDIS_MAXMEMORY": "8mb"}
+    env |= {"REDIS_KEDA_USERNAME": "scaler", "REDIS_KEDA_PASSWORD": "keda-pw-0123456789"}
+    *shell, script = redis["command"]
+    launcher = [*shell, script.replace("--dir /data", f"--dir {tmp_path}"), "redis"]
+    server = Server(tmp_path, launcher=launcher, env=env, password=env["REDIS_PASSWORD"])
+    keda = redis_lib.Redis(port=server.port, username="scaler", password="keda-pw-0123456789")
+    try:
+        server.client.rpush("tb:celery:celery", "m1", "m2")
+        server.client.set("tb:task:x", "secret")
+        # What KEDA's Redis scaler sends: the key's type, then its length.
+        assert keda.ping() and keda.type("tb:celery:celery") == b"list"
+        assert keda.llen("tb:celery:celery") == 2
+        for command in (
+            ("GET", "tb:task:x"),
+            ("LPOP", "tb:celery:celery"),
+            ("LRANGE", "tb:celery:celery", 0, -1),
+            ("LLEN", "tb:other"),
+            ("SUBSCRIBE", "tb:events"),
+            ("CONFIG", "GET", "maxmemory"),
+            ("FLUSHALL",),
+        ):
+            with pytest.raises(redis_lib.exceptions.NoPermissionError):
+                keda.execute_command(*command)
+        with pytest.raises(redis_lib.exceptions.AuthenticationError):
+            redis_lib.Redis(port=server.port, username="scaler", password="wrong").ping()
+    finally:
+        keda.close()
+        server.stop()
+
+
 def test_probes_are_the_compose_healthchecks(base, compose):
     web = container(base, "web")
     assert compose["web"]["healthcheck"]["test"] == ["CMD", "/app/web/healthcheck.sh"]
@@ -326,14 +360,25 @@ def test_keda_scales_the_workers_on_the_list_celery_really_uses(rendered):
     assert trigger["metadata"]["listName"] == broker.queue_lists(app)[0]
     namespace = scaled["metadata"]["namespace"]
     assert trigger["metadata"]["address"] == f"redis.{namespace}.svc.cluster.local:6379"
+    # KEDA signs in as the Redis user `keda` makes of the same Secret keys: not as
+    # the admin (`default`), whose password would let it do anything.
     auth = one(rendered, "TriggerAuthentication", trigger["authenticationRef"]["name"])
-    (ref,) = auth["spec"]["secretTargetRef"]
+    refs = {
+        r["parameter"]: {"name": r["name"], "key": r["key"]}
+        for r in auth["spec"]["secretTargetRef"]
+    }
     redis_env = {
-        e["name"]: e["valueFrom"]["secretKeyRef"]
+        e["name"]: {
+            "name": e["valueFrom"]["secretKeyRef"]["name"],
+            "key": e["valueFrom"]["secretKeyRef"]["key"],
+        }
         for e in container(rendered, "redis")["env"]
         if "secretKeyRef" in e.get("valueFrom", {})
     }
-    assert {"name": ref["name"], "key": ref["key"]} == redis_env["REDIS_PASSWORD"]
+    assert refs == {
+        "username": redis_env["REDIS_KEDA_USERNAME"],
+        "password": redis_env["REDIS_KEDA_PASSWORD"],
+    }
     hpa = one(rendered, "HorizontalPodAutoscaler", "web")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "web"
 
