@@ -20,6 +20,7 @@ CODE_PATTERNS = [
     r'ApiError\(\s*\d+,\s*"([a-z_]+)"',
     r'error_response\(\s*\d+,\s*"([a-z_]+)"',
     r'\b_error\(\s*"([a-z_]+)"',
+    r'\bprotocol\.failed\(\s*"([a-z_]+)"',
     r'JobError\(\s*"([a-z_]+)"',
     r'"code":\s*"([a-z_]+)"',
     r'HTTP_CODES\.get\([^,]+,\s*"([a-z_]+)"\)',

@@ -12,7 +12,7 @@ import os
 import pytest
 from pydantic import BaseModel
 
-from taskbeam import config, progress, protocol, registry, tasks
+from taskbeam import broker, config, progress, protocol, registry, tasks
 from taskbeam.emitter import Emitter
 from taskbeam.store import LeaseLost, TaskStore
 
@@ -46,7 +46,7 @@ def settings():
 @pytest.fixture
 def rt(redis_client, settings, monkeypatch):
     runtime = worker.Runtime(
-        settings, worker.broker.make_celery(settings), TaskStore(redis_client, settings), None
+        settings, broker.make_celery(settings), TaskStore(redis_client, settings), None
     )
     runtime.emitter = Emitter(runtime.store, Published(), retry_for_s=1)
     monkeypatch.setattr(runtime.celery, "send_task", Sent())
