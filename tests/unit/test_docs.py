@@ -156,17 +156,17 @@ def test_table_defaults_match_env_example_and_compose():
 
 
 def test_table_defaults_match_config():
-    source = (ROOT / "taskbeam" / "config.py").read_text()
-    in_code = dict(re.findall(r'_int\(env, "([A-Z_]+)", ([\d_]+),', source))
-    # Switches: `_bool(env, "NAME", True)` is documented as `1`, a default of False as `0`.
-    for name, default in re.findall(r'_bool\(env, "([A-Z_]+)"(?:, (True|False))?\)', source):
+    source = "".join((ROOT / "taskbeam" / f).read_text() for f in ("config.py", "credentials.py"))
+    in_code = dict(re.findall(r'env_int\(\s*env, "([A-Z_]+)", ([\d_]+),', source))
+    # Switches: `env_bool(env, "NAME", True)` is documented as `1`, a default of False as `0`.
+    for name, default in re.findall(r'env_bool\(env, "([A-Z_]+)"(?:, (True|False))?\)', source):
         in_code[name] = "1" if default == "True" else "0"
     assert {"SESSION_COOKIE_SECURE", "WEB_FAST_TRANSPORT"} <= set(in_code)
     checked = 0
     for name, value in table_defaults().items():
         if name in in_code:
             assert int(in_code[name]) == int(value), (
-                f"{name}: docs/configuration.md {value}, config.py {in_code[name]}"
+                f"{name}: docs/configuration.md {value}, the code {in_code[name]}"
             )
             checked += 1
     assert checked >= 5
