@@ -8,7 +8,7 @@ import pytest
 from flask import Flask
 
 from taskbeam import config, protocol
-from taskbeam.web import api, openapi
+from taskbeam.web import api, errors, openapi
 
 ROOT = Path(__file__).resolve().parents[2]
 API_DOC = ROOT / "docs" / "api.md"
@@ -52,7 +52,7 @@ def app_routes():
 
 
 def error_codes():
-    codes = set(api.HTTP_CODES.values())
+    codes = set(errors.HTTP_CODES.values())
     for pattern in CODE_SOURCES:
         for path in ROOT.glob(pattern):
             text = path.read_text()
