@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import progress, registry  # noqa: F401  (registry.get: for tests of a kind)
 from .progress import JobError
-from .registry import Child, Group, ParamError, UnknownKind, job, workflow
+from .registry import ParamError, UnknownKind, job, workflow
 from .tasks import QueueUnavailable
+from .workflows import Child, Group
 
 if TYPE_CHECKING:
     from .store import TooManyActive

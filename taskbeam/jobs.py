@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import export, progress  # noqa: F401  (export registers the `export` kind)
-from .registry import JOBS, Child, Group, Job, ParamError, job, workflow
+from .registry import JOBS, Job, ParamError, job, workflow
+from .workflows import Child, Group
 
 __all__ = ["JOBS", "Job", "ParamError", "SimulateParams", "simulate", "MAX_SIMULATE_MS"]
 

@@ -103,6 +103,11 @@ def percent(done: float, total: float) -> float:
     return round(min(max(done / total, 0.0), 1.0) * 100.0, 1)
 
 
+def failed(code: str, message: str) -> dict[str, Any]:
+    """The fields of a ``failed`` terminal event with its ``{"code", "message"}`` error."""
+    return {"state": FAILED, "message": message, "error": {"code": code, "message": message}}
+
+
 class Coalescer:
     """Decides which progress reports become events.
 

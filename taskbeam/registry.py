@@ -10,7 +10,6 @@ what the function receives. Kinds register by being imported: the shipped ones b
 from __future__ import annotations
 
 import contextvars
-import dataclasses
 import datetime
 import importlib
 import json
@@ -64,45 +63,11 @@ Stages = tuple[tuple[str, float], ...]
 MAX_STAGE_NAME = 40
 
 
-@dataclasses.dataclass(frozen=True)
-class Child:
-    """One child task of a workflow: a registered kind, its params and its share
-    of the parent's bar (``weight``, any positive number; e.g. rows to process)."""
-
-    kind: str
-    params: Any = None
-    weight: float = 1.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Group:
-    """A workflow's children, run in parallel; ``allow_failures``: a child that fails
-    does not fail the parent (the fan-in receives None for it)."""
-
-    children: Sequence[Child]
-    allow_failures: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class PlannedChild:
-    """A child as stored: its kind checked, its params clean."""
-
-    kind: str
-    params: Params
-    weight: float
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    children: tuple[PlannedChild, ...]
-    allow_failures: bool
-
-
 class Job:
     """A registered job kind: its function, its parameter model and how the page shows it.
 
-    A workflow kind (:func:`workflow`) has ``plan`` (its children, from the params)
-    and maybe ``fan_in``; its own ``func`` is not run.
+    A workflow kind (:func:`workflow`) has ``plan`` (its children, from the params:
+    see :mod:`taskbeam.workflows`) and maybe ``fan_in``; its own ``func`` is not run.
     """
 
     def __init__(
@@ -140,37 +105,6 @@ class Job:
             start += weight
         declared = ", ".join(repr(s) for s, _ in self.stages) or "none"
         raise ValueError(f"job {self.kind!r} has no stage {name!r} (declared: {declared})")
-
-    def make_plan(self, params: pydantic.BaseModel, settings: Settings | None = None) -> Plan:
-        """The workflow's children for ``params``, each checked as a task of its own
-        would be; raises :class:`ParamError` (field ``params``) naming the child."""
-        assert self.plan is not None
-        made = self.plan(params)
-        group = made if isinstance(made, Group) else Group(list(made or ()))
-        limit = settings.max_workflow_children if settings is not None else 1_000
-        if not 1 <= len(group.children) <= limit:
-            raise ParamError(
-                "params", f"a workflow has 1 to {limit} children, got {len(group.children)}"
-            )
-        children = []
-        for i, child in enumerate(group.children):
-            where = f"child {i}"
-            if not isinstance(child, Child):
-                raise ParamError("params", f"{where}: the plan must give Child(...) values")
-            found = JOBS.get(child.kind)
-            if found is None or found.is_workflow:
-                raise ParamError("params", f"{where}: {child.kind!r} is not a job kind")
-            weight = child.weight
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-                raise ParamError("params", f"{where}: weight must be a number")
-            if not (math.isfinite(weight) and weight > 0):
-                raise ParamError("params", f"{where}: weight must be positive, got {weight}")
-            try:
-                clean = found.validate({} if child.params is None else child.params, settings)
-            except ParamError as exc:
-                raise ParamError("params", f"{where} ({child.kind}): {exc}") from None
-            children.append(PlannedChild(child.kind, clean, float(weight)))
-        return Plan(tuple(children), bool(group.allow_failures))
 
     @property
     def celery_name(self) -> str:
@@ -357,7 +291,8 @@ def workflow(
     """Register the decorated function as the plan of the workflow kind ``kind``.
 
     The plan gets the validated params and returns the children: a list of
-    :class:`Child` (or a :class:`Group`, to allow failures). It runs when the task
+    :class:`~taskbeam.workflows.Child` (or a :class:`~taskbeam.workflows.Group`, to
+    allow failures). It runs when the task
     is created, so it must be quick and pure; a bad plan is the API's 400 and
     nothing starts. The children run in parallel on any workers, each a task with
     its own history; the parent's bar is their weighted roll-up.

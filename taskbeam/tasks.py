@@ -9,8 +9,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from . import observability, registry
-from .registry import Job, Params, Plan
+from . import observability, registry, workflows
+from .registry import Job, Params
+from .workflows import Plan
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def validate(kind: Any, params: Any, settings: Any) -> tuple[Job, Params, Plan |
     (also for a kind that only runs as a child) or ``ParamError``."""
     job = registry.get(kind, listed=True)
     model = job.load({} if params is None else params, settings)
-    plan = job.make_plan(model, settings) if job.is_workflow else None
+    plan = workflows.make_plan(job, model, settings) if job.is_workflow else None
     return job, model.model_dump(mode="json", exclude_none=True), plan
 
 

@@ -17,7 +17,7 @@
 - ``ns:workers``               sorted set of worker host names by when each last consumed
 - ``ns:socketio:main-only``    set (with a short TTL) while a web process reads only the
                                main message-queue channel (``mq_listener``)
-- ``ns:sweeper``               lock: the one worker sweeping stranded tasks (worker.py)
+- ``ns:sweeper``               lock: the one worker sweeping stranded tasks (housekeeping.py)
 - ``ns:rate:<owner>:<minute>``, ``ns:rate-ip:<address>:<minute>``
                                counters of the task-creation rate limits (web/api.py)
 - ``ns:celery:``               prefix of every key of the Celery broker (broker.py)

@@ -16,7 +16,7 @@ from .. import protocol
 from .base import StoreBase, TaskFinished, TaskGone
 
 # A worker counts as alive if it reported within this many seconds (it reports every
-# 2 s while its consumer runs; see worker.py).
+# 2 s while its consumer runs; see housekeeping.py).
 WORKER_ALIVE_WINDOW_S = 15.0
 
 

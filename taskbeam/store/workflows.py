@@ -36,7 +36,7 @@ class Workflows(StoreBase):
         stage: str,
         now: float | None = None,
     ) -> list[str]:
-        """Store ``children`` (:class:`taskbeam.registry.PlannedChild`) of ``parent``
+        """Store ``children`` (:class:`taskbeam.workflows.PlannedChild`) of ``parent``
         (just created); their ids in order. ``span``: the children's share of the
         parent's bar in percent; ``stage``: its name.
 

@@ -80,9 +80,9 @@ def create_app(settings=None, owner_of=None):
     install(app, socketio, settings, owner_of)
     # Outermost, so Socket.IO's handshake is checked too.
     app.wsgi_app = front.HostCheck(app.wsgi_app, settings)
-    from . import api
+    from . import errors
 
-    api.register_error_handlers(app)  # every answer of this app is the contract's JSON
+    errors.register_error_handlers(app)  # every answer of this app is the contract's JSON
     tracing.start("taskbeam-web", app)  # only with OTEL_EXPORTER_OTLP_ENDPOINT set
     return app
 

@@ -8,12 +8,12 @@ from datetime import datetime
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, session, url_for
 from redis.exceptions import RedisError
-from werkzeug.exceptions import HTTPException
 
 from .. import broker, export, observability, protocol, quotas, registry, tasks
 from ..protocol import MAX_CHILDREN_PAGE, MAX_EVENTS_PAGE, MAX_SEQ_DIGITS
 from ..store import Keys, TaskFinished, TaskGone, TooManyActive
-from . import identity
+from . import errors, identity
+from .errors import ApiError, error_response
 from .front import origin_allowed, own_origin
 from .metrics import render_operator_gauges, resource_gauges
 from .openapi import openapi_document
@@ -24,31 +24,6 @@ bp = Blueprint("api", __name__)
 STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
 # Lifetime of a token from the dev login (AUTH_DEV_LOGIN=1).
 DEV_TOKEN_TTL_S = 3600
-
-# snake_case codes for the HTTP errors Werkzeug raises on its own.
-HTTP_CODES = {
-    400: "bad_request",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    429: "rate_limited",
-}
-
-
-class ApiError(Exception):
-    def __init__(self, status, code, message, headers=None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers
-
-
-def error_response(status, code, message, headers=None):
-    response = jsonify(error={"code": code, "message": message})
-    response.status_code = status
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    return response
 
 
 def services():
@@ -385,33 +360,8 @@ def readyz():
     return {"status": "ready"}
 
 
-def register_error_handlers(app):
-    @app.errorhandler(ApiError)
-    def api_error(exc):
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
-
-    @app.errorhandler(quotas.Refused)
-    def quota_refused(exc):
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc):
-        code = HTTP_CODES.get(exc.code, "http_error")
-        return error_response(exc.code, code, exc.description or exc.name)
-
-    @app.errorhandler(RedisError)
-    def redis_error(exc):
-        log.warning("Redis error: %s", exc)
-        return error_response(503, "unavailable", "Storage is unavailable; try again.")
-
-    @app.errorhandler(Exception)
-    def internal_error(exc):
-        log.exception("unhandled error")
-        return error_response(500, "internal_error", "Something went wrong on our side.")
-
-
 # The API's own answers are the contract's JSON in an app of your own too (the extension).
-register_error_handlers(bp)
+errors.register_error_handlers(bp)
 
 
 @bp.app_errorhandler(ApiError)

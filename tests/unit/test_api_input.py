@@ -10,7 +10,7 @@ from flask import Flask, session
 
 from taskbeam import config, protocol
 from taskbeam.store import TooManyActive
-from taskbeam.web import api, front, identity
+from taskbeam.web import api, errors, front, identity
 
 KNOWN = "AbCdEfGhIjKlMn_-"  # the shape of secrets.token_urlsafe(12)
 
@@ -91,7 +91,7 @@ def make_app(store=None, **env):
         session.setdefault("owner", "someone")
 
     app.register_blueprint(api.bp)
-    api.register_error_handlers(app)
+    errors.register_error_handlers(app)
     app.wsgi_app = front.HostCheck(front.trust_nginx(app.wsgi_app), settings)
     return app
 

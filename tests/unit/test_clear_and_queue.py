@@ -9,7 +9,7 @@ from flask import Flask, session
 
 from taskbeam import config, protocol
 from taskbeam.store import TaskStore
-from taskbeam.web import api, identity
+from taskbeam.web import api, errors, identity
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def client(store, settings):
         session.setdefault("owner", "alice")
 
     app.register_blueprint(api.bp)
-    api.register_error_handlers(app)
+    errors.register_error_handlers(app)
     return app.test_client()
 
 

@@ -8,7 +8,7 @@ import pytest
 from flask import Flask
 
 from taskbeam import config, protocol
-from taskbeam.web import api, openapi
+from taskbeam.web import api, errors, openapi
 
 ROOT = Path(__file__).resolve().parents[2]
 API_DOC = ROOT / "docs" / "api.md"
@@ -20,6 +20,7 @@ CODE_PATTERNS = [
     r'ApiError\(\s*\d+,\s*"([a-z_]+)"',
     r'error_response\(\s*\d+,\s*"([a-z_]+)"',
     r'\b_error\(\s*"([a-z_]+)"',
+    r'\bprotocol\.failed\(\s*"([a-z_]+)"',
     r'JobError\(\s*"([a-z_]+)"',
     r'"code":\s*"([a-z_]+)"',
     r'HTTP_CODES\.get\([^,]+,\s*"([a-z_]+)"\)',
@@ -51,7 +52,7 @@ def app_routes():
 
 
 def error_codes():
-    codes = set(api.HTTP_CODES.values())
+    codes = set(errors.HTTP_CODES.values())
     for pattern in CODE_SOURCES:
         for path in ROOT.glob(pattern):
             text = path.read_text()
@@ -155,17 +156,17 @@ def test_table_defaults_match_env_example_and_compose():
 
 
 def test_table_defaults_match_config():
-    source = (ROOT / "taskbeam" / "config.py").read_text()
-    in_code = dict(re.findall(r'_int\(env, "([A-Z_]+)", ([\d_]+),', source))
-    # Switches: `_bool(env, "NAME", True)` is documented as `1`, a default of False as `0`.
-    for name, default in re.findall(r'_bool\(env, "([A-Z_]+)"(?:, (True|False))?\)', source):
+    source = "".join((ROOT / "taskbeam" / f).read_text() for f in ("config.py", "credentials.py"))
+    in_code = dict(re.findall(r'env_int\(\s*env, "([A-Z_]+)", ([\d_]+),', source))
+    # Switches: `env_bool(env, "NAME", True)` is documented as `1`, a default of False as `0`.
+    for name, default in re.findall(r'env_bool\(env, "([A-Z_]+)"(?:, (True|False))?\)', source):
         in_code[name] = "1" if default == "True" else "0"
     assert {"SESSION_COOKIE_SECURE", "WEB_FAST_TRANSPORT"} <= set(in_code)
     checked = 0
     for name, value in table_defaults().items():
         if name in in_code:
             assert int(in_code[name]) == int(value), (
-                f"{name}: docs/configuration.md {value}, config.py {in_code[name]}"
+                f"{name}: docs/configuration.md {value}, the code {in_code[name]}"
             )
             checked += 1
     assert checked >= 5

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask, session
 
 from taskbeam import config
-from taskbeam.web import api, identity
+from taskbeam.web import api, errors, identity
 
 SECRET = "s3cret-key/" * 4
 ISS, AUD = "https://login.example", "taskbeam"
@@ -280,7 +280,7 @@ def rest_client(env):
         session.setdefault("owner", "cookie-owner")
 
     app.register_blueprint(api.bp)
-    api.register_error_handlers(app)
+    errors.register_error_handlers(app)
     return app.test_client()
 
 

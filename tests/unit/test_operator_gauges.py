@@ -8,26 +8,24 @@ import os
 from types import SimpleNamespace
 
 import redis as redis_lib
-from taskbeam import broker, quotas
+from taskbeam import broker, housekeeping, quotas
+from taskbeam.runtime import Runtime
 from taskbeam.web.metrics import render_operator_gauges, resource_gauges
-
-os.environ.setdefault("REDIS_URL", "redis://placeholder:6379/0")
-from taskbeam import worker  # noqa: E402  (needs REDIS_URL at import)
 
 
 def test_a_worker_reports_only_while_its_consumer_touches_the_alive_file(
     store, settings, tmp_path, monkeypatch
 ):
-    runtime = worker.Runtime(settings, None, store, None)
+    runtime = Runtime(settings, None, store, None)
     alive = tmp_path / "alive"
-    monkeypatch.setattr(worker, "ALIVE_FILE", str(alive))
-    assert worker.report_alive(runtime) is False  # consumer never started
+    monkeypatch.setattr(housekeeping, "ALIVE_FILE", str(alive))
+    assert housekeeping.report_alive(runtime) is False  # consumer never started
     alive.touch()
-    assert worker.report_alive(runtime) is True
+    assert housekeeping.report_alive(runtime) is True
     assert store.operator_gauges()["workers_alive"] == 1
-    stale = os.stat(alive).st_mtime - worker.ALIVE_STALE_S - 1
+    stale = os.stat(alive).st_mtime - housekeeping.ALIVE_STALE_S - 1
     os.utime(alive, (stale, stale))
-    assert worker.report_alive(runtime) is False  # a stuck consumer is not counted
+    assert housekeeping.report_alive(runtime) is False  # a stuck consumer is not counted
 
 
 def test_queue_length_counts_waiting_messages_not_reserved_ones(

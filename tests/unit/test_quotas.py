@@ -10,7 +10,7 @@ from flask import Flask
 
 from taskbeam import config, export, progress, protocol, quotas
 from taskbeam.store import TaskStore
-from taskbeam.web import api, front, identity
+from taskbeam.web import api, errors, front, identity
 
 BASE = {
     "REDIS_URL": "redis://placeholder:6379/0",
@@ -45,7 +45,7 @@ def make_app(redis, tmp_path, **env):
         session.setdefault("owner", f"visitor-{next(counter)}")
 
     app.register_blueprint(api.bp)
-    api.register_error_handlers(app)
+    errors.register_error_handlers(app)
     app.wsgi_app = front.trust_nginx(app.wsgi_app)
     return app, store
 

@@ -75,7 +75,7 @@ def test_the_default_user_has_everything_and_wants_the_password(node):
 
 def test_the_web_may_run_every_store_script_it_calls(node):
     """A script's declared keys are checked too: an empty placeholder key is refused."""
-    from taskbeam import config, registry
+    from taskbeam import config, workflows
     from taskbeam.store import TaskStore
 
     settings = config.load(
@@ -86,7 +86,7 @@ def test_the_web_may_run_every_store_script_it_calls(node):
     web = redis_lib.Redis(port=node.port, username="web", password=password, decode_responses=True)
     store = TaskStore(web, settings)
     parent = store.create(kind="primes", owner="alice", params={})
-    child = registry.PlannedChild("count_primes", {"start": 0, "stop": 10}, 1.0)
+    child = workflows.PlannedChild("count_primes", {"start": 0, "stop": 10}, 1.0)
     store.create_children(parent, [child], span=90, allow_failures=False, fan_in=True, stage="a")
     store.append(parent["id"], state="cancelled", message="Cancelled")
     assert store.cancel_children(parent["id"]) == 1

@@ -1,5 +1,5 @@
 """Runs against a real Redis: fencing tokens, leases, idempotent emits, the
-active-task cap, the reaper and the sweeper (taskbeam/worker.py; the
+active-task cap, the reaper and the sweeper (taskbeam/worker.py, taskbeam/housekeeping.py; the
 store alone: test_store_runs.py and test_store_tasks.py).
 
 The worker module is imported with a placeholder REDIS_URL (nothing connects at
@@ -14,7 +14,7 @@ import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 
 import redis as redis_lib
-from taskbeam import broker, config, progress, protocol
+from taskbeam import broker, config, housekeeping, progress, protocol
 from taskbeam.emitter import Emitter
 from taskbeam.store import TaskStore
 
@@ -54,7 +54,7 @@ def settings():
 @pytest.fixture
 def runtime(redis_client, settings, monkeypatch):
     runtime = worker.Runtime(
-        settings, worker.broker.make_celery(settings), TaskStore(redis_client, settings), None
+        settings, broker.make_celery(settings), TaskStore(redis_client, settings), None
     )
     runtime.emitter = Emitter(runtime.store, Published(), retry_for_s=1)
     monkeypatch.setattr(runtime.celery, "send_task", Sent())
@@ -175,7 +175,7 @@ def test_a_refused_terminal_write_keeps_the_lease_for_the_reaper(runtime, monkey
         worker.TaskRun(job, task_id, {}, runtime=runtime)()
     assert runtime.store.redis.zscore(runtime.store.keys.leases, task_id) is not None
     expire_lease(runtime, task_id)
-    assert worker.requeue_orphans(runtime) == 1
+    assert housekeeping.requeue_orphans(runtime) == 1
     assert runtime.celery.send_task.ids == [task_id]
 
 
@@ -188,11 +188,11 @@ def test_one_failing_send_does_not_drop_the_other_orphans(runtime, monkeypatch):
         runtime.store.claim_run(task_id, 10)
         expire_lease(runtime, task_id)
     monkeypatch.setattr(runtime.celery, "send_task", Sent(failing={first}))
-    assert worker.requeue_orphans(runtime) == 1
+    assert housekeeping.requeue_orphans(runtime) == 1
     assert runtime.celery.send_task.ids == [second]
     # The failed one has its lease back and goes out in the next round.
     runtime.celery.send_task.failing.clear()
-    assert worker.requeue_orphans(runtime) == 1
+    assert housekeeping.requeue_orphans(runtime) == 1
     assert runtime.celery.send_task.ids == [second, first]
 
 
@@ -200,7 +200,7 @@ def test_one_failing_send_does_not_drop_the_other_orphans(runtime, monkeypatch):
 
 
 def test_sweeper_sends_again_only_tasks_with_no_run_and_no_message(runtime, monkeypatch):
-    monkeypatch.setattr(worker, "STRANDED_AFTER_S", 0)
+    monkeypatch.setattr(housekeeping, "STRANDED_AFTER_S", 0)
     lost, waiting, running = new_task(runtime), new_task(runtime), new_task(runtime)
     finished = new_task(runtime)
     runtime.store.append(finished, state=protocol.CANCELLED)
@@ -209,15 +209,15 @@ def test_sweeper_sends_again_only_tasks_with_no_run_and_no_message(runtime, monk
     message = {"body": "", "headers": {"id": waiting, "task": "taskbeam.simulate"}}
     runtime.store.redis.lpush(queue, json.dumps(message))
     assert broker.queued_task_ids(runtime.store.redis, runtime.celery) == {waiting}
-    assert worker.sweep_stranded(runtime) == 1
+    assert housekeeping.sweep_stranded(runtime) == 1
     assert runtime.celery.send_task.ids == [lost]
-    assert worker.sweep_stranded(runtime) == 0  # one sweep per interval across workers
+    assert housekeeping.sweep_stranded(runtime) == 0  # one sweep per interval across workers
 
 
 def test_sweeper_fails_a_task_whose_kind_is_gone(runtime, monkeypatch):
-    monkeypatch.setattr(worker, "STRANDED_AFTER_S", 0)
+    monkeypatch.setattr(housekeeping, "STRANDED_AFTER_S", 0)
     task_id = runtime.store.create(kind="retired", owner="alice", params={})["id"]
-    worker.sweep_stranded(runtime)
+    housekeeping.sweep_stranded(runtime)
     assert runtime.store.record(task_id)["state"] == protocol.FAILED
     assert json.loads(runtime.store.record(task_id)["error"])["code"] == "unknown_kind"
 

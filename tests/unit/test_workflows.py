@@ -12,7 +12,7 @@ import os
 import pytest
 from pydantic import BaseModel
 
-from taskbeam import config, progress, protocol, registry, tasks
+from taskbeam import broker, config, progress, protocol, registry, tasks, workflows
 from taskbeam.emitter import Emitter
 from taskbeam.store import LeaseLost, TaskStore
 
@@ -46,7 +46,7 @@ def settings():
 @pytest.fixture
 def rt(redis_client, settings, monkeypatch):
     runtime = worker.Runtime(
-        settings, worker.broker.make_celery(settings), TaskStore(redis_client, settings), None
+        settings, broker.make_celery(settings), TaskStore(redis_client, settings), None
     )
     runtime.emitter = Emitter(runtime.store, Published(), retry_for_s=1)
     monkeypatch.setattr(runtime.celery, "send_task", Sent())
@@ -131,11 +131,11 @@ def test_a_plan_naming_a_missing_kind_or_a_bad_weight_is_refused(rt):
         pick: int = 0
 
     plans = [
-        [registry.Child("no_such_kind", {})],
-        [registry.Child("count_primes", {"start": 0, "stop": 10}, weight=0)],
-        [registry.Child("count_primes", {"start": 0, "stop": 10}, weight=float("nan"))],
-        [registry.Child("count_primes", {"start": 0, "stop": "ten"})],
-        [registry.Child("primes", {})],  # no workflows inside workflows
+        [workflows.Child("no_such_kind", {})],
+        [workflows.Child("count_primes", {"start": 0, "stop": 10}, weight=0)],
+        [workflows.Child("count_primes", {"start": 0, "stop": 10}, weight=float("nan"))],
+        [workflows.Child("count_primes", {"start": 0, "stop": "ten"})],
+        [workflows.Child("primes", {})],  # no workflows inside workflows
     ]
     try:
         registry.workflow("bad_plans", params=Empty)(lambda params: plans[params.pick])
