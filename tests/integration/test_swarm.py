@@ -231,8 +231,10 @@ def test_only_nginx_reaches_web():
     (node, web), *_ = containers("web")
     front = on(node, "inspect", "-f", FRONT_ADDRESS, web).strip()
     assert json.loads(on(node, "exec", web, "python", "-c", PROBE_WEB, front)) == {front: "web"}
+    # And Nginx reaches it (with a Host web takes: tasks.web is not one, 421).
     (node, nginx), *_ = containers("nginx")
-    assert on(node, "exec", nginx, "wget", "-q", "-O", "-", "http://tasks.web:8000/healthz")
+    url, host = "http://tasks.web:8000/healthz", "Host: web"
+    assert on(node, "exec", nginx, "wget", "-q", "-O", "-", "--header", host, url)
 
 
 def test_web_and_workers_use_their_own_redis_users():
