@@ -89,39 +89,77 @@ def ascii_int(name, default, low, high):
     return int(raw)
 
 
-def check_rate(owner):
+def rate_windows(owner, window):
+    """``(key, limit, scope, setting)`` of the creation windows (minute ``window``) that
+    count this request: one per session, one per client address."""
+    svc = services()
+    keys = Keys(svc.settings.namespace)
+    return (
+        (
+            keys.rate(owner, window),
+            svc.settings.rate_limit_per_minute,
+            "per session",
+            "RATE_LIMIT_PER_MINUTE",
+        ),
+        (
+            keys.rate_ip(quotas.address_key(request.remote_addr), window),
+            svc.settings.rate_limit_per_ip_per_minute,
+            "per address",
+            "RATE_LIMIT_PER_IP_PER_MINUTE",
+        ),
+    )
+
+
+def check_rate(owner, cost=1):
     """Fixed one-minute windows on task creation: one per session, one per client address.
+
+    A request that stores ``cost`` tasks (a workflow: itself and its children) counts
+    ``cost`` creations in each window, and is refused unless all of them fit in both;
+    a refused request is not counted. A plan larger than a whole window is a 400 (it
+    would never fit). Returns the charge, for :func:`refund` if the task is then not
+    stored after all.
 
     Dropping the cookie makes a new session; the address (Nginx's, see front.trust_nginx)
     still counts every creation.
     """
     svc = services()
     now = int(time.time())
-    window = now // 60
-    keys = Keys(svc.settings.namespace)
-    limits = (
-        (
-            keys.rate(owner, window),
-            svc.settings.rate_limit_per_minute,
-            "per session",
-        ),
-        (
-            keys.rate_ip(quotas.address_key(request.remote_addr), window),
-            svc.settings.rate_limit_per_ip_per_minute,
-            "per address",
-        ),
-    )
-    for key, limit, scope in limits:
+    windows = rate_windows(owner, now // 60)
+    for _key, limit, scope, setting in windows:
+        if cost > limit:
+            raise ApiError(
+                400,
+                "invalid_params",
+                f"params: this workflow would create {cost} tasks (itself and its "
+                f"{cost - 1} children); at most {limit} task creations a minute are "
+                f"allowed {scope} ({setting}).",
+            )
+    charged = []
+    for key, limit, scope, _setting in windows:
         pipe = svc.redis.pipeline(transaction=True)
-        pipe.incr(key)
+        pipe.incrby(key, cost)
         pipe.expire(key, 120)
+        charged.append(key)
         if pipe.execute()[0] > limit:
+            # Never admits more than the limit: an admitted charge is never given back
+            # while one that does not fit is, so concurrent requests only err on refusing.
+            refund(charged, cost)
             raise ApiError(
                 429,
                 "rate_limited",
-                f"At most {limit} tasks per minute {scope}.",
+                f"At most {limit} tasks per minute {scope}"
+                + (f"; this workflow adds {cost} (itself and its children)." if cost > 1 else "."),
                 {"Retry-After": str(60 - now % 60)},
             )
+    return charged, cost
+
+
+def refund(keys, cost):
+    """Give back a charge of :func:`check_rate` (the task was not stored)."""
+    pipe = services().redis.pipeline(transaction=True)
+    for key in keys:
+        pipe.decrby(key, cost)
+    pipe.execute()
 
 
 @bp.before_app_request
@@ -160,7 +198,7 @@ def create_task():
     except registry.ParamError as exc:
         field = exc.field if exc.field == "params" else f"params.{exc.field}"
         raise ApiError(400, "invalid_params", f"{field}: {exc.reason}") from None
-    check_rate(owner)
+    charge = check_rate(owner, 1 + (len(plan.children) if plan is not None else 0))
     try:
         snapshot = tasks.enqueue(
             job,
@@ -173,6 +211,7 @@ def create_task():
             create=functools.partial(quotas.create, svc, address=request.remote_addr),
         )
     except TooManyActive as exc:
+        refund(*charge)
         raise ApiError(
             429,
             "too_many_active",
@@ -180,7 +219,11 @@ def create_task():
             "to finish or cancel one.",
             {"Retry-After": "5"},
         ) from None
+    except quotas.Refused:
+        refund(*charge)
+        raise
     except tasks.QueueUnavailable as exc:
+        refund(*charge)
         raise ApiError(503, "unavailable", str(exc)) from None
     log.info(
         "task %s created: %s",

@@ -75,7 +75,8 @@ def openapi_document(settings=None):
                     "summary": "Start a task",
                     "requestBody": {"required": True, **_json({"oneOf": create_variants})},
                     "description": "429 `rate_limited` past the per-session or per-address "
-                    "creation rate (with Retry-After); 429 `too_many_active` "
+                    "creation rate (with Retry-After; a workflow counts itself and each "
+                    "child, and one that could never fit is a 400); 429 `too_many_active` "
                     "while the session has MAX_ACTIVE_TASKS queued or running "
                     "tasks.",
                     "responses": {

@@ -16,7 +16,8 @@ KNOWN = "AbCdEfGhIjKlMn_-"  # the shape of secrets.token_urlsafe(12)
 
 
 class StubRedis:
-    """Just the pipeline INCR/EXPIRE that check_rate uses (and an INFO without maxmemory)."""
+    """Just the pipeline INCRBY/EXPIRE/DECRBY that check_rate and refund use (and an
+    INFO without maxmemory)."""
 
     def __init__(self):
         self.counts = {}
@@ -28,16 +29,25 @@ class StubRedis:
         redis, ops = self, []
 
         class Pipe:
-            def incr(self, key):
-                ops.append(key)
+            def incrby(self, key, n):
+                ops.append((key, n))
+
+            def decrby(self, key, n):
+                ops.append((key, -n))
 
             def expire(self, key, seconds):
-                pass
+                ops.append(None)
 
             def execute(self):
-                key = ops[0]
-                redis.counts[key] = redis.counts.get(key, 0) + 1
-                return [redis.counts[key], True]
+                results = []
+                for op in ops:
+                    if op is None:
+                        results.append(True)
+                        continue
+                    key, n = op
+                    redis.counts[key] = redis.counts.get(key, 0) + n
+                    results.append(redis.counts[key])
+                return results
 
         return Pipe()
 

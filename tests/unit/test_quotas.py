@@ -3,6 +3,7 @@ tasks per address across sessions, the Redis memory guard, the anonymous retenti
 the export byte caps and free-space floor, and an export's file going with its task."""
 
 import os
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -88,6 +89,98 @@ def test_ipv6_addresses_count_per_64():
     assert quotas.address_key("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
     assert quotas.address_key("::ffff:203.0.113.5") == "203.0.113.5"
     assert quotas.address_key("203.0.113.5") == "203.0.113.5"
+
+
+# --- a workflow's children count as creations -----------------------------------
+
+
+@pytest.fixture
+def minute(monkeypatch):
+    """The rate windows' clock held 10 s into a minute: no window ends mid-test."""
+    fixed = (time.time() // 60) * 60 + 10
+    monkeypatch.setattr(api, "time", SimpleNamespace(time=lambda: fixed))
+
+
+def post_as(app, owner, address, kind="simulate", params=None):
+    client = app.test_client()
+    with client.session_transaction() as sess:
+        sess["owner"] = owner
+    return client.post(
+        "/api/tasks",
+        json={"kind": kind, "params": params if params is not None else {"steps": 1}},
+        environ_base={"REMOTE_ADDR": "172.18.0.1"},
+        headers={"X-Forwarded-For": address},
+    )
+
+
+def primes(shards):
+    return {"limit": 10_000, "shards": shards, "slow_ms": 0}
+
+
+def stored(redis, store):
+    """How many task records Redis holds (parents and children)."""
+    prefix = store.keys.task("")
+    return sum(":" not in key[len(prefix) :] for key in redis.scan_iter(prefix + "*"))
+
+
+def test_a_workflows_children_count_against_the_session_window(redis_client, tmp_path, minute):
+    app, store = make_app(redis_client, tmp_path, RATE_LIMIT_PER_MINUTE="60")
+    ok = post_as(app, "u-1", "203.0.113.5", "primes", primes(39))  # 40 creations
+    assert ok.status_code == 202, ok.json
+    refused = post_as(app, "u-1", "203.0.113.5", "primes", primes(20))  # 21: 61 > 60
+    assert refused.status_code == 429
+    assert refused.json["error"]["code"] == "rate_limited"
+    assert "60" in refused.json["error"]["message"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert stored(redis_client, store) == 40  # nothing of the refused one
+    # The refusal charged nothing: 19 more fit, then the window is full.
+    assert post_as(app, "u-1", "203.0.113.5", "primes", primes(18)).status_code == 202
+    assert post_as(app, "u-1", "203.0.113.5").status_code == 202
+    assert post_as(app, "u-1", "203.0.113.5").status_code == 429
+    # Another session has a window of its own.
+    assert post_as(app, "u-2", "203.0.113.5").status_code == 202
+
+
+def test_a_workflows_children_count_against_the_address_window(redis_client, tmp_path, minute):
+    app, store = make_app(redis_client, tmp_path, RATE_LIMIT_PER_IP_PER_MINUTE="60")
+    assert post(app, "203.0.113.5", "primes", primes(50)).status_code == 202  # 51
+    refused = post(app, "203.0.113.5", "primes", primes(10))  # a new session: 11 more
+    assert refused.status_code == 429
+    assert refused.json["error"]["code"] == "rate_limited"
+    assert "per address" in refused.json["error"]["message"]
+    assert stored(redis_client, store) == 51
+    assert [post(app, "203.0.113.5").status_code for _ in range(10)] == [202] * 9 + [429]
+    assert post(app, "203.0.113.6", "primes", primes(10)).status_code == 202
+
+
+def test_a_plan_larger_than_a_minutes_allowance_is_refused(redis_client, tmp_path, minute):
+    app, store = make_app(
+        redis_client, tmp_path, RATE_LIMIT_PER_MINUTE="60", RATE_LIMIT_PER_IP_PER_MINUTE="100"
+    )
+    refused = post(app, "203.0.113.5", "primes", primes(60))  # 61 creations: never fits
+    assert refused.status_code == 400
+    assert refused.json["error"]["code"] == "invalid_params"
+    assert "RATE_LIMIT_PER_MINUTE" in refused.json["error"]["message"]
+    assert "Retry-After" not in refused.headers
+    assert stored(redis_client, store) == 0
+    app, store = make_app(redis_client, tmp_path, RATE_LIMIT_PER_IP_PER_MINUTE="60")
+    refused = post(app, "203.0.113.5", "primes", primes(60))
+    assert refused.status_code == 400
+    assert "RATE_LIMIT_PER_IP_PER_MINUTE" in refused.json["error"]["message"]
+    # Nothing was charged: a plan that fits exactly still does.
+    assert post(app, "203.0.113.5", "primes", primes(59)).status_code == 202
+    assert stored(redis_client, store) == 60
+
+
+def test_a_workflow_refused_by_another_limit_is_not_charged(redis_client, tmp_path, minute):
+    app, store = make_app(redis_client, tmp_path, RATE_LIMIT_PER_MINUTE="60", MAX_ACTIVE_TASKS="1")
+    first = post_as(app, "u-1", "203.0.113.5")
+    refused = post_as(app, "u-1", "203.0.113.5", "primes", primes(50))
+    assert refused.json["error"]["code"] == "too_many_active"
+    finish(store, first.json["id"])
+    # 1 + 59 = 60 fit only if the refused workflow's 51 were given back.
+    assert post_as(app, "u-1", "203.0.113.5", "primes", primes(58)).status_code == 202
+    assert stored(redis_client, store) == 60
 
 
 # --- the Redis memory guard -------------------------------------------------
