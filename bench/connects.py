@@ -9,6 +9,10 @@ Socket.IO CONNECT answered) and keeps them open: the web worker's CPU time
 Rounds alternate between the two webs; medians of the rounds are printed.
 
     python bench/connects.py [--clients 1000] [--rounds 3] [--modes fast stock]
+                             [--baseline DIR]
+
+``--baseline DIR``: also the fast transport of another checkout's sources (e.g.
+``git archive main | tar -x -C DIR``), interleaved with these: before and after.
 """
 
 import argparse
@@ -68,7 +72,7 @@ def worker_pid(master: int) -> int:
 class Web:
     """The real web process on a port of its own."""
 
-    def __init__(self, redis_url: str, fast: bool):
+    def __init__(self, redis_url: str, fast: bool, tree: Path = ROOT):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(
@@ -86,13 +90,13 @@ class Web:
             [
                 gunicorn,
                 "--config",
-                str(ROOT / "web" / "gunicorn.conf.py"),
+                str(tree / "web" / "gunicorn.conf.py"),
                 "--bind",
                 f"127.0.0.1:{self.port}",
                 "taskbeam.web:create_app()",
             ],
-            env=env,
-            cwd=ROOT,
+            env=dict(env, PYTHONPATH=str(tree)),
+            cwd=tree,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -132,7 +136,12 @@ def main():
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--modes", nargs="+", default=["fast", "stock"], choices=["fast", "stock"])
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout, run with its fast transport"
+    )
     args = parser.parse_args()
+    if args.baseline:
+        args.modes.append("baseline")
     redis_port = free_port()
     redis = subprocess.Popen(
         ["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
@@ -142,7 +151,10 @@ def main():
     try:
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         wait_for(lambda: socket.create_connection(("127.0.0.1", redis_port), 1), "redis")
-        webs = {mode: Web(redis_url, mode == "fast") for mode in args.modes}
+        webs = {
+            mode: Web(redis_url, mode != "stock", args.baseline if mode == "baseline" else ROOT)
+            for mode in args.modes
+        }
         results = {mode: [] for mode in args.modes}
         for mode in args.modes:  # a warm-up round each: imports, first allocations
             asyncio.run(round_of(webs[mode], min(args.clients, 200)))

@@ -49,11 +49,19 @@ class Handler(WebSocketHandler):
     def run_application(self):
         # Past WEB_CONNECTS_PER_S a new Socket.IO connection is refused here, before
         # gevent-websocket's handshake (fastws.admission); pywsgi's own body otherwise.
-        from .web.fastws import admission
+        from .web.fastws import admission, seams, transport
 
         refuse = admission.refusal(self.environ)
         if refuse is None:
-            return super().run_application()
+            if not transport.opens_websocket(self.environ):
+                return super().run_application()
+            # A WebSocket-only open: the fast transport makes the handshake itself
+            # (fastws.transport.open_directly), so the app runs without gevent-websocket's.
+            self.environ[transport.HANDLER] = self
+            self.result = self.application(self.environ, self.start_response)
+            if not seams.connection_taken(self):  # an error answer (a bad host, origin, key)
+                self.process_result()
+            return
         try:
             self.result = refuse(self.environ, self.start_response)
             self.process_result()

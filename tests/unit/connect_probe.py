@@ -29,6 +29,11 @@ def create():
                 "owner": server.get_session(sid).get("owner"),
                 "rooms": sorted(server.rooms(sid)),
             }
-        return jsonify(owner=session.get("owner"), sockets=sockets, contexts=len(contexts))
+        return jsonify(
+            owner=session.get("owner"),
+            sockets=sockets,
+            sessions=len(server.eio.sockets),
+            contexts=len(contexts),
+        )
 
     return app

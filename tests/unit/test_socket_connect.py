@@ -242,3 +242,86 @@ def test_the_proxy_header_names_the_owner_or_the_connect_is_refused(header_web):
         client.disconnect()
     client, refused = connect(header_web, ["websocket"])
     assert client is None and refused["data"]["code"] == "unauthenticated"
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_pages_vendored_client_connects_and_subscribes(session_web):
+    """web/static/vendor's socket.io-client, as the page loads it, over a WebSocket."""
+    bundle = next((ROOT / "web" / "static" / "vendor").glob("socket.io-*.min.js"))
+    script = Path(__file__).with_name("vendored_client.js")
+    done = subprocess.run(
+        ["node", "--experimental-websocket", str(script), str(bundle), session_web.url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    result = json.loads(done.stdout.splitlines()[0])
+    assert result["connected"], (result, done.stderr)
+    assert result["ack"]["error"]["code"] == "not_found"
+
+
+# --- the WebSocket handshake of a client that opens with one, on the wire ----------
+
+RFC_KEY, RFC_ACCEPT = "dGhlIHNhbXBsZSBub25jZQ==", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455 1.3
+
+
+def raw_open(web, key=RFC_KEY, version="13", host=None, origin=None):
+    """A WebSocket-only open over a plain socket: the status line, the headers and
+    the first frame's text (None if none came), as the first read gave them."""
+    lines = [
+        "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1",
+        f"Host: {host or f'127.0.0.1:{web.port}'}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        f"Sec-WebSocket-Version: {version}",
+    ] + ([f"Origin: {origin}"] if origin else [])
+    with socket.create_connection(("127.0.0.1", web.port), 5) as s:
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        data = s.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status, *header_lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    if status.split()[1] != "101":
+        return status, headers, rest
+    if not rest:
+        return status, headers, None
+    assert rest[0] == 0x81 and rest[1] < 126, rest  # one final, unmasked, short text frame
+    return status, headers, rest[2 : 2 + rest[1]].decode()
+
+
+@pytest.fixture
+def fast_web(session_web, transport):
+    if transport != "fast":
+        pytest.skip("with WEB_FAST_TRANSPORT=0 the handshake is gevent-websocket's")
+    return session_web
+
+
+def test_the_101_answer_carries_the_open_packet(fast_web):
+    session_web = fast_web
+    status, headers, first = raw_open(session_web)
+    assert status == "HTTP/1.1 101 Switching Protocols"
+    assert headers["Upgrade"].lower() == "websocket" and headers["Connection"].lower() == "upgrade"
+    assert headers["Sec-WebSocket-Accept"] == RFC_ACCEPT
+    assert first is not None and first.startswith("0"), first
+    opened = json.loads(first[1:])
+    assert opened["upgrades"] == [] and len(opened["sid"]) == 20
+    assert (opened["pingInterval"], opened["pingTimeout"]) == (25000, 20000)
+    assert opened["maxPayload"] == 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    "wrong, code",
+    [
+        ({"host": "evil.example"}, "421"),  # front.HostCheck
+        ({"origin": "http://evil.example"}, "400"),  # engine.io's origin check
+        ({"key": "c2hvcnQ="}, "400"),  # not 16 bytes
+        ({"version": "8"}, "400"),
+    ],
+)
+def test_a_bad_open_gets_an_error_answer_and_leaves_no_session(fast_web, wrong, code):
+    """Not a 101 and then a close, as when gevent-websocket answered before the app."""
+    session_web = fast_web
+    status, _headers, _body = raw_open(session_web, **wrong)
+    assert status.split()[1] == code, status
+    wait_for(lambda: session_web.probe()["sessions"] == 0, "no engine.io session")

@@ -82,6 +82,7 @@ def install(sio_server) -> None:
         return connect(sid, *args) if connect is not None else None
 
     eio.on("connect", on_connect)
+    transport.own_handshake = True  # Gunicorn's handler asks (gunicorn_worker.Handler)
     # Until this is true a socket's messages are capped small (transport.Connection).
     eio.taskbeam_authenticated = lambda eio_sid: (
         sio_server.manager.sid_from_eio_sid(eio_sid, "/") is not None
