@@ -9,9 +9,9 @@ Socket.IO CONNECT answered) and keeps them open: the web worker's CPU time
 Rounds alternate between the two webs; medians of the rounds are printed.
 
     python bench/connects.py [--clients 1000] [--rounds 3] [--modes fast stock]
-                             [--baseline DIR]
+                             [--baseline DIR ...]
 
-``--baseline DIR``: also the fast transport of another checkout's sources (e.g.
+``--baseline DIR ...``: also the fast transport of other checkouts' sources (e.g.
 ``git archive main | tar -x -C DIR``), interleaved with these: before and after.
 """
 
@@ -137,11 +137,17 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--modes", nargs="+", default=["fast", "stock"], choices=["fast", "stock"])
     parser.add_argument(
-        "--baseline", type=Path, help="another checkout, run with its fast transport"
+        "--baseline",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="other checkouts, each run with its fast transport",
     )
     args = parser.parse_args()
-    if args.baseline:
-        args.modes.append("baseline")
+    trees = {mode: ROOT for mode in args.modes}
+    for tree in args.baseline:
+        trees[f"{tree.name}"] = tree
+    args.modes = list(trees)
     redis_port = free_port()
     redis = subprocess.Popen(
         ["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
@@ -151,10 +157,7 @@ def main():
     try:
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         wait_for(lambda: socket.create_connection(("127.0.0.1", redis_port), 1), "redis")
-        webs = {
-            mode: Web(redis_url, mode != "stock", args.baseline if mode == "baseline" else ROOT)
-            for mode in args.modes
-        }
+        webs = {mode: Web(redis_url, mode != "stock", tree) for mode, tree in trees.items()}
         results = {mode: [] for mode in args.modes}
         for mode in args.modes:  # a warm-up round each: imports, first allocations
             asyncio.run(round_of(webs[mode], min(args.clients, 200)))
