@@ -58,7 +58,10 @@ class Handler(WebSocketHandler):
             # A WebSocket-only open: the fast transport makes the handshake itself
             # (fastws.transport.open_directly), so the app runs without gevent-websocket's.
             self.environ[transport.HANDLER] = self
-            self.result = self.application(self.environ, self.start_response)
+            try:
+                self.result = self.application(self.environ, self.start_response)
+            finally:
+                self.environ.pop(transport.HANDLER, None)
             if not seams.connection_taken(self):  # an error answer (a bad host, origin, key)
                 self.process_result()
             return

@@ -28,6 +28,7 @@ def create():
             sockets[sid] = {
                 "owner": server.get_session(sid).get("owner"),
                 "rooms": sorted(server.rooms(sid)),
+                "environ": sorted(k for k in server.get_environ(sid) if k.startswith("taskbeam.")),
             }
         return jsonify(
             owner=session.get("owner"),

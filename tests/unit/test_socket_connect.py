@@ -156,6 +156,7 @@ def test_a_session_cookie_names_the_owner_on_connect(session_web, how):
         seen = session_web.probe()["sockets"][client.get_sid()]
         assert seen["owner"] == owner
         assert protocol.owner_room(owner) in seen["rooms"]
+        assert seen["environ"] == []  # the session keeps no handshake handler alive
         ack = client.call("subscribe", {"task_id": "0" * 32}, timeout=10)
         assert ack["ok"] is False and ack["error"]["code"] == "not_found"
     finally:

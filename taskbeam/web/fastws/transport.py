@@ -624,7 +624,8 @@ class UpgradedWebSocket(DirectWrites, WebSocketWSGI):
 
     def __call__(self, environ, start_response):
         self.eio_socket = seams.eio_socket_of(self.app)
-        handler = environ.get(HANDLER)
+        # python-socketio keeps the environ as long as the session: not the handler.
+        handler = environ.pop(HANDLER, None)
         if handler is not None:  # opens_websocket: no gevent-websocket handshake was made
             return open_directly(self.eio_socket, handler, environ, start_response)
         if not seams.connected(self.eio_socket):
