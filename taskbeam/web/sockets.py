@@ -14,6 +14,7 @@ import collections
 import functools
 import json
 import logging
+import secrets
 import time
 
 import gevent
@@ -232,6 +233,20 @@ def _rate_limited(connection, settings):
     return error
 
 
+# Task id -> its owner, for the newest tasks a subscribe here found owned. A task's owner
+# never changes, so a repeated subscribe (another tab, a reconnect, the next page of
+# `missed`) skips the ownership read: one Redis round trip. Another owner still reads.
+_known_owners: collections.OrderedDict[str, str] = collections.OrderedDict()
+MAX_KNOWN_OWNERS = 10_000
+
+
+def _know_owner(task_id, owner):
+    _known_owners[task_id] = owner
+    _known_owners.move_to_end(task_id)
+    if len(_known_owners) > MAX_KNOWN_OWNERS:
+        _known_owners.popitem(last=False)
+
+
 def on_subscribe(server, services, sid, data):
     connection = server.get_session(sid)
     refused = _rate_limited(connection, services.settings)
@@ -244,8 +259,12 @@ def on_subscribe(server, services, sid, data):
     if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after < MAX_AFTER:
         return _error("invalid_params", f"after: must be an integer from 0 to {MAX_AFTER - 1}")
     store = services.store
-    if store.owned_record(task_id, connection.get("owner")) is None:
-        return _error("not_found", "No such task.")
+    owner = connection.get("owner")
+    known = _known_owners.get(task_id)
+    if not owner or known is None or not secrets.compare_digest(known, owner):
+        if store.owned_record(task_id, owner) is None:
+            return _error("not_found", "No such task.")
+        _know_owner(task_id, owner)
     subscriptions = connection.setdefault("subscriptions", set())
     # A first subscribe that fails leaves no room or subscription behind; a repeated
     # one (e.g. for the next page of `missed`) keeps the one it had.
@@ -270,6 +289,7 @@ def on_subscribe(server, services, sid, data):
             on_unsubscribe(server, services, sid, {"task_id": task_id})
         raise
     if rec is None:  # removed since the check above
+        _known_owners.pop(task_id, None)
         on_unsubscribe(server, services, sid, {"task_id": task_id})
         return _error("not_found", "No such task.")
     # python-socketio encodes the ack itself, so only this bounded page is parsed.
