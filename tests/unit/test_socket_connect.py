@@ -266,9 +266,10 @@ def test_the_pages_vendored_client_connects_and_subscribes(session_web):
 RFC_KEY, RFC_ACCEPT = "dGhlIHNhbXBsZSBub25jZQ==", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455 1.3
 
 
-def raw_open(web, key=RFC_KEY, version="13", host=None, origin=None):
+def raw_open(web, key=RFC_KEY, version="13", host=None, origin=None, kept=None):
     """A WebSocket-only open over a plain socket: the status line, the headers and
-    the first frame's text (None if none came), as the first read gave them."""
+    the first frame's text (None if none came), as the first read gave them; the
+    connection stays open in ``kept`` if given."""
     lines = [
         "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1",
         f"Host: {host or f'127.0.0.1:{web.port}'}",
@@ -280,6 +281,8 @@ def raw_open(web, key=RFC_KEY, version="13", host=None, origin=None):
     with socket.create_connection(("127.0.0.1", web.port), 5) as s:
         s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         data = s.recv(65536)
+        if kept is not None:
+            kept.append(s.dup())
     head, _, rest = data.partition(b"\r\n\r\n")
     status, *header_lines = head.decode().split("\r\n")
     headers = dict(line.split(": ", 1) for line in header_lines)
@@ -326,3 +329,20 @@ def test_a_bad_open_gets_an_error_answer_and_leaves_no_session(fast_web, wrong, 
     status, _headers, _body = raw_open(session_web, **wrong)
     assert status.split()[1] == code, status
     wait_for(lambda: session_web.probe()["sessions"] == 0, "no engine.io session")
+
+
+def test_an_open_past_the_connection_limit_is_a_quick_503(redis_url, transport):
+    """WEB_MAX_CONNECTIONS (Gunicorn's worker_connections) counts open WebSockets too."""
+    if transport != "fast":
+        pytest.skip("with WEB_FAST_TRANSPORT=0 the handshake is gevent-websocket's")
+    web = Web(redis_url, True, WEB_MAX_CONNECTIONS="2")
+    kept = []
+    try:
+        assert [raw_open(web, kept=kept)[0].split()[1] for _ in range(2)] == ["101", "101"]
+        status, headers, _body = raw_open(web, kept=kept)
+        assert status.split()[1] == "503" and headers["Retry-After"] == "1"
+        assert web.probe()["sessions"] == 2
+    finally:
+        for s in kept:
+            s.close()
+        web.stop()
