@@ -20,7 +20,10 @@ Less kept per connection:
   as its long-polling session or upgraded WebSocket (one that opens directly is
   handed off, see ``fastws.transport``).
 - With the fast transport, :class:`Worker`'s handler refuses new Socket.IO
-  connections past ``WEB_CONNECTS_PER_S`` with a quick 503 (``fastws.admission``).
+  connections past ``WEB_CONNECTS_PER_S`` with a quick 503 (``fastws.admission``),
+  and runs the app for a WebSocket-only open (``EIO=4&transport=websocket``) without
+  gevent-websocket's handshake: the fast transport makes its own
+  (``fastws.transport.open_directly``).
 - In either worker, no record of where each greenlet was spawned (a stack and a
   dict, ~2 KB per socket in tracemalloc), which only debugging tools read; with the
   fast transport a greenlet starts for each read and each burst of writes.

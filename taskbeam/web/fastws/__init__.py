@@ -14,8 +14,8 @@ Interface (all the app uses):
 - :func:`install` -- engine.io's WebSocket transport and pings, on a Socket.IO server.
 
 Inside: :mod:`.codec` (frames; wsproto parses what clients send),
-:mod:`.transport` (the connection, its queue and drainer, the direct write
-path), :mod:`.pings` (heartbeat timers), :mod:`.listener`, :mod:`.admission`
+:mod:`.transport` (the WebSocket-only handshake, the connection, its queue and
+drainer, the direct write path), :mod:`.pings` (heartbeat timers), :mod:`.listener`, :mod:`.admission`
 (new connections past ``WEB_CONNECTS_PER_S`` refused with a quick 503, from
 Gunicorn's handler), and :mod:`.seams`,
 the only module touching other libraries' private attributes.
