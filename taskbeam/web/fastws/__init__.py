@@ -15,10 +15,10 @@ Interface (all the app uses):
 
 Inside: :mod:`.codec` (frames; wsproto parses what clients send),
 :mod:`.transport` (the WebSocket-only handshake, the connection, its queue and
-drainer, the direct write path), :mod:`.pings` (heartbeat timers), :mod:`.listener`, :mod:`.admission`
-(new connections past ``WEB_CONNECTS_PER_S`` refused with a quick 503, from
-Gunicorn's handler), and :mod:`.seams`,
-the only module touching other libraries' private attributes.
+drainer, the direct write path), :mod:`.pings` (heartbeat timers),
+:mod:`.listener`, :mod:`.admission` (new connections past ``WEB_CONNECTS_PER_S``
+refused with a quick 503, from Gunicorn's handler), and :mod:`.seams`, the only module
+touching other libraries' private attributes.
 """
 
 from __future__ import annotations
