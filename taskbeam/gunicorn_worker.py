@@ -66,6 +66,7 @@ class Handler(WebSocketHandler):
             finally:
                 self.environ.pop(transport.HANDLER, None)
             if not seams.connection_taken(self):  # an error answer (a bad host, origin, key)
+                seams.close_after_answer(self)  # the client asked for no further request
                 self.process_result()
             return
         try:

@@ -281,6 +281,9 @@ def raw_open(web, key=RFC_KEY, version="13", host=None, origin=None, kept=None):
     with socket.create_connection(("127.0.0.1", web.port), 5) as s:
         s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         data = s.recv(65536)
+        if not data.startswith(b"HTTP/1.1 101"):  # an error answer ends the connection
+            while more := s.recv(65536):
+                data += more
         if kept is not None:
             kept.append(s.dup())
     head, _, rest = data.partition(b"\r\n\r\n")

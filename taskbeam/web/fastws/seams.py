@@ -287,6 +287,11 @@ def take_connection(handler: gevent.pywsgi.WSGIHandler) -> socket.socket:
     return tcp
 
 
+def close_after_answer(handler: gevent.pywsgi.WSGIHandler) -> None:
+    """pywsgi's ``close_connection``: no next request on this connection."""
+    handler.close_connection = True
+
+
 def connection_taken(handler: gevent.pywsgi.WSGIHandler) -> bool:
     """Whether :func:`take_connection` took the handler's connection."""
     return handler.socket is None
