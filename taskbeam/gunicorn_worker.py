@@ -20,7 +20,10 @@ Less kept per connection:
   as its long-polling session or upgraded WebSocket (one that opens directly is
   handed off, see ``fastws.transport``).
 - With the fast transport, :class:`Worker`'s handler refuses new Socket.IO
-  connections past ``WEB_CONNECTS_PER_S`` with a quick 503 (``fastws.admission``).
+  connections past ``WEB_CONNECTS_PER_S`` with a quick 503 (``fastws.admission``),
+  and runs the app for a WebSocket-only open (``EIO=4&transport=websocket``) without
+  gevent-websocket's handshake: the fast transport makes its own
+  (``fastws.transport.open_directly``).
 - In either worker, no record of where each greenlet was spawned (a stack and a
   dict, ~2 KB per socket in tracemalloc), which only debugging tools read; with the
   fast transport a greenlet starts for each read and each burst of writes.
@@ -49,11 +52,23 @@ class Handler(WebSocketHandler):
     def run_application(self):
         # Past WEB_CONNECTS_PER_S a new Socket.IO connection is refused here, before
         # gevent-websocket's handshake (fastws.admission); pywsgi's own body otherwise.
-        from .web.fastws import admission
+        from .web.fastws import admission, seams, transport
 
         refuse = admission.refusal(self.environ)
         if refuse is None:
-            return super().run_application()
+            if not transport.opens_websocket(self.environ):
+                return super().run_application()
+            # A WebSocket-only open: the fast transport makes the handshake itself
+            # (fastws.transport.open_directly), so the app runs without gevent-websocket's.
+            self.environ[transport.HANDLER] = self
+            try:
+                self.result = self.application(self.environ, self.start_response)
+            finally:
+                self.environ.pop(transport.HANDLER, None)
+            if not seams.connection_taken(self):  # an error answer (a bad host, origin, key)
+                seams.close_after_answer(self)  # the client asked for no further request
+                self.process_result()
+            return
         try:
             self.result = refuse(self.environ, self.start_response)
             self.process_result()

@@ -149,7 +149,7 @@ def install(app, sio, settings, owner_of=None):
 
     from . import api, sockets
 
-    sockets.register(sio)
+    sockets.register(sio, app, services)
     sockets.install(sio.server, services)
     app.register_blueprint(api.bp)
     if services.identity.dev_login:

@@ -1,23 +1,29 @@
 """Socket.IO handlers: ``subscribe`` and ``unsubscribe`` with acks (docs/api.md).
 
-``connect`` runs as a Flask-SocketIO handler (it needs the request: the session
-cookie, a token, Nginx's identity header) and keeps the owner in the connection's
-python-socketio session. ``subscribe`` and ``unsubscribe`` are python-socketio
-handlers (:func:`install`): Flask-SocketIO would push a Flask request context for
-each, opening the session cookie and matching the URL again, which cost more
-than the subscribe itself.
+``connect`` reads the owner from the handshake (the session cookie, a token,
+Nginx's identity header) and keeps it in the connection's python-socketio
+session. ``connect``, ``disconnect``, ``subscribe`` and ``unsubscribe`` are
+python-socketio handlers (:func:`register`, :func:`install`): Flask-SocketIO
+would push a Flask request context for each, opening the session cookie and
+matching the URL again, about a third of a connect's CPU. Only an app's own
+``owner_of(request)`` hook, which may read anything of Flask's request, keeps
+Flask-SocketIO's ``connect``.
 """
 
 import collections
 import functools
 import json
 import logging
+import secrets
 import time
 
 import gevent
 from flask import current_app, request, session
-from flask_socketio import ConnectionRefusedError, join_room
+from flask.sessions import SecureCookieSessionInterface
+from flask_socketio import ConnectionRefusedError
+from itsdangerous import BadSignature
 from redis.exceptions import RedisError
+from werkzeug.http import parse_cookie
 
 from .. import protocol
 from ..protocol import MAX_EVENTS_PAGE, MAX_SEQ_DIGITS
@@ -52,35 +58,81 @@ def _task_id(data):
     return task_id, None
 
 
-def register(sio):
-    """Register the Flask-SocketIO handlers (connect, disconnect, the catch-all and
-    errors) on ``sio``: this project's ``SocketIO`` or an app's own (the extension)."""
-    sio.on("connect")(functools.partial(on_connect, sio))
-    sio.on("disconnect")(on_disconnect)
+def register(sio, app, services):
+    """Register the connect, disconnect, catch-all and error handlers on ``sio``: this
+    project's ``SocketIO`` or an app's own (the extension), bound to ``app``."""
+    if services.identity.mode == "app":  # owner_of(request) may need Flask's request context
+        sio.on("connect")(functools.partial(on_connect, sio))
+        sio.on("disconnect")(on_disconnect)
+    else:
+        server = sio.server
+        connect = functools.partial(on_connect_direct, server, services, SessionCookie(app))
+        server.on("connect", connect)
+        server.on("disconnect", on_disconnect_direct)
     sio.on("*")(on_unknown_event)
     sio.on_error_default(on_error)
 
 
+class SessionCookie:
+    """A handshake's signed session cookie, read as Flask's ``SecureCookieSessionInterface
+    .open_session`` reads it but without a request context, its serializer made once.
+    An app's other session interface (e.g. server-side sessions) is asked itself."""
+
+    def __init__(self, app):
+        self.app = app
+        interface = app.session_interface
+        self.serializer = None
+        if type(interface) is SecureCookieSessionInterface:
+            self.serializer = interface.get_signing_serializer(app)  # None without a key
+            self.name = interface.get_cookie_name(app)
+            self.max_age = int(app.permanent_session_lifetime.total_seconds())
+
+    def read(self, environ) -> dict:
+        if self.serializer is None:
+            app = self.app
+            opened = app.session_interface.open_session(app, app.request_class(environ))
+            return opened if opened is not None else {}
+        value = parse_cookie(environ).get(self.name)
+        if not value:
+            return {}
+        try:
+            return self.serializer.loads(value, max_age=self.max_age)
+        except BadSignature:  # as Flask: a new, empty session
+            return {}
+
+
+def on_connect_direct(server, services, cookie, sid, environ, auth=None):
+    """python-socketio's ``connect``: no Flask request context (see :class:`SessionCookie`)."""
+    who = services.identity
+    session_data = cookie.read(environ) if who.mode == "session" else {}
+    accept(server, services, sid, cookie.app.request_class(environ), session_data, auth)
+
+
 def on_connect(sio, auth=None):
+    """Flask-SocketIO's ``connect``, for an app's ``owner_of(request)`` hook."""
+    accept(sio.server, _services(), request.sid, request, session, auth)
+
+
+def accept(server, services, sid, request, session, auth):
+    """Refuse a connect (ConnectionRefusedError), or keep its owner and join its room."""
     # Live events could not reach this socket while the listener is deaf; refuse,
     # and the client retries until this process (or another replica) can serve it.
-    if not _services().queue_watch.healthy:
+    if not services.queue_watch.healthy:
         raise ConnectionRefusedError("unavailable: the message queue is not reachable")
-    # session mode: the handshake carried the cookie (read via `session`); jwt: the
-    # CONNECT payload's token; header: Nginx's identity header (identity.py).
-    who = _services().identity
+    # session mode: the handshake carried the cookie; jwt: the CONNECT payload's token;
+    # header: Nginx's identity header (identity.py).
     try:
-        owner, expires_at = who.owner(request, session, auth)
+        owner, expires_at = services.identity.owner(request, session, auth)
     except identity.Unauthenticated as exc:
         raise ConnectionRefusedError(
             f"{exc.code}: {exc.message}", {"code": exc.code, "message": exc.message}
         ) from None
-    sio.server.save_session(request.sid, {"owner": owner, "subscriptions": set()})
+    server.save_session(sid, {"owner": owner, "subscriptions": set()})
     # Tasks appear wherever their owner looks: `task_created` goes to this room.
-    join_room(identity.owner_room(owner))
+    server.enter_room(sid, identity.owner_room(owner))
     if expires_at is not None:
         delay = max(0.0, expires_at - time.time())
-        _expiry_timers[request.sid] = gevent.spawn_later(delay, _expire, sio.server, request.sid)
+        _expiry_timers[sid] = gevent.spawn_later(delay, _expire, server, sid)
 
 
 def _expire(server, sid):
@@ -93,7 +145,11 @@ def _expire(server, sid):
 
 
 def on_disconnect(reason=None):
-    timer = _expiry_timers.pop(request.sid, None)
+    on_disconnect_direct(request.sid)
+
+
+def on_disconnect_direct(sid, reason=None):
+    timer = _expiry_timers.pop(sid, None)
     if timer is not None:
         timer.kill(block=False)
 
@@ -177,6 +233,20 @@ def _rate_limited(connection, settings):
     return error
 
 
+# Task id -> its owner, for the newest tasks a subscribe here found owned. A task's owner
+# never changes, so a repeated subscribe (another tab, a reconnect, the next page of
+# `missed`) skips the ownership read: one Redis round trip. Another owner still reads.
+_known_owners: collections.OrderedDict[str, str] = collections.OrderedDict()
+MAX_KNOWN_OWNERS = 10_000
+
+
+def _know_owner(task_id, owner):
+    _known_owners[task_id] = owner
+    _known_owners.move_to_end(task_id)
+    if len(_known_owners) > MAX_KNOWN_OWNERS:
+        _known_owners.popitem(last=False)
+
+
 def on_subscribe(server, services, sid, data):
     connection = server.get_session(sid)
     refused = _rate_limited(connection, services.settings)
@@ -189,8 +259,12 @@ def on_subscribe(server, services, sid, data):
     if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after < MAX_AFTER:
         return _error("invalid_params", f"after: must be an integer from 0 to {MAX_AFTER - 1}")
     store = services.store
-    if store.owned_record(task_id, connection.get("owner")) is None:
-        return _error("not_found", "No such task.")
+    owner = connection.get("owner")
+    known = _known_owners.get(task_id)
+    if not owner or known is None or not secrets.compare_digest(known, owner):
+        if store.owned_record(task_id, owner) is None:
+            return _error("not_found", "No such task.")
+        _know_owner(task_id, owner)
     subscriptions = connection.setdefault("subscriptions", set())
     # A first subscribe that fails leaves no room or subscription behind; a repeated
     # one (e.g. for the next page of `missed`) keeps the one it had.
@@ -215,6 +289,7 @@ def on_subscribe(server, services, sid, data):
             on_unsubscribe(server, services, sid, {"task_id": task_id})
         raise
     if rec is None:  # removed since the check above
+        _known_owners.pop(task_id, None)
         on_unsubscribe(server, services, sid, {"task_id": task_id})
         return _error("not_found", "No such task.")
     # python-socketio encodes the ack itself, so only this bounded page is parsed.

@@ -24,6 +24,7 @@ import websockets.sync.client
 from conftest import live_greenlets
 from engineio import packet as eio_packet
 from flask_socketio import SocketIO
+from geventwebsocket.handler import WebSocketHandler
 from websockets.exceptions import ConnectionClosed
 
 import redis
@@ -47,7 +48,8 @@ def in_thread(fn, *args, timeout=10):
 
 
 class Server:
-    """python-socketio on pywsgi with gevent-websocket's handler, as in the image."""
+    """python-socketio on pywsgi with the web's Gunicorn handler, as in the image
+    (stock: gevent-websocket's own, as gunicorn_worker.StockWorker)."""
 
     def __init__(self, fast=True, **options):
         self.sio = socketio.Server(async_mode="gevent", max_http_buffer_size=1000, **options)
@@ -55,7 +57,10 @@ class Server:
             fastws.install(self.sio)
         self.sio.on("echo", lambda sid, data: data)
         self.wsgi = gevent.pywsgi.WSGIServer(
-            ("127.0.0.1", 0), socketio.WSGIApp(self.sio), handler_class=Handler, log=None
+            ("127.0.0.1", 0),
+            socketio.WSGIApp(self.sio),
+            handler_class=Handler if fast else WebSocketHandler,
+            log=None,
         )
         self.wsgi.start()
         self.port = self.wsgi.server_port

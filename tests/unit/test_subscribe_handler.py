@@ -160,3 +160,55 @@ def test_subscribes_queued_past_the_sessions_end_log_one_line(server, services, 
         sio.handlers["/"]["subscribe"](sid, {"task_id": task["id"], "after": 0})
     mine = [r for r in caplog.records if r.name == "taskbeam.web.sockets"]
     assert len(mine) == 1 and mine[0].exc_info is None, [r.getMessage() for r in mine]
+
+
+def round_trips(store, monkeypatch):
+    """Counts the store's Redis round trips (one connection taken from the pool each)."""
+    pool = store.redis.connection_pool
+    taken = []
+    get_connection = pool.get_connection
+
+    def counted(*args, **kwargs):
+        taken.append(1)
+        return get_connection(*args, **kwargs)
+
+    monkeypatch.setattr(pool, "get_connection", counted)
+    return taken
+
+
+def test_a_subscribe_to_a_task_known_here_is_one_redis_round_trip(server, services, monkeypatch):
+    task = services.store.create(kind="simulate", owner=OWNER, params={})
+    taken = round_trips(services.store, monkeypatch)
+    assert subscribe(server, services, task["id"])["ok"]
+    first = len(taken)
+    sio, _sid = server
+    sio.eio.sockets["e2"] = engineio.socket.Socket(sio.eio, "e2")  # another tab of the owner
+    sio.eio.handlers["connect"]("e2", {"REMOTE_ADDR": "127.0.0.1"})
+    sio.eio.handlers["message"]("e2", "0")
+    other = sio.manager.sid_from_eio_sid("e2", "/")
+    sio.save_session(other, {"owner": OWNER, "subscriptions": set()})
+    assert sockets.on_subscribe(sio, services, other, {"task_id": task["id"], "after": 0})["ok"]
+    assert (first, len(taken) - first) == (2, 1)
+
+
+def test_another_owner_is_not_found_after_the_owner_subscribed(server, services):
+    task = services.store.create(kind="simulate", owner=OWNER, params={})
+    assert subscribe(server, services, task["id"])["ok"]
+    sio, _sid = server
+    sio.eio.sockets["e3"] = engineio.socket.Socket(sio.eio, "e3")
+    sio.eio.handlers["connect"]("e3", {"REMOTE_ADDR": "127.0.0.1"})
+    sio.eio.handlers["message"]("e3", "0")
+    stranger = sio.manager.sid_from_eio_sid("e3", "/")
+    sio.save_session(stranger, {"owner": "s" * 32, "subscriptions": set()})
+    ack = sockets.on_subscribe(sio, services, stranger, {"task_id": task["id"], "after": 0})
+    assert ack["error"]["code"] == "not_found"
+    assert protocol.task_room(task["id"]) not in sio.rooms(stranger)
+
+
+def test_the_known_owners_are_bounded(server, services, monkeypatch):
+    monkeypatch.setattr(sockets, "MAX_KNOWN_OWNERS", 2)
+    monkeypatch.setattr(sockets, "_known_owners", type(sockets._known_owners)())
+    for _ in range(3):
+        task = services.store.create(kind="simulate", owner=OWNER, params={})
+        assert subscribe(server, services, task["id"])["ok"]
+    assert list(sockets._known_owners.values()) == [OWNER, OWNER]

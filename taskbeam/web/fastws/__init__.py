@@ -14,11 +14,11 @@ Interface (all the app uses):
 - :func:`install` -- engine.io's WebSocket transport and pings, on a Socket.IO server.
 
 Inside: :mod:`.codec` (frames; wsproto parses what clients send),
-:mod:`.transport` (the connection, its queue and drainer, the direct write
-path), :mod:`.pings` (heartbeat timers), :mod:`.listener`, :mod:`.admission`
-(new connections past ``WEB_CONNECTS_PER_S`` refused with a quick 503, from
-Gunicorn's handler), and :mod:`.seams`,
-the only module touching other libraries' private attributes.
+:mod:`.transport` (the WebSocket-only handshake, the connection, its queue and
+drainer, the direct write path), :mod:`.pings` (heartbeat timers),
+:mod:`.listener`, :mod:`.admission` (new connections past ``WEB_CONNECTS_PER_S``
+refused with a quick 503, from Gunicorn's handler), and :mod:`.seams`, the only module
+touching other libraries' private attributes.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ def install(sio_server) -> None:
         return connect(sid, *args) if connect is not None else None
 
     eio.on("connect", on_connect)
+    transport.own_handshake = True  # Gunicorn's handler asks (gunicorn_worker.Handler)
     # Until this is true a socket's messages are capped small (transport.Connection).
     eio.taskbeam_authenticated = lambda eio_sid: (
         sio_server.manager.sid_from_eio_sid(eio_sid, "/") is not None

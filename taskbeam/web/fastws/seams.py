@@ -271,16 +271,30 @@ def pywsgi_handler(wrapper: Any) -> gevent.pywsgi.WSGIHandler:
 
 
 def take_from_pywsgi(wrapper: Any) -> socket.socket:
-    """A duplicate of the connection's descriptor, after which neither
-    gevent-websocket nor pywsgi touch the connection again: the WebSocket's
-    ``closed`` flag stops its writes; pywsgi's handler with ``socket = None``
-    and ``close_connection`` neither drains nor closes it, and its server closes
-    only its own descriptor when the handler ends."""
-    handler = pywsgi_handler(wrapper)
-    tcp = handler.socket.dup()
+    """:func:`take_connection` of a connection gevent-websocket opened, whose
+    WebSocket's ``closed`` flag then stops its writes."""
     wrapper._sock.closed = True
+    return take_connection(pywsgi_handler(wrapper))
+
+
+def take_connection(handler: gevent.pywsgi.WSGIHandler) -> socket.socket:
+    """A duplicate of the connection's descriptor, after which pywsgi does not
+    touch the connection again: its handler with ``socket = None`` and
+    ``close_connection`` neither drains nor closes it, nor writes a response, and
+    its server closes only its own descriptor when the handler ends."""
+    tcp = handler.socket.dup()
     handler.socket, handler.close_connection = None, True
     return tcp
+
+
+def close_after_answer(handler: gevent.pywsgi.WSGIHandler) -> None:
+    """pywsgi's ``close_connection``: no next request on this connection."""
+    handler.close_connection = True
+
+
+def connection_taken(handler: gevent.pywsgi.WSGIHandler) -> bool:
+    """Whether :func:`take_connection` took the handler's connection."""
+    return handler.socket is None
 
 
 def release_pool_slot(handler: gevent.pywsgi.WSGIHandler, greenlet) -> None:

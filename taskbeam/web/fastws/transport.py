@@ -8,11 +8,15 @@ written to it, :func:`deliver` writes the finished frame itself without waiting
 (:meth:`DirectWrites.try_send`); otherwise the frame goes through the queue, so
 order is kept and a slow client never stalls the listener.
 
-A client that opens with a WebSocket is handed off to a :class:`Connection`
-right after gevent-websocket's handshake: the pywsgi handler ends, a libev
-watcher waits for the client, and greenlets exist only while a read is handled
-or a :class:`Drainer` writes what is queued. Clients that upgrade from
-long-polling keep engine.io's handler, wrapped by :class:`UpgradedWebSocket`.
+A client that opens with a WebSocket (``EIO=4&transport=websocket``) gets this
+module's handshake (:func:`opens_websocket`, :func:`open_directly`), not
+gevent-websocket's: engine.io makes the session and python-socketio hears of it
+as always, then the ``101`` answer and engine.io's OPEN packet go out in one
+write, and the connection is a :class:`Connection`: the pywsgi handler ends, a
+libev watcher waits for the client, and greenlets exist only while a read is
+handled or a :class:`Drainer` writes what is queued. Clients that upgrade from
+long-polling keep gevent-websocket and engine.io's handler, wrapped by
+:class:`UpgradedWebSocket`.
 
 Bounds: until its Socket.IO CONNECT is accepted (the credentials are checked
 there) a client's message may hold ``PRE_AUTH_MAX_MESSAGE_BYTES``, then
@@ -27,12 +31,15 @@ latest.
 
 from __future__ import annotations
 
+import base64
 import collections
 import functools
+import hashlib
 import io
 import logging
 import socket
 import time
+import urllib.parse
 from typing import Any
 
 import gevent
@@ -487,6 +494,109 @@ class Connection(DirectWrites):
             tcp.close()
 
 
+# fastws.install sets it: this process's engine.io answers a WebSocket open itself.
+own_handshake = False
+# The environ key under which Gunicorn's handler (taskbeam.gunicorn_worker) passes
+# itself with a request that :func:`open_directly` answers.
+HANDLER = "taskbeam.fastws.handler"
+WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 1.3
+
+
+def opens_websocket(environ: dict) -> bool:
+    """A request opening an engine.io 4 session with a WebSocket, which this module's
+    handshake answers instead of gevent-websocket's (the same requests as engine.io's
+    ``transport == upgrade_header == 'websocket'`` and ``handle_get_request``'s
+    ``'upgrade' in connections``)."""
+    if (
+        not own_handshake
+        or environ.get("REQUEST_METHOD") != "GET"
+        or environ.get("HTTP_UPGRADE", "").lower() != "websocket"
+        or "upgrade"
+        not in (t.strip() for t in environ.get("HTTP_CONNECTION", "").lower().split(","))
+    ):
+        return False
+    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+    return (
+        query.get("EIO") == ["4"]
+        and query.get("transport") == ["websocket"]
+        and "sid" not in query
+        and "j" not in query
+    )
+
+
+def accept_key(key: str) -> bytes | None:
+    """``Sec-WebSocket-Accept`` for a client's ``Sec-WebSocket-Key`` (16 bytes in
+    base64, RFC 6455 4.2.1), or None for a key that is not one."""
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            return None
+    except ValueError:
+        return None
+    return base64.b64encode(hashlib.sha1(key.encode() + WEBSOCKET_GUID).digest())
+
+
+def admitted(sock, handler) -> bool:
+    """Whether one more connection fits the worker's connection limit (Gunicorn's
+    pool of handlers plus the connections handed off); if it does, the handler's
+    slot is freed, as the connection will not hold one."""
+    pool = seams.server_pool(handler)
+    if pool is None or pool.size is None:
+        return True
+    if Connection.open_count + len(pool) > pool.size:
+        log.warning(
+            "%d WebSockets open and %d requests in progress: refusing one more",
+            Connection.open_count,
+            len(pool),
+        )
+        return False
+    seams.release_pool_slot(handler, gevent.getcurrent())
+    return True
+
+
+def open_directly(sock, handler, environ: dict, start_response) -> list:
+    """The WebSocket handshake of a client opening with a WebSocket, as engine.io's
+    ``Socket._upgrade_websocket`` (``sock`` was just made, its OPEN packet queued and
+    python-socketio told of the session): one write carries the ``101`` answer and
+    what is queued, then the connection is a :class:`Connection`. Versions other
+    than 13 (RFC 6455) are refused as gevent-websocket refuses a bad request."""
+    accept = accept_key(environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip())
+    if (
+        accept is None
+        or environ.get("HTTP_SEC_WEBSOCKET_VERSION") != "13"
+        or environ.get("SERVER_PROTOCOL") != "HTTP/1.1"
+    ):
+        sock.close(wait=False, abort=True, reason=sock.server.reason.TRANSPORT_ERROR)
+        start_response("400 Bad Request", [("Sec-WebSocket-Version", "13")])
+        return [b"Bad WebSocket handshake"]
+    if not admitted(sock, handler):
+        sock.close(wait=False, abort=True, reason=sock.server.reason.TRANSPORT_CLOSE)
+        start_response("503 Service Unavailable", [("Retry-After", "1")])
+        return []
+    queue, frames = sock.queue, []
+    while queue.items:  # the OPEN packet
+        frames.append(encode_frame(queue.get_nowait().encode()))
+        queue.task_done()
+    # python-socketio keeps the environ for the session: not pywsgi's reader.
+    environ["wsgi.input"] = io.BytesIO()
+    start_response("101 Switching Protocols", [])  # for pywsgi's records; not written
+    tcp = seams.take_connection(handler)
+    tcp.settimeout(WRITE_TIMEOUT_S)
+    try:
+        tcp.sendall(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+            + accept
+            + b"\r\n\r\n"
+            + b"".join(frames)
+        )
+    except OSError:
+        tcp.close()
+        sock.close(wait=False, abort=True, reason=sock.server.reason.TRANSPORT_CLOSE)
+        return []
+    Connection(sock, tcp)
+    return []
+
+
 def hand_off(sock, environ: dict, websocket) -> list:
     """Take a WebSocket that just opened from gevent-websocket and pywsgi.
 
@@ -497,19 +607,9 @@ def hand_off(sock, environ: dict, websocket) -> list:
     pywsgi's reader (and so its descriptor) or the WebSocket alive.
     """
     environ["wsgi.input"], environ["wsgi.websocket"] = io.BytesIO(), None
-    handler = seams.pywsgi_handler(websocket)
-    pool = seams.server_pool(handler)  # Gunicorn's: worker_connections handlers
-    if pool is not None and pool.size is not None:
-        # Handed-off connections count against the worker's connection limit too.
-        if Connection.open_count + len(pool) > pool.size:
-            log.warning(
-                "%d WebSockets open and %d requests in progress: refusing one more",
-                Connection.open_count,
-                len(pool),
-            )
-            sock.close(wait=False, abort=True, reason=sock.server.reason.TRANSPORT_CLOSE)
-            return []
-        seams.release_pool_slot(handler, gevent.getcurrent())
+    if not admitted(sock, seams.pywsgi_handler(websocket)):
+        sock.close(wait=False, abort=True, reason=sock.server.reason.TRANSPORT_CLOSE)
+        return []
     Connection(sock, seams.take_from_pywsgi(websocket))
     return []
 
@@ -524,6 +624,10 @@ class UpgradedWebSocket(DirectWrites, WebSocketWSGI):
 
     def __call__(self, environ, start_response):
         self.eio_socket = seams.eio_socket_of(self.app)
+        # python-socketio keeps the environ as long as the session: not the handler.
+        handler = environ.pop(HANDLER, None)
+        if handler is not None:  # opens_websocket: no gevent-websocket handshake was made
+            return open_directly(self.eio_socket, handler, environ, start_response)
         if not seams.connected(self.eio_socket):
             self.app = functools.partial(hand_off, self.eio_socket, environ)
             return super().__call__(environ, start_response)
