@@ -307,18 +307,12 @@ def _flush_traces(**_: Any) -> None:
 @signals.worker_ready.connect
 def _start_housekeeping(**_: Any) -> None:
     # In the worker's main process, which outlives the pool's child processes.
-    threading.Thread(
-        target=housekeeping.housekeeping_forever,
-        args=(default_runtime,),
-        daemon=True,
-        name="housekeeping",
-    ).start()
-    threading.Thread(
-        target=housekeeping.flush_rollups_forever,
-        args=(default_runtime,),
-        daemon=True,
-        name="rollups",
-    ).start()
+    loops = {
+        "housekeeping": housekeeping.housekeeping_forever,
+        "rollups": housekeeping.flush_rollups_forever,
+    }
+    for name, loop in loops.items():
+        threading.Thread(target=loop, args=(default_runtime,), daemon=True, name=name).start()
 
 
 celery.steps["consumer"].add(housekeeping.AliveFile)
