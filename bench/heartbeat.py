@@ -7,7 +7,7 @@ that window, less the same window with no client, per socket and minute. Setting
 interleaved round by round; the medians are printed.
 
     .venv/bin/python bench/heartbeat.py --clients 2000 --seconds 60 --rounds 3 \
-        --settings 25/20 10/4
+        --settings 25/20 10/4 7/7
 """
 
 import argparse
@@ -180,5 +180,5 @@ if __name__ == "__main__":
     parser.add_argument("--clients", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--settings", nargs="+", default=["25/20", "10/4"])
+    parser.add_argument("--settings", nargs="+", default=["25/20", "10/4", "7/7"])
     asyncio.run(main(parser.parse_args()))

@@ -307,8 +307,8 @@ class Settings:
     web_connects_per_s: int = 500
     # engine.io's heartbeat: a client that hears nothing for interval + timeout
     # (a web node lost without a FIN) closes and reconnects.
-    web_ping_interval_s: int = 10
-    web_ping_timeout_s: int = 4
+    web_ping_interval_s: int = 7
+    web_ping_timeout_s: int = 7
 
     @property
     def socketio_channel(self):
@@ -374,8 +374,8 @@ MAX_PING_SILENCE_S = 60
 def _pings(env):
     """WEB_PING_INTERVAL_S and WEB_PING_TIMEOUT_S: their sum is the longest a client
     waits on a silent web before it reconnects (docs/configuration.md)."""
-    interval = _int(env, "WEB_PING_INTERVAL_S", 10, 1, MAX_PING_SILENCE_S)
-    timeout = _int(env, "WEB_PING_TIMEOUT_S", 4, 1, MAX_PING_SILENCE_S)
+    interval = _int(env, "WEB_PING_INTERVAL_S", 7, 1, MAX_PING_SILENCE_S)
+    timeout = _int(env, "WEB_PING_TIMEOUT_S", 7, 1, MAX_PING_SILENCE_S)
     if interval + timeout > MAX_PING_SILENCE_S:
         raise ConfigError(
             f"WEB_PING_INTERVAL_S + WEB_PING_TIMEOUT_S must be at most {MAX_PING_SILENCE_S} "

@@ -335,7 +335,7 @@ def test_dev_login_behind_tls_stops_the_start(extra):
 
 def test_the_heartbeat_notices_a_silent_web_within_14_s_by_default():
     settings = config.load(env())
-    assert (settings.web_ping_interval_s, settings.web_ping_timeout_s) == (10, 4)
+    assert (settings.web_ping_interval_s, settings.web_ping_timeout_s) == (7, 7)
     settings = config.load(env(WEB_PING_INTERVAL_S="25", WEB_PING_TIMEOUT_S="20"))
     assert (settings.web_ping_interval_s, settings.web_ping_timeout_s) == (25, 20)
 
