@@ -26,10 +26,11 @@ def test_a_silent_web_is_noticed_within_15_s(api):
         wait_until(lambda: watcher.last_seq(task["id"]) >= 2, 30, what="the task under way")
         webs = compose("ps", "-q", "web").split()
         assert webs
-        frozen_at = time.monotonic()
         # The cgroup freezer: every process of the container stops and its sockets stay
-        # open (no FIN, no RST), as when the machine under it is gone.
+        # open (no FIN, no RST), as when the machine under it is gone. Counted from when
+        # it has taken hold: a ping may still arrive while `docker pause` runs.
         docker("pause", *webs)
+        frozen_at = time.monotonic()
         try:
             wait_until(lambda: drops, NOTICED_WITHIN_S + 35, what="the client to notice")
             noticed_s = drops[0] - frozen_at
