@@ -34,6 +34,7 @@ def test_a_silent_web_is_noticed_within_15_s(api):
         try:
             wait_until(lambda: drops, NOTICED_WITHIN_S + 35, what="the client to notice")
             noticed_s = drops[0] - frozen_at
+            print(f"a client noticed the silent web after {noticed_s:.1f} s")  # with -rP
             assert noticed_s < NOTICED_WITHIN_S, f"noticed the silence after {noticed_s:.1f} s"
         finally:
             docker("unpause", *webs)
