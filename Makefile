@@ -6,7 +6,7 @@ N ?= 1
 HTTP_PORT ?= $(shell sed -n 's/^HTTP_PORT=//p' .env 2>/dev/null | tail -n1)
 
 .DEFAULT_GOAL := help
-.PHONY: help env up down logs ps scale test unit lint docs bench bench-export soak certs
+.PHONY: help env up down logs ps scale test unit lint docs bench bench-export bench-heartbeat soak certs
 .PHONY: swarm-up swarm-down swarm-test
 
 help: ## Show the targets and what they do
@@ -104,6 +104,10 @@ bench: ## Benchmark the running stack (after `make up`): table, JSON and PNG in 
 bench-export: ## Export rows/s and RSS: SQLite, PostgreSQL (generic, COPY), psql (stack on PostgreSQL)
 	@tests/run.sh venv
 	.venv/bin/python bench/export_db_bench.py
+
+bench-heartbeat: ## Web CPU per idle socket at the old and new ping settings (no Docker, ~15 min)
+	@tests/run.sh venv
+	.venv/bin/python bench/heartbeat.py
 
 soak: ## Soak the running stack: 1,000 idle sockets + 50 tasks for 3 minutes (after `make up`)
 	@tests/run.sh venv

@@ -109,6 +109,10 @@ class Settings:
     otel_endpoint: str = ""  # "": no traces
     # New Socket.IO connections one web process admits a second (fastws.admission).
     web_connects_per_s: int = 500
+    # engine.io's heartbeat: a client that hears nothing for interval + timeout
+    # (a web node lost without a FIN) closes and reconnects.
+    web_ping_interval_s: int = 7
+    web_ping_timeout_s: int = 7
 
     @property
     def socketio_channel(self):
@@ -165,7 +169,25 @@ def load(env=None, *, need_secret=True):
         web_fast_transport=env_bool(env, "WEB_FAST_TRANSPORT", True),
         broker_transport_fix=env_bool(env, "BROKER_TRANSPORT_FIX", True),
         **_observability(env),
+        **_pings(env),
     )
+
+
+# Nginx (and the Kubernetes ingress) close a proxied socket silent for 75 s.
+MAX_PING_SILENCE_S = 60
+
+
+def _pings(env):
+    """WEB_PING_INTERVAL_S and WEB_PING_TIMEOUT_S: their sum is the longest a client
+    waits on a silent web before it reconnects (docs/configuration.md)."""
+    interval = _int(env, "WEB_PING_INTERVAL_S", 7, 1, MAX_PING_SILENCE_S)
+    timeout = _int(env, "WEB_PING_TIMEOUT_S", 7, 1, MAX_PING_SILENCE_S)
+    if interval + timeout > MAX_PING_SILENCE_S:
+        raise ConfigError(
+            f"WEB_PING_INTERVAL_S + WEB_PING_TIMEOUT_S must be at most {MAX_PING_SILENCE_S} "
+            f"(Nginx closes a socket silent for 75 s), got {interval} + {timeout}"
+        )
+    return {"web_ping_interval_s": interval, "web_ping_timeout_s": timeout}
 
 
 def _observability(env):

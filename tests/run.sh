@@ -144,8 +144,8 @@ if [ "${TEST_EXAMPLE:-1}" != 0 ]; then
   docker compose up -d --wait --scale worker=3 worker
 fi
 # Again with stock python-engineio/python-socketio (WEB_FAST_TRANSPORT=0): only `web` is
-# recreated; delivery, chaos, workflows and the page run (TEST_STOCK_TRANSPORT=0 skips
-# this pass).
+# recreated; delivery, chaos, workflows, the page and the heartbeat run
+# (TEST_STOCK_TRANSPORT=0 skips this pass).
 if [ "${TEST_STOCK_TRANSPORT:-1}" != 0 ]; then
   WEB_FAST_TRANSPORT=0 docker compose up -d --wait --no-deps web
   # Read the logs whole first: `grep -q` stopping at the match would end `docker compose
@@ -156,7 +156,8 @@ if [ "${TEST_STOCK_TRANSPORT:-1}" != 0 ]; then
   status=0
   TASKBEAM_URL=http://127.0.0.1:$TEST_HTTP_PORT WEB_FAST_TRANSPORT=0 "$venv/bin/pytest" -q \
     tests/integration/test_delivery.py tests/integration/test_chaos.py \
-    tests/integration/test_workflows.py tests/integration/test_page.py ${PYTEST_ARGS:-} \
+    tests/integration/test_workflows.py tests/integration/test_page.py \
+    tests/integration/test_heartbeat.py ${PYTEST_ARGS:-} \
     || status=$?
   [ "$status" = 0 ] || [ "$status" = 5 ]  # 5: PYTEST_ARGS selected none of these
 fi

@@ -24,7 +24,6 @@ from .metrics import Metrics
 from .mq_listener import QueueWatch, make_manager
 
 MAX_BODY_BYTES = 1024 * 1024
-PING_INTERVAL_S, PING_TIMEOUT_S = 25, 20
 REDIS_POOL_SIZE = 50
 
 # The project's own app's Socket.IO (create_app binds it; the extension takes an app's own).
@@ -115,8 +114,10 @@ def install(app, sio, settings, owner_of=None):
         client_manager=manager,
         async_mode="gevent",
         cors_allowed_origins=socket_origin_allowed,
-        ping_interval=PING_INTERVAL_S,
-        ping_timeout=PING_TIMEOUT_S,
+        # WEB_PING_INTERVAL_S + WEB_PING_TIMEOUT_S: how long a client waits on a
+        # silent web (a node lost without a FIN) before it reconnects.
+        ping_interval=settings.web_ping_interval_s,
+        ping_timeout=settings.web_ping_timeout_s,
         # Same bound as HTTP bodies: larger messages close the connection.
         max_http_buffer_size=MAX_BODY_BYTES,
     )

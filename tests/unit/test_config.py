@@ -331,3 +331,27 @@ def test_dev_login_behind_tls_stops_the_start(extra):
     assert config.load(env(**auth, AUTH_DEV_LOGIN="1")).auth.dev_login
     with pytest.raises(config.ConfigError, match="AUTH_DEV_LOGIN=1"):
         config.load(env(**auth, AUTH_DEV_LOGIN="1", **extra))
+
+
+def test_the_heartbeat_notices_a_silent_web_within_14_s_by_default():
+    settings = config.load(env())
+    assert (settings.web_ping_interval_s, settings.web_ping_timeout_s) == (7, 7)
+    settings = config.load(env(WEB_PING_INTERVAL_S="25", WEB_PING_TIMEOUT_S="20"))
+    assert (settings.web_ping_interval_s, settings.web_ping_timeout_s) == (25, 20)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"WEB_PING_INTERVAL_S": "0"}, "WEB_PING_INTERVAL_S must be between 1 and 60, got 0"),
+        ({"WEB_PING_TIMEOUT_S": "61"}, "WEB_PING_TIMEOUT_S must be between 1 and 60, got 61"),
+        ({"WEB_PING_TIMEOUT_S": "2.5"}, "WEB_PING_TIMEOUT_S must be an integer"),
+        (
+            {"WEB_PING_INTERVAL_S": "45", "WEB_PING_TIMEOUT_S": "20"},
+            r"WEB_PING_INTERVAL_S \+ WEB_PING_TIMEOUT_S must be at most 60 .*got 45 \+ 20",
+        ),
+    ],
+)
+def test_a_heartbeat_out_of_range_is_refused(overrides, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.load(env(**overrides))

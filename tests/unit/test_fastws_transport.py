@@ -728,9 +728,10 @@ def test_the_stock_transport_bounds_only_whole_messages():
     # WEB_FAST_TRANSPORT=0 (docs/api.md): gevent-websocket reads a frame as long as its
     # header says before engine.io's max_http_buffer_size (1 MiB) sees the message, so
     # a socket, authenticated or not, holds an unfinished message of any size while its
-    # bytes keep coming (engine.io's socket timeout, 45 s, is per read). Left as the
-    # libraries ship it on purpose: the stock path is what the fast transport falls
-    # back to, so it must not depend on their private parts (docs/security.md).
+    # bytes keep coming (engine.io's socket timeout, ping interval + timeout, is per
+    # read). Left as the libraries ship it on purpose: the stock path is what the fast
+    # transport falls back to, so it must not depend on their private parts
+    # (docs/security.md).
     server_end, client = gevent.socket.socketpair()
     handler = types.SimpleNamespace(
         rfile=server_end.makefile("rb", -1), socket=server_end, logger=logging.getLogger(__name__)

@@ -1,11 +1,17 @@
 """engine.io pings on a timer, against real python-engineio Server and Socket
 objects: same schedule and rules, no greenlet while waiting."""
 
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import engineio.socket
 import gevent
+import pytest
 import socketio
 from conftest import live_greenlets
 from engineio import packet as eio_packet
@@ -14,6 +20,7 @@ from taskbeam.web import fastws
 from taskbeam.web.fastws import pings
 
 INTERVAL_S = 0.1
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def server():
@@ -101,3 +108,40 @@ def test_pings_are_due_on_a_grid_so_that_many_sockets_share_a_wake_up(monkeypatc
         connect(eio, sid=f"s{now}").schedule_ping()
     assert all(INTERVAL_S - 1e-9 <= delay < INTERVAL_S + grid for delay in delays)
     assert len({round(now + delay, 6) for now, delay in zip(moments, delays)}) == 1  # together
+
+
+HANDSHAKE = """
+from gevent import monkey
+monkey.patch_all()  # as Gunicorn's gevent worker does
+from taskbeam import config
+from taskbeam.web import create_app
+answer = create_app(config.load()).test_client().get("/socket.io/?EIO=4&transport=polling")
+print(answer.get_data(as_text=True))
+"""
+
+
+@pytest.mark.parametrize("fast", ["1", "0"])
+def test_the_handshake_tells_clients_the_heartbeat_settings(fast, tmp_path):
+    # The client closes and reconnects after pingInterval + pingTimeout of silence:
+    # what it learns here is how long it waits on a web node lost without a FIN.
+    env = dict(
+        os.environ,
+        REDIS_URL="redis://127.0.0.1:1/0",  # the handshake does not touch Redis
+        SECRET_KEY=os.urandom(32).hex(),
+        EXPORT_DIR=str(tmp_path),
+        PYTHONPATH=str(ROOT),
+        WEB_FAST_TRANSPORT=fast,
+        WEB_PING_INTERVAL_S="7",
+        WEB_PING_TIMEOUT_S="3",
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", HANDSHAKE],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    opened = json.loads(done.stdout.strip().splitlines()[-1][1:])  # after engine.io's "0"
+    assert (opened["pingInterval"], opened["pingTimeout"]) == (7000, 3000)
