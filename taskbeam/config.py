@@ -180,8 +180,8 @@ MAX_PING_SILENCE_S = 60
 def _pings(env):
     """WEB_PING_INTERVAL_S and WEB_PING_TIMEOUT_S: their sum is the longest a client
     waits on a silent web before it reconnects (docs/configuration.md)."""
-    interval = _int(env, "WEB_PING_INTERVAL_S", 7, 1, MAX_PING_SILENCE_S)
-    timeout = _int(env, "WEB_PING_TIMEOUT_S", 7, 1, MAX_PING_SILENCE_S)
+    interval = env_int(env, "WEB_PING_INTERVAL_S", 7, 1, MAX_PING_SILENCE_S)
+    timeout = env_int(env, "WEB_PING_TIMEOUT_S", 7, 1, MAX_PING_SILENCE_S)
     if interval + timeout > MAX_PING_SILENCE_S:
         raise ConfigError(
             f"WEB_PING_INTERVAL_S + WEB_PING_TIMEOUT_S must be at most {MAX_PING_SILENCE_S} "

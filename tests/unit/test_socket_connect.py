@@ -313,7 +313,7 @@ def test_the_101_answer_carries_the_open_packet(fast_web):
     assert first is not None and first.startswith("0"), first
     opened = json.loads(first[1:])
     assert opened["upgrades"] == [] and len(opened["sid"]) == 20
-    assert (opened["pingInterval"], opened["pingTimeout"]) == (25000, 20000)
+    assert (opened["pingInterval"], opened["pingTimeout"]) == (7000, 7000)  # the defaults
     assert opened["maxPayload"] == 1024 * 1024
 
 
