@@ -79,8 +79,8 @@ class QueueWatch:
     this process is disconnected: clients reconnect and resubscribe with their
     last seq, and the stored log fills the hole. A listener that lost its
     subscription only briefly (a quick Redis restart) may have missed events as
-    well, so once it is subscribed again every socket's connection is closed,
-    which every Socket.IO client answers by reconnecting and resubscribing.
+    well, so once it is subscribed again every connection open at that moment is
+    closed, which every Socket.IO client answers by reconnecting and resubscribing.
     """
 
     interval_s = 2.0
@@ -99,7 +99,7 @@ class QueueWatch:
         return self.manager.heard_within(self.stale_after_s)
 
     def start(self) -> None:
-        self.manager.on_resubscribed = lambda: self.sio.start_background_task(self._reconnect_all)
+        self.manager.on_resubscribed = self.resubscribed
         # python-socketio starts the listener with the first connection; the
         # heartbeat must be heard before, or /readyz never passes.
         seams.start_listener_now(self.sio.server)
@@ -130,17 +130,30 @@ class QueueWatch:
                 log.info("message-queue listener is receiving")
             was_healthy = healthy
 
-    def _reconnect_all(self):
-        log.warning("message-queue listener is back; closing connections so clients resubscribe")
-        self.close_connections()
+    def resubscribed(self) -> None:
+        """The listener's subscription is back (called in the listener, at once): the
+        connections open now may have missed events, so they are closed. Not those
+        opened from now on: they read the stored log after this, and a client that
+        had just reconnected would be sent away again for nothing."""
+        sids = self.connection_sids()
+        self.sio.start_background_task(self._reconnect, sids)
 
-    def close_connections(self):
-        """Close every connection as a dropped network would: Socket.IO clients then
-        reconnect on their own (after a server-side disconnect they would not), and
-        are refused here until the listener receives again (or, on shutdown, reach
-        the next process)."""
+    def _reconnect(self, sids):
+        log.warning("message-queue listener is back; closing connections so clients resubscribe")
+        self.close_connections(sids)
+
+    def connection_sids(self):
+        """Engine.io's sids of this process's connections."""
+        return [eio_sid for _sid, eio_sid in self.manager.get_participants("/", None)]
+
+    def close_connections(self, sids=None):
+        """Close every connection (or those of ``sids``, engine.io's) as a dropped
+        network would: Socket.IO clients then reconnect on their own (after a
+        server-side disconnect they would not), and are refused here until the
+        listener receives again (or, on shutdown, reach the next process)."""
         eio = self.sio.server.eio
-        sids = [eio_sid for _sid, eio_sid in self.manager.get_participants("/", None)]
+        if sids is None:
+            sids = self.connection_sids()
         if not sids:
             return
         log.warning("closing %d client connections", len(sids))

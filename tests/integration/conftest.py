@@ -117,6 +117,7 @@ class Watcher:
         self.live_seen = set()  # (connection number, task_id, seq) of live events
         self.live_duplicates = 0  # the same event twice on one connection: never allowed
         self.gaps_refetched = 0  # live events that showed a gap, answered by a resubscribe
+        self.resubscribe_failures = []  # what a failed resubscribe got, for a test's message
         self.lock = threading.Condition()
         self.sio = socketio.Client(
             reconnection=reconnect, reconnection_delay=0.2, reconnection_delay_max=1
@@ -152,13 +153,22 @@ class Watcher:
 
     def _resubscribe(self, task_id):
         # As the page does, an "unavailable" ack (the store out of reach for a moment,
-        # as in a failover) is tried again a second later.
+        # as in a failover) is tried again a second later. No ack within the call's
+        # timeout (a store call waiting out a failover) is asked again while connected:
+        # the page waits for its ack however late it comes.
         for _ in range(60):
             try:
                 ack = self.subscribe(task_id, self.last_gapless_seq(task_id))
-            except Exception:  # connection dropped again: the next connect retries
+            except Exception as exc:
+                self.resubscribe_failures.append(f"{task_id}: {exc!r}")
+                if not self.sio.connected:
+                    return  # the next connect resubscribes
+                time.sleep(1)
+                continue
+            if ack.get("ok"):
                 return
-            if ack.get("ok") or ack.get("error", {}).get("code") != "unavailable":
+            self.resubscribe_failures.append(f"{task_id}: {ack.get('error')}")
+            if ack.get("error", {}).get("code") != "unavailable":
                 return
             time.sleep(1)
 

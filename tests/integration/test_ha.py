@@ -303,7 +303,9 @@ def test_ha_every_task_ends_once_and_nothing_seen_is_lost(fault, prober):
                 stored = stored_history(api, task["id"])
                 raise AssertionError(
                     f"{exc}; the client's last seq {watcher.last_seq(task['id'])} "
-                    f"({watcher.connects} connects), the store's last event {stored[-1:]}"
+                    f"({watcher.connects} connects, connected now: {watcher.sio.connected}, "
+                    f"resubscribes that failed: {watcher.resubscribe_failures[-3:]}), "
+                    f"the store's last event {stored[-1:]}"
                 ) from None
 
         row, watched = record_chaos_row(

@@ -5,6 +5,7 @@ OS threads, so the server's gevent loop runs meanwhile), a real Redis behind a
 proxy that splits its replies. A renamed private attribute upstream fails here.
 """
 
+import functools
 import gc
 import json
 import os
@@ -537,6 +538,45 @@ def test_clients_reconnect_by_themselves_after_a_deaf_listener_drops_them(fast):
         wait_for(lambda: len(connects) == 2, timeout=10)
     finally:
         in_thread(client.disconnect)
+        server.stop()
+        gc.collect()  # here, where its warning is expected
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_listener_back_drops_only_the_clients_connected_before_it(fast):
+    """Once its subscription is back, QueueWatch closes the connections that may have
+    missed events; a client that connected after that (one reconnecting at the time)
+    read the stored log since, and is not sent away again."""
+    server = Server(fast=fast, ping_interval=5, ping_timeout=5)
+    url = f"http://127.0.0.1:{server.port}"
+    clients, connects = {}, {"before": [], "after": []}
+    for name in connects:
+        clients[name] = socketio.Client(
+            reconnection=True, reconnection_delay=0.1, reconnection_delay_max=0.2
+        )
+        clients[name].on("connect", functools.partial(connects[name].append, 1))
+    tasks = []
+    watch = mq_listener.QueueWatch(
+        SimpleNamespace(server=server.sio, start_background_task=lambda *a: tasks.append(a)),
+        server.sio.manager,
+        None,
+        "unused",
+    )
+    in_thread(lambda: clients["before"].connect(url, transports=["websocket"]))
+    try:
+        wait_for(lambda: connects["before"] == [1])
+        watch.resubscribed()  # the closing itself runs later, as a background task
+        in_thread(lambda: clients["after"].connect(url, transports=["websocket"]))
+        wait_for(lambda: connects["after"] == [1])
+        (task,) = tasks
+        task[0](*task[1:])
+        wait_for(lambda: connects["before"] == [1, 1], timeout=10)
+        assert connects["after"] == [1] and clients["after"].connected
+    finally:
+        for client in clients.values():
+            in_thread(client.disconnect)
         server.stop()
         gc.collect()  # here, where its warning is expected
 
