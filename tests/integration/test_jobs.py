@@ -8,7 +8,6 @@ jobs module that fails to import stops web and worker with one line naming it.
 
 import os
 import subprocess
-import time
 
 import pytest
 from conftest import assert_gapless_single_terminal
@@ -23,20 +22,9 @@ def assert_error(response, status, code):
     return error["message"]
 
 
-def post_task(api, body, deadline_s=90):
-    """POST /api/tasks as a client would: past Nginx's per-address create limit (the
-    whole suite comes from one address) it waits out Retry-After and asks again."""
-    give_up_at = time.monotonic() + deadline_s
-    while True:
-        response = api.request("POST", "/api/tasks", json=body)
-        if response.status_code != 429 or time.monotonic() > give_up_at:
-            return response
-        time.sleep(min(float(response.headers.get("Retry-After", "1")), 5))
-
-
 def test_countdown_runs_end_to_end_over_rest(api, watcher):
     params = {"start": 5, "pause_s": 0.25, "word": "go", "shout": True}
-    response = post_task(api, {"kind": "countdown", "params": params})
+    response = api.post_task({"kind": "countdown", "params": params})
     assert response.status_code == 202, response.text
     task = response.json()
     assert task["kind"] == "countdown" and task["state"] == "queued"
@@ -120,7 +108,7 @@ def test_every_kind_is_in_the_openapi_create_variants(api):
 )
 def test_bad_params_get_400_naming_the_field_and_create_nothing(api, kind, params, field):
     before = api.request("GET", "/api/tasks").json()
-    response = post_task(api, {"kind": kind, "params": params})
+    response = api.post_task({"kind": kind, "params": params})
     message = assert_error(response, 400, "invalid_params")
     assert message.startswith(f"{field}:") or message.startswith(f"{field}."), message
     assert api.request("GET", "/api/tasks").json() == before == {"tasks": []}

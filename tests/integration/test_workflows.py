@@ -140,27 +140,15 @@ def test_a_bad_workflow_is_refused_and_nothing_starts(api, bad, reason):
     assert api.request("GET", "/api/tasks").json()["tasks"] == before
 
 
-def post_past_nginx(api, body, deadline_s=90):
-    """POST /api/tasks, waiting out Nginx's per-address limit (the whole suite comes
-    from one address) but not the app's: its answer."""
-    give_up_at = time.monotonic() + deadline_s
-    while True:
-        response = api.request("POST", "/api/tasks", json=body)
-        from_nginx = response.status_code == 429 and "address" in response.text
-        if not from_nginx or time.monotonic() > give_up_at:
-            return response
-        time.sleep(min(float(response.headers.get("Retry-After", "1")), 5))
-
-
 def test_a_workflows_children_count_against_the_creation_window(api):
     # The test stack allows 60 creations a minute per session, in fixed windows (the
     # clock the containers share): start early in one, so both creations share it.
     if time.time() % 60 > 40:
         time.sleep(60 - time.time() % 60 + 0.5)
     body = {"kind": "primes", "params": {"limit": 1_000, "shards": 30, "slow_ms": 0}}
-    first = post_past_nginx(api, body)  # 31 creations
+    first = api.post_task(body)  # 31 creations
     assert first.status_code == 202, first.text
-    refused = post_past_nginx(api, body)  # 31 more: 62 > 60
+    refused = api.post_task(body)  # 31 more: 62 > 60
     assert refused.status_code == 429, refused.text
     assert refused.json()["error"]["code"] == "rate_limited"
     assert "per session" in refused.json()["error"]["message"]
@@ -169,7 +157,7 @@ def test_a_workflows_children_count_against_the_creation_window(api):
     assert listed == [first.json()["id"]], "a refused workflow must leave no task"
     # A plan larger than a whole window would never fit: 400, not a 429 to wait out.
     body["params"]["shards"] = 60
-    too_big = post_past_nginx(api, body)
+    too_big = api.post_task(body)
     assert too_big.status_code == 400, too_big.text
     assert "RATE_LIMIT_PER_MINUTE" in too_big.json()["error"]["message"]
 
